@@ -1,0 +1,16 @@
+"""Byte sources: ``read_at(offset, n)`` over an image file, a block device or memory.
+
+Owns: opening sources strictly read-only; ``O_DIRECT`` with aligned buffers for block
+devices so ciphertext never lands in the page cache.  Must not import anything above
+``cipherdump.errors``.
+"""
+
+from cipherdump.blockio.source import (
+    ByteSource,
+    DirectDeviceSource,
+    FileSource,
+    MemorySource,
+    open_source,
+)
+
+__all__ = ["ByteSource", "DirectDeviceSource", "FileSource", "MemorySource", "open_source"]
