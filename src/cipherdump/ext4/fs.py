@@ -1,0 +1,294 @@
+"""The filesystem object: superblock, group descriptors and inode lookup."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from types import TracebackType
+from typing import Self
+
+from cipherdump.blockio import ByteSource, open_source
+from cipherdump.errors import ChecksumError, CorruptError, NotExt4Error, UnsupportedError
+from cipherdump.ext4.inode import Inode
+from cipherdump.ondisk import features as F
+from cipherdump.ondisk.csum import fs_csum_seed, inode_csum_seed
+from cipherdump.ondisk.groupdesc import (
+    EXT4_BG_INODE_UNINIT,
+    GroupDesc,
+    decode_group_desc,
+    group_desc_csum,
+)
+from cipherdump.ondisk.inode import decode_inode, inode_csum
+from cipherdump.ondisk.superblock import (
+    SUPERBLOCK_OFFSET,
+    SUPERBLOCK_SIZE,
+    Superblock,
+    decode_superblock,
+    superblock_csum_verify,
+)
+
+ROOT_INO = 2
+_INODE_CACHE_SIZE = 4096
+
+
+class Filesystem:
+    """A read-only ext4 filesystem.  Use :func:`open_filesystem` to make one.
+
+    ``warnings`` collects conditions that do not stop reading but that a user must
+    hear about (dirty journal, descriptor checksum mismatches).
+    """
+
+    def __init__(self, source: ByteSource, *, owns_source: bool = False) -> None:
+        self.source = source
+        self._owns_source = owns_source
+        self.warnings: list[str] = []
+        raw = source.read_at(SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE)
+        if len(raw) < SUPERBLOCK_SIZE:
+            raise NotExt4Error(f"{source.name}: too small to be an ext4 filesystem")
+        self.sb: Superblock = decode_superblock(raw)
+        sb = self.sb
+        self.block_size = sb.block_size
+        superblock_csum_verify(sb)
+        self._check_features()
+        if sb.s_blocks_count * self.block_size > source.size:
+            # Truncated images are readable up to where they end; reads past it fail
+            # per object, so say so once here.
+            self.warnings.append(
+                f"image is truncated: {source.size} bytes, filesystem claims "
+                f"{sb.s_blocks_count * self.block_size}"
+            )
+        self.csum_seed = (
+            sb.s_checksum_seed if sb.has_incompat(F.INCOMPAT_CSUM_SEED) else fs_csum_seed(sb.s_uuid)
+        )
+        self.groups: list[GroupDesc] = self._read_group_descs()
+        self._inode_cache: OrderedDict[int, Inode] = OrderedDict()
+
+    # -- lifecycle -------------------------------------------------------------------
+    def close(self) -> None:
+        if self._owns_source:
+            self.source.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- facts -----------------------------------------------------------------------
+    @property
+    def uuid(self) -> bytes:
+        return self.sb.s_uuid
+
+    @property
+    def needs_recovery(self) -> bool:
+        return self.sb.has_incompat(F.INCOMPAT_RECOVER)
+
+    @property
+    def has_filetype(self) -> bool:
+        return self.sb.has_incompat(F.INCOMPAT_FILETYPE)
+
+    @property
+    def dir_index(self) -> bool:
+        return self.sb.has_compat(F.COMPAT_DIR_INDEX)
+
+    def _check_features(self) -> None:
+        sb = self.sb
+        if sb.has_incompat(F.INCOMPAT_JOURNAL_DEV):
+            raise UnsupportedError("this is an external journal device, not a filesystem")
+        unknown = sb.s_feature_incompat & ~F.READABLE_INCOMPAT
+        if unknown:
+            names = F.feature_names(0, unknown, 0)
+            raise UnsupportedError(
+                "filesystem uses incompatible features cipherdump cannot read: " + ", ".join(names)
+            )
+        if self.needs_recovery:
+            self.warnings.append(
+                "the journal needs recovery (filesystem was not cleanly unmounted); "
+                "what is read is the state before replay and may be inconsistent"
+            )
+        if sb.has_ro_compat(F.RO_COMPAT_ORPHAN_PRESENT) or sb.s_last_orphan:
+            self.warnings.append("orphan inodes are present (deleted but still open files)")
+
+    # -- geometry --------------------------------------------------------------------
+    def read_block(self, pblk: int, count: int = 1) -> bytes:
+        """``count`` whole blocks from physical block ``pblk``; CorruptError if outside."""
+        if pblk < 0 or count < 0 or pblk + count > self.sb.s_blocks_count:
+            raise CorruptError(
+                f"block {pblk}+{count} is outside the filesystem ({self.sb.s_blocks_count} blocks)"
+            )
+        want = count * self.block_size
+        data = self.source.read_at(pblk * self.block_size, want)
+        if len(data) != want:
+            raise CorruptError(f"block {pblk} lies beyond the end of the image (truncated)")
+        return data
+
+    def block_in_range(self, pblk: int, count: int = 1) -> bool:
+        return self.sb.s_first_data_block <= pblk and pblk + count <= self.sb.s_blocks_count
+
+    def _group_desc_block(self, index: int) -> int:
+        """Physical block holding descriptor block ``index`` (meta_bg aware)."""
+        sb = self.sb
+        first = sb.s_first_data_block + 1
+        per_block = self.block_size // sb.desc_size
+        if not sb.has_incompat(F.INCOMPAT_META_BG) or index < sb.s_first_meta_bg:
+            return first + index
+        # With meta_bg, descriptor block i sits at the start of the first group of its
+        # meta group (after a backup superblock if that group has one).
+        group = index * per_block
+        blk = sb.s_first_data_block + group * sb.s_blocks_per_group
+        if self._group_has_super(group):
+            blk += 1
+        return blk
+
+    def _group_has_super(self, group: int) -> bool:
+        if group == 0:
+            return True
+        if not self.sb.has_ro_compat(0x0001):  # sparse_super off: every group
+            return True
+        if group == 1:
+            return True
+        for base in (3, 5, 7):
+            n = group
+            while n % base == 0:
+                n //= base
+            if n == 1:
+                return True
+        return False
+
+    def _read_group_descs(self) -> list[GroupDesc]:
+        sb = self.sb
+        count = sb.group_count
+        ds = sb.desc_size
+        per_block = self.block_size // ds
+        nblocks = (count + per_block - 1) // per_block
+        out: list[GroupDesc] = []
+        bad_csums: list[int] = []
+        check = sb.metadata_csum or sb.has_ro_compat(F.RO_COMPAT_GDT_CSUM)
+        for i in range(nblocks):
+            blk = self._group_desc_block(i)
+            try:
+                data = self.read_block(blk)
+            except CorruptError:
+                raise CorruptError(
+                    "group descriptor block is outside the image",
+                    structure="group descriptors",
+                    location=f"block {blk}",
+                ) from None
+            for j in range(per_block):
+                g = i * per_block + j
+                if g >= count:
+                    break
+                raw = data[j * ds : (j + 1) * ds]
+                gd = decode_group_desc(raw, ds)
+                if check:
+                    want = group_desc_csum(
+                        raw,
+                        g,
+                        metadata_csum=sb.metadata_csum,
+                        csum_seed=self.csum_seed,
+                        uuid=sb.s_uuid,
+                    )
+                    if want != gd.bg_checksum:
+                        bad_csums.append(g)
+                if not self.block_in_range(gd.bg_inode_table, self._itable_blocks):
+                    raise CorruptError(
+                        f"inode table at block {gd.bg_inode_table} is outside the filesystem",
+                        structure="group descriptor",
+                        location=f"group {g}",
+                    )
+                out.append(gd)
+        if bad_csums:
+            shown = ", ".join(str(g) for g in bad_csums[:5])
+            more = f" and {len(bad_csums) - 5} more" if len(bad_csums) > 5 else ""
+            self.warnings.append(f"group descriptor checksum mismatch in group {shown}{more}")
+        return out
+
+    @property
+    def _itable_blocks(self) -> int:
+        sb = self.sb
+        return (sb.s_inodes_per_group * sb.inode_size + self.block_size - 1) // self.block_size
+
+    # -- inodes ----------------------------------------------------------------------
+    def inode(self, ino: int) -> Inode:
+        """The inode numbered ``ino``; raises CorruptError for an invalid number or record."""
+        cached = self._inode_cache.get(ino)
+        if cached is not None:
+            self._inode_cache.move_to_end(ino)
+            return cached
+        node = self._load_inode(ino)
+        self._inode_cache[ino] = node
+        if len(self._inode_cache) > _INODE_CACHE_SIZE:
+            self._inode_cache.popitem(last=False)
+        return node
+
+    def _load_inode(self, ino: int) -> Inode:
+        sb = self.sb
+        if ino < 1 or ino > sb.s_inodes_count:
+            raise CorruptError(
+                f"inode number {ino} is outside 1..{sb.s_inodes_count}", structure="inode"
+            )
+        group, index = divmod(ino - 1, sb.s_inodes_per_group)
+        gd = self.groups[group]
+        isz = sb.inode_size
+        if gd.bg_flags & EXT4_BG_INODE_UNINIT and (
+            sb.metadata_csum or sb.has_ro_compat(F.RO_COMPAT_GDT_CSUM)
+        ):
+            raw = bytes(isz)  # never initialised: reads as a free inode
+        else:
+            offset = gd.bg_inode_table * self.block_size + index * isz
+            raw = self.source.read_at(offset, isz)
+            if len(raw) != isz:
+                raise CorruptError(
+                    "inode lies beyond the end of the image",
+                    structure="inode",
+                    location=f"inode {ino}",
+                )
+        rec = decode_inode(raw, isz)
+        if sb.metadata_csum and any(raw):
+            seed = inode_csum_seed(self.csum_seed, ino, rec.i_generation)
+            want = inode_csum(raw, seed, isz, rec.i_extra_isize)
+            if want != rec.i_checksum:
+                raise ChecksumError(
+                    f"checksum 0x{rec.i_checksum:x} != computed 0x{want:x}",
+                    structure="inode",
+                    location=f"inode {ino}",
+                )
+        return Inode(self, ino, rec)
+
+    @property
+    def root(self) -> Inode:
+        return self.inode(ROOT_INO)
+
+    def iter_used_inodes(self) -> list[int]:
+        """Numbers of inodes marked in use in the inode bitmaps (for whole-fs scans)."""
+        sb = self.sb
+        out: list[int] = []
+        for g, gd in enumerate(self.groups):
+            if gd.bg_flags & EXT4_BG_INODE_UNINIT and (
+                sb.metadata_csum or sb.has_ro_compat(F.RO_COMPAT_GDT_CSUM)
+            ):
+                continue
+            if not self.block_in_range(gd.bg_inode_bitmap):
+                continue
+            bitmap = self.read_block(gd.bg_inode_bitmap)
+            base = g * sb.s_inodes_per_group
+            for i in range(sb.s_inodes_per_group):
+                if bitmap[i >> 3] >> (i & 7) & 1:
+                    ino = base + i + 1
+                    if ino <= sb.s_inodes_count:
+                        out.append(ino)
+        return out
+
+
+def open_filesystem(path: str) -> Filesystem:
+    """Open an image file or block device read-only."""
+    source = open_source(path)
+    try:
+        return Filesystem(source, owns_source=True)
+    except BaseException:
+        source.close()
+        raise

@@ -1,0 +1,349 @@
+"""Inode views: metadata with Python names, data as runs with holes, xattrs, entries."""
+
+from __future__ import annotations
+
+import enum
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from cipherdump.errors import CorruptError, UnsupportedError
+from cipherdump.ondisk import features as F
+from cipherdump.ondisk import inode as I
+from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_ENCRYPTION, EXT4_XATTR_INDEX_SYSTEM
+
+if TYPE_CHECKING:
+    from cipherdump.ext4.directory import Entry
+    from cipherdump.ext4.fs import Filesystem
+    from cipherdump.ext4.xattr import Xattr
+
+
+class FileType(enum.Enum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    CHARDEV = "chardev"
+    BLOCKDEV = "blockdev"
+    FIFO = "fifo"
+    SOCKET = "socket"
+    UNKNOWN = "unknown"
+
+
+_FMT_TO_TYPE = {
+    stat.S_IFREG: FileType.FILE,
+    stat.S_IFDIR: FileType.DIR,
+    stat.S_IFLNK: FileType.SYMLINK,
+    stat.S_IFCHR: FileType.CHARDEV,
+    stat.S_IFBLK: FileType.BLOCKDEV,
+    stat.S_IFIFO: FileType.FIFO,
+    stat.S_IFSOCK: FileType.SOCKET,
+}
+
+# A fast symlink keeps its target in i_block, whose 60 bytes bound the target length.
+FAST_SYMLINK_MAX = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """``length`` logical blocks from ``lblk``: at ``pblk``, or a hole when ``pblk`` is None.
+
+    ``unwritten`` marks preallocated extents that read as zeros.
+    """
+
+    lblk: int
+    length: int
+    pblk: int | None
+    unwritten: bool = False
+
+    @property
+    def is_hole(self) -> bool:
+        return self.pblk is None
+
+
+class Inode:
+    """A read-only view of one inode.  Cheap to make; everything below is lazy."""
+
+    def __init__(self, fs: Filesystem, ino: int, raw: I.RawInode) -> None:
+        self.fs = fs
+        self.ino = ino
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        return f"<Inode {self.ino} {self.type.value} size={self.size}>"
+
+    # -- metadata --------------------------------------------------------------------
+    @property
+    def mode(self) -> int:
+        return self.raw.i_mode
+
+    @property
+    def type(self) -> FileType:
+        return _FMT_TO_TYPE.get(stat.S_IFMT(self.raw.i_mode), FileType.UNKNOWN)
+
+    @property
+    def is_dir(self) -> bool:
+        return self.type is FileType.DIR
+
+    @property
+    def is_file(self) -> bool:
+        return self.type is FileType.FILE
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.type is FileType.SYMLINK
+
+    @property
+    def uid(self) -> int:
+        return self.raw.i_uid
+
+    @property
+    def gid(self) -> int:
+        return self.raw.i_gid
+
+    @property
+    def size(self) -> int:
+        return self.raw.i_size
+
+    @property
+    def links(self) -> int:
+        return self.raw.i_links_count
+
+    @property
+    def flags(self) -> int:
+        return self.raw.i_flags
+
+    @property
+    def generation(self) -> int:
+        return self.raw.i_generation
+
+    @property
+    def project_id(self) -> int:
+        return self.raw.i_projid
+
+    @property
+    def in_use(self) -> bool:
+        return self.raw.i_mode != 0 and self.raw.i_dtime == 0
+
+    @property
+    def atime_ns(self) -> int:
+        return I.timestamp_ns(self.raw.i_atime, self.raw.i_atime_extra)
+
+    @property
+    def mtime_ns(self) -> int:
+        return I.timestamp_ns(self.raw.i_mtime, self.raw.i_mtime_extra)
+
+    @property
+    def ctime_ns(self) -> int:
+        return I.timestamp_ns(self.raw.i_ctime, self.raw.i_ctime_extra)
+
+    @property
+    def crtime_ns(self) -> int | None:
+        if not self.raw.has_crtime:
+            return None
+        return I.timestamp_ns(self.raw.i_crtime, self.raw.i_crtime_extra)
+
+    @property
+    def blocks_512(self) -> int:
+        """``st_blocks``: 512-byte units, whatever the huge_file encoding on disk."""
+        if self.fs.sb.has_ro_compat(F.RO_COMPAT_HUGE_FILE) and self.flags & I.EXT4_HUGE_FILE_FL:
+            return self.raw.i_blocks * (self.fs.block_size // 512)
+        return self.raw.i_blocks
+
+    @property
+    def device(self) -> tuple[int, int] | None:
+        """(major, minor) of a character or block device node."""
+        if self.type not in (FileType.CHARDEV, FileType.BLOCKDEV):
+            return None
+        b = self.raw.i_block
+        old = int.from_bytes(b[0:4], "little")
+        if old:
+            return (old >> 8) & 0xFF, old & 0xFF
+        new = int.from_bytes(b[4:8], "little")
+        return (new & 0xFFF00) >> 8, (new & 0xFF) | ((new >> 12) & 0xFFF00)
+
+    @property
+    def rdev(self) -> int:
+        dev = self.device
+        if dev is None:
+            return 0
+        major, minor = dev
+        return ((major & 0xFFF) << 8) | (minor & 0xFF) | ((minor & ~0xFF) << 12)
+
+    # -- flags -----------------------------------------------------------------------
+    @property
+    def is_encrypted(self) -> bool:
+        return bool(self.flags & I.EXT4_ENCRYPT_FL)
+
+    @property
+    def is_casefolded(self) -> bool:
+        return bool(self.flags & I.EXT4_CASEFOLD_FL)
+
+    @property
+    def has_inline_data(self) -> bool:
+        return bool(self.flags & I.EXT4_INLINE_DATA_FL)
+
+    @property
+    def uses_extents(self) -> bool:
+        return bool(self.flags & I.EXT4_EXTENTS_FL)
+
+    @property
+    def is_indexed_dir(self) -> bool:
+        return self.is_dir and bool(self.flags & I.EXT4_INDEX_FL)
+
+    @property
+    def is_fast_symlink(self) -> bool:
+        """Target in ``i_block``: decided the way the kernel decides it."""
+        if not self.is_symlink or self.has_inline_data:
+            return False
+        if self.uses_extents:
+            return False
+        if self.is_encrypted:
+            # Encrypted fast symlinks store le16 len + ct + NUL in i_block.
+            return self.size + 1 <= FAST_SYMLINK_MAX and self._blocks_without_xattr() == 0
+        return self.size < FAST_SYMLINK_MAX and self._blocks_without_xattr() == 0
+
+    def _blocks_without_xattr(self) -> int:
+        ea_blocks = (self.fs.block_size // 512) if self.raw.i_file_acl else 0
+        return self.blocks_512 - ea_blocks if self.blocks_512 >= ea_blocks else self.blocks_512
+
+    # -- xattrs ----------------------------------------------------------------------
+    @cached_property
+    def xattrs(self) -> list[Xattr]:
+        """All xattrs, in-inode first then the external block, values resolved."""
+        from cipherdump.ext4.xattr import read_xattrs
+
+        return read_xattrs(self)
+
+    def xattr(self, index: int, name: bytes) -> bytes | None:
+        for x in self.xattrs:
+            if x.index == index and x.name == name:
+                return x.value
+        return None
+
+    @property
+    def encryption_context(self) -> bytes | None:
+        """The raw encryption context xattr value (name index 9, ``c``), verbatim."""
+        return self.xattr(EXT4_XATTR_INDEX_ENCRYPTION, b"c")
+
+    # -- data ------------------------------------------------------------------------
+    @cached_property
+    def runs(self) -> list[Run]:
+        """The block map as runs over ``[0, blocks covering i_size)``, holes included.
+
+        Mapped blocks past ``i_size`` (preallocation, verity metadata) are kept too,
+        so that a backup can keep them; readers stop at ``i_size`` themselves.
+        """
+        from cipherdump.ext4.mapping import map_runs
+
+        return map_runs(self)
+
+    def mapped_runs(self) -> list[Run]:
+        return [r for r in self.runs if r.pblk is not None]
+
+    def inline_data(self) -> bytes:
+        """The bytes of an inline-data inode: ``i_block`` then ``system.data``."""
+        if not self.has_inline_data:
+            raise UnsupportedError(f"inode {self.ino} has no inline data")
+        if not self.fs.sb.has_incompat(F.INCOMPAT_INLINE_DATA):
+            raise CorruptError(
+                "inline_data flag on a filesystem without the inline_data feature",
+                structure="inode",
+                location=f"inode {self.ino}",
+            )
+        if self.uses_extents:
+            raise CorruptError(
+                "both inline_data and extents flags are set",
+                structure="inode",
+                location=f"inode {self.ino}",
+            )
+        extra = self.xattr(EXT4_XATTR_INDEX_SYSTEM, b"data") or b""
+        return self.raw.i_block + extra
+
+    def read(self, offset: int = 0, length: int | None = None) -> bytes:
+        """Bytes of the file as stored: ciphertext for encrypted inodes, zeros for holes.
+
+        Reads stop at ``i_size``.  For whole data units use :meth:`iter_blocks`.
+        """
+        size = self.size
+        if length is None:
+            length = size - offset
+        end = min(size, offset + max(length, 0))
+        if offset >= end:
+            return b""
+        if self.has_inline_data:
+            return self.inline_data()[offset:end]
+        return self._read_blocks(offset, end)
+
+    def _read_blocks(self, start: int, end: int) -> bytes:
+        bs = self.fs.block_size
+        out = bytearray()
+        first = start // bs
+        last = (end - 1) // bs
+        for run in self.runs:
+            if run.lblk + run.length <= first or run.lblk > last:
+                continue
+            lo = max(run.lblk, first)
+            hi = min(run.lblk + run.length - 1, last)
+            want_pos = lo * bs
+            cur = first * bs + len(out)
+            if want_pos > cur:
+                out += bytes(want_pos - cur)
+            count = hi - lo + 1
+            if run.pblk is None or run.unwritten:
+                out += bytes(count * bs)
+            else:
+                out += self.fs.read_block(run.pblk + (lo - run.lblk), count)
+        total = (last - first + 1) * bs
+        if len(out) < total:
+            out += bytes(total - len(out))
+        skip = start - first * bs
+        return bytes(out[skip : skip + (end - start)])
+
+    def iter_blocks(self, max_blocks: int = 256) -> Iterator[tuple[Run, bytes]]:
+        """Yield (run piece, bytes) for every mapped, written block range, in order."""
+        for run in self.runs:
+            if run.pblk is None or run.unwritten:
+                continue
+            done = 0
+            while done < run.length:
+                n = min(max_blocks, run.length - done)
+                piece = Run(run.lblk + done, n, run.pblk + done, False)
+                yield piece, self.fs.read_block(piece.pblk or 0, n)
+                done += n
+
+    # -- symlinks --------------------------------------------------------------------
+    def symlink_data(self) -> bytes:
+        """The stored bytes of a symlink (``i_size`` bytes; encrypted: len+ct payload)."""
+        if not self.is_symlink:
+            raise UnsupportedError(f"inode {self.ino} is not a symlink")
+        size = self.size
+        if size == 0 or size >= self.fs.block_size:
+            raise CorruptError(
+                f"symlink size {size} is invalid", structure="symlink", location=f"inode {self.ino}"
+            )
+        if self.has_inline_data:
+            return self.inline_data()[:size]
+        if self.is_fast_symlink:
+            want = size + 1 if self.is_encrypted else size
+            if want > FAST_SYMLINK_MAX:
+                raise CorruptError(
+                    "fast symlink longer than i_block",
+                    structure="symlink",
+                    location=f"inode {self.ino}",
+                )
+            return self.raw.i_block[:size]
+        data = self.read(0, size)
+        if len(data) != size:
+            raise CorruptError(
+                "symlink data is short", structure="symlink", location=f"inode {self.ino}"
+            )
+        return data
+
+    # -- directories -----------------------------------------------------------------
+    def entries(self) -> list[Entry]:
+        """Directory entries (without ``.`` and ``..``), raw name bytes, disk order."""
+        from cipherdump.ext4.directory import read_entries
+
+        return read_entries(self)

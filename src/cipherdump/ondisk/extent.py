@@ -1,0 +1,78 @@
+"""Extent tree nodes: a 12-byte header followed by leaf extents or index entries."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from cipherdump.errors import CorruptError
+
+EXT4_EXT_MAGIC = 0xF30A
+EXT_INIT_MAX_LEN = 1 << 15
+EXT4_MAX_EXTENT_DEPTH = 5
+_HEADER = struct.Struct("<HHHHI")
+_ENTRY = struct.Struct("<IHHI")  # leaf: ee_block, ee_len, ee_start_hi, ee_start_lo
+_INDEX = struct.Struct("<IIHH")  # index: ei_block, ei_leaf_lo, ei_leaf_hi, ei_unused
+
+
+@dataclass(frozen=True, slots=True)
+class Extent:
+    """A leaf extent: ``ee_len`` blocks from logical ``ee_block`` at physical ``start``."""
+
+    ee_block: int
+    length: int
+    start: int
+    unwritten: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ExtentIndex:
+    ei_block: int
+    leaf: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExtentNode:
+    eh_entries: int
+    eh_max: int
+    eh_depth: int
+    eh_generation: int
+    extents: tuple[Extent, ...]
+    indexes: tuple[ExtentIndex, ...]
+
+
+def decode_extent_node(raw: bytes, where: str) -> ExtentNode:
+    """Decode a node from ``i_block`` (60 bytes) or an extent tree block."""
+    if len(raw) < 12:
+        raise CorruptError("too short", structure="extent header", location=where)
+    magic, entries, emax, depth, gen = _HEADER.unpack_from(raw, 0)
+    if magic != EXT4_EXT_MAGIC:
+        raise CorruptError(f"bad magic 0x{magic:04x}", structure="extent header", location=where)
+    capacity = (len(raw) - 12) // 12
+    if emax > capacity or entries > emax:
+        raise CorruptError(
+            f"{entries} entries, max {emax}, room for {capacity}",
+            structure="extent header",
+            location=where,
+        )
+    if depth > EXT4_MAX_EXTENT_DEPTH:
+        raise CorruptError(f"depth {depth} is too deep", structure="extent header", location=where)
+    extents: list[Extent] = []
+    indexes: list[ExtentIndex] = []
+    for i in range(entries):
+        off = 12 + 12 * i
+        if depth == 0:
+            block, length, start_hi, start_lo = _ENTRY.unpack_from(raw, off)
+            unwritten = length > EXT_INIT_MAX_LEN
+            if unwritten:
+                length -= EXT_INIT_MAX_LEN
+            extents.append(Extent(block, length, start_hi << 32 | start_lo, unwritten))
+        else:
+            block, leaf_lo, leaf_hi, _ = _INDEX.unpack_from(raw, off)
+            indexes.append(ExtentIndex(block, leaf_hi << 32 | leaf_lo))
+    return ExtentNode(entries, emax, depth, gen, tuple(extents), tuple(indexes))
+
+
+def extent_tail_offset(eh_max: int) -> int:
+    """Where the 4-byte checksum of an extent block lies (after ``eh_max`` slots)."""
+    return 12 + 12 * eh_max

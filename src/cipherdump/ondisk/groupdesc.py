@@ -1,0 +1,63 @@
+"""Block group descriptors (32 bytes, or ``s_desc_size`` with the 64bit feature)."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from cipherdump.ondisk.csum import crc16, crc32c_le
+
+EXT4_BG_INODE_UNINIT = 0x0001
+EXT4_BG_BLOCK_UNINIT = 0x0002
+EXT4_BG_INODE_ZEROED = 0x0004
+
+_BG_CHECKSUM_OFFSET = 0x1E
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDesc:
+    bg_block_bitmap: int
+    bg_inode_bitmap: int
+    bg_inode_table: int
+    bg_free_blocks_count: int
+    bg_free_inodes_count: int
+    bg_used_dirs_count: int
+    bg_flags: int
+    bg_itable_unused: int
+    bg_checksum: int
+
+
+def decode_group_desc(raw: bytes, desc_size: int) -> GroupDesc:
+    lo = struct.unpack_from("<IIIHHHHIHHHH", raw, 0)
+    if desc_size >= 64:
+        h = struct.unpack_from("<IIIHHHH", raw, 0x20)
+    else:
+        h = (0, 0, 0, 0, 0, 0, 0)
+    return GroupDesc(
+        bg_block_bitmap=lo[0] | h[0] << 32,
+        bg_inode_bitmap=lo[1] | h[1] << 32,
+        bg_inode_table=lo[2] | h[2] << 32,
+        bg_free_blocks_count=lo[3] | h[3] << 16,
+        bg_free_inodes_count=lo[4] | h[4] << 16,
+        bg_used_dirs_count=lo[5] | h[5] << 16,
+        bg_flags=lo[6],
+        bg_itable_unused=lo[10] | h[6] << 16,
+        bg_checksum=lo[11],
+    )
+
+
+def group_desc_csum(
+    raw: bytes, group: int, *, metadata_csum: bool, csum_seed: int, uuid: bytes
+) -> int:
+    """The 16-bit descriptor checksum, with metadata_csum (crc32c) or uninit_bg (crc16)."""
+    le_group = struct.pack("<I", group)
+    if metadata_csum:
+        crc = crc32c_le(csum_seed, le_group)
+        crc = crc32c_le(crc, raw[:_BG_CHECKSUM_OFFSET])
+        crc = crc32c_le(crc, b"\0\0")
+        crc = crc32c_le(crc, raw[_BG_CHECKSUM_OFFSET + 2 :])
+        return crc & 0xFFFF
+    crc = crc16(0xFFFF, uuid)
+    crc = crc16(crc, le_group)
+    crc = crc16(crc, raw[:_BG_CHECKSUM_OFFSET])
+    return crc16(crc, raw[_BG_CHECKSUM_OFFSET + 2 :])

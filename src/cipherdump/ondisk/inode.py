@@ -1,0 +1,164 @@
+"""The ext4 inode: the 128-byte base and the extra fields after ``i_extra_isize``."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from cipherdump.ondisk.csum import crc32c_le
+
+EXT4_GOOD_OLD_INODE_SIZE = 128
+
+# i_flags
+EXT4_SECRM_FL = 0x00000001
+EXT4_COMPR_FL = 0x00000004
+EXT4_SYNC_FL = 0x00000008
+EXT4_IMMUTABLE_FL = 0x00000010
+EXT4_APPEND_FL = 0x00000020
+EXT4_NODUMP_FL = 0x00000040
+EXT4_NOATIME_FL = 0x00000080
+EXT4_ENCRYPT_FL = 0x00000800
+EXT4_INDEX_FL = 0x00001000
+EXT4_HUGE_FILE_FL = 0x00040000
+EXT4_EXTENTS_FL = 0x00080000
+EXT4_VERITY_FL = 0x00100000
+EXT4_EA_INODE_FL = 0x00200000
+EXT4_INLINE_DATA_FL = 0x10000000
+EXT4_PROJINHERIT_FL = 0x20000000
+EXT4_CASEFOLD_FL = 0x40000000
+
+FLAG_NAMES = {
+    0x1: "secrm", 0x2: "unrm", 0x4: "compr", 0x8: "sync", 0x10: "immutable",
+    0x20: "append", 0x40: "nodump", 0x80: "noatime", 0x800: "encrypt",
+    0x1000: "index", 0x2000: "imagic", 0x4000: "journal_data", 0x8000: "notail",
+    0x10000: "dirsync", 0x20000: "topdir", 0x40000: "huge_file", 0x80000: "extents",
+    0x100000: "verity", 0x200000: "ea_inode", 0x2000000: "dax",
+    0x10000000: "inline_data", 0x20000000: "projinherit", 0x40000000: "casefold",
+}  # fmt: skip
+
+_BASE = struct.Struct("<HHIIIIIHHII4s60sIIII12s")
+_OSD2 = struct.Struct("<HHHHHH")
+_CSUM_LO_OFFSET = 0x7C
+_CSUM_HI_OFFSET = 0x82
+
+
+@dataclass(frozen=True, slots=True)
+class RawInode:
+    """Every field of an on-disk inode, lo/hi halves already joined."""
+
+    i_mode: int
+    i_uid: int
+    i_gid: int
+    i_size: int
+    i_atime: int
+    i_ctime: int
+    i_mtime: int
+    i_dtime: int
+    i_crtime: int
+    i_atime_extra: int
+    i_ctime_extra: int
+    i_mtime_extra: int
+    i_crtime_extra: int
+    i_links_count: int
+    i_blocks: int
+    i_flags: int
+    i_version: int
+    i_block: bytes
+    i_generation: int
+    i_file_acl: int
+    i_extra_isize: int
+    i_checksum: int
+    i_projid: int
+    has_extra: dict[str, bool]
+    raw: bytes
+
+    @property
+    def has_crtime(self) -> bool:
+        return self.has_extra["crtime"]
+
+
+def _fits(extra_isize: int, offset: int, size: int) -> bool:
+    """EXT4_FITS_IN_INODE: the field at ``offset`` lies inside the extra area."""
+    return EXT4_GOOD_OLD_INODE_SIZE + extra_isize >= offset + size
+
+
+def decode_inode(raw: bytes, inode_size: int) -> RawInode:
+    """Decode an inode record.  ``raw`` must be ``inode_size`` bytes.
+
+    ``i_extra_isize`` beyond the record is clamped to zero extra fields rather than
+    trusted, so a hostile value never drives a read past the record.
+    """
+    b = _BASE.unpack_from(raw, 0)
+    (blocks_hi, acl_hi, uid_hi, gid_hi, csum_lo, _res) = _OSD2.unpack_from(raw, 0x74)
+    extra = 0
+    if inode_size > EXT4_GOOD_OLD_INODE_SIZE:
+        (extra,) = struct.unpack_from("<H", raw, 0x80)
+        if extra > inode_size - EXT4_GOOD_OLD_INODE_SIZE or extra & 3:
+            extra = 0
+
+    def field(off: int, size: int) -> int | None:
+        if not _fits(extra, off, size):
+            return None
+        return int.from_bytes(raw[off : off + size], "little")
+
+    csum_hi = field(_CSUM_HI_OFFSET, 2)
+    ctime_extra = field(0x84, 4)
+    mtime_extra = field(0x88, 4)
+    atime_extra = field(0x8C, 4)
+    crtime = field(0x90, 4)
+    crtime_extra = field(0x94, 4)
+    version_hi = field(0x98, 4)
+    projid = field(0x9C, 4)
+    return RawInode(
+        i_mode=b[0],
+        i_uid=b[1] | uid_hi << 16,
+        i_gid=b[7] | gid_hi << 16,
+        i_size=b[2] | b[15] << 32,
+        i_atime=b[3],
+        i_ctime=b[4],
+        i_mtime=b[5],
+        i_dtime=b[6],
+        i_crtime=crtime or 0,
+        i_atime_extra=atime_extra or 0,
+        i_ctime_extra=ctime_extra or 0,
+        i_mtime_extra=mtime_extra or 0,
+        i_crtime_extra=crtime_extra or 0,
+        i_links_count=b[8],
+        i_blocks=b[9] | blocks_hi << 32,
+        i_flags=b[10],
+        i_version=int.from_bytes(b[11], "little") | (version_hi or 0) << 32,
+        i_block=b[12],
+        i_generation=b[13],
+        i_file_acl=b[14] | acl_hi << 32,
+        i_extra_isize=extra,
+        i_checksum=csum_lo | (csum_hi or 0) << 16,
+        i_projid=projid or 0,
+        has_extra={
+            "csum_hi": csum_hi is not None,
+            "ctime": ctime_extra is not None,
+            "mtime": mtime_extra is not None,
+            "atime": atime_extra is not None,
+            "crtime": crtime is not None and crtime_extra is not None,
+            "version_hi": version_hi is not None,
+            "projid": projid is not None,
+        },
+        raw=bytes(raw[:inode_size]),
+    )
+
+
+def timestamp_ns(seconds: int, extra: int) -> int:
+    """Seconds (signed 32-bit on disk) plus the ``*_extra`` epoch bits and nanoseconds."""
+    secs = seconds - (1 << 32) if seconds & 0x80000000 else seconds
+    secs += (extra & 3) << 32
+    return secs * 1_000_000_000 + (extra >> 2)
+
+
+def inode_csum(raw: bytes, ino_seed: int, inode_size: int, extra_isize: int) -> int:
+    """metadata_csum of an inode record given the inode's seed (ino + generation)."""
+    buf = bytearray(raw[:inode_size])
+    buf[_CSUM_LO_OFFSET : _CSUM_LO_OFFSET + 2] = b"\0\0"
+    has_hi = inode_size > EXT4_GOOD_OLD_INODE_SIZE and _fits(extra_isize, _CSUM_HI_OFFSET, 2)
+    if has_hi:
+        buf[_CSUM_HI_OFFSET : _CSUM_HI_OFFSET + 2] = b"\0\0"
+    crc = crc32c_le(ino_seed, bytes(buf))
+    return crc if has_hi else crc & 0xFFFF
