@@ -143,3 +143,17 @@ def _is_dx_node(block: bytes, bs: int, lblk: int, indexed: bool) -> bool:
 
 def _public(raw: list[Dirent]) -> list[Entry]:
     return [Entry(d.name, d.inode, d.file_type, d.hash) for d in raw if d.name not in (b".", b"..")]
+
+
+def dx_hash_version(dir_inode: Inode, default: int) -> int:
+    """The hash version recorded in an htree root, or ``default`` if it is unreadable."""
+    from cipherdump.ondisk.dirent import decode_dx_root
+
+    runs = [r for r in dir_inode.runs if r.lblk == 0 and r.pblk is not None]
+    if not runs or runs[0].pblk is None:
+        return default
+    try:
+        root = decode_dx_root(dir_inode.fs.read_block(runs[0].pblk))
+    except CorruptError:
+        return default
+    return root.hash_version if root is not None else default

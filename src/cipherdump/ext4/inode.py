@@ -274,9 +274,11 @@ class Inode:
             return b""
         if self.has_inline_data:
             return self.inline_data()[offset:end]
-        return self._read_blocks(offset, end)
+        return self.read_raw(offset, end)
 
-    def _read_blocks(self, start: int, end: int) -> bytes:
+    def read_raw(self, start: int, end: int) -> bytes:
+        """Stored bytes of [start, end) by block map, not capped at ``i_size``; holes and
+        unwritten extents read as zeros."""
         bs = self.fs.block_size
         out = bytearray()
         first = start // bs

@@ -1,0 +1,259 @@
+"""``cipherdump`` commands.
+
+Exit codes (documented in the README):
+  0 success; 1 some objects could not be read (the rest was); 2 usage error;
+  3 unusable input (not ext4, corrupt, unsupported, not found); 4 key problem;
+  5 repository integrity; 6 storage backend; 70 internal error (a bug: please report).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+import click
+
+from cipherdump import __version__
+from cipherdump.cli import render
+from cipherdump.engine.describe import (
+    data_unit_size,
+    fs_info,
+    iter_ciphertext,
+    node_record,
+    stat_record,
+)
+from cipherdump.engine.namespace import Namespace, Problem
+from cipherdump.errors import CipherdumpError, KeyProblem
+from cipherdump.ext4 import Filesystem, open_filesystem
+from cipherdump.ext4.inode import FileType
+
+EXIT_PARTIAL = 1
+EXIT_INTERNAL = 70
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"cipherdump: error: {message}", err=True)
+    sys.exit(code)
+
+
+def one_line_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn every error into one line on stderr and an exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except CipherdumpError as err:
+            _fail(str(err), err.exit_code)
+        except BrokenPipeError:
+            # Output piped into `head` and closed: not an error worth a message.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(0)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as err:
+            if os.environ.get("CIPHERDUMP_DEBUG"):
+                traceback.print_exc()
+            _fail(
+                f"internal error: {type(err).__name__}: {err} (set CIPHERDUMP_DEBUG=1 "
+                "for a traceback; please report it)",
+                EXIT_INTERNAL,
+            )
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def _open(image: str) -> Filesystem:
+    fs = open_filesystem(image)
+    for w in fs.warnings:
+        click.echo(f"cipherdump: warning: {w}", err=True)
+    return fs
+
+
+def _path_arg(path: str) -> bytes:
+    return os.fsencode(path)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cipherdump")
+def cli() -> None:
+    """Back up and inspect fscrypt-encrypted ext4 filesystems without the users' keys.
+
+    Reads the ext4 on-disk format of an image, an unmounted device or a snapshot
+    directly; the source is only ever opened read-only.  Encrypted names are shown as
+    Linux shows them without the key (no-key names), and such names can be typed as
+    paths.
+    """
+
+
+@cli.command()
+@click.argument("image", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@one_line_errors
+def info(image: str, as_json: bool) -> None:
+    """Superblock summary, features, state and encryption policies of IMAGE."""
+    with _open(image) as fs:
+        rec = fs_info(fs)
+    if as_json:
+        click.echo(render.dumps(rec))
+        return
+    rows = [
+        ("UUID", rec["uuid"]),
+        ("Volume name", render.show_bytes(rec["volume_name"]) or "<none>"),
+        ("State", rec["state"] + (" (journal needs recovery)" if rec["needs_recovery"] else "")),
+        ("Block size", str(rec["block_size"])),
+        ("Blocks", f"{rec['blocks_count']} ({rec['free_blocks']} free)"),
+        ("Inodes", f"{rec['inodes_count']} ({rec['free_inodes']} free), {rec['inode_size']} bytes"),
+        ("Groups", str(rec["groups"])),
+        ("Features", " ".join(rec["features"])),
+        (
+            "Directory hash",
+            f"{rec['default_hash']} ({rec['hash_signedness']}), seed {rec['hash_seed']}",
+        ),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k + ':':<{width + 1}} {v}")
+    pols = rec["encryption_policies"]
+    click.echo(f"Encryption policies: {len(pols) if pols else 'none'}")
+    for p in pols:
+        tie = " (tied to inode numbers and UUID)" if p["ties_to_filesystem"] else ""
+        click.echo(f"  {p['inodes']:>7} inodes  {p['policy']}{tie}")
+    if rec["encrypted_inodes_without_valid_context"]:
+        click.echo(
+            f"  {rec['encrypted_inodes_without_valid_context']} encrypted inodes have no "
+            "valid encryption context"
+        )
+
+
+@cli.command()
+@click.argument("image", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("path", default="/")
+@click.option("-l", "long", is_flag=True, help="Long listing: mode, owner, size, mtime.")
+@click.option("-R", "recursive", is_flag=True, help="List subdirectories recursively.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@one_line_errors
+def ls(image: str, path: str, long: bool, recursive: bool, as_json: bool) -> None:
+    """List PATH (default /) of IMAGE.  E in the long listing marks encrypted inodes.
+
+    PATH may contain no-key names exactly as `ls` shows them on the live system.
+    """
+    problems = 0
+    with _open(image) as fs:
+        ns = Namespace(fs)
+        top = ns.resolve(_path_arg(path))
+        if not top.inode.is_dir:
+            items: list[Any] = [top]
+        else:
+            items = list(ns.walk(top, recursive=recursive))
+        for item in items:
+            if isinstance(item, Problem):
+                problems += 1
+                click.echo(
+                    f"cipherdump: error: {render.show_bytes(item.path)}: {item.error}", err=True
+                )
+                continue
+            try:
+                rec = node_record(ns, item)
+            except CipherdumpError as err:
+                problems += 1
+                click.echo(f"cipherdump: error: {render.show_bytes(item.path)}: {err}", err=True)
+                continue
+            if as_json:
+                click.echo(render.dumps(rec))
+            elif long:
+                click.echo(render.long_line(rec))
+            else:
+                click.echo(render.show_bytes(rec["path"] if recursive else rec["name"]))
+    if problems:
+        sys.exit(EXIT_PARTIAL)
+
+
+@cli.command(name="stat")
+@click.argument("image", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@one_line_errors
+def stat_cmd(image: str, path: str, as_json: bool) -> None:
+    """Every inode field of PATH, its encryption context and its block map."""
+    with _open(image) as fs:
+        ns = Namespace(fs)
+        rec = stat_record(ns, ns.resolve(_path_arg(path)))
+    if as_json:
+        click.echo(render.dumps(rec))
+        return
+    for key, value in render.jsonable(rec).items():
+        if key == "extents":
+            click.echo("extents:")
+            for r in value:
+                where = "hole" if r["pblk"] is None else f"-> {r['pblk']}"
+                flag = " unwritten" if r["unwritten"] else ""
+                click.echo(f"  {r['lblk']}+{r['length']} {where}{flag}")
+        elif key == "context":
+            click.echo("context:")
+            for k, v in value.items():
+                click.echo(f"  {k}: {v}")
+        elif key == "xattrs":
+            click.echo("xattrs:")
+            for x in value:
+                click.echo(f"  {x['name']} ({x['where']}): {x['value_hex']}")
+        else:
+            click.echo(f"{key}: {value}")
+
+
+@cli.command()
+@click.argument("image", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("path")
+@click.option(
+    "--ciphertext",
+    is_flag=True,
+    help="Write the stored bytes in whole data units (ciphertext of encrypted files).",
+)
+@one_line_errors
+def cat(image: str, path: str, ciphertext: bool) -> None:
+    """Write the contents of PATH to standard output.
+
+    Without a key, an encrypted file can only be read with --ciphertext: its whole
+    data units (the last one padded, as stored); the exact size is on stderr and in
+    `stat`.
+    """
+    with _open(image) as fs:
+        ns = Namespace(fs)
+        node = ns.resolve(_path_arg(path))
+        inode = node.inode
+        if inode.type is not FileType.FILE:
+            raise CipherdumpError(f"{path}: not a regular file")
+        out = sys.stdout.buffer
+        if ciphertext:
+            du = data_unit_size(inode) if inode.is_encrypted else 1
+            for chunk in iter_ciphertext(inode, du):
+                out.write(chunk)
+            if inode.is_encrypted:
+                click.echo(f"cipherdump: {path}: size {inode.size}, data unit {du}", err=True)
+        else:
+            if inode.is_encrypted:
+                raise KeyProblem(
+                    f"{path} is encrypted and no key was given; use --ciphertext for the "
+                    "stored bytes"
+                )
+            pos = 0
+            step = 1 << 20
+            while pos < inode.size:
+                out.write(inode.read(pos, step))
+                pos += step
+        out.flush()
+
+
+def main() -> None:
+    cli(prog_name="cipherdump")

@@ -1,0 +1,88 @@
+"""Turning on-disk bytes and records into terminal text and JSON."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import stat
+from typing import Any
+
+
+def show_bytes(name: bytes) -> str:
+    """A name for a terminal: UTF-8 where valid, ``\\xNN`` escapes elsewhere (like ``ls -b``)."""
+    text = name.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def json_bytes(name: bytes) -> str:
+    """A name for JSON: exact UTF-8 where valid; otherwise surrogate escapes that
+    Python's ``os.fsencode`` turns back into the same bytes."""
+    return name.decode("utf-8", "surrogateescape")
+
+
+def jsonable(rec: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in rec.items():
+        if isinstance(v, bytes):
+            out[k] = json_bytes(v)
+            if not _is_utf8(v):
+                out[k + "_hex"] = v.hex()
+        elif isinstance(v, dict):
+            out[k] = jsonable(v)
+        elif isinstance(v, list):
+            out[k] = [jsonable(x) if isinstance(x, dict) else _plain(x) for x in v]
+        else:
+            out[k] = v
+    return out
+
+
+def _plain(v: Any) -> Any:
+    return json_bytes(v) if isinstance(v, bytes) else v
+
+
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def dumps(rec: dict[str, Any] | list[Any]) -> str:
+    data = (
+        jsonable(rec)
+        if isinstance(rec, dict)
+        else [jsonable(r) if isinstance(r, dict) else r for r in rec]
+    )
+    return json.dumps(data, ensure_ascii=True, sort_keys=False)
+
+
+_TYPE_CHAR = {
+    "file": "-", "dir": "d", "symlink": "l", "chardev": "c", "blockdev": "b",
+    "fifo": "p", "socket": "s", "unknown": "?",
+}  # fmt: skip
+
+
+def mode_string(type_name: str, mode: int) -> str:
+    return _TYPE_CHAR.get(type_name, "?") + stat.filemode(mode)[1:]
+
+
+def time_string(ns: int) -> str:
+    try:
+        t = dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return str(ns // 1_000_000_000)
+    return t.strftime("%Y-%m-%d %H:%M")
+
+
+def long_line(rec: dict[str, Any]) -> str:
+    enc = "E" if rec["encrypted"] else ("e" if rec.get("name_encrypted") else "-")
+    size: str = f"{rec['rdev'][0]},{rec['rdev'][1]}" if "rdev" in rec else str(rec["size"])
+    line = (
+        f"{mode_string(rec['type'], rec['mode'])} {enc} {rec['links']:>3} "
+        f"{rec['uid']:>5} {rec['gid']:>5} {size:>10} {time_string(rec['mtime_ns'])} "
+        f"{show_bytes(rec['path'])}"
+    )
+    if "target" in rec:
+        line += " -> " + show_bytes(rec["target"])
+    return line

@@ -1,0 +1,190 @@
+"""The names a user sees: plaintext where unencrypted, the kernel's no-key names where not.
+
+Linux shows an entry of an encrypted directory, without the key, as a base64url string
+of the directory hash and the ciphertext name.  The hash depends on the directory's
+layout and this filesystem's hash seed (see fscrypt-on-disk.md, 7.2), so it is
+computed here, where the ext4 facts and the fscrypt encoding meet.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from cipherdump.errors import CipherdumpError, CorruptError, NotFoundError
+from cipherdump.ext4 import Filesystem, Inode
+from cipherdump.ext4.directory import Entry, dx_hash_version
+from cipherdump.fscrypt.nokey import decode_nokey_name, encode_nokey_name, encode_nokey_symlink
+from cipherdump.fscrypt.symlink import decode_encrypted_symlink
+from cipherdump.ondisk.dirhash import ext4_dirhash, is_signed_filesystem
+
+# Deeper than any real tree; stops walks through directory hard-link cycles early
+# even when cycle detection by inode number is fooled by corruption.
+MAX_DEPTH = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One object as a user sees it.
+
+    ``path`` is the display path from the listed root (bytes; no-key names where
+    encrypted), ``raw_name`` the name bytes stored in the parent directory, and
+    ``name_encrypted`` whether the parent encrypts its names.
+    """
+
+    path: bytes
+    name: bytes
+    raw_name: bytes
+    inode: Inode
+    name_encrypted: bool
+    stored_hash: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """An object that could not be read; listing goes on past it."""
+
+    path: bytes
+    error: CipherdumpError
+
+
+class Namespace:
+    """Display names and path resolution over one filesystem, without any key."""
+
+    def __init__(self, fs: Filesystem) -> None:
+        self.fs = fs
+        sb = fs.sb
+        self._seed = sb.s_hash_seed
+        self._signed = is_signed_filesystem(sb.s_flags)
+
+    # -- names -----------------------------------------------------------------------
+    def dirhash_for(self, directory: Inode, entry: Entry) -> tuple[int, int] | None:
+        """The dirhash the kernel puts into a no-key name of ``entry``."""
+        if entry.hash is not None:
+            return entry.hash  # casefold+encrypt: the stored hash
+        fs = self.fs
+        if not fs.dir_index:
+            return None
+        single_block = directory.size == fs.block_size
+        if not (directory.is_indexed_dir or single_block or directory.has_inline_data):
+            return None
+        version = fs.sb.s_def_hash_version
+        if directory.is_indexed_dir:
+            version = dx_hash_version(directory, version)
+        return ext4_dirhash(entry.name, version, self._seed, self._signed)
+
+    def display_name(self, directory: Inode, entry: Entry) -> bytes:
+        if not directory.is_encrypted:
+            return entry.name
+        return encode_nokey_name(entry.name, self.dirhash_for(directory, entry))
+
+    def symlink_target(self, inode: Inode) -> bytes:
+        """The target as ``readlink`` shows it without the key."""
+        stored = inode.symlink_data()
+        if not inode.is_encrypted:
+            return stored
+        ct = decode_encrypted_symlink(stored, inode.size, self.fs.block_size)
+        return encode_nokey_symlink(ct)
+
+    # -- listing ---------------------------------------------------------------------
+    def root_node(self) -> Node:
+        root = self.fs.root
+        return Node(b"/", b"/", b"/", root, False)
+
+    def children(self, node: Node) -> list[Node]:
+        directory = node.inode
+        out: list[Node] = []
+        base = node.path
+        for e in directory.entries():
+            name = self.display_name(directory, e)
+            child = self.fs.inode(e.ino)
+            out.append(
+                Node(
+                    posixpath.join(base, name),
+                    name,
+                    e.name,
+                    child,
+                    directory.is_encrypted,
+                    e.hash,
+                )
+            )
+        return out
+
+    def walk(self, top: Node, *, recursive: bool) -> Iterator[Node | Problem]:
+        """Children of ``top`` (all descendants when ``recursive``), depth first.
+
+        Per-object failures are yielded as :class:`Problem` and the walk goes on.
+        """
+        seen: set[int] = {top.inode.ino}
+
+        def visit(node: Node, depth: int) -> Iterator[Node | Problem]:
+            try:
+                kids = self.children(node)
+            except CipherdumpError as err:
+                yield Problem(node.path, err)
+                return
+            for kid in kids:
+                yield kid
+                if not recursive or not kid.inode.is_dir:
+                    continue
+                if kid.inode.ino in seen or depth >= MAX_DEPTH:
+                    yield Problem(
+                        kid.path,
+                        CorruptError(
+                            f"directory inode {kid.inode.ino} is reachable twice (cycle)",
+                            structure="directory tree",
+                        ),
+                    )
+                    continue
+                seen.add(kid.inode.ino)
+                yield from visit(kid, depth + 1)
+
+        yield from visit(top, 0)
+
+    # -- lookup ----------------------------------------------------------------------
+    def resolve(self, path: bytes) -> Node:
+        """Resolve a path typed by a user: plaintext names, or no-key names in
+        encrypted directories (as ``ls`` shows them on the live system)."""
+        node = self.root_node()
+        parts = [p for p in path.split(b"/") if p and p != b"."]
+        trail: list[Node] = [node]
+        for part in parts:
+            if part == b"..":
+                if len(trail) > 1:
+                    trail.pop()
+                node = trail[-1]
+                continue
+            if not node.inode.is_dir:
+                raise NotFoundError(f"{_show(node.path)}: not a directory")
+            node = self._lookup(node, part)
+            trail.append(node)
+        return node
+
+    def _lookup(self, parent: Node, name: bytes) -> Node:
+        directory = parent.inode
+        entries = directory.entries()
+        match: Entry | None = None
+        if directory.is_encrypted:
+            wanted = decode_nokey_name(name)
+            for e in entries:
+                if e.name == name or (wanted is not None and wanted.matches(e.name, e.hash)):
+                    match = e
+                    break
+        else:
+            match = next((e for e in entries if e.name == name), None)
+        if match is None:
+            raise NotFoundError(f"{_show(posixpath.join(parent.path, name))}: no such file")
+        shown = self.display_name(directory, match)
+        return Node(
+            posixpath.join(parent.path, shown),
+            shown,
+            match.name,
+            self.fs.inode(match.ino),
+            directory.is_encrypted,
+            match.hash,
+        )
+
+
+def _show(path: bytes) -> str:
+    return path.decode("utf-8", "backslashreplace")
