@@ -129,8 +129,10 @@ class DirectDeviceSource(_Closing):
         pos = start
         while pos < end:
             want = min(self._buf_len, _round_up(end - pos, _DIRECT_ALIGN))
-            got = os.preadv(self._fd, [self._buf], pos) if want == self._buf_len else (
-                os.preadv(self._fd, [memoryview(self._buf)[:want]], pos)
+            got = (
+                os.preadv(self._fd, [self._buf], pos)
+                if want == self._buf_len
+                else (os.preadv(self._fd, [memoryview(self._buf)[:want]], pos))
             )
             if got <= 0:
                 break
