@@ -1,0 +1,267 @@
+"""The ext4 directory-index (htree) hash functions, as the kernel computes them.
+
+ext4 hashes the bytes stored in a directory entry.  In an encrypted directory those
+are the ciphertext, so the hash of every name can be recomputed without any key
+(except in casefolded + encrypted directories, whose SipHash is keyed; see below).
+
+Hash versions (``DX_HASH_*`` in the kernel, stored in the htree root's
+``hash_version`` and in the superblock's ``s_def_hash_version``):
+
+====  ===================  ===============================================
+ 0    legacy               32-bit, ignores the seed, ``minor_hash`` is 0
+ 1    half-MD4             3-round reduced MD4 over 32-byte chunks (mkfs default)
+ 2    TEA                  16 rounds of TEA over 16-byte chunks
+ 3-5  the same, unsigned   bytes taken as 0..255 instead of -128..127
+ 6    SipHash-2-4          casefold + encrypt only; keyed, not computable here
+====  ===================  ===============================================
+
+The root of an index on disk records 0, 1 or 2; the kernel adds 3 when the
+superblock's ``s_flags`` has ``EXT2_FLAGS_UNSIGNED_HASH`` (0x2) set.
+:func:`ext4_dirhash` does that mapping through its ``signed`` argument.
+
+Casefolded directories that are *not* encrypted hash the casefolded name; callers
+that want that must casefold first.  This module hashes exactly the bytes given.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from cipherdump.errors import UnsupportedError
+
+DX_HASH_LEGACY: Final = 0
+DX_HASH_HALF_MD4: Final = 1
+DX_HASH_TEA: Final = 2
+DX_HASH_LEGACY_UNSIGNED: Final = 3
+DX_HASH_HALF_MD4_UNSIGNED: Final = 4
+DX_HASH_TEA_UNSIGNED: Final = 5
+DX_HASH_SIPHASH: Final = 6
+
+#: ``s_flags`` bits that say how ``char`` was signed on the machine that ran mkfs.
+EXT2_FLAGS_SIGNED_HASH: Final = 0x0001
+EXT2_FLAGS_UNSIGNED_HASH: Final = 0x0002
+
+#: The end-of-directory marker of 32-bit htree positions; no name may hash to it.
+EXT4_HTREE_EOF_32BIT: Final = 0x7FFFFFFF
+
+HASH_SEED_SIZE: Final = 16
+
+HASH_VERSION_NAMES: Final[dict[int, str]] = {
+    DX_HASH_LEGACY: "legacy",
+    DX_HASH_HALF_MD4: "half_md4",
+    DX_HASH_TEA: "tea",
+    DX_HASH_LEGACY_UNSIGNED: "legacy_unsigned",
+    DX_HASH_HALF_MD4_UNSIGNED: "half_md4_unsigned",
+    DX_HASH_TEA_UNSIGNED: "tea_unsigned",
+    DX_HASH_SIPHASH: "siphash",
+}
+
+_M32: Final = 0xFFFFFFFF
+_MD4_INIT: Final = (0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476)
+_K2: Final = 0x5A827999  # octal 013240474631 in the kernel
+_K3: Final = 0x6ED9EBA1  # octal 015666365641
+_TEA_DELTA: Final = 0x9E3779B9
+
+# A byte as the kernel's ``(int)(signed char)c``: what x86 compilers make of ``char``.
+_SIGNED_BYTE: Final = tuple(b - 256 if b >= 0x80 else b for b in range(256))
+_UNSIGNED_BYTE: Final = tuple(range(256))
+_BE_WORDS: Final = tuple(struct.Struct(f">{n}I") for n in range(9))
+
+
+def hash_version_name(version: int) -> str:
+    return HASH_VERSION_NAMES.get(version, f"hash-{version}")
+
+
+def effective_hash_version(version: int, signed: bool) -> int:
+    """The version the kernel really runs: 0..2 become 3..5 on unsigned filesystems.
+
+    Versions 3 and above are returned unchanged (they already say how bytes are read).
+    """
+    if DX_HASH_LEGACY <= version <= DX_HASH_TEA and not signed:
+        return version + 3
+    return version
+
+
+def is_signed_filesystem(s_flags: int) -> bool:
+    """Whether a superblock's ``s_flags`` asks for the signed hash variants.
+
+    The unsigned variants are used when ``EXT2_FLAGS_UNSIGNED_HASH`` is set.  With
+    neither flag set the kernel follows the ``char`` of the CPU that mounts the
+    filesystem (signed on x86, unsigned on arm64) and records it on a read-write
+    mount; this function assumes signed, as on x86.
+    """
+    return not s_flags & EXT2_FLAGS_UNSIGNED_HASH
+
+
+def _str2hashbuf(name: bytes, start: int, num: int, signed: bool) -> list[int]:
+    """``str2hashbuf_{signed,unsigned}``: ``num`` message words from ``name[start:]``.
+
+    Every word starts as ``pad`` (the remaining length repeated in each byte, built
+    with shifts and ORs exactly as the kernel does, so lengths past 255 overlap) and
+    takes up to four bytes, each shifted in from the right; unused words are ``pad``.
+    """
+    remaining = len(name) - start
+    pad = (remaining | (remaining << 8)) & _M32
+    pad = (pad | (pad << 16)) & _M32
+    used = min(remaining, num * 4)
+    full = used // 4
+    # Four whole bytes push ``pad`` out entirely, so such a word is the bytes read
+    # big-endian.  Sign-extending byte j (0 = first) of a word subtracts 1 << 8 * (4 - j)
+    # when it is >= 0x80: bit 7 of bytes 1..3 moved up by one bit; byte 0's borrow
+    # falls off the 32-bit word.
+    words = list(_BE_WORDS[full].unpack_from(name, start))
+    if signed:
+        words = [(w - ((w & 0x00808080) << 1)) & _M32 for w in words]
+    if full < num:
+        table = _SIGNED_BYTE if signed else _UNSIGNED_BYTE
+        val = pad
+        for i in range(start + full * 4, start + used):
+            val = (table[name[i]] + (val << 8)) & _M32
+        words.append(val)
+        words.extend([pad] * (num - full - 1))
+    return words
+
+
+def _half_md4_transform(buf: list[int], words: list[int]) -> None:
+    """The kernel's ``half_md4_transform``: 24 reduced MD4 steps, added into ``buf``.
+
+    Unrolled because it runs once per 32 bytes of every name in a directory scan.
+    Each step is ``a = rotl32(a + f(b, c, d) + word + K, s)`` with (a, b, c, d)
+    rotating as in MD4.
+    """
+    a, b, c, d = buf
+    w0, w1, w2, w3, w4, w5, w6, w7 = words
+    # Round 1, F(x, y, z) = z ^ (x & (y ^ z)).
+    t = (a + (d ^ (b & (c ^ d))) + w0) & _M32
+    a = ((t << 3) | (t >> 29)) & _M32
+    t = (d + (c ^ (a & (b ^ c))) + w1) & _M32
+    d = ((t << 7) | (t >> 25)) & _M32
+    t = (c + (b ^ (d & (a ^ b))) + w2) & _M32
+    c = ((t << 11) | (t >> 21)) & _M32
+    t = (b + (a ^ (c & (d ^ a))) + w3) & _M32
+    b = ((t << 19) | (t >> 13)) & _M32
+    t = (a + (d ^ (b & (c ^ d))) + w4) & _M32
+    a = ((t << 3) | (t >> 29)) & _M32
+    t = (d + (c ^ (a & (b ^ c))) + w5) & _M32
+    d = ((t << 7) | (t >> 25)) & _M32
+    t = (c + (b ^ (d & (a ^ b))) + w6) & _M32
+    c = ((t << 11) | (t >> 21)) & _M32
+    t = (b + (a ^ (c & (d ^ a))) + w7) & _M32
+    b = ((t << 19) | (t >> 13)) & _M32
+    # Round 2, G(x, y, z) = (x & y) + ((x ^ y) & z).
+    t = (a + ((b & c) + ((b ^ c) & d)) + w1 + _K2) & _M32
+    a = ((t << 3) | (t >> 29)) & _M32
+    t = (d + ((a & b) + ((a ^ b) & c)) + w3 + _K2) & _M32
+    d = ((t << 5) | (t >> 27)) & _M32
+    t = (c + ((d & a) + ((d ^ a) & b)) + w5 + _K2) & _M32
+    c = ((t << 9) | (t >> 23)) & _M32
+    t = (b + ((c & d) + ((c ^ d) & a)) + w7 + _K2) & _M32
+    b = ((t << 13) | (t >> 19)) & _M32
+    t = (a + ((b & c) + ((b ^ c) & d)) + w0 + _K2) & _M32
+    a = ((t << 3) | (t >> 29)) & _M32
+    t = (d + ((a & b) + ((a ^ b) & c)) + w2 + _K2) & _M32
+    d = ((t << 5) | (t >> 27)) & _M32
+    t = (c + ((d & a) + ((d ^ a) & b)) + w4 + _K2) & _M32
+    c = ((t << 9) | (t >> 23)) & _M32
+    t = (b + ((c & d) + ((c ^ d) & a)) + w6 + _K2) & _M32
+    b = ((t << 13) | (t >> 19)) & _M32
+    # Round 3, H(x, y, z) = x ^ y ^ z.
+    t = (a + (b ^ c ^ d) + w3 + _K3) & _M32
+    a = ((t << 3) | (t >> 29)) & _M32
+    t = (d + (a ^ b ^ c) + w7 + _K3) & _M32
+    d = ((t << 9) | (t >> 23)) & _M32
+    t = (c + (d ^ a ^ b) + w2 + _K3) & _M32
+    c = ((t << 11) | (t >> 21)) & _M32
+    t = (b + (c ^ d ^ a) + w6 + _K3) & _M32
+    b = ((t << 15) | (t >> 17)) & _M32
+    t = (a + (b ^ c ^ d) + w1 + _K3) & _M32
+    a = ((t << 3) | (t >> 29)) & _M32
+    t = (d + (a ^ b ^ c) + w5 + _K3) & _M32
+    d = ((t << 9) | (t >> 23)) & _M32
+    t = (c + (d ^ a ^ b) + w0 + _K3) & _M32
+    c = ((t << 11) | (t >> 21)) & _M32
+    t = (b + (c ^ d ^ a) + w4 + _K3) & _M32
+    b = ((t << 15) | (t >> 17)) & _M32
+    buf[0] = (buf[0] + a) & _M32
+    buf[1] = (buf[1] + b) & _M32
+    buf[2] = (buf[2] + c) & _M32
+    buf[3] = (buf[3] + d) & _M32
+
+
+def _tea_transform(buf: list[int], words: list[int]) -> None:
+    """The kernel's ``TEA_transform``: 16 TEA rounds, added into ``buf[0:2]``."""
+    total = 0
+    b0, b1 = buf[0], buf[1]
+    a, b, c, d = words
+    for _ in range(16):
+        total = (total + _TEA_DELTA) & _M32
+        b0 = (b0 + ((((b1 << 4) + a) ^ (b1 + total) ^ ((b1 >> 5) + b)) & _M32)) & _M32
+        b1 = (b1 + ((((b0 << 4) + c) ^ (b0 + total) ^ ((b0 >> 5) + d)) & _M32)) & _M32
+    buf[0] = (buf[0] + b0) & _M32
+    buf[1] = (buf[1] + b1) & _M32
+
+
+def _legacy_hash(name: bytes, table: tuple[int, ...]) -> int:
+    """``dx_hack_hash_{signed,unsigned}``: the pre-htree-seed hash (no minor hash)."""
+    hash0, hash1 = 0x12A3FE2D, 0x37ABE8F9
+    for byte in name:
+        value = (hash1 + (hash0 ^ ((table[byte] * 7152373) & _M32))) & _M32
+        if value & 0x80000000:
+            value = (value - 0x7FFFFFFF) & _M32
+        hash1, hash0 = hash0, value
+    return (hash0 << 1) & _M32
+
+
+def _initial_state(seed: bytes) -> list[int]:
+    if len(seed) != HASH_SEED_SIZE:
+        raise ValueError(f"hash seed must be {HASH_SEED_SIZE} bytes, not {len(seed)}")
+    words = [int.from_bytes(seed[i : i + 4], "little") for i in range(0, HASH_SEED_SIZE, 4)]
+    # An all-zero seed means "no seed": the kernel then starts from MD4's constants.
+    return words if any(words) else list(_MD4_INIT)
+
+
+def ext4_dirhash(name: bytes, version: int, seed: bytes, signed: bool) -> tuple[int, int]:
+    """``(hash, minor_hash)`` of ``name`` exactly as ext4 computes it.
+
+    ``version`` is the htree hash version (0..5); for 0..2 ``signed`` picks the signed
+    or unsigned variant as the filesystem's ``s_flags`` would (see
+    :func:`is_signed_filesystem`); 3..5 are always unsigned.  ``seed`` is the
+    superblock's 16-byte ``s_hash_seed`` as stored (four little-endian words); all
+    zeros selects the default MD4 state.  The seed does not affect the legacy hash.
+
+    The result's ``hash`` always has bit 0 clear and is never ``0xFFFFFFFE`` (the
+    kernel moves that value to ``0xFFFFFFFC``, away from the end-of-directory marker).
+
+    Raises :class:`UnsupportedError` for SipHash (version 6, keyed by the directory's
+    fscrypt dirhash key; such entries store their hash in the dirent instead) and for
+    unknown versions.
+    """
+    effective = effective_hash_version(version, signed)
+    signed_bytes = effective < DX_HASH_LEGACY_UNSIGNED
+    minor_hash = 0
+    if effective in (DX_HASH_LEGACY, DX_HASH_LEGACY_UNSIGNED):
+        if len(seed) != HASH_SEED_SIZE:
+            raise ValueError(f"hash seed must be {HASH_SEED_SIZE} bytes, not {len(seed)}")
+        hash_ = _legacy_hash(name, _SIGNED_BYTE if signed_bytes else _UNSIGNED_BYTE)
+    elif effective in (DX_HASH_HALF_MD4, DX_HASH_HALF_MD4_UNSIGNED):
+        buf = _initial_state(seed)
+        for start in range(0, len(name), 32):
+            _half_md4_transform(buf, _str2hashbuf(name, start, 8, signed_bytes))
+        hash_, minor_hash = buf[1], buf[2]
+    elif effective in (DX_HASH_TEA, DX_HASH_TEA_UNSIGNED):
+        buf = _initial_state(seed)
+        for start in range(0, len(name), 16):
+            _tea_transform(buf, _str2hashbuf(name, start, 4, signed_bytes))
+        hash_, minor_hash = buf[0], buf[1]
+    elif effective == DX_HASH_SIPHASH:
+        raise UnsupportedError(
+            "SipHash directory hashes (casefolded encrypted directories) need the "
+            "directory's key; use the hash stored in the directory entry"
+        )
+    else:
+        raise UnsupportedError(f"unknown directory hash version {version}")
+    hash_ &= ~1 & _M32
+    if hash_ == EXT4_HTREE_EOF_32BIT << 1:
+        hash_ = (EXT4_HTREE_EOF_32BIT - 1) << 1
+    return hash_, minor_hash
