@@ -81,10 +81,11 @@ class Namespace:
 
     def symlink_target(self, inode: Inode) -> bytes:
         """The target as ``readlink`` shows it without the key."""
-        stored = inode.symlink_data()
         if not inode.is_encrypted:
-            return stored
-        ct = decode_encrypted_symlink(stored, inode.size, self.fs.block_size)
+            return inode.symlink_data()
+        ct = decode_encrypted_symlink(
+            inode.symlink_storage(), inode.size, self.fs.block_size, location=f"inode {inode.ino}"
+        )
         return encode_nokey_symlink(ct)
 
     # -- listing ---------------------------------------------------------------------
@@ -93,23 +94,32 @@ class Namespace:
         return Node(b"/", b"/", b"/", root, False)
 
     def children(self, node: Node) -> list[Node]:
-        directory = node.inode
+        """Every entry of the directory ``node``; raises on the first unreadable one."""
         out: list[Node] = []
+        for item in self.iter_children(node):
+            if isinstance(item, Problem):
+                raise item.error
+            out.append(item)
+        return out
+
+    def iter_children(self, node: Node) -> Iterator[Node | Problem]:
+        """Every entry of the directory ``node``, an entry whose inode cannot be read
+        as a :class:`Problem` of its own.
+
+        An unreadable directory raises: nothing of it can be listed.  One bad inode
+        (checksum mismatch, number out of range) must not hide its siblings.
+        """
+        directory = node.inode
         base = node.path
         for e in directory.entries():
             name = self.display_name(directory, e)
-            child = self.fs.inode(e.ino)
-            out.append(
-                Node(
-                    posixpath.join(base, name),
-                    name,
-                    e.name,
-                    child,
-                    directory.is_encrypted,
-                    e.hash,
-                )
-            )
-        return out
+            path = posixpath.join(base, name)
+            try:
+                child = self.fs.inode(e.ino)
+            except CipherdumpError as err:
+                yield Problem(path, err)
+                continue
+            yield Node(path, name, e.name, child, directory.is_encrypted, e.hash)
 
     def walk(self, top: Node, *, recursive: bool) -> Iterator[Node | Problem]:
         """Children of ``top`` (all descendants when ``recursive``), depth first.
@@ -117,30 +127,35 @@ class Namespace:
         Per-object failures are yielded as :class:`Problem` and the walk goes on.
         """
         seen: set[int] = {top.inode.ino}
+        # An explicit stack, not recursion: a legitimately deep tree must not hit
+        # Python's recursion limit.
+        stack: list[Iterator[Node | Problem]] = [self._listing(top)]
+        while stack:
+            kid = next(stack[-1], None)
+            if kid is None:
+                stack.pop()
+                continue
+            yield kid
+            if isinstance(kid, Problem) or not recursive or not kid.inode.is_dir:
+                continue
+            if kid.inode.ino in seen or len(stack) > MAX_DEPTH:
+                why = (
+                    f"directory inode {kid.inode.ino} is reachable twice (cycle)"
+                    if kid.inode.ino in seen
+                    else f"directory tree is deeper than {MAX_DEPTH} levels"
+                )
+                yield Problem(kid.path, CorruptError(why, structure="directory tree"))
+                continue
+            seen.add(kid.inode.ino)
+            stack.append(self._listing(kid))
 
-        def visit(node: Node, depth: int) -> Iterator[Node | Problem]:
-            try:
-                kids = self.children(node)
-            except CipherdumpError as err:
-                yield Problem(node.path, err)
-                return
-            for kid in kids:
-                yield kid
-                if not recursive or not kid.inode.is_dir:
-                    continue
-                if kid.inode.ino in seen or depth >= MAX_DEPTH:
-                    yield Problem(
-                        kid.path,
-                        CorruptError(
-                            f"directory inode {kid.inode.ino} is reachable twice (cycle)",
-                            structure="directory tree",
-                        ),
-                    )
-                    continue
-                seen.add(kid.inode.ino)
-                yield from visit(kid, depth + 1)
-
-        yield from visit(top, 0)
+    def _listing(self, node: Node) -> Iterator[Node | Problem]:
+        """The children of ``node``, or one Problem for ``node`` if it is unreadable."""
+        try:
+            kids = list(self.iter_children(node))
+        except CipherdumpError as err:
+            kids = [Problem(node.path, err)]
+        return iter(kids)
 
     # -- lookup ----------------------------------------------------------------------
     def resolve(self, path: bytes) -> Node:
@@ -163,16 +178,17 @@ class Namespace:
 
     def _lookup(self, parent: Node, name: bytes) -> Node:
         directory = parent.inode
-        entries = directory.entries()
-        match: Entry | None = None
-        if directory.is_encrypted:
+        match = directory.entry_named(name)
+        if match is None and directory.is_encrypted:
             wanted = decode_nokey_name(name)
-            for e in entries:
-                if e.name == name or (wanted is not None and wanted.matches(e.name, e.hash)):
-                    match = e
-                    break
-        else:
-            match = next((e for e in entries if e.name == name), None)
+            if wanted is not None:
+                if wanted.ciphertext is not None:
+                    # Short form: the whole ciphertext is in the name.
+                    match = directory.entry_named(wanted.ciphertext)
+                else:
+                    match = next(
+                        (e for e in directory.entries() if wanted.matches(e.name, e.hash)), None
+                    )
         if match is None:
             raise NotFoundError(f"{_show(posixpath.join(parent.path, name))}: no such file")
         shown = self.display_name(directory, match)

@@ -132,14 +132,18 @@ class Filesystem:
     def _group_desc_block(self, index: int) -> int:
         """Physical block holding descriptor block ``index`` (meta_bg aware)."""
         sb = self.sb
-        first = sb.s_first_data_block + 1
+        # The superblock always sits at byte 1024.  With 1 KiB blocks that is block 1,
+        # even when bigalloc makes s_first_data_block 0; descriptors follow it.
+        sb_block = 1 if self.block_size == 1024 else 0
         per_block = self.block_size // sb.desc_size
         if not sb.has_incompat(F.INCOMPAT_META_BG) or index < sb.s_first_meta_bg:
-            return first + index
+            return max(sb.s_first_data_block, sb_block) + 1 + index
         # With meta_bg, descriptor block i sits at the start of the first group of its
         # meta group (after a backup superblock if that group has one).
         group = index * per_block
         blk = sb.s_first_data_block + group * sb.s_blocks_per_group
+        if group == 0:
+            blk = max(blk, sb_block)
         if self._group_has_super(group):
             blk += 1
         return blk

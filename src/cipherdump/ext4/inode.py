@@ -69,6 +69,8 @@ class Inode:
         self.fs = fs
         self.ino = ino
         self.raw = raw
+        self._entries: list[Entry] | None = None
+        self._by_name: dict[bytes, Entry] | None = None
 
     def __repr__(self) -> str:
         return f"<Inode {self.ino} {self.type.value} size={self.size}>"
@@ -194,19 +196,18 @@ class Inode:
 
     @property
     def is_fast_symlink(self) -> bool:
-        """Target in ``i_block``: decided the way the kernel decides it."""
+        """Target in ``i_block``: decided the way the kernel decides it.
+
+        Like ``ext4_inode_is_fast_symlink``: with the ea_inode feature by ``i_size``
+        alone, otherwise by an ``i_blocks`` that counts nothing but the xattr block (one
+        cluster).  Neither the extents flag nor the encrypt flag enters into it.
+        """
         if not self.is_symlink or self.has_inline_data:
             return False
-        if self.uses_extents:
-            return False
-        if self.is_encrypted:
-            # Encrypted fast symlinks store le16 len + ct + NUL in i_block.
-            return self.size + 1 <= FAST_SYMLINK_MAX and self._blocks_without_xattr() == 0
-        return self.size < FAST_SYMLINK_MAX and self._blocks_without_xattr() == 0
-
-    def _blocks_without_xattr(self) -> int:
-        ea_blocks = (self.fs.block_size // 512) if self.raw.i_file_acl else 0
-        return self.blocks_512 - ea_blocks if self.blocks_512 >= ea_blocks else self.blocks_512
+        if self.fs.sb.has_incompat(F.INCOMPAT_EA_INODE):
+            return 0 < self.size < FAST_SYMLINK_MAX
+        ea_blocks = (self.fs.sb.cluster_size // 512) if self.raw.i_file_acl else 0
+        return self.blocks_512 == ea_blocks
 
     # -- xattrs ----------------------------------------------------------------------
     @cached_property
@@ -343,9 +344,34 @@ class Inode:
             )
         return data
 
+    def symlink_storage(self) -> bytes:
+        """The whole area a symlink's bytes live in: ``i_block`` (fast), the first data
+        block (slow) or the inline data, including what follows ``i_size`` (for an
+        encrypted target, the NUL after the ciphertext)."""
+        if not self.is_symlink:
+            raise UnsupportedError(f"inode {self.ino} is not a symlink")
+        if self.has_inline_data:
+            return self.inline_data()
+        if self.is_fast_symlink:
+            return self.raw.i_block
+        return self.read_raw(0, self.fs.block_size)
+
     # -- directories -----------------------------------------------------------------
     def entries(self) -> list[Entry]:
-        """Directory entries (without ``.`` and ``..``), raw name bytes, disk order."""
-        from cipherdump.ext4.directory import read_entries
+        """Directory entries (without ``.`` and ``..``), raw name bytes, disk order.
 
-        return read_entries(self)
+        Read once per inode view; the filesystem keeps recently used views.
+        """
+        if self._entries is None:
+            from cipherdump.ext4.directory import read_entries
+
+            self._entries = read_entries(self)
+        return self._entries
+
+    def entry_named(self, name: bytes) -> Entry | None:
+        """The entry with exactly these name bytes, by a dictionary built on first use."""
+        if self._by_name is None:
+            self._by_name = {}
+            for e in self.entries():
+                self._by_name.setdefault(e.name, e)
+        return self._by_name.get(name)
