@@ -1,0 +1,109 @@
+"""The Backend protocol, the file types it stores and the handles that name files."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from cipherdump.errors import BackendError
+from cipherdump.repo.ids import is_hex_id
+
+
+class FileType(enum.Enum):
+    """The kinds of repository files; the value is the directory/prefix name."""
+
+    CONFIG = "config"
+    KEY = "keys"
+    LOCK = "locks"
+    SNAPSHOT = "snapshots"
+    INDEX = "index"
+    PACK = "data"
+
+
+@dataclass(frozen=True, slots=True)
+class Handle:
+    """Names one repository file.
+
+    The config file's name is the empty string; every other file is named by 64
+    lowercase hex digits.  Validating here keeps path traversal out of every backend.
+    """
+
+    type: FileType
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type is FileType.CONFIG:
+            if self.name != "":
+                raise BackendError("the config file has no name")
+        elif not is_hex_id(self.name):
+            raise BackendError(f"bad {self.type.value} file name {self.name[:80]!r}")
+
+    def __str__(self) -> str:
+        """The file's path relative to the repository root (local backend layout)."""
+        if self.type is FileType.CONFIG:
+            return "config"
+        if self.type is FileType.PACK:
+            return f"data/{self.name[:2]}/{self.name}"
+        return f"{self.type.value}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """One entry of :meth:`Backend.list`."""
+
+    name: str
+    size: int
+
+
+class ObjectMissing(BackendError):
+    """The named file does not exist in the backend."""
+
+
+class Backend(Protocol):
+    """Storage only: whole-file atomic writes, ranged reads, listing, removal.
+
+    * ``save`` is atomic: a reader sees either no file or the whole file, also after a
+      crash at any point.  Saving an existing name replaces it atomically.
+    * ``load`` with ``length=None`` reads to the end; a range past the end raises
+      :class:`BackendError`.  A missing file raises :class:`ObjectMissing`.
+    * ``list`` yields every complete file of one type, in no particular order.
+    * Every other failure of the storage raises :class:`BackendError`.
+    """
+
+    @property
+    def location(self) -> str: ...
+
+    def save(self, handle: Handle, source: BinaryIO) -> None:
+        """Store everything ``source.read`` yields (from its current position) under ``handle``."""
+        ...
+
+    def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> bytes: ...
+
+    def stat(self, handle: Handle) -> int:
+        """The size in bytes of the file."""
+        ...
+
+    def remove(self, handle: Handle) -> None: ...
+
+    def list(self, file_type: FileType) -> Iterator[FileInfo]: ...
+
+    def close(self) -> None: ...
+
+
+# Backends copy streams in pieces of this size, so no backend needs a whole pack in memory.
+COPY_CHUNK = 1 << 20
+
+
+def check_range(handle: Handle, size: int, offset: int, length: int | None) -> int:
+    """Validate a read range against a file size; return the length to read."""
+    if offset < 0 or (length is not None and length < 0):
+        raise BackendError(f"negative read range for {handle}")
+    if length is None:
+        length = max(size - offset, 0)
+    if offset + length > size:
+        raise BackendError(
+            f"short file {handle}: wanted {length} bytes at {offset}, file has {size}"
+        )
+    return length

@@ -1,0 +1,179 @@
+"""The local backend: a directory, written only by atomic, durable renames.
+
+Layout (see ``docs/repository-format.md``)::
+
+    config  keys/<id>  locks/<id>  snapshots/<id>  index/<id>  data/<id[:2]>/<id>
+
+Every write goes to ``<dir>/.tmp-<random>`` (created ``0600`` with ``O_EXCL``), is
+fsynced, renamed over the final name, and then the directory is fsynced, so a crash at
+any point leaves either no file or the whole file.  Directories are created ``0700``.
+Left-over ``.tmp-*`` files are never listed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from cipherdump.errors import BackendError
+from cipherdump.repo.backends.base import (
+    COPY_CHUNK,
+    FileInfo,
+    FileType,
+    Handle,
+    ObjectMissing,
+    check_range,
+)
+from cipherdump.repo.ids import is_hex_id
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+TEMP_PREFIX = ".tmp-"
+_SUBDIRS = (FileType.KEY, FileType.LOCK, FileType.SNAPSHOT, FileType.INDEX, FileType.PACK)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _mkdir(path: Path) -> None:
+    """Create one directory 0700 and make its entry durable; existing is fine."""
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        return
+    os.chmod(path, DIR_MODE)
+    _fsync_dir(path.parent)
+
+
+class LocalBackend:
+    """A repository in a local directory."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.root = Path(path)
+        if not self.root.is_dir():
+            raise ObjectMissing(f"repository directory {self.root} does not exist")
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str]) -> LocalBackend:
+        """Create the directory tree for a new repository (missing or empty ``path``)."""
+        root = Path(path)
+        try:
+            if root.exists():
+                if not root.is_dir() or any(root.iterdir()):
+                    raise BackendError(f"{root} exists and is not an empty directory")
+                os.chmod(root, DIR_MODE)
+            else:
+                root.parent.mkdir(parents=True, exist_ok=True)
+                _mkdir(root)
+            for sub in _SUBDIRS:
+                _mkdir(root / sub.value)
+        except OSError as exc:
+            raise BackendError(f"cannot create repository at {root}: {exc}") from exc
+        return cls(root)
+
+    @property
+    def location(self) -> str:
+        return f"local:{self.root}"
+
+    def _path(self, handle: Handle) -> Path:
+        return self.root / str(handle)
+
+    def save(self, handle: Handle, source: BinaryIO) -> None:
+        path = self._path(handle)
+        directory = path.parent
+        try:
+            if handle.type is FileType.PACK:
+                _mkdir(directory)
+            tmp = directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            try:
+                os.fchmod(fd, FILE_MODE)
+                with os.fdopen(fd, "wb", closefd=False) as out:
+                    while chunk := source.read(COPY_CHUNK):
+                        out.write(chunk)
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                tmp.unlink(missing_ok=True)
+                raise
+            os.close(fd)
+            os.replace(tmp, path)
+            _fsync_dir(directory)
+        except OSError as exc:
+            raise BackendError(f"cannot write {handle} in {self.location}: {exc}") from exc
+
+    def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> bytes:
+        path = self._path(handle)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                length = check_range(handle, size, offset, length)
+                f.seek(offset)
+                data = f.read(length)
+        except FileNotFoundError:
+            raise ObjectMissing(f"{handle} does not exist in {self.location}") from None
+        except OSError as exc:
+            raise BackendError(f"cannot read {handle} in {self.location}: {exc}") from exc
+        if len(data) != length:
+            raise BackendError(f"short read of {handle} in {self.location}")
+        return data
+
+    def stat(self, handle: Handle) -> int:
+        try:
+            return self._path(handle).stat().st_size
+        except FileNotFoundError:
+            raise ObjectMissing(f"{handle} does not exist in {self.location}") from None
+        except OSError as exc:
+            raise BackendError(f"cannot stat {handle} in {self.location}: {exc}") from exc
+
+    def remove(self, handle: Handle) -> None:
+        path = self._path(handle)
+        try:
+            path.unlink()
+            _fsync_dir(path.parent)
+        except FileNotFoundError:
+            raise ObjectMissing(f"{handle} does not exist in {self.location}") from None
+        except OSError as exc:
+            raise BackendError(f"cannot remove {handle} in {self.location}: {exc}") from exc
+
+    def list(self, file_type: FileType) -> Iterator[FileInfo]:
+        try:
+            if file_type is FileType.CONFIG:
+                config = self.root / "config"
+                if config.is_file():
+                    yield FileInfo("", config.stat().st_size)
+                return
+            top = self.root / file_type.value
+            if file_type is FileType.PACK:
+                dirs = [Path(e.path) for e in _scandir(top) if len(e.name) == 2 and e.is_dir()]
+                dirs.sort()
+            else:
+                dirs = [top]
+            for directory in dirs:
+                for entry in sorted(_scandir(directory), key=lambda e: e.name):
+                    if is_hex_id(entry.name) and entry.is_file(follow_symlinks=False):
+                        yield FileInfo(entry.name, entry.stat(follow_symlinks=False).st_size)
+        except OSError as exc:
+            raise BackendError(f"cannot list {file_type.value} in {self.location}: {exc}") from exc
+
+    def close(self) -> None:
+        pass
+
+
+def _scandir(path: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return []
+        raise

@@ -1,0 +1,1 @@
+"""Blob storage: deduplicating writes into packs, index deltas, and blob reads."""

@@ -1,0 +1,257 @@
+"""The repository check: structure always, every byte with ``read_data``.
+
+Structural check: the config and every key, lock, index and snapshot file are read
+and authenticated (names are the BLAKE3 of contents); every pack an index names exists
+with the size the index says; every tree reachable from a snapshot is loaded and
+verified, and every blob it references is indexed.
+
+With ``read_data`` every pack is read whole: its BLAKE3 must equal its name, its header
+must authenticate and agree with the index, and every blob must authenticate and
+hash to its id.  Packs no index names (left by interrupted runs) and blobs no
+snapshot uses are reported as information, not as errors.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from cipherdump.errors import CipherdumpError
+from cipherdump.repo.backends.base import Backend, FileType, Handle
+from cipherdump.repo.blobs.store import load_index_file
+from cipherdump.repo.config import decode_config
+from cipherdump.repo.crypto import MasterKey, file_id
+from cipherdump.repo.ids import BlobType, Id
+from cipherdump.repo.index import IndexFile
+from cipherdump.repo.keyfile import decode_key_params
+from cipherdump.repo.lock import is_stale, read_lock
+from cipherdump.repo.memindex import MemoryIndex
+from cipherdump.repo.pack import iter_pack, open_blob
+from cipherdump.repo.snapshot import decode_snapshot
+from cipherdump.repo.tree import decode_tree
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One problem (or remark).  ``file`` is the repository-relative path, if any."""
+
+    message: str
+    file: str = ""
+    blob: Id | None = None
+
+    def __str__(self) -> str:
+        where = " ".join(p for p in (self.file, f"blob {self.blob}" if self.blob else "") if p)
+        return f"{where}: {self.message}" if where else self.message
+
+
+@dataclass(slots=True)
+class CheckReport:
+    errors: list[Finding] = field(default_factory=list)
+    infos: list[Finding] = field(default_factory=list)
+    packs_read: int = 0
+    blobs_checked: int = 0
+    snapshots: int = 0
+    trees: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def text(self) -> str:
+        lines = [f"error: {f}" for f in self.errors] + [f"info: {f}" for f in self.infos]
+        return "\n".join(lines)
+
+
+class Checker:
+    def __init__(
+        self, backend: Backend, key: MasterKey, *, read_data: bool, own_lock: str | None = None
+    ) -> None:
+        self.backend = backend
+        self.key = key
+        self.read_data = read_data
+        self.own_lock = own_lock
+        self.report = CheckReport()
+        self.index = MemoryIndex()
+        self._rows_per_pack: dict[Id, int] | None = None
+
+    def error(self, message: str, file: str = "", blob: Id | None = None) -> None:
+        self.report.errors.append(Finding(message, file, blob))
+
+    def info(self, message: str, file: str = "", blob: Id | None = None) -> None:
+        self.report.infos.append(Finding(message, file, blob))
+
+    def run(self) -> CheckReport:
+        self._check_config()
+        self._check_keys()
+        self._check_locks()
+        packs = {info.name: info.size for info in self.backend.list(FileType.PACK)}
+        self._load_index(packs)
+        used = bytearray(len(self.index))
+        self._check_snapshots(used)
+        if self.read_data:
+            for name in sorted(packs):
+                self._read_pack(name)
+        unused = len(used) - sum(used)
+        if unused:
+            self.info(f"{unused} indexed blobs are used by no snapshot")
+        return self.report
+
+    def _check_config(self) -> None:
+        try:
+            decode_config(self.key, self.backend.load(Handle(FileType.CONFIG)))
+        except CipherdumpError as exc:
+            self.error(f"damaged: {exc}", "config")
+
+    def _check_keys(self) -> None:
+        for info in self.backend.list(FileType.KEY):
+            handle = Handle(FileType.KEY, info.name)
+            try:
+                data = self.backend.load(handle)
+                if file_id(data).hex != info.name:
+                    self.error("damaged: content does not match its name", str(handle))
+                    continue
+                decode_key_params(data)
+            except CipherdumpError as exc:
+                self.error(f"damaged: {exc}", str(handle))
+
+    def _check_locks(self) -> None:
+        now = time.time_ns()
+        for info in self.backend.list(FileType.LOCK):
+            if info.name == self.own_lock:
+                continue
+            where = str(Handle(FileType.LOCK, info.name))
+            try:
+                lock = read_lock(self.backend, self.key, info.name)
+            except CipherdumpError as exc:
+                self.error(f"damaged: {exc}", where)
+                continue
+            state = "stale lock" if is_stale(lock, now) else "lock"
+            self.info(f"{state} held by {lock.describe()}", where)
+
+    def _load_index(self, packs: dict[str, int]) -> None:
+        files: dict[str, IndexFile] = {}
+        for info in self.backend.list(FileType.INDEX):
+            where = str(Handle(FileType.INDEX, info.name))
+            try:
+                files[info.name] = load_index_file(self.backend, self.key, info.name)
+            except CipherdumpError as exc:
+                self.error(f"damaged: {exc}", where)
+        superseded = {i.hex for f in files.values() for i in f.supersedes}
+        for name, index_file in files.items():
+            if name in superseded:
+                continue
+            for pack in index_file.packs:
+                where = str(Handle(FileType.PACK, pack.id.hex))
+                size = packs.get(pack.id.hex)
+                if size is None:
+                    self.error(f"missing, but index/{name} names it", where)
+                    continue
+                if size != pack.size:
+                    self.error(f"is {size} bytes, index/{name} says {pack.size}", where)
+                self.index.add_pack(pack.id, pack.size, pack.raw_entries)
+        for name in packs:
+            if not self.index.has_pack(Id.from_hex(name)):
+                self.info(
+                    "unreferenced pack (left by an interrupted run)",
+                    str(Handle(FileType.PACK, name)),
+                )
+
+    def _check_snapshots(self, used: bytearray) -> None:
+        roots: list[tuple[Id, str]] = []
+        for info in self.backend.list(FileType.SNAPSHOT):
+            handle = Handle(FileType.SNAPSHOT, info.name)
+            try:
+                data = self.backend.load(handle)
+                if file_id(data).hex != info.name:
+                    self.error("damaged: content does not match its name", str(handle))
+                    continue
+                snap = decode_snapshot(self.key, data, str(handle))
+            except CipherdumpError as exc:
+                self.error(f"damaged: {exc}", str(handle))
+                continue
+            self.report.snapshots += 1
+            roots.append((snap.tree, str(handle)))
+        seen: set[Id] = set()
+        queue: deque[tuple[Id, str]] = deque(roots)
+        while queue:
+            tree_id, parent = queue.popleft()
+            if tree_id in seen:
+                continue
+            seen.add(tree_id)
+            tree_data = self._load_blob(BlobType.TREE, tree_id, parent, used)
+            if tree_data is None:
+                continue
+            try:
+                tree = decode_tree(tree_data, f"tree {tree_id}")
+            except CipherdumpError as exc:
+                self.error(f"undecodable tree: {exc}", blob=tree_id)
+                continue
+            self.report.trees += 1
+            for node in tree.nodes:
+                if node.subtree is not None:
+                    queue.append((node.subtree, f"tree {tree_id}"))
+                for blob_id in node.content:
+                    row = self.index.row(BlobType.DATA, blob_id)
+                    if row < 0:
+                        self.error(
+                            f"data blob missing from the index (used by tree {tree_id})",
+                            blob=blob_id,
+                        )
+                    else:
+                        used[row] = 1
+
+    def _load_blob(
+        self, blob_type: BlobType, blob_id: Id, user: str, used: bytearray
+    ) -> bytes | None:
+        row = self.index.row(blob_type, blob_id)
+        found = self.index.lookup(blob_type, blob_id)
+        if row < 0 or found is None:
+            self.error(
+                f"{blob_type.name.lower()} blob missing from the index (used by {user})",
+                blob=blob_id,
+            )
+            return None
+        used[row] = 1
+        pack_id, entry = found
+        handle = Handle(FileType.PACK, pack_id.hex)
+        try:
+            sealed = self.backend.load(handle, entry.offset, entry.length)
+            return open_blob(self.key, entry, sealed, str(handle))
+        except CipherdumpError as exc:
+            self.error(f"damaged blob: {exc}", str(handle), blob_id)
+            return None
+
+    def _read_pack(self, name: str) -> None:
+        handle = Handle(FileType.PACK, name)
+        where = str(handle)
+        try:
+            data = self.backend.load(handle)
+        except CipherdumpError as exc:
+            self.error(f"unreadable: {exc}", where)
+            return
+        self.report.packs_read += 1
+        if file_id(data).hex != name:
+            self.error("damaged: content does not match its name", where)
+        pack_id = Id.from_hex(name)
+        if self._rows_per_pack is None:
+            self._rows_per_pack = self.index.rows_per_pack()
+        indexed = self._rows_per_pack.get(pack_id, 0)
+        matched = 0
+        try:
+            for entry, sealed in iter_pack(self.key, data, where):
+                try:
+                    open_blob(self.key, entry, sealed, where)
+                    self.report.blobs_checked += 1
+                except CipherdumpError as exc:
+                    self.error(f"damaged blob: {exc}", where, entry.id)
+                found = self.index.lookup(entry.type, entry.id)
+                if found is not None and found[0] == pack_id:
+                    if found[1] != entry:
+                        self.error("index entry disagrees with the pack header", where, entry.id)
+                    matched += 1
+        except CipherdumpError as exc:
+            self.error(f"damaged: {exc}", where)
+            return
+        if self.index.has_pack(pack_id) and matched != indexed:
+            self.error(f"the index lists {indexed} blobs here, the header has {matched}", where)

@@ -1,0 +1,143 @@
+"""The in-memory index: blob (type, id) -> pack location, compact enough for millions.
+
+A dict of Python objects costs ~250 bytes a blob; this table keeps each blob in flat
+arrays (32 bytes of id, four u32 fields, two bytes of type/flags) plus a u32 slot in
+an open-addressing hash table at load factor <= 1/2: about 66 bytes a blob, so a
+million blobs take ~70 MiB.  Blob ids are uniformly random (keyed BLAKE3), so their
+first eight bytes are the hash.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterator
+
+from cipherdump.repo.ids import ID_SIZE, BlobType, Id
+from cipherdump.repo.pack import ENTRY, PackEntry
+
+_MIN_SLOTS = 1024
+
+
+class MemoryIndex:
+    def __init__(self) -> None:
+        self._ids = bytearray()
+        self._type = bytearray()
+        self._flags = bytearray()
+        self._pack = array("I")
+        self._offset = array("I")
+        self._length = array("I")
+        self._raw_length = array("I")
+        self._slots = array("I", bytes(4 * _MIN_SLOTS))
+        self._mask = _MIN_SLOTS - 1
+        self._packs: list[Id] = []
+        self._pack_sizes: list[int] = []
+        self._pack_numbers: dict[Id, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._type)
+
+    @property
+    def pack_count(self) -> int:
+        return len(self._packs)
+
+    def has_pack(self, pack_id: Id) -> bool:
+        return pack_id in self._pack_numbers
+
+    def iter_packs(self) -> Iterator[tuple[Id, int]]:
+        """(pack id, pack size) of every indexed pack."""
+        yield from zip(self._packs, self._pack_sizes, strict=True)
+
+    def add_pack(self, pack_id: Id, size: int, raw_entries: bytes) -> int:
+        """Add a pack's 48-byte entries (already validated); returns how many were new.
+
+        A blob already indexed in another pack keeps its first location.
+        """
+        number = self._pack_numbers.get(pack_id)
+        if number is None:
+            number = len(self._packs)
+            self._packs.append(pack_id)
+            self._pack_sizes.append(size)
+            self._pack_numbers[pack_id] = number
+        self._reserve(len(self) + len(raw_entries) // ENTRY.size)
+        added = 0
+        for type_, flags, _, offset, length, raw_length, raw_id in ENTRY.iter_unpack(raw_entries):
+            slot = self._find_slot(type_, raw_id)
+            if self._slots[slot]:
+                continue
+            row = len(self._type)
+            self._ids += raw_id
+            self._type.append(type_)
+            self._flags.append(flags)
+            self._pack.append(number)
+            self._offset.append(offset)
+            self._length.append(length)
+            self._raw_length.append(raw_length)
+            self._slots[slot] = row + 1
+            added += 1
+        return added
+
+    def row(self, blob_type: BlobType, blob_id: Id) -> int:
+        """The blob's row number, or -1.  Rows number blobs densely from 0."""
+        return self._slots[self._find_slot(blob_type, blob_id.raw)] - 1
+
+    def has(self, blob_type: BlobType, blob_id: Id) -> bool:
+        return self.row(blob_type, blob_id) >= 0
+
+    def lookup(self, blob_type: BlobType, blob_id: Id) -> tuple[Id, PackEntry] | None:
+        row = self.row(blob_type, blob_id)
+        if row < 0:
+            return None
+        return self._packs[self._pack[row]], self._entry(row)
+
+    def iter_rows(self) -> Iterator[tuple[int, Id, PackEntry]]:
+        """(row, pack id, entry) for every indexed blob."""
+        for row in range(len(self)):
+            yield row, self._packs[self._pack[row]], self._entry(row)
+
+    def _entry(self, row: int) -> PackEntry:
+        return PackEntry(
+            BlobType(self._type[row]),
+            self._flags[row],
+            self._offset[row],
+            self._length[row],
+            self._raw_length[row],
+            Id(bytes(self._ids[row * ID_SIZE : (row + 1) * ID_SIZE])),
+        )
+
+    def _find_slot(self, type_: int, raw_id: bytes) -> int:
+        """The slot holding (type, id), or the empty slot where it would go."""
+        mask = self._mask
+        slot = int.from_bytes(raw_id[:8], "little") & mask
+        slots, ids, types = self._slots, self._ids, self._type
+        while True:
+            value = slots[slot]
+            if value == 0:
+                return slot
+            row = value - 1
+            start = row * ID_SIZE
+            if types[row] == type_ and ids[start : start + ID_SIZE] == raw_id:
+                return slot
+            slot = (slot + 1) & mask
+
+    def _reserve(self, n: int) -> None:
+        if 2 * n <= len(self._slots):
+            return
+        size = len(self._slots)
+        while 2 * n > size:
+            size *= 2
+        self._slots = array("I", bytes(4 * size))
+        self._mask = size - 1
+        slots, mask, ids = self._slots, self._mask, self._ids
+        for row in range(len(self._type)):
+            start = row * ID_SIZE
+            slot = int.from_bytes(ids[start : start + 8], "little") & mask
+            while slots[slot]:
+                slot = (slot + 1) & mask
+            slots[slot] = row + 1
+
+    def rows_per_pack(self) -> dict[Id, int]:
+        """How many indexed blobs each pack holds."""
+        counts = [0] * len(self._packs)
+        for number in self._pack:
+            counts[number] += 1
+        return dict(zip(self._packs, counts, strict=True))

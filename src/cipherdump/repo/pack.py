@@ -1,0 +1,199 @@
+"""Pack files: sealed blobs back to back, then a sealed header, then a trailer.
+
+Layout::
+
+    blob 0 .. blob n-1      each seal(plaintext or zstd(plaintext), aad = blob aad)
+    header                  seal(n entries of 48 bytes, aad = trailer)
+    trailer (12 bytes)      header length u32 LE | "CDpk" | version u16 LE | reserved u16 LE
+
+Entry (48 bytes, little-endian), shared with index files::
+
+    0  1  blob type (0 data, 1 tree)
+    1  1  flags: bit 0 = zstd-compressed before sealing; other bits zero
+    2  2  reserved, zero
+    4  4  offset of the sealed blob in the pack
+    8  4  length of the sealed blob
+    12 4  length of the plaintext
+    16 32 blob id
+
+Blob aad: ``"CDbl" | type u8 | blob id (32)``, which binds each sealed blob to its id.
+A pack is named by the unkeyed BLAKE3 of all its bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import zstandard
+
+from cipherdump.errors import CorruptError, IntegrityError
+from cipherdump.repo.crypto import SEAL_OVERHEAD, FileHasher, MasterKey
+from cipherdump.repo.envelope import HEADER_SIZE, Magic, decode_header, encode_header
+from cipherdump.repo.ids import BlobType, Id
+
+ENTRY = struct.Struct("<BBHIII32s")
+ENTRY_SIZE = ENTRY.size
+TRAILER_SIZE = 4 + HEADER_SIZE
+FLAG_ZSTD = 0x01
+MAX_BLOB_SIZE = 256 * 1024 * 1024
+_ZSTD_LEVEL = 3
+
+
+@dataclass(frozen=True, slots=True)
+class PackEntry:
+    """Where one blob lives inside a pack, and how it is stored."""
+
+    type: BlobType
+    flags: int
+    offset: int
+    length: int
+    raw_length: int
+    id: Id
+
+    def encode(self) -> bytes:
+        return ENTRY.pack(
+            self.type, self.flags, 0, self.offset, self.length, self.raw_length, self.id.raw
+        )
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview, at: int, what: str) -> PackEntry:
+        type_, flags, reserved, offset, length, raw_length, raw_id = ENTRY.unpack_from(data, at)
+        if type_ not in (BlobType.DATA, BlobType.TREE) or flags & ~FLAG_ZSTD or reserved:
+            raise CorruptError("bad blob entry", structure=what, location=f"offset {at}")
+        if length < SEAL_OVERHEAD or raw_length > MAX_BLOB_SIZE:
+            raise CorruptError("bad blob lengths", structure=what, location=f"offset {at}")
+        return cls(BlobType(type_), flags, offset, length, raw_length, Id(raw_id))
+
+
+def blob_aad(blob_type: BlobType, blob_id: Id) -> bytes:
+    return b"CDbl" + bytes([blob_type]) + blob_id.raw
+
+
+def seal_blob(
+    key: MasterKey, blob_type: BlobType, blob_id: Id, plaintext: bytes, compress: bool
+) -> tuple[int, bytes]:
+    """(flags, sealed bytes) for one blob.  Compression is kept only if it helps."""
+    flags, body = 0, plaintext
+    if compress:
+        packed = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(plaintext)
+        if len(packed) < len(plaintext):
+            flags, body = FLAG_ZSTD, packed
+    return flags, key.seal(body, blob_aad(blob_type, blob_id))
+
+
+def open_blob(key: MasterKey, entry: PackEntry, sealed: bytes | memoryview, where: str) -> bytes:
+    """Authenticate, decrypt, decompress, and verify the id of one blob."""
+    what = f"{entry.type.name.lower()} blob {entry.id} in {where}"
+    body = key.open(sealed, blob_aad(entry.type, entry.id), what)
+    if entry.flags & FLAG_ZSTD:
+        try:
+            body = zstandard.ZstdDecompressor().decompress(body, max_output_size=entry.raw_length)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"{what}: cannot decompress: {exc}") from None
+    if len(body) != entry.raw_length:
+        raise IntegrityError(f"{what}: {len(body)} bytes, index says {entry.raw_length}")
+    if key.blob_id(body) != entry.id:
+        raise IntegrityError(f"{what}: content does not match its id")
+    return body
+
+
+class PackWriter:
+    """Assembles one pack in a temporary file, hashing it as it grows.
+
+    Only one copy of the pack ever exists: on disk in the temporary file, which
+    :meth:`finish` hands to the backend as a stream.
+    """
+
+    def __init__(self, key: MasterKey, spool_dir: str | None = None) -> None:
+        self._key = key
+        self._file: BinaryIO = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115
+        self._hasher = FileHasher()
+        self._entries: list[PackEntry] = []
+        self._by_id: dict[Id, PackEntry] = {}
+        self.size = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, blob_type: BlobType, blob_id: Id, plaintext: bytes, compress: bool) -> None:
+        if len(plaintext) > MAX_BLOB_SIZE:
+            raise ValueError(f"blob of {len(plaintext)} bytes exceeds {MAX_BLOB_SIZE}")
+        flags, sealed = seal_blob(self._key, blob_type, blob_id, plaintext, compress)
+        entry = PackEntry(blob_type, flags, self.size, len(sealed), len(plaintext), blob_id)
+        self._write(sealed)
+        self._entries.append(entry)
+        self._by_id[blob_id] = entry
+
+    def get(self, blob_id: Id) -> PackEntry | None:
+        return self._by_id.get(blob_id)
+
+    def read(self, entry: PackEntry) -> bytes:
+        """Read back a sealed blob of this unfinished pack."""
+        self._file.seek(entry.offset)
+        data = self._file.read(entry.length)
+        self._file.seek(0, 2)
+        return data
+
+    def finish(self) -> tuple[Id, BinaryIO, list[PackEntry]]:
+        """Append header and trailer; return (pack id, file at offset 0, entries)."""
+        header = b"".join(e.encode() for e in self._entries)
+        trailer_len = struct.pack("<I", len(header) + SEAL_OVERHEAD)
+        trailer = trailer_len + encode_header(Magic.PACK)
+        self._write(self._key.seal(header, trailer))
+        self._write(trailer)
+        self._file.flush()
+        self._file.seek(0)
+        return self._hasher.id(), self._file, self._entries
+
+    def close(self) -> None:
+        self._file.close()
+
+    def _write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._hasher.update(data)
+        self.size += len(data)
+
+
+def decode_trailer(trailer: bytes, pack_size: int, what: str) -> int:
+    """The sealed header's length, from the last 12 bytes of a pack."""
+    if len(trailer) != TRAILER_SIZE:
+        raise CorruptError("pack too short for its trailer", structure=what)
+    decode_header(trailer[4:], Magic.PACK, what)
+    (header_len,) = struct.unpack_from("<I", trailer)
+    if not SEAL_OVERHEAD <= header_len <= pack_size - TRAILER_SIZE:
+        raise CorruptError(f"bad pack header length {header_len}", structure=what)
+    if (header_len - SEAL_OVERHEAD) % ENTRY_SIZE:
+        raise CorruptError(f"pack header length {header_len} is not whole entries", structure=what)
+    return int(header_len)
+
+
+def decode_pack_header(
+    key: MasterKey, sealed_header: bytes | memoryview, trailer: bytes, pack_size: int, what: str
+) -> list[PackEntry]:
+    """Decrypt and parse a pack header; entries must tile the pack exactly."""
+    plain = key.open(sealed_header, trailer, f"{what} header")
+    entries = [PackEntry.decode(plain, at, what) for at in range(0, len(plain), ENTRY_SIZE)]
+    expected = 0
+    for entry in entries:
+        if entry.offset != expected:
+            raise CorruptError("blob entries do not tile the pack", structure=what)
+        expected += entry.length
+    if expected + len(sealed_header) + TRAILER_SIZE != pack_size:
+        raise CorruptError("pack size does not match its header", structure=what)
+    return entries
+
+
+def iter_pack(key: MasterKey, data: bytes, what: str) -> Iterator[tuple[PackEntry, memoryview]]:
+    """Parse a whole pack held in memory: (entry, sealed blob) for each blob."""
+    view = memoryview(data)
+    header_len = decode_trailer(data[-TRAILER_SIZE:], len(data), what)
+    end = len(data) - TRAILER_SIZE
+    entries = decode_pack_header(
+        key, view[end - header_len : end], data[-TRAILER_SIZE:], len(data), what
+    )
+    for entry in entries:
+        yield entry, view[entry.offset : entry.offset + entry.length]

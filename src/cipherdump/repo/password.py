@@ -1,0 +1,57 @@
+"""Where the repository password comes from.
+
+In order: an explicit password file (the CLI's ``--password-file``), the file named by
+``CIPHERDUMP_PASSWORD_FILE``, the value of ``CIPHERDUMP_PASSWORD``, and finally an
+interactive prompt supplied by the caller.  One trailing newline of a file is removed.
+Passwords are bytes: environment values are encoded with ``os.fsencode``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from cipherdump.errors import KeyProblem
+
+ENV_PASSWORD = "CIPHERDUMP_PASSWORD"
+ENV_PASSWORD_FILE = "CIPHERDUMP_PASSWORD_FILE"
+
+
+def _read_password_file(path: str | os.PathLike[str]) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise KeyProblem(f"cannot read password file {path}: {exc.strerror}") from None
+    if data.endswith(b"\r\n"):
+        data = data[:-2]
+    elif data.endswith(b"\n"):
+        data = data[:-1]
+    return data
+
+
+def resolve_password(
+    password_file: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    prompt: Callable[[], str | bytes] | None = None,
+) -> bytes:
+    """The repository password; :class:`KeyProblem` if there is none or it is empty."""
+    env = os.environ if env is None else env
+    password: bytes | None = None
+    if password_file is not None:
+        password = _read_password_file(password_file)
+    elif env.get(ENV_PASSWORD_FILE):
+        password = _read_password_file(env[ENV_PASSWORD_FILE])
+    elif ENV_PASSWORD in env:
+        password = os.fsencode(env[ENV_PASSWORD])
+    elif prompt is not None:
+        answer = prompt()
+        password = answer if isinstance(answer, bytes) else os.fsencode(answer)
+    if password is None:
+        raise KeyProblem(
+            f"no repository password: use --password-file, {ENV_PASSWORD_FILE} or {ENV_PASSWORD}"
+        )
+    if not password:
+        raise KeyProblem("the repository password is empty")
+    return password

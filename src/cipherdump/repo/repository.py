@@ -1,0 +1,250 @@
+"""The repository facade: what the engine uses, and nothing of how it is stored."""
+
+from __future__ import annotations
+
+import io
+from types import TracebackType
+from typing import Self
+
+from cipherdump.errors import (
+    BackendError,
+    CipherdumpError,
+    IntegrityError,
+    KeyProblem,
+    NotFoundError,
+)
+from cipherdump.repo.backends.base import Backend, FileType, Handle, ObjectMissing
+from cipherdump.repo.blobs.store import INDEX_EVERY_PACKS, BlobStore
+from cipherdump.repo.check import Checker, CheckReport
+from cipherdump.repo.config import DEFAULT_PACK_SIZE, RepoConfig, decode_config, encode_config
+from cipherdump.repo.crypto import KdfParams, MasterKey, file_id
+from cipherdump.repo.ids import BlobType, Id, is_hex_id
+from cipherdump.repo.keyfile import encode_key_file, unwrap_key_file
+from cipherdump.repo.lock import Lock, remove_locks
+from cipherdump.repo.snapshot import Snapshot, decode_snapshot, encode_snapshot
+from cipherdump.repo.tree import Tree, decode_tree, encode_tree
+
+
+class Repository:
+    """An open repository.  Create with :meth:`init` or :meth:`open`.
+
+    Writes are buffered into packs; :meth:`flush` (called by :meth:`save_snapshot` and
+    by leaving a ``with`` block normally) makes them durable and indexed.  :meth:`close`
+    releases the lock and discards what was not flushed.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        key: MasterKey,
+        config: RepoConfig,
+        *,
+        lock: bool,
+        index_every_packs: int = INDEX_EVERY_PACKS,
+        spool_dir: str | None = None,
+    ) -> None:
+        self.backend = backend
+        self.config = config
+        self._key = key
+        self._lock = Lock.acquire(backend, key) if lock else None
+        self._store = BlobStore(
+            backend,
+            key,
+            config.pack_size,
+            index_every_packs=index_every_packs,
+            spool_dir=spool_dir,
+        )
+
+    # Creating and opening -------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        backend: Backend,
+        password: bytes,
+        *,
+        kdf: KdfParams | None = None,
+        pack_size: int = DEFAULT_PACK_SIZE,
+        lock: bool = True,
+    ) -> Repository:
+        """Create a repository in an empty backend; the key file is written before config."""
+        if any(True for _ in backend.list(FileType.CONFIG)):
+            raise BackendError(f"{backend.location} already holds a repository")
+        key = MasterKey.generate()
+        config = RepoConfig.new(pack_size)
+        _save(backend, FileType.KEY, encode_key_file(key, password, kdf or KdfParams.default()))
+        backend.save(Handle(FileType.CONFIG), io.BytesIO(encode_config(key, config)))
+        return cls(backend, key, config, lock=lock)
+
+    @classmethod
+    def open(
+        cls,
+        backend: Backend,
+        password: bytes,
+        *,
+        lock: bool = True,
+        index_every_packs: int = INDEX_EVERY_PACKS,
+        spool_dir: str | None = None,
+    ) -> Repository:
+        """Open with a password; :class:`KeyProblem` if no key file accepts it."""
+        try:
+            config_data = backend.load(Handle(FileType.CONFIG))
+        except ObjectMissing:
+            raise NotFoundError(f"no repository at {backend.location} (no config)") from None
+        key = _unlock(backend, password)
+        config = decode_config(key, config_data)
+        return cls(
+            backend,
+            key,
+            config,
+            lock=lock,
+            index_every_packs=index_every_packs,
+            spool_dir=spool_dir,
+        )
+
+    def add_key(self, password: bytes, kdf: KdfParams | None = None) -> Id:
+        """Write another key file wrapping the same master key; returns its name."""
+        return _save(
+            self.backend,
+            FileType.KEY,
+            encode_key_file(self._key, password, kdf or KdfParams.default()),
+        )
+
+    # Blobs and trees ------------------------------------------------------------------
+
+    def save_blob(self, blob_type: BlobType, data: bytes, *, compress: bool = False) -> Id:
+        """Store a blob (deduplicated by id); returns its id."""
+        if self._lock is not None:
+            self._lock.refresh_if_due()
+        blob_id, _ = self._store.save(blob_type, data, compress=compress)
+        return blob_id
+
+    def load_blob(self, blob_type: BlobType, blob_id: Id) -> bytes:
+        return self._store.load(blob_type, blob_id)
+
+    def has_blob(self, blob_type: BlobType, blob_id: Id) -> bool:
+        return self._store.has(blob_type, blob_id)
+
+    def save_tree(self, tree: Tree) -> Id:
+        return self.save_blob(BlobType.TREE, encode_tree(tree), compress=True)
+
+    def load_tree(self, tree_id: Id) -> Tree:
+        return decode_tree(self.load_blob(BlobType.TREE, tree_id), f"tree {tree_id}")
+
+    def flush(self) -> None:
+        """Save unfinished packs, then the index delta naming them."""
+        self._store.flush()
+        if self._lock is not None:
+            self._lock.refresh_if_due()
+
+    # Snapshots ------------------------------------------------------------------------
+
+    def save_snapshot(self, snapshot: Snapshot) -> Id:
+        """Flush, then write the snapshot: it only ever names indexed blobs."""
+        self.flush()
+        return _save(self.backend, FileType.SNAPSHOT, encode_snapshot(self._key, snapshot))
+
+    def load_snapshot(self, snapshot_id: Id) -> Snapshot:
+        handle = Handle(FileType.SNAPSHOT, snapshot_id.hex)
+        data = self.backend.load(handle)
+        if file_id(data) != snapshot_id:
+            raise IntegrityError(f"{handle}: content does not match its name")
+        return decode_snapshot(self._key, data, str(handle))
+
+    def list_snapshots(self) -> list[tuple[Id, Snapshot]]:
+        """Every snapshot, oldest first."""
+        snaps = [
+            (sid, self.load_snapshot(sid))
+            for sid in (Id.from_hex(i.name) for i in self.backend.list(FileType.SNAPSHOT))
+        ]
+        snaps.sort(key=lambda item: (item[1].time_ns, item[0]))
+        return snaps
+
+    def find_snapshot(self, ref: str) -> tuple[Id, Snapshot]:
+        """A snapshot by unique hex prefix, full id, or ``"latest"``."""
+        if ref == "latest":
+            snaps = self.list_snapshots()
+            if not snaps:
+                raise NotFoundError(f"no snapshots in {self.backend.location}")
+            return snaps[-1]
+        if not ref or not is_hex_id(ref.ljust(64, "0")):
+            raise NotFoundError(f"not a snapshot id or prefix: {ref!r}")
+        names = [i.name for i in self.backend.list(FileType.SNAPSHOT) if i.name.startswith(ref)]
+        if not names:
+            raise NotFoundError(f"no snapshot matches {ref!r}")
+        if len(names) > 1:
+            raise NotFoundError(f"snapshot prefix {ref!r} is ambiguous ({len(names)} match)")
+        sid = Id.from_hex(names[0])
+        return sid, self.load_snapshot(sid)
+
+    # Maintenance ----------------------------------------------------------------------
+
+    def check(self, *, read_data: bool = False) -> CheckReport:
+        own = self._lock.name if self._lock is not None else None
+        return Checker(self.backend, self._key, read_data=read_data, own_lock=own).run()
+
+    def unlock(self, *, all_locks: bool = False) -> list[str]:
+        """Remove stale locks (or every lock but ours); returns the names removed."""
+        removed = remove_locks(self.backend, self._key, all_locks=all_locks)
+        if self._lock is not None and all_locks:
+            self._lock.release()
+            self._lock = Lock.acquire(self.backend, self._key)
+        return removed
+
+    def close(self) -> None:
+        """Release the lock; unflushed blobs are discarded."""
+        self._store.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is None:
+                self.flush()
+        finally:
+            self.close()
+
+
+def _save(backend: Backend, file_type: FileType, data: bytes) -> Id:
+    """Save a whole file under the BLAKE3 of its bytes."""
+    name = file_id(data)
+    backend.save(Handle(file_type, name.hex), io.BytesIO(data))
+    return name
+
+
+def _unlock(backend: Backend, password: bytes) -> MasterKey:
+    """Try every key file; name damaged ones if none opens."""
+    damaged: list[str] = []
+    tried = 0
+    for info in backend.list(FileType.KEY):
+        handle = Handle(FileType.KEY, info.name)
+        data = backend.load(handle)
+        intact = file_id(data).hex == info.name
+        if not intact:
+            damaged.append(str(handle))
+        tried += 1
+        try:
+            return unwrap_key_file(data, password)
+        except KeyProblem:
+            continue
+        except CipherdumpError:
+            if intact:
+                damaged.append(str(handle))
+            continue
+    if damaged:
+        raise IntegrityError(
+            f"cannot open {backend.location}: no key file accepts the password, "
+            f"and these are damaged: {', '.join(damaged)}"
+        )
+    if not tried:
+        raise KeyProblem(f"no key files in {backend.location}")
+    raise KeyProblem(f"wrong password: none of the {tried} key files of {backend.location} opens")

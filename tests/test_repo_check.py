@@ -1,0 +1,144 @@
+"""check: a clean repository passes; any flipped byte in any file is found and named."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cipherdump.errors import CipherdumpError
+from cipherdump.repo import (
+    BlobType,
+    FileType,
+    Handle,
+    KdfParams,
+    LocalBackend,
+    Node,
+    Repository,
+    Snapshot,
+    Tree,
+)
+
+KDF = KdfParams.insecure_for_tests()
+
+
+def _build(root: Path) -> LocalBackend:
+    """A small repository with every kind of file: 2 keys, several packs and indexes."""
+    backend = LocalBackend.create(root)
+    with Repository.init(backend, b"pw", kdf=KDF, pack_size=4096) as repo:
+        repo.add_key(b"pw2", KDF)
+        for round_ in range(2):
+            ids = [repo.save_blob(BlobType.DATA, os.urandom(900)) for _ in range(8)]
+            leaf = repo.save_tree(
+                Tree.of([Node(b"file\xff", "file", content=tuple(ids), attrs={"r": round_})])
+            )
+            root_tree = repo.save_tree(Tree.of([Node(b"dir", "dir", subtree=leaf)]))
+            repo.save_snapshot(Snapshot(root_tree, time_ns=round_, hostname="h"))
+    return backend
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def _findings(backend: LocalBackend) -> str:
+    """Everything check --read-data (or opening for it) says, as text."""
+    try:
+        with Repository.open(backend, b"pw") as repo:
+            report = repo.check(read_data=True)
+    except CipherdumpError as exc:
+        return f"open failed: {exc}"
+    assert report.ok == (not report.errors)
+    return report.text() if report.errors else ""
+
+
+def test_clean_repository_passes(tmp_path: Path) -> None:
+    backend = _build(tmp_path / "repo")
+    with Repository.open(backend, b"pw") as repo:
+        for read_data in (False, True):
+            report = repo.check(read_data=read_data)
+            assert report.ok, report.text()
+            assert report.snapshots == 2 and report.trees == 4
+        assert repo.check(read_data=True).blobs_checked == 20
+        assert not any("unreferenced" in str(f) for f in report.infos)
+
+
+def test_every_flipped_byte_is_found_and_named(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    backend = _build(root)
+    files = _files(root)
+    kinds = {p.relative_to(root).parts[0] for p in files}
+    assert kinds == {"config", "keys", "snapshots", "index", "data"}
+    for path in files:
+        rel = str(path.relative_to(root))
+        original = path.read_bytes()
+        size = len(original)
+        offsets = sorted({0, 1, 7, 8, size // 3, size // 2, size - 13, size - 1})
+        for offset in offsets:
+            damaged = bytearray(original)
+            damaged[offset] ^= 0x40
+            path.write_bytes(damaged)
+            try:
+                text = _findings(backend)
+            finally:
+                path.write_bytes(original)
+            assert text, f"flipping byte {offset} of {rel} went unnoticed"
+            assert rel in text, f"flip at {offset} of {rel} not named:\n{text}"
+    assert _findings(backend) == ""
+
+
+def test_damaged_blob_is_named(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    backend = LocalBackend.create(root)
+    with Repository.init(backend, b"pw", kdf=KDF) as repo:
+        blob = repo.save_blob(BlobType.DATA, b"a" * 1000)
+        tree = repo.save_tree(Tree.of([Node(b"f", "file", content=(blob,))]))
+        repo.save_snapshot(Snapshot(tree, time_ns=1))
+        found = repo._store.index.lookup(BlobType.DATA, blob)
+        assert found is not None
+        handle, entry = Handle(FileType.PACK, found[0].hex), found[1]
+    path = root / str(handle)
+    data = bytearray(path.read_bytes())
+    data[entry.offset + 30] ^= 1
+    path.write_bytes(data)
+    with Repository.open(backend, b"pw") as repo:
+        report = repo.check(read_data=True)
+        structural = repo.check(read_data=False)
+    assert any(f.blob == blob and f.file == str(handle) for f in report.errors), report.text()
+    assert structural.ok  # only reading the data can find this one
+
+
+def test_orphan_pack_is_information_and_missing_pack_an_error(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    backend = _build(root)
+    packs = sorted((root / "data").rglob("*"))
+    pack_files = [p for p in packs if p.is_file()]
+    # An orphan: a complete pack that no index names (as after a crash).
+    with Repository.open(backend, b"pw") as repo:
+        repo.save_blob(BlobType.DATA, b"orphan" * 100)
+        repo._store._flush_pack(BlobType.DATA)
+        repo._store._unindexed.clear()
+    with Repository.open(backend, b"pw") as repo:
+        report = repo.check(read_data=True)
+    assert report.ok, report.text()
+    assert any("unreferenced pack" in str(f) for f in report.infos)
+    pack_files[0].unlink()
+    with Repository.open(backend, b"pw") as repo:
+        report = repo.check()
+    assert not report.ok
+    assert any(f.file == str(pack_files[0].relative_to(root)) for f in report.errors)
+
+
+@pytest.mark.parametrize("what", ["snapshot", "index"])
+def test_missing_files_break_nothing_else(tmp_path: Path, what: str) -> None:
+    root = tmp_path / "repo"
+    backend = _build(root)
+    victim = next((root / ("snapshots" if what == "snapshot" else "index")).iterdir())
+    victim.unlink()
+    with Repository.open(backend, b"pw") as repo:
+        report = repo.check(read_data=True)
+    if what == "snapshot":
+        assert report.ok and report.snapshots == 1
+    else:
+        assert not report.ok  # trees of a snapshot now point at unindexed blobs
