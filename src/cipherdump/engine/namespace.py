@@ -107,13 +107,26 @@ class Namespace:
         as a :class:`Problem` of its own.
 
         An unreadable directory raises: nothing of it can be listed.  One bad inode
-        (checksum mismatch, number out of range) must not hide its siblings.
+        (checksum mismatch, number out of range) or one impossible name must not hide
+        its siblings.
         """
         directory = node.inode
         base = node.path
         for e in directory.entries():
             name = self.display_name(directory, e)
             path = posixpath.join(base, name)
+            if not directory.is_encrypted and (b"/" in e.name or b"\0" in e.name):
+                # No path can hold such a name (e2fsck: "illegal characters"); listing
+                # it would show an entry of a directory that does not exist.
+                yield Problem(
+                    path,
+                    CorruptError(
+                        f"entry name {e.name!r} contains '/' or NUL",
+                        structure="directory entry",
+                        location=f"directory inode {directory.ino}",
+                    ),
+                )
+                continue
             try:
                 child = self.fs.inode(e.ino)
             except CipherdumpError as err:

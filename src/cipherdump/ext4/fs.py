@@ -27,6 +27,7 @@ from cipherdump.ondisk.superblock import (
 )
 
 ROOT_INO = 2
+EXT4_OS_HURD = 1  # s_creator_os
 _INODE_CACHE_SIZE = 4096
 
 
@@ -106,9 +107,17 @@ class Filesystem:
                 "filesystem uses incompatible features cipherdump cannot read: " + ", ".join(names)
             )
         if self.needs_recovery:
+            external = ""
+            if sb.s_journal_inum == 0 and (sb.s_journal_dev or any(sb.s_journal_uuid)):
+                # The transactions to replay are on another device: nothing in this
+                # image can tell how far the state read here is behind.
+                external = (
+                    f" and its journal is on an external device (0x{sb.s_journal_dev:04x}),"
+                    " not in this image"
+                )
             self.warnings.append(
-                "the journal needs recovery (filesystem was not cleanly unmounted); "
-                "what is read is the state before replay and may be inconsistent"
+                "the journal needs recovery (filesystem was not cleanly unmounted)"
+                f"{external}; what is read is the state before replay and may be inconsistent"
             )
         if sb.has_ro_compat(F.RO_COMPAT_ORPHAN_PRESENT) or sb.s_last_orphan:
             self.warnings.append("orphan inodes are present (deleted but still open files)")
@@ -251,7 +260,7 @@ class Filesystem:
                     structure="inode",
                     location=f"inode {ino}",
                 )
-        rec = decode_inode(raw, isz)
+        rec = decode_inode(raw, isz, hurd=sb.s_creator_os == EXT4_OS_HURD)
         if sb.metadata_csum and any(raw):
             seed = inode_csum_seed(self.csum_seed, ino, rec.i_generation)
             want = inode_csum(raw, seed, isz, rec.i_extra_isize)

@@ -80,8 +80,9 @@ class Inode:
     def mode(self) -> int:
         return self.raw.i_mode
 
-    @property
+    @cached_property
     def type(self) -> FileType:
+        # Cached: walks ask every inode its type many times over.
         return _FMT_TO_TYPE.get(stat.S_IFMT(self.raw.i_mode), FileType.UNKNOWN)
 
     @property
@@ -149,9 +150,21 @@ class Inode:
     @property
     def blocks_512(self) -> int:
         """``st_blocks``: 512-byte units, whatever the huge_file encoding on disk."""
-        if self.fs.sb.has_ro_compat(F.RO_COMPAT_HUGE_FILE) and self.flags & I.EXT4_HUGE_FILE_FL:
+        if not self.fs.sb.has_ro_compat(F.RO_COMPAT_HUGE_FILE):
+            # Like the kernel: without huge_file, l_i_blocks_high means nothing.
+            return self.raw.i_blocks & 0xFFFFFFFF
+        if self.flags & I.EXT4_HUGE_FILE_FL:
             return self.raw.i_blocks * (self.fs.block_size // 512)
         return self.raw.i_blocks
+
+    @property
+    def st_blocks(self) -> int:
+        """``st_blocks`` as ``stat(2)`` reports it: :attr:`blocks_512`, plus, for a regular
+        file with inline data, one sector per 512 bytes of it (ext4_file_getattr does so
+        that tar and rsync do not take such files for sparse ones)."""
+        if self.is_file and self.has_inline_data:
+            return self.blocks_512 + (self.size + 511) // 512
+        return self.blocks_512
 
     @property
     def device(self) -> tuple[int, int] | None:
@@ -259,8 +272,18 @@ class Inode:
                 structure="inode",
                 location=f"inode {self.ino}",
             )
-        extra = self.xattr(EXT4_XATTR_INDEX_SYSTEM, b"data") or b""
-        return self.raw.i_block + extra
+        from cipherdump.ext4.xattr import read_inode_body_xattrs
+
+        # system.data always lives in the inode body (the kernel looks nowhere else), so
+        # a damaged xattr block does not make the inline data unreadable.
+        for x in read_inode_body_xattrs(self):
+            if x.index == EXT4_XATTR_INDEX_SYSTEM and x.name == b"data":
+                return self.raw.i_block + x.value
+        raise CorruptError(
+            "inline_data flag is set but the system.data xattr is missing",
+            structure="inode",
+            location=f"inode {self.ino}",
+        )
 
     def read(self, offset: int = 0, length: int | None = None) -> bytes:
         """Bytes of the file as stored: ciphertext for encrypted inodes, zeros for holes.
@@ -274,7 +297,14 @@ class Inode:
         if offset >= end:
             return b""
         if self.has_inline_data:
-            return self.inline_data()[offset:end]
+            data = self.inline_data()
+            if len(data) < size:
+                raise CorruptError(
+                    f"inline data holds {len(data)} bytes, i_size says {size}",
+                    structure="inode",
+                    location=f"inode {self.ino}",
+                )
+            return data[offset:end]
         return self.read_raw(offset, end)
 
     def read_raw(self, start: int, end: int) -> bytes:
@@ -318,30 +348,52 @@ class Inode:
 
     # -- symlinks --------------------------------------------------------------------
     def symlink_data(self) -> bytes:
-        """The stored bytes of a symlink (``i_size`` bytes; encrypted: len+ct payload)."""
+        """The stored bytes of a symlink (``i_size`` bytes; encrypted: len+ct payload).
+
+        An unencrypted target must be what the kernel and e2fsck accept: a C string of
+        exactly ``i_size`` bytes (no NUL inside it, a NUL or the end of its storage
+        right after it), kept in ``i_block`` only when shorter than 60 bytes, and in a
+        mapped first block otherwise.  Anything else raises CorruptError rather than
+        handing back bytes no ``symlink()`` call could have written.
+        """
         if not self.is_symlink:
             raise UnsupportedError(f"inode {self.ino} is not a symlink")
+        where = f"inode {self.ino}"
         size = self.size
         if size == 0 or size >= self.fs.block_size:
             raise CorruptError(
-                f"symlink size {size} is invalid", structure="symlink", location=f"inode {self.ino}"
+                f"symlink size {size} is invalid", structure="symlink", location=where
             )
-        if self.has_inline_data:
-            return self.inline_data()[:size]
         if self.is_fast_symlink:
-            want = size + 1 if self.is_encrypted else size
-            if want > FAST_SYMLINK_MAX:
+            # The target (or length + ciphertext) and its NUL must fit the 60 bytes.
+            if size >= FAST_SYMLINK_MAX:
                 raise CorruptError(
-                    "fast symlink longer than i_block",
+                    f"fast symlink of {size} bytes is longer than i_block",
                     structure="symlink",
-                    location=f"inode {self.ino}",
+                    location=where,
                 )
-            return self.raw.i_block[:size]
-        data = self.read(0, size)
-        if len(data) != size:
-            raise CorruptError(
-                "symlink data is short", structure="symlink", location=f"inode {self.ino}"
-            )
+        elif not self.has_inline_data and not any(
+            r.lblk == 0 and r.pblk is not None for r in self.runs
+        ):
+            raise CorruptError("symlink block 0 is a hole", structure="symlink", location=where)
+        storage = self.symlink_storage()
+        if len(storage) < size:
+            raise CorruptError("symlink data is short", structure="symlink", location=where)
+        data = bytes(storage[:size])
+        if not self.is_encrypted:
+            nul = data.find(b"\0")
+            if nul >= 0:
+                raise CorruptError(
+                    f"target has a NUL byte at offset {nul}, before i_size {size}",
+                    structure="symlink",
+                    location=where,
+                )
+            if len(storage) > size and storage[size] != 0:
+                raise CorruptError(
+                    f"target goes on past i_size {size} (no NUL after it)",
+                    structure="symlink",
+                    location=where,
+                )
         return data
 
     def symlink_storage(self) -> bytes:

@@ -69,6 +69,10 @@ def _extent_runs(inode: Inode) -> list[Run]:
     )
     out: list[Run] = []
     visited: set[int] = set()
+    # Every block of a file is a distinct block of the filesystem, so a tree that maps
+    # more than the filesystem holds reuses blocks: stop it before it drives work or
+    # memory (a few index blocks can otherwise map billions of logical blocks).
+    budget = [fs.sb.s_blocks_count]
 
     def walk(node_raw: bytes, depth_expected: int | None, lo: int, hi: int, at: str) -> None:
         node = decode_extent_node(node_raw, at)
@@ -91,6 +95,13 @@ def _extent_runs(inode: Inode) -> list[Run]:
                 if not fs.block_in_range(e.start, e.length):
                     raise CorruptError(
                         f"extent points to blocks {e.start}+{e.length} outside the filesystem",
+                        structure="extent",
+                        location=at,
+                    )
+                budget[0] -= e.length
+                if budget[0] < 0:
+                    raise CorruptError(
+                        "extents map more blocks than the filesystem has",
                         structure="extent",
                         location=at,
                     )
@@ -150,7 +161,8 @@ def _blockmap_runs(inode: Inode) -> list[Run]:
     out: list[Run] = []
     # A file cannot map more blocks than its i_blocks counts, which bounds the work a
     # hostile map can cause (self-references, huge fan-out of garbage pointers).
-    budget = [max(inode.blocks_512 // (bs // 512), 0) + 16]
+    # Nor can it map more blocks than the filesystem has (i_blocks is 48 bits wide).
+    budget = [min(max(inode.blocks_512 // (bs // 512), 0), fs.sb.s_blocks_count) + 16]
     seen: set[int] = set()
 
     def add(lblk: int, pblk: int) -> None:

@@ -39,10 +39,11 @@ class Xattr:
 
 
 def read_xattrs(inode: Inode) -> list[Xattr]:
-    return _in_inode(inode) + _in_block(inode)
+    return read_inode_body_xattrs(inode) + _in_block(inode)
 
 
-def _in_inode(inode: Inode) -> list[Xattr]:
+def read_inode_body_xattrs(inode: Inode) -> list[Xattr]:
+    """The xattrs kept in the inode record after ``i_extra_isize`` (none if absent)."""
     raw = inode.raw.raw
     isz = len(raw)
     if isz <= EXT4_GOOD_OLD_INODE_SIZE:

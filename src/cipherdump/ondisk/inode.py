@@ -82,14 +82,19 @@ def _fits(extra_isize: int, offset: int, size: int) -> bool:
     return EXT4_GOOD_OLD_INODE_SIZE + extra_isize >= offset + size
 
 
-def decode_inode(raw: bytes, inode_size: int) -> RawInode:
+def decode_inode(raw: bytes, inode_size: int, *, hurd: bool = False) -> RawInode:
     """Decode an inode record.  ``raw`` must be ``inode_size`` bytes.
 
     ``i_extra_isize`` beyond the record is clamped to zero extra fields rather than
-    trusted, so a hostile value never drives a read past the record.
+    trusted, so a hostile value never drives a read past the record.  ``hurd`` (a
+    filesystem made by GNU Hurd) gives ``osd2`` its Hurd layout, where the words Linux
+    reads as ``i_file_acl_high`` and ``i_checksum_lo`` are the mode high bits and the
+    author: the kernel ignores them there, and so do we.
     """
     b = _BASE.unpack_from(raw, 0)
     (blocks_hi, acl_hi, uid_hi, gid_hi, csum_lo, _res) = _OSD2.unpack_from(raw, 0x74)
+    if hurd:
+        acl_hi = csum_lo = 0
     extra = 0
     if inode_size > EXT4_GOOD_OLD_INODE_SIZE:
         (extra,) = struct.unpack_from("<H", raw, 0x80)

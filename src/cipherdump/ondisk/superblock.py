@@ -87,6 +87,9 @@ class Superblock:
 
     @property
     def cluster_size(self) -> int:
+        # Without bigalloc the field is the old, unused fragment size: ignore it.
+        if not self.s_feature_ro_compat & F.RO_COMPAT_BIGALLOC:
+            return self.block_size
         return 1024 << self.s_log_cluster_size
 
     @property
@@ -235,9 +238,7 @@ def _validate(sb: Superblock) -> None:
         raise bad(f"inode size {isz} is invalid")
     if sb.s_inodes_per_group == 0 or sb.s_blocks_per_group == 0:
         raise bad("zero inodes or blocks per group")
-    if sb.s_blocks_per_group > 8 * sb.block_size * (
-        sb.cluster_size // sb.block_size if sb.has_ro_compat(F.RO_COMPAT_BIGALLOC) else 1
-    ):
+    if sb.s_blocks_per_group > 8 * sb.block_size * (sb.cluster_size // sb.block_size):
         raise bad(f"{sb.s_blocks_per_group} blocks per group exceed one bitmap block")
     if sb.s_inodes_per_group > 8 * sb.block_size:
         raise bad(f"{sb.s_inodes_per_group} inodes per group exceed one bitmap block")

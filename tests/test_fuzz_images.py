@@ -1,0 +1,341 @@
+"""Mutation fuzzing of whole images: damaged metadata may only ever raise CipherdumpError.
+
+Small valid images (three from the e2fsprogs corpus, and one made here with
+``mkfs.ext4 -d`` when it is installed) get a few bytes flipped or overwritten, mostly in
+their metadata: the superblock, the group descriptors, the used part of the inode tables,
+directory blocks, extent index blocks, xattr blocks and symlink blocks, located by reading
+the pristine image first.  Each mutant is opened from a ``MemorySource`` and walked
+completely (every node described, every symlink resolved, every file read, every xattr
+decoded) under a time bound.  Anything but a ``CipherdumpError`` is a reader bug.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import signal
+import struct
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from functools import partial
+from pathlib import Path
+from types import FrameType
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cipherdump.blockio import MemorySource
+from cipherdump.engine.describe import node_record, stat_record
+from cipherdump.engine.namespace import Namespace, Problem
+from cipherdump.errors import CipherdumpError
+from cipherdump.ext4 import Filesystem, Inode
+from cipherdump.ext4.inode import FileType
+from cipherdump.ondisk.extent import EXT4_EXT_MAGIC
+
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "e2fsprogs"
+
+# Corpus images used as seeds: no checksums (so mutations reach deep), inline data,
+# and one with metadata_csum (so the checksum paths see damage too).
+CORPUS_SEEDS = ["f_valid_ea_in_inode", "d_inline_dump", "f_ea_signed_hash"]
+MKFS_SEED = "mkfs"
+
+TIME_LIMIT = 5.0  # seconds per mutant; a clean walk of any seed takes well under 0.1 s
+READ_CAP = 1 << 20  # bytes read per file
+MAX_INODES_PER_GROUP = 64  # of each inode table, the part treated as "hot"
+
+
+class Hang(Exception):
+    """A mutant's walk ran past TIME_LIMIT (an Exception, so Hypothesis shrinks it)."""
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    def on_alarm(signum: int, frame: FrameType | None) -> None:
+        raise Hang(f"walk still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# -- seeds ---------------------------------------------------------------------------
+
+
+def _mkfs_seed(workdir: Path) -> bytes | None:
+    """A 2 MiB, 1 KiB-block ext4 made by ``mkfs.ext4 -d`` from a small varied tree."""
+    mkfs = shutil.which("mkfs.ext4") or next(
+        (p for p in ("/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4") if Path(p).is_file()), None
+    )
+    if mkfs is None:
+        return None
+    root = workdir / "tree"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / "big").mkdir()
+    for i in range(120):  # a directory of several blocks
+        (root / "big" / f"entry-with-a-longish-name-{i:04d}").write_bytes(b"x" * (i % 7))
+    (root / "empty").write_bytes(b"")
+    (root / "small").write_bytes(b"hello\n")
+    (root / "sub" / "multi").write_bytes(bytes(range(256)) * 300)  # ~75 blocks
+    with (root / "sub" / "sparse").open("wb") as f:
+        f.write(b"head")
+        f.seek(200_000)
+        f.write(b"tail")
+    (root / "sub" / "deeper" / "leaf").write_bytes(b"leaf")
+    os.symlink("small", root / "fast-link")
+    os.symlink("t/" * 100, root / "slow-link")
+    os.mkfifo(root / "fifo")
+    image = workdir / "mkfs.img"
+    res = subprocess.run(
+        [mkfs, "-q", "-F", "-b", "1024", "-N", "256", "-O", "^has_journal,^metadata_csum",
+         "-E", "root_owner=0:0", "-d", str(root), str(image), "2M"],
+        capture_output=True,
+        check=False,
+    )  # fmt: skip
+    if res.returncode != 0:
+        return None
+    return image.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for name in CORPUS_SEEDS:
+        packed = CORPUS / name / "image.gz"
+        if packed.is_file():
+            out[name] = gzip.decompress(packed.read_bytes())
+    made = _mkfs_seed(tmp_path_factory.mktemp("fuzz-seed"))
+    if made is not None:
+        out[MKFS_SEED] = made
+    return out
+
+
+def hot_ranges(image: bytes) -> list[tuple[int, int]]:
+    """Byte ranges ``[lo, hi)`` of the metadata of a valid image, found by reading it."""
+    fs = Filesystem(MemorySource(image))
+    bs = fs.block_size
+    sb = fs.sb
+    ranges = [(1024, 2048)]
+    gdt_start = (1 if bs == 1024 else 0) + 1
+    gdt_len = -(-sb.group_count * sb.desc_size // bs)
+    ranges.append((gdt_start * bs, (gdt_start + gdt_len) * bs))
+    isz = sb.inode_size
+    for gd in fs.groups:
+        lo = gd.bg_inode_table * bs
+        ranges.append((lo, lo + min(sb.s_inodes_per_group, MAX_INODES_PER_GROUP) * isz))
+    for ino in fs.iter_used_inodes()[:500]:
+        try:
+            inode = fs.inode(ino)
+        except CipherdumpError:
+            continue
+        blocks: list[int] = []
+        if inode.raw.i_file_acl:
+            blocks.append(inode.raw.i_file_acl)
+        if inode.uses_extents:
+            blocks += _extent_index_blocks(inode)
+        if inode.is_dir or (inode.is_symlink and not inode.is_fast_symlink):
+            try:
+                for run in inode.mapped_runs()[:16]:
+                    blocks += [run.pblk + k for k in range(min(run.length, 8)) if run.pblk]
+            except CipherdumpError:
+                pass
+        ranges += [(b * bs, (b + 1) * bs) for b in blocks if fs.block_in_range(b)]
+    return sorted(set(ranges))
+
+
+def _extent_index_blocks(inode: Inode) -> list[int]:
+    """Blocks the root of an extent tree points to, when the tree has depth > 0."""
+    magic, entries, _max, depth = struct.unpack_from("<HHHH", inode.raw.i_block)
+    if magic != EXT4_EXT_MAGIC or depth == 0:
+        return []
+    out = []
+    for i in range(min(entries, 4)):
+        _blk, lo, hi = struct.unpack_from("<IIH", inode.raw.i_block, 12 + 12 * i)
+        out.append(hi << 32 | lo)
+    return out
+
+
+# -- mutations -----------------------------------------------------------------------
+
+_WORDS = [0, 1, 2, 12, 0x7F, 0x80, 0xFF, 0x400, 0x1000, 0x7FFF, 0x8000, 0xFFFF,
+          0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0xF30A, 0xEF53, 0xEA020000]  # fmt: skip
+
+
+# An edit: (offset, bytes, xor).  With xor the bytes are XORed in (a bit flip),
+# otherwise they overwrite what is there.
+Edit = tuple[int, bytes, bool]
+
+
+@st.composite
+def mutations(draw: st.DrawFn, ranges: list[tuple[int, int]], size: int) -> list[Edit]:
+    """1-8 edits: mostly inside metadata, one in ten anywhere in the first 256 KiB."""
+    edits: list[Edit] = []
+    for _ in range(draw(st.integers(1, 8))):
+        if draw(st.integers(0, 9)) == 0:
+            lo, hi = 0, min(size, 256 << 10)
+        else:
+            lo, hi = draw(st.sampled_from(ranges))
+        off = draw(st.integers(lo, max(lo, hi - 1)))
+        kind = draw(st.sampled_from(["flip", "byte", "le16", "le32"]))
+        if kind == "flip":
+            edits.append((off, bytes([1 << draw(st.integers(0, 7))]), True))
+        elif kind == "byte":
+            edits.append((off, bytes([draw(st.integers(0, 255))]), False))
+        else:
+            width = 2 if kind == "le16" else 4
+            word = draw(st.sampled_from(_WORDS) | st.integers(0, (1 << 8 * width) - 1))
+            edits.append((off, (word & ((1 << 8 * width) - 1)).to_bytes(width, "little"), False))
+    return edits
+
+
+def apply(image: bytes, edits: list[Edit]) -> bytes:
+    buf = bytearray(image)
+    for off, new, xor in edits:
+        new = new[: max(0, len(buf) - off)]
+        if xor:
+            for k, b in enumerate(new):
+                buf[off + k] ^= b
+        else:
+            buf[off : off + len(new)] = new
+    return bytes(buf)
+
+
+# -- the walk ------------------------------------------------------------------------
+
+
+def exercise(image: bytes) -> None:
+    """Open and walk everything; CipherdumpError is the only acceptable failure."""
+    try:
+        fs = Filesystem(MemorySource(image))
+    except CipherdumpError:
+        return
+    ns = Namespace(fs)
+    try:
+        root = ns.root_node()
+    except CipherdumpError:
+        return
+    for item in ns.walk(root, recursive=True):
+        if isinstance(item, Problem):
+            assert isinstance(item.error, CipherdumpError)
+            continue
+        inode = item.inode
+        steps: list[Callable[[], object]] = [
+            partial(node_record, ns, item),
+            partial(stat_record, ns, item),
+            partial(getattr, inode, "xattrs"),
+        ]
+        if inode.type is FileType.SYMLINK:
+            steps.append(partial(ns.symlink_target, inode))
+        elif inode.type is FileType.FILE:
+            steps.append(partial(_read_some, inode))
+        for step in steps:
+            with suppress(CipherdumpError):
+                step()
+
+
+def _read_some(inode: Inode) -> None:
+    pos = 0
+    limit = min(inode.size, READ_CAP)
+    while pos < limit:
+        chunk = inode.read(pos, min(256 << 10, limit - pos))
+        assert chunk, f"inode {inode.ino}: empty read at {pos} before i_size"
+        pos += len(chunk)
+
+
+# -- tests ---------------------------------------------------------------------------
+
+SEED_NAMES = [*CORPUS_SEEDS, MKFS_SEED]
+_FAST = settings(
+    max_examples=50,
+    deadline=None,  # the time bound is TIME_LIMIT, enforced by an alarm
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    database=None,
+)
+
+
+def _seed(seeds: dict[str, bytes], name: str) -> tuple[bytes, list[tuple[int, int]]]:
+    if name not in seeds:
+        pytest.skip(f"seed image {name} unavailable (shared testdata or mkfs.ext4 missing)")
+    image = seeds[name]
+    return image, hot_ranges(image)
+
+
+def test_seeds_walk_cleanly(seeds: dict[str, bytes]) -> None:
+    """The unmutated seeds read without a single per-object error."""
+    if not seeds:
+        pytest.skip("no seed images")
+    for name, image in seeds.items():
+        fs = Filesystem(MemorySource(image))
+        ns = Namespace(fs)
+        items = list(ns.walk(ns.root_node(), recursive=True))
+        assert items, name
+        assert not [i for i in items if isinstance(i, Problem)], name
+        assert len(hot_ranges(image)) > 3, name
+
+
+@pytest.mark.parametrize("name", SEED_NAMES)
+@_FAST
+@given(data=st.data())
+def test_mutated_image_raises_only_cipherdump_errors(
+    name: str, seeds: dict[str, bytes], data: st.DataObject
+) -> None:
+    image, ranges = _seed(seeds, name)
+    edits = data.draw(mutations(ranges, len(image)), label="edits")
+    with time_limit(TIME_LIMIT):
+        exercise(apply(image, edits))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SEED_NAMES)
+@settings(_FAST, max_examples=1000)
+@given(data=st.data())
+def test_mutated_image_many(name: str, seeds: dict[str, bytes], data: st.DataObject) -> None:
+    image, ranges = _seed(seeds, name)
+    edits = data.draw(mutations(ranges, len(image)), label="edits")
+    with time_limit(TIME_LIMIT):
+        exercise(apply(image, edits))
+
+
+# -- crafted hostile maps ------------------------------------------------------------
+
+
+def test_extent_tree_reusing_blocks_is_refused(seeds: dict[str, bytes]) -> None:
+    """A depth-1 extent tree whose 336 extents all map the same 100 blocks of empty
+    directory entries: every block parses, so only a bound on the mapping stops the
+    root from being read 33,600 blocks long (or, one level deeper, billions)."""
+    if MKFS_SEED not in seeds:
+        pytest.skip("mkfs.ext4 unavailable")
+    image = bytearray(seeds[MKFS_SEED])
+    fs = Filesystem(MemorySource(bytes(image)))
+    bs, count = fs.block_size, fs.sb.s_blocks_count
+    area, leaves = count - 120, [count - 5 + i for i in range(4)]
+    assert not any(image[area * bs : count * bs]), "the chosen blocks must be free"
+    empty_block = struct.pack("<IHBB", 0, bs, 0, 0).ljust(bs, b"\0")
+    for b in range(area, area + 100):
+        image[b * bs : (b + 1) * bs] = empty_block
+    per_leaf = (bs - 12) // 12
+    for i, leaf in enumerate(leaves):
+        node = struct.pack("<HHHHI", EXT4_EXT_MAGIC, per_leaf, per_leaf, 0, 0)
+        for k in range(per_leaf):
+            node += struct.pack("<IHHI", (i * per_leaf + k) * 100, 100, 0, area)
+        image[leaf * bs : leaf * bs + len(node)] = node
+    root = struct.pack("<HHHHI", EXT4_EXT_MAGIC, 4, 4, 1, 0)
+    for i, leaf in enumerate(leaves):
+        root += struct.pack("<IIHH", i * per_leaf * 100, leaf, 0, 0)
+    at = fs.groups[0].bg_inode_table * bs + (2 - 1) * fs.sb.inode_size
+    image[at + 0x28 : at + 0x28 + 60] = root.ljust(60, b"\0")
+    image[at + 0x04 : at + 0x08] = struct.pack("<I", 0xFFFFFFFF)  # i_size: huge
+    image[at + 0x6C : at + 0x70] = struct.pack("<I", 0xFFFF)
+
+    fs = Filesystem(MemorySource(bytes(image)))
+    ns = Namespace(fs)
+    with time_limit(TIME_LIMIT):
+        items = list(ns.walk(ns.root_node(), recursive=True))
+    assert len(items) == 1 and isinstance(items[0], Problem), items
+    assert "more blocks than the filesystem has" in str(items[0].error)
