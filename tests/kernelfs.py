@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_TREE",
     "FLAG_IV_INO_LBLK_32",
     "FLAG_IV_INO_LBLK_64",
+    "INLINE_PLAIN_TREE",
     "MODE_AES_256_CTS",
     "MODE_AES_256_XTS",
     "NAMED_CONFIGS",
@@ -61,6 +62,7 @@ __all__ = [
     "by_ino",
     "cleanup_leftovers",
     "debugfs_context",
+    "debugfs_is_inline",
     "encode_policy",
     "expected_files",
     "extent_depth",
@@ -457,6 +459,15 @@ def htree_levels(image: Path, ino: int) -> int | None:
     )
     m = re.search(r"Indirect levels:\s*(\d+)", proc.stdout)
     return int(m.group(1)) if m else None
+
+
+def debugfs_is_inline(image: Path, ino: int) -> bool:
+    """Whether ``debugfs stat`` shows EXT4_INLINE_DATA_FL (0x10000000) on an inode."""
+    out = _run(["debugfs", "-R", f"stat <{ino}>", os.fspath(image)], stdin=subprocess.DEVNULL)
+    m = re.search(r"Flags: 0x([0-9a-f]+)", out)
+    if m is None:
+        raise RuntimeError(f"debugfs stat <{ino}> printed no flags")
+    return bool(int(m.group(1), 16) & 0x10000000)
 
 
 def debugfs_context(image: Path, ino: int) -> bytes | None:
@@ -1077,6 +1088,10 @@ class ImageConfig:
     extra_features: tuple[str, ...] = ()
     key_label: str = "cipherdump kernelfs test key"
     encrypted_dir: bytes = b"enc"
+    # An unencrypted tree beside the encrypted one (names and contents in plaintext, and on an
+    # ``inline_data`` filesystem small files and directories that the kernel stores inline).
+    plain_tree: TreeSpec | None = None
+    plain_dir: bytes = b"plain"
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -1092,6 +1107,9 @@ class ImageConfig:
             parts.append(f"i{self.inode_size}")
         if self.tree.big_dir_entries:
             parts.append(f"big{self.tree.big_dir_entries}")
+        parts += [f for f in self.extra_features if not f.startswith("^")]
+        if self.plain_tree is not None:
+            parts.append("plain")
         return "_".join(parts)
 
 
@@ -1115,12 +1133,22 @@ def _named_configs() -> dict[str, ImageConfig]:
     named["1k-v2-pad32-bigdir"] = ImageConfig(
         policy=v2, block_size=1024, size_mib=64, tree=TreeSpec(big_dir_entries=10_000)
     )
+    named["4k-inline-v2-pad32"] = ImageConfig(
+        policy=v2, extra_features=("inline_data",), plain_tree=INLINE_PLAIN_TREE
+    )
     return named
+
+
+# The unencrypted tree of the inline_data configuration: files of 0, 1, 40 (in i_block) and 100
+# bytes (i_block + system.data), small and empty directories (inline), 255-byte and non-UTF-8
+# names in plaintext, and larger files, symlinks, specials, sparse and fragmented files beside them.
+INLINE_PLAIN_TREE = TreeSpec(file_sizes=(0, 1, 40, 100, 4097))
 
 
 # Ready-made configurations by name, for ``@pytest.mark.parametrize("kernel_image", [...],
 # indirect=True)``.  Every padding x v1/v2 x 1 KiB/4 KiB, IV_INO_LBLK_64/32 on stable_inodes,
-# 512-byte data units, 128-byte inodes (context in an xattr block), and the big htree dirs.
+# 512-byte data units, 128-byte inodes (context in an xattr block), the big htree dirs, and an
+# ``inline_data`` filesystem with an unencrypted tree of inline files and directories.
 NAMED_CONFIGS: dict[str, ImageConfig] = _named_configs()
 
 
@@ -1146,14 +1174,17 @@ class KernelImage:
     outside_view: dict[bytes, NodeView]
     extent_depths: dict[bytes, int]  # fragmented file and big dir -> extent tree depth
     htree_levels: int | None  # big dir's htree indirect levels (None: no big dir)
+    # What ``build_tree`` made in ``config.plain_dir`` (paths relative to it), if asked for.
+    plain_tree: TreeInfo | None = None
 
 
 def build_kernel_image(workdir: Path, config: ImageConfig = ImageConfig()) -> KernelImage:
     """Make an image per ``config``: encrypt one directory, fill it, and record both views.
 
     Steps: mkfs; mount; add the key; ``mkdir enc`` + SET_POLICY; ``build_tree``; an unencrypted
-    file beside it; view with the key; remove the key; unmount; remount (no key) and view again;
-    unmount; then read extent depths with debugfs.
+    file beside it (and ``config.plain_tree`` in ``config.plain_dir``); view with the key; remove
+    the key; unmount; remount (no key) and view again; unmount; then read extent depths with
+    debugfs.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     image = workdir / f"{config.label}.img"
@@ -1183,6 +1214,11 @@ def build_kernel_image(workdir: Path, config: ImageConfig = ImageConfig()) -> Ke
         dir_nonce = get_nonce(enc)
         tree = build_tree(enc, config.tree)
         (mnt / "plain.txt").write_bytes(b"not encrypted\n")
+        plain_tree = None
+        if config.plain_tree is not None:
+            plain = mnt / os.fsdecode(config.plain_dir)
+            plain.mkdir()
+            plain_tree = build_tree(plain, config.plain_tree)
         with_key = snapshot_view(mnt, enc_rel)
         # The key is still in use by cached inodes; removal may report "files busy" (flag 1),
         # which is fine: the unmount below forgets the key regardless.
@@ -1213,4 +1249,5 @@ def build_kernel_image(workdir: Path, config: ImageConfig = ImageConfig()) -> Ke
         outside_view=outside_view,
         extent_depths=depths,
         htree_levels=levels,
+        plain_tree=plain_tree,
     )

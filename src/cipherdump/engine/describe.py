@@ -38,19 +38,28 @@ def node_record(ns: Namespace, node: Node) -> dict[str, Any]:
         "name_encrypted": node.name_encrypted,
     }
     if ino.type is FileType.SYMLINK:
-        rec["target"] = ns.symlink_target(ino)
+        target = ns.symlink_target(ino)
+        rec["target"] = target
+        if ino.is_encrypted:
+            # Without the key the kernel reports the length of the no-key target, not
+            # i_size (2 + ciphertext length): fscrypt-on-disk.md 2.7.  stat shows i_size.
+            rec["size"] = len(target)
     if ino.device is not None:
         rec["rdev"] = list(ino.device)
     return rec
 
 
 def stat_record(ns: Namespace, node: Node) -> dict[str, Any]:
-    """Every inode field, the decoded context, the name ciphertext and the block map."""
+    """Every inode field, the decoded context, the name ciphertext and the block map.
+
+    ``size`` is what ``stat`` shows without the key; ``i_size`` the on-disk field.
+    """
     ino = node.inode
     raw = ino.raw
     rec = node_record(ns, node)
     rec.update(
         {
+            "i_size": ino.size,
             "atime_ns": ino.atime_ns,
             "ctime_ns": ino.ctime_ns,
             "crtime_ns": ino.crtime_ns,
@@ -59,7 +68,7 @@ def stat_record(ns: Namespace, node: Node) -> dict[str, Any]:
             "flag_names": [n for bit, n in FLAG_NAMES.items() if ino.flags & bit],
             "generation": ino.generation,
             "project_id": ino.project_id,
-            "blocks": ino.blocks_512,
+            "blocks": ino.st_blocks,
             "file_acl": raw.i_file_acl,
             "extra_isize": raw.i_extra_isize,
             "version": raw.i_version,
