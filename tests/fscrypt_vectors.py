@@ -5,15 +5,15 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import re
 import shutil
-import subprocess
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import zstandard
 
+from cipherdump.blockio import FileSource
+from cipherdump.ext4 import Filesystem
 from cipherdump.fscrypt.context import EncryptionContext, decode_context
 
 SHARED_TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
@@ -56,24 +56,22 @@ def nokey_ciphertext(nokey_name: str) -> tuple[int, int, bytes]:
     )
 
 
-def debugfs_available() -> bool:
-    return shutil.which("debugfs") is not None
+class Ext4Image:
+    """A test image read through cipherdump's own ext4 reader.
 
-
-class DebugfsImage:
-    """Read a test image through e2fsprogs' debugfs.
-
-    A stopgap until cipherdump's own ext4 reader exists (TODO(lead): replace): it pulls
-    an inode's context, data blocks or raw directory bytes so the crypto layer can be
-    checked against kernel-written ciphertext.
+    Pulls an inode's context, data blocks or raw directory entries so that the crypto
+    layer can be checked against kernel-written ciphertext.  (This replaced a debugfs
+    stopgap; the reader is itself tested against the kernel's views.)
     """
 
     def __init__(self, path: Path, block_size: int) -> None:
         self.path = path
         self.block_size = block_size
+        self.fs = Filesystem(FileSource(str(path)), owns_source=True)
+        assert self.fs.block_size == block_size
 
     @classmethod
-    def unpack(cls, compressed: Path, into: Path, block_size: int) -> DebugfsImage:
+    def unpack(cls, compressed: Path, into: Path, block_size: int) -> Ext4Image:
         raw = into / (compressed.name.split(".")[0] + ".img")
         with compressed.open("rb") as src, raw.open("wb") as dst:
             if compressed.suffix == ".gz":
@@ -83,46 +81,18 @@ class DebugfsImage:
                 zstandard.ZstdDecompressor().copy_stream(src, dst)
         return cls(raw, block_size)
 
-    def _debugfs(self, request: str) -> str:
-        done = subprocess.run(
-            ["debugfs", "-R", request, str(self.path)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return done.stdout
+    def close(self) -> None:
+        self.fs.close()
 
     def context(self, ino: int) -> EncryptionContext:
-        out = self._debugfs(f"ea_get <{ino}> c")
-        match = re.search(r"c \(\d+\) = ((?:[0-9a-f]{2} ?)+)", out)
-        assert match, out
-        return decode_context(bytes.fromhex(match.group(1).replace(" ", "")))
+        raw = self.fs.inode(ino).encryption_context
+        assert raw is not None, f"inode {ino} has no encryption context"
+        return decode_context(raw)
 
     def file_blocks(self, ino: int) -> bytes:
-        """All data blocks of ``ino`` in logical order (holes are not expected)."""
-        blocks = [int(b) for b in self._debugfs(f"blocks <{ino}>").split()]
-        out = []
-        with self.path.open("rb") as f:
-            for b in blocks:
-                f.seek(b * self.block_size)
-                out.append(f.read(self.block_size))
-        return b"".join(out)
+        """All mapped data blocks of ``ino`` in logical order (holes are not expected)."""
+        return b"".join(data for _run, data in self.fs.inode(ino).iter_blocks())
 
     def dirents(self, ino: int) -> list[tuple[int, bytes]]:
-        """(inode, raw name) of each live entry in directory ``ino``'s blocks."""
-        data = self.file_blocks(ino)
-        out = []
-        for start in range(0, len(data), self.block_size):
-            pos = start
-            end = start + self.block_size
-            while pos + 8 <= end:
-                child = int.from_bytes(data[pos : pos + 4], "little")
-                rec_len = int.from_bytes(data[pos + 4 : pos + 6], "little")
-                name_len = data[pos + 6]
-                if rec_len < 8:
-                    break
-                name = data[pos + 8 : pos + 8 + name_len]
-                if child and name not in (b".", b".."):
-                    out.append((child, bytes(name)))
-                pos += rec_len
-        return out
+        """(inode, raw name) of each live entry of directory ``ino``, in disk order."""
+        return [(e.ino, e.name) for e in self.fs.inode(ino).entries()]

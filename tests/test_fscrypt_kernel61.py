@@ -7,15 +7,14 @@ Two sources of ground truth:
   ciphertext (or, above 149 bytes, its first 149 bytes and the SHA-256 of the rest)
   and, in casefolded directories, the stored SipHash dirhash.  So names, dirhashes and
   key identifiers are checked without reading the images.
-* The images, through ``debugfs`` (e2fsprogs) only as a stopgap until cipherdump's own
-  ext4 reader exists: ``ea_get`` for a symlink's context and ``blocks`` for a file's
-  physical blocks.  These tests skip when ``debugfs`` is missing.
-  TODO(lead): switch ``DebugfsImage`` to cipherdump.ext4 once the reader lands.
+* The images, through cipherdump's ext4 reader: a symlink's context and a file's
+  data blocks.  (The keyed view over the same images is in test_keyed_kernel61.py.)
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +25,7 @@ from cipherdump.fscrypt.inode_cipher import InodeCipher
 from cipherdump.fscrypt.keys import MasterKey
 from fscrypt_vectors import (
     KERNEL_VECTORS_61,
-    DebugfsImage,
-    debugfs_available,
+    Ext4Image,
     load_json,
     nokey_ciphertext,
 )
@@ -175,20 +173,21 @@ def test_names_match_kernel_nokey_names(image: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, DebugfsImage]:
-    if not debugfs_available():
-        pytest.skip("debugfs (e2fsprogs) not installed; image checks wait for the ext4 reader")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Ext4Image]]:
     root = tmp_path_factory.mktemp("kernel61")
-    return {
-        name: DebugfsImage.unpack(
+    opened = {
+        name: Ext4Image.unpack(
             KERNEL_VECTORS_61 / f"{name}.img.zst", root, _block_size(_manifest(name))
         )
         for name in IMAGES
     }
+    yield opened
+    for image in opened.values():
+        image.close()
 
 
 @pytest.mark.parametrize("image", IMAGES)
-def test_symlink_targets(image: str, images: dict[str, DebugfsImage]) -> None:
+def test_symlink_targets(image: str, images: dict[str, Ext4Image]) -> None:
     m = _manifest(image)
     dirs = _encrypted_dirs(m)
     checked = 0
@@ -212,7 +211,7 @@ def test_symlink_targets(image: str, images: dict[str, DebugfsImage]) -> None:
 
 
 @pytest.mark.parametrize("image", IMAGES)
-def test_file_contents(image: str, images: dict[str, DebugfsImage]) -> None:
+def test_file_contents(image: str, images: dict[str, Ext4Image]) -> None:
     m = _manifest(image)
     dirs = _encrypted_dirs(m)
     checked = 0

@@ -22,7 +22,7 @@ from cipherdump.fscrypt.kdf import (
     hashed_ino,
 )
 from cipherdump.fscrypt.keys import KeyRing, MasterKey, check_key, load_key_file
-from fscrypt_vectors import SHARED_TESTDATA, DebugfsImage, debugfs_available, load_json
+from fscrypt_vectors import SHARED_TESTDATA, Ext4Image, load_json
 
 # Section 10 of the on-disk reference (values from 4k__v2_aes256xts_cts_pad32.json).
 WORKED_KEY = (
@@ -225,16 +225,13 @@ def test_known_keys_specs() -> None:
     assert key.matches(decode_context(bytes.fromhex(disk["dir"]["context"])).policy)
 
 
-needs_images = pytest.mark.skipif(
-    not (KNOWN.is_file() and debugfs_available()),
-    reason="needs known_keys.json and debugfs (stopgap until the ext4 reader exists)",
-)
+needs_images = pytest.mark.skipif(not KNOWN.is_file(), reason="needs known_keys.json")
 
 
 @needs_images
 def test_f_bad_encryption_edir_names(tmp_path: Path) -> None:
     known = load_json(KNOWN)["e2fsprogs/f_bad_encryption"]
-    image = DebugfsImage.unpack(
+    image = Ext4Image.unpack(
         SHARED_TESTDATA / "e2fsprogs/f_bad_encryption/image.gz", tmp_path, 4096
     )
     key = MasterKey.from_hex(known["master_key"])
@@ -255,7 +252,7 @@ def test_f_bad_encryption_edir_names(tmp_path: Path) -> None:
 @needs_images
 def test_test_disk1_name_and_contents(tmp_path: Path) -> None:
     known = load_json(KNOWN)["ext4-view-rs/test_disk1"]
-    image = DebugfsImage.unpack(SHARED_TESTDATA / "ext4-view-rs/test_disk1.bin.zst", tmp_path, 1024)
+    image = Ext4Image.unpack(SHARED_TESTDATA / "ext4-view-rs/test_disk1.bin.zst", tmp_path, 1024)
     key = MasterKey.from_hex(known["master_key"])
     dir_ctx = decode_context(bytes.fromhex(known["dir"]["context"]))
     names = InodeCipher(key, dir_ctx, ino=known["dir"]["ino"], block_size=1024)
