@@ -148,3 +148,13 @@ def names_cipher(mode: int, key: bytes) -> NamesCipher:
     if mode == Mode.ADIANTUM:
         return Adiantum(key)
     raise UnsupportedError(f"filenames mode {mode_name(mode)} is not implemented")
+
+
+def contents_mode_implemented(mode: int) -> bool:
+    """Whether :func:`contents_cipher` can decrypt file contents in ``mode``."""
+    return mode in (Mode.AES_256_XTS, Mode.AES_128_CBC, Mode.ADIANTUM)
+
+
+def filenames_mode_implemented(mode: int) -> bool:
+    """Whether :func:`names_cipher` can decrypt names and symlink targets in ``mode``."""
+    return mode in (Mode.AES_256_CTS, Mode.AES_128_CTS, Mode.AES_256_HCTR2, Mode.ADIANTUM)

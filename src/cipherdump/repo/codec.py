@@ -32,6 +32,9 @@ _MAX_VARINT_BYTES = 19  # 19 * 7 = 133 bits: enough for every length and every i
 
 
 def _varint(n: int, out: bytearray) -> None:
+    if n < 0x80:  # The common case: one byte.
+        out.append(n)
+        return
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
@@ -51,9 +54,83 @@ def _encode_str(text: str, out: bytearray) -> None:
     out += raw
 
 
+# Map keys are few distinct names; their UTF-8 encodings are kept.
+_KEY_CACHE: dict[str, bytes] = {}
+_KEY_CACHE_MAX = 4096
+
+
+def _first(pair: tuple[bytes, Value]) -> bytes:
+    return pair[0]
+
+
+# Trees hold many maps with the same keys in the same order: remember, per key tuple,
+# the canonical (sorted) order and each key's encoded prefix.
+_PLANS: dict[tuple[object, ...], tuple[tuple[int, bytes], ...]] = {}
+_PLANS_MAX = 1024
+
+
+def _map_plan(keys: tuple[object, ...]) -> tuple[tuple[int, bytes], ...]:
+    raw: list[bytes] = []
+    for k in keys:
+        if not isinstance(k, str):
+            raise TypeError(f"map keys must be str, not {type(k).__name__}")
+        raw.append(k.encode("utf-8"))
+    plan = []
+    for index in sorted(range(len(keys)), key=raw.__getitem__):
+        prefix = bytearray()
+        _varint(len(raw[index]), prefix)
+        plan.append((index, bytes(prefix) + raw[index]))
+    result = tuple(plan)
+    if len(_PLANS) < _PLANS_MAX:
+        _PLANS[keys] = result
+    return result
+
+
+_INT_MIN = -(1 << (INT_BITS - 1))
+_INT_MAX = 1 << (INT_BITS - 1)
+
+
 def _encode(value: Value, out: bytearray, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise ValueError("value nested too deeply")
+    # Exact-type fast paths for what trees are made of; ABC checks below are slow.
+    kind = type(value)
+    if kind is int:
+        assert isinstance(value, int)
+        if 0 <= value < 0x40:
+            out += bytes((_INT, value << 1))
+            return
+        if not _INT_MIN <= value < _INT_MAX:
+            raise ValueError(f"integer out of range: {value}")
+        out.append(_INT)
+        _varint((value << 1) ^ (value >> (INT_BITS - 1)), out)
+        return
+    if kind is bytes:
+        assert isinstance(value, bytes)
+        out.append(_BYTES)
+        _varint(len(value), out)
+        out += value
+        return
+    if kind is dict:
+        assert isinstance(value, dict)
+        keys = tuple(value)
+        plan = _PLANS.get(keys)
+        if plan is None:
+            plan = _map_plan(keys)
+        values = tuple(value.values())
+        out.append(_MAP)
+        _varint(len(keys), out)
+        for index, prefix in plan:
+            out += prefix
+            _encode(values[index], out, depth + 1)
+        return
+    if kind is list or kind is tuple:
+        assert isinstance(value, list | tuple)
+        out.append(_LIST)
+        _varint(len(value), out)
+        for item in value:
+            _encode(item, out, depth + 1)
+        return
     if value is None:
         out.append(_NONE)
     elif value is True:
@@ -70,16 +147,24 @@ def _encode(value: Value, out: bytearray, depth: int) -> None:
         out.append(_BYTES)
         _varint(len(raw), out)
         out += raw
-    elif isinstance(value, str):
+    elif kind is str or isinstance(value, str):
+        assert isinstance(value, str)
         out.append(_STR)
         _encode_str(value, out)
-    elif isinstance(value, Mapping):
+    elif kind is dict or isinstance(value, Mapping):
+        assert isinstance(value, Mapping)
         items = []
         for k, v in value.items():
-            if not isinstance(k, str):
-                raise TypeError(f"map keys must be str, not {type(k).__name__}")
-            items.append((k.encode("utf-8"), v))
-        items.sort(key=lambda kv: kv[0])
+            raw_key = _KEY_CACHE.get(k) if type(k) is str else None
+            if raw_key is None:
+                if not isinstance(k, str):
+                    raise TypeError(f"map keys must be str, not {type(k).__name__}")
+                raw_key = k.encode("utf-8")
+                if len(_KEY_CACHE) < _KEY_CACHE_MAX:
+                    _KEY_CACHE[k] = raw_key
+            items.append((raw_key, v))
+        # Keys are distinct, so sorting the pairs compares keys only.
+        items.sort(key=_first)
         out.append(_MAP)
         _varint(len(items), out)
         for raw_key, v in items:
@@ -114,6 +199,12 @@ class _Reader:
         return b
 
     def varint(self) -> int:
+        pos = self.pos
+        if pos < len(self.data):
+            b = self.data[pos]
+            if b < 0x80:  # The common case: one byte, canonical by construction.
+                self.pos = pos + 1
+                return b
         n = shift = 0
         for i in range(_MAX_VARINT_BYTES):
             b = self.byte()
@@ -158,7 +249,11 @@ def decode(data: bytes, what: str = "value") -> Value:
 def _decode(r: _Reader, depth: int) -> Value:
     if depth > MAX_DEPTH:
         raise r.fail("nested too deeply")
-    tag = r.byte()
+    pos = r.pos
+    if pos >= len(r.data):
+        raise r.fail("truncated")
+    tag = r.data[pos]
+    r.pos = pos + 1
     if tag == _NONE:
         return None
     if tag == _FALSE:
@@ -175,15 +270,21 @@ def _decode(r: _Reader, depth: int) -> Value:
     if tag == _STR:
         return r.text()
     if tag == _LIST:
-        return tuple(_decode(r, depth + 1) for _ in range(r.count()))
+        items = []
+        for _ in range(r.count()):
+            items.append(_decode(r, depth + 1))
+        return tuple(items)
     if tag == _MAP:
         result: dict[str, Value] = {}
         previous: bytes | None = None
         for _ in range(r.count()):
-            key = r.text()
-            raw_key = key.encode("utf-8")
+            raw_key = r.take(r.varint())
             if previous is not None and raw_key <= previous:
                 raise r.fail("map keys not strictly increasing")
+            try:
+                key = raw_key.decode("utf-8")
+            except UnicodeDecodeError:
+                raise r.fail("invalid UTF-8") from None
             previous = raw_key
             result[key] = _decode(r, depth + 1)
         return result

@@ -119,6 +119,14 @@ class Repository:
         blob_id, _ = self._store.save(blob_type, data, compress=compress)
         return blob_id
 
+    def add_blob(
+        self, blob_type: BlobType, data: bytes, *, compress: bool = False
+    ) -> tuple[Id, bool]:
+        """Like :meth:`save_blob`, and also say whether the blob was new to the repository."""
+        if self._lock is not None:
+            self._lock.refresh_if_due()
+        return self._store.save(blob_type, data, compress=compress)
+
     def load_blob(self, blob_type: BlobType, blob_id: Id) -> bytes:
         return self._store.load(blob_type, blob_id)
 

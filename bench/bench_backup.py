@@ -1,0 +1,217 @@
+"""Key-less backup speed against reading the raw image, and what an incremental costs.
+
+Run as root (it makes an fscrypt-encrypted ext4 image with the running kernel)::
+
+    sudo python bench/bench_backup.py [--data-mib 1024] [--files 30000] [--workdir DIR]
+
+Steps, all in one run so the ratios compare like with like on this machine:
+
+1. Build (or reuse, with ``--reuse``) an image of ``--data-mib`` MiB of file data in
+   ``--files`` files: most small (a few KiB), a few large, under one v2-encrypted
+   directory and one plain directory, written through the kernel with the key.
+2. Baseline: drop the page cache, then ``dd if=IMAGE iflag=direct bs=4M of=/dev/null``.
+3. Full key-less backup (``cipherdump backup`` in a child process) with a cold cache.
+4. Change 1 % of the data through the kernel with the key (rewrite some small files, one
+   block in some large files, add and delete a few), then an incremental backup with a
+   cold cache.
+5. Report: full / dd, incremental / full, and the peak RSS of each backup (``wait4``).
+
+The aims (issue #4) are full / dd <= 1.5, incremental / full <= 0.25, peak RSS < 256 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import kernelfs
+
+MiB = 1 << 20
+CLI = [sys.executable, "-c", "from cipherdump.cli.main import main; main()"]
+
+
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def measure(argv: list[str], env: dict[str, str]) -> tuple[float, int, bytes]:
+    """(seconds, peak RSS bytes, stdout) of ``argv``.
+
+    The peak RSS is the child's own ``ru_maxrss`` from ``wait4`` (``getrusage`` of that
+    one child), not the running maximum ``RUSAGE_CHILDREN`` keeps over all children.
+    """
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"child failed ({proc.returncode}): {err.decode(errors='replace')}")
+    return seconds, usage.ru_maxrss * 1024, out
+
+
+def file_sizes(data_mib: int, files: int, rng: random.Random) -> list[int]:
+    """Mostly small files, some medium, a few large; adds up to ``data_mib``."""
+    total = data_mib * MiB
+    small = [rng.choice([0, 300, 1500, 4096, 6000, 9000, 16384]) for _ in range(files - 64)]
+    medium = [rng.randrange(256 * 1024, 2 * MiB) for _ in range(48)]
+    rest = max(total - sum(small) - sum(medium), 16 * MiB)
+    large = [rest // 16] * 16
+    sizes = small + medium + large
+    rng.shuffle(sizes)
+    return sizes
+
+
+def build_image(image: Path, data_mib: int, files: int, key: bytes) -> dict[str, int]:
+    sizes = file_sizes(data_mib, files, random.Random(1))
+    used = sum(-(-s // 4096) * 4096 for s in sizes)
+    image_mib = int(used / MiB * 1.12) + 64
+    kernelfs.make_image(
+        image, image_mib, 4096, ("encrypt",), extra_mkfs_args=["-N", str(files * 2)]
+    )
+    chunk = os.urandom(4 * MiB)
+    with kernelfs.mounted(image) as mnt:
+        spec = kernelfs.add_key(mnt, key)
+        enc = mnt / "enc"
+        enc.mkdir()
+        kernelfs.set_policy(enc, 2, 1, 4, kernelfs.PAD_32, spec)
+        plain = mnt / "plain"
+        plain.mkdir()
+        for i, size in enumerate(sizes):
+            top = enc if i % 10 else plain  # a tenth unencrypted
+            d = top / f"d{i % 97:02d}"
+            d.mkdir(exist_ok=True)
+            with open(d / f"file-{i:06d}", "wb") as f:
+                left, off = size, (i * 4099) % (len(chunk) - 1)
+                while left:
+                    n = min(left, len(chunk) - off)
+                    f.write(chunk[off : off + n])
+                    left -= n
+                    off = 0
+        os.sync()
+    return {"files": len(sizes), "data_bytes": sum(sizes), "image_bytes": image.stat().st_size}
+
+
+def change_one_percent(image: Path, key: bytes, data_bytes: int) -> int:
+    """Change ~1 % of the data through the kernel with the key; returns bytes written."""
+    rng = random.Random(2)
+    budget = data_bytes // 100
+    written = 0
+    with kernelfs.mounted(image) as mnt:
+        kernelfs.add_key(mnt, key)
+        paths = sorted(p for p in (mnt / "enc").rglob("file-*") if p.is_file())
+        paths += sorted(p for p in (mnt / "plain").rglob("file-*") if p.is_file())
+        rng.shuffle(paths)
+        for p in paths:
+            if written >= budget:
+                break
+            size = p.stat().st_size
+            if size > 4 * MiB:  # one block in place
+                with open(p, "r+b") as f:
+                    f.seek(rng.randrange(0, size - 4096) // 4096 * 4096)
+                    f.write(os.urandom(4096))
+                written += 4096
+            elif size:  # rewrite a small file
+                p.write_bytes(os.urandom(size))
+                written += size
+        for i in range(50):  # add and delete some
+            (mnt / "enc" / "d00" / f"new-{i:04d}").write_bytes(os.urandom(8192))
+            written += 8192
+        for p in paths[-50:]:
+            p.unlink()
+        os.sync()
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-mib", type=int, default=1024)
+    parser.add_argument("--files", type=int, default=30000)
+    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/cipherdump-bench"))
+    parser.add_argument("--reuse", action="store_true", help="Reuse the workdir's image.")
+    parser.add_argument("--json", action="store_true", help="Print the figures as JSON.")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: the image is made by the kernel")
+
+    work: Path = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    image, repo = work / "bench.img", work / "repo"
+    key = kernelfs.master_key_from_label("cipherdump bench key")
+    t0 = time.perf_counter()
+    if not (args.reuse and image.exists()):
+        facts = build_image(image, args.data_mib, args.files, key)
+        (work / "facts.json").write_text(json.dumps(facts))
+    facts = json.loads((work / "facts.json").read_text())
+    build_s = time.perf_counter() - t0
+    shutil.rmtree(repo, ignore_errors=True)
+    env = dict(os.environ, CIPHERDUMP_PASSWORD="bench", CIPHERDUMP_REPOSITORY=str(repo))
+    env["CIPHERDUMP_INSECURE_TEST_KDF"] = "1"  # the KDF is not what is measured
+    subprocess.run([*CLI, "init"], env=env, check=True, capture_output=True)
+
+    drop_caches()
+    dd_s, _, _ = measure(
+        ["dd", f"if={image}", "iflag=direct", "bs=4M", "of=/dev/null", "status=none"], env
+    )
+    drop_caches()
+    full_s, full_rss, out = measure([*CLI, "backup", "--json", str(image)], env)
+    full = json.loads(out)
+    changed = change_one_percent(image, key, facts["data_bytes"])
+    drop_caches()
+    inc_s, inc_rss, out = measure([*CLI, "backup", "--json", str(image)], env)
+    inc = json.loads(out)
+    check_s, _, _ = measure([*CLI, "check"], env)
+
+    figures = {
+        "kernel": os.uname().release,
+        "cpus": os.cpu_count(),
+        "files": facts["files"],
+        "data_mib": round(facts["data_bytes"] / MiB, 1),
+        "image_mib": round(facts["image_bytes"] / MiB, 1),
+        "build_s": round(build_s, 1),
+        "dd_s": round(dd_s, 3),
+        "full_s": round(full_s, 3),
+        "full_over_dd": round(full_s / dd_s, 2),
+        "full_peak_rss_mib": round(full_rss / MiB, 1),
+        "full_bytes_read_mib": round(full["bytes_read"] / MiB, 1),
+        "changed_mib": round(changed / MiB, 2),
+        "incremental_s": round(inc_s, 3),
+        "incremental_over_full": round(inc_s / full_s, 3),
+        "incremental_peak_rss_mib": round(inc_rss / MiB, 1),
+        "incremental": {
+            k: inc[k]
+            for k in (
+                "files_new",
+                "files_changed",
+                "files_unchanged",
+                "files_removed",
+                "bytes_read",
+                "bytes_added",
+                "bytes_stored",
+            )
+        },
+        "check_s": round(check_s, 2),
+        "repo_mib": round(sum(p.stat().st_size for p in repo.rglob("*") if p.is_file()) / MiB, 1),
+    }
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return
+    for k, v in figures.items():
+        print(f"{k:>26}: {v}")
+
+
+if __name__ == "__main__":
+    main()

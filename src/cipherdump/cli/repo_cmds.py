@@ -1,0 +1,574 @@
+"""Repository commands: ``init``, ``backup``, ``snapshots``, ``diff``, ``check``, and the
+snapshot side of ``ls``, ``stat`` and ``cat`` (used when a repository is given).
+
+The repository comes from ``-r/--repo`` or ``CIPHERDUMP_REPOSITORY``; its password from
+``--password-file``, ``CIPHERDUMP_PASSWORD_FILE``, ``CIPHERDUMP_PASSWORD`` or a prompt.
+A snapshot is named by a unique prefix of its id or by ``latest``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from cipherdump.blockio.mounts import mounted_read_write
+from cipherdump.cli import render
+from cipherdump.engine.backup import (
+    BackupOptions,
+    BackupProgress,
+    BackupResult,
+    backup,
+    snapshot_summary,
+)
+from cipherdump.engine.namespace import Problem
+from cipherdump.engine.nodeattrs import int_attr
+from cipherdump.engine.snapshot_view import SnapNode, SnapshotView
+from cipherdump.errors import (
+    CipherdumpError,
+    InputError,
+    IntegrityError,
+    KeyProblem,
+    NotFoundError,
+)
+from cipherdump.ext4 import open_filesystem
+from cipherdump.repo import KdfParams, LocalBackend, Repository, resolve_password
+from cipherdump.repo.config import DEFAULT_PACK_SIZE
+
+ENV_REPOSITORY = "CIPHERDUMP_REPOSITORY"
+EXIT_PARTIAL = 1
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def repo_option(fn: F) -> F:
+    """``-r/--repo``, also from ``CIPHERDUMP_REPOSITORY``."""
+    return click.option(
+        "-r",
+        "--repo",
+        "repo",
+        envvar=ENV_REPOSITORY,
+        metavar="DIR",
+        help=f"Repository directory (or set {ENV_REPOSITORY}).",
+    )(fn)
+
+
+def password_option(fn: F) -> F:
+    return click.option(
+        "--password-file",
+        type=click.Path(dir_okay=False, path_type=str),
+        help="Read the repository password from this file "
+        "(or set CIPHERDUMP_PASSWORD_FILE or CIPHERDUMP_PASSWORD).",
+    )(fn)
+
+
+def snapshot_options(fn: F) -> F:
+    """What ``ls``, ``stat`` and ``cat`` take to read a snapshot instead of an image."""
+    return repo_option(password_option(fn))
+
+
+def no_keys_for_snapshots(keys: tuple[str, ...], key_dirs: tuple[str, ...]) -> None:
+    if keys or key_dirs:
+        raise click.UsageError("--key is not supported with a snapshot (a repository is given)")
+
+
+def _warn(message: str) -> None:
+    click.echo(f"cipherdump: warning: {message}", err=True)
+
+
+def _error_line(path: bytes, err: CipherdumpError) -> None:
+    click.echo(f"cipherdump: error: {render.show_bytes(path)}: {err}", err=True)
+
+
+def _need_repo(repo: str | None) -> str:
+    if not repo:
+        raise click.UsageError(f"no repository: give -r/--repo or set {ENV_REPOSITORY}")
+    return repo
+
+
+def _password(password_file: str | None, *, confirm: bool = False) -> bytes:
+    prompt: Callable[[], str] | None = None
+    if sys.stdin.isatty():
+
+        def prompt() -> str:
+            answer: str = click.prompt(
+                "repository password", hide_input=True, confirmation_prompt=confirm, err=True
+            )
+            return answer
+
+    return resolve_password(password_file, prompt=prompt)
+
+
+def open_repository(repo: str | None, password_file: str | None, *, lock: bool) -> Repository:
+    path = _need_repo(repo)
+    if not Path(path).is_dir():
+        raise NotFoundError(f"no repository at {path}")
+    return Repository.open(LocalBackend(path), _password(password_file), lock=lock)
+
+
+def _find(repository: Repository, ref: str) -> SnapshotView:
+    snap_id, snap = repository.find_snapshot(ref)
+    return SnapshotView(repository, snap_id, snap)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _time(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
+
+
+# -- init -------------------------------------------------------------------------------------
+
+
+@click.command()
+@repo_option
+@password_option
+@click.option(
+    "--pack-size",
+    type=click.IntRange(4096, 1 << 30),
+    default=DEFAULT_PACK_SIZE,
+    show_default=True,
+    help="Target size of pack files in bytes.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def init(repo: str | None, password_file: str | None, pack_size: int, as_json: bool) -> None:
+    """Create a new, empty repository (a directory) protected by a password."""
+    path = _need_repo(repo)
+    password = _password(password_file, confirm=True)
+    backend = LocalBackend.create(path)
+    with Repository.init(backend, password, kdf=KdfParams.default(), pack_size=pack_size) as r:
+        repo_id = r.config.repo_id
+    if as_json:
+        click.echo(render.dumps({"repository": path, "id": repo_id.hex}))
+    else:
+        click.echo(f"created repository {repo_id.short} at {path}")
+        click.echo("keep the password safe: without it the repository cannot be read")
+
+
+# -- backup -----------------------------------------------------------------------------------
+
+
+def _progress_bar() -> tuple[Callable[[BackupProgress], None] | None, AbstractContextManager[Any]]:
+    """A rich progress bar on stderr when it is a terminal; nothing otherwise."""
+    if not sys.stderr.isatty():
+        return None, nullcontext()
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[inodes]} inodes"),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task("backup", total=None, inodes=0)
+
+    def update(event: BackupProgress) -> None:
+        bar.update(
+            task,
+            completed=event.bytes_done,
+            total=event.bytes_total or None,
+            inodes=event.inodes_done,
+        )
+
+    return update, bar
+
+
+def _backup_summary(result: BackupResult, source: str) -> dict[str, Any]:
+    s = result.stats
+    out: dict[str, Any] = {
+        "snapshot_id": result.snapshot_id.hex,
+        "parent": result.parent_id.hex if result.parent_id is not None else None,
+        "source": result.snapshot.attrs.get("source", source),
+        "path": result.snapshot.attrs.get("path", b"/"),
+    }
+    out.update(s.as_dict())
+    out["policies"] = [
+        {k: (v.hex() if isinstance(v, bytes) else v) for k, v in p.items()} for p in result.policies
+    ]
+    out["warnings"] = result.warnings
+    return out
+
+
+@click.command(name="backup")
+@click.argument("source", type=click.Path(dir_okay=False, path_type=str))
+@click.option(
+    "--path",
+    "path",
+    default="/",
+    show_default=True,
+    help="Back up only this directory (no-key names as Linux shows them are accepted).",
+)
+@click.option("--force-reread", is_flag=True, help="Read every file, even unchanged ones.")
+@click.option(
+    "--parent",
+    default=None,
+    help="Compare with this snapshot (default: latest "
+    "snapshot of the same filesystem UUID and path).",
+)
+@click.option("--no-parent", is_flag=True, help="Do not compare with any earlier snapshot.")
+@click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
+@click.option(
+    "--allow-mounted",
+    is_flag=True,
+    help="Back up a source the kernel has mounted read-write (the result may be inconsistent).",
+)
+@click.option("--json", "as_json", is_flag=True, help="End with one JSON summary object.")
+@repo_option
+@password_option
+def backup_cmd(
+    source: str,
+    path: str,
+    force_reread: bool,
+    parent: str | None,
+    no_parent: bool,
+    tags: tuple[str, ...],
+    allow_mounted: bool,
+    as_json: bool,
+    repo: str | None,
+    password_file: str | None,
+) -> None:
+    """Back up SOURCE (an image, an unmounted device or a snapshot) without any key.
+
+    Unchanged files (same inode number, generation, ctime, mtime, size and extent map as
+    in the parent snapshot) are not read again; only changed data is stored.
+    """
+    _need_repo(repo)
+    mounts = mounted_read_write(source)
+    if mounts:
+        where = ", ".join(m.mount_point + (f" (via {m.via})" if m.via else "") for m in mounts)
+        if not allow_mounted:
+            raise InputError(
+                f"{source} is mounted read-write at {where}; unmount it or back up a "
+                "snapshot of it (--allow-mounted backs it up anyway, possibly inconsistent)"
+            )
+        _warn(
+            f"{source} is mounted read-write at {where}: files changing during the backup "
+            "may be saved inconsistently"
+        )
+    problems = 0
+
+    def on_problem(p: bytes, err: CipherdumpError) -> None:
+        nonlocal problems
+        problems += 1
+        _error_line(p, err)
+
+    fs = open_filesystem(source)
+    try:
+        for w in fs.warnings:
+            _warn(w)
+        repository = open_repository(repo, password_file, lock=True)
+        try:
+            options = BackupOptions(
+                path=os.fsencode(path),
+                parent=parent,
+                no_parent=no_parent,
+                force_reread=force_reread,
+                source_name=os.path.abspath(source),
+                tags=tags,
+            )
+            on_progress, bar = _progress_bar()
+            with bar:
+                result = backup(
+                    repository, fs, options, on_progress=on_progress, on_problem=on_problem
+                )
+        finally:
+            repository.close()
+    finally:
+        fs.close()
+    summary = _backup_summary(result, source)
+    if as_json:
+        click.echo(render.dumps(summary))
+    else:
+        s = result.stats
+        parent_text = f" (parent {result.parent_id.short})" if result.parent_id else ""
+        click.echo(f"snapshot {result.snapshot_id.short} saved{parent_text}")
+        click.echo(
+            f"files: {s.files_new} new, {s.files_changed} changed, "
+            f"{s.files_unchanged} unchanged, {s.files_removed} removed"
+        )
+        click.echo(
+            f"dirs:  {s.dirs_new} new, {s.dirs_changed} changed, "
+            f"{s.dirs_unchanged} unchanged, {s.dirs_removed} removed"
+        )
+        click.echo(
+            f"data:  {_size(s.bytes_read)} read, {_size(s.bytes_reused)} reused unread, "
+            f"{_size(s.bytes_added)} added ({_size(s.bytes_stored)} stored)"
+        )
+        for p in result.policies:
+            click.echo(f"policy: {p.get('inodes')} inodes  {p.get('policy')}")
+            click.echo(f"        {p.get('restore')}")
+    if problems:
+        sys.exit(EXIT_PARTIAL)
+
+
+# -- snapshots --------------------------------------------------------------------------------
+
+
+@click.command()
+@repo_option
+@password_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
+def snapshots(repo: str | None, password_file: str | None, as_json: bool) -> None:
+    """List the snapshots in the repository, oldest first."""
+    with open_repository(repo, password_file, lock=False) as repository:
+        items = [snapshot_summary(i, s) for i, s in repository.list_snapshots()]
+    if as_json:
+        click.echo(render.dumps(items))
+        return
+    click.echo(f"{'ID':<8}  {'time':<19}  {'host':<12}  {'files':>7}  {'added':>10}  source  path")
+    for item in items:
+        stats = item.get("stats", {})
+        files = sum(stats.get(k, 0) for k in ("files_new", "files_changed", "files_unchanged"))
+        click.echo(
+            f"{item['short_id']:<8}  {_time(item['time_ns']):<19}  {item['hostname'][:12]:<12}  "
+            f"{files:>7}  {_size(stats.get('bytes_added', 0)):>10}  {item['source']}  "
+            f"{render.show_bytes(item['path'])}"
+        )
+
+
+# -- diff -------------------------------------------------------------------------------------
+
+
+def _iter_diff(
+    view1: SnapshotView, view2: SnapshotView, a: SnapNode | None, b: SnapNode | None
+) -> Iterator[tuple[str, bytes, str]]:
+    """(change, path, kind) below two directories; equal subtrees are skipped unread."""
+    if (
+        a is not None
+        and b is not None
+        and a.node.subtree is not None
+        and a.node.subtree == b.node.subtree
+        and a.chain is None
+        and b.chain is None
+    ):
+        return
+    kids1 = {k.raw_name: k for k in view1.children(a)} if a is not None else {}
+    kids2 = {k.raw_name: k for k in view2.children(b)} if b is not None else {}
+    for name in sorted(kids1.keys() | kids2.keys()):
+        k1, k2 = kids1.get(name), kids2.get(name)
+        if k1 is not None and (k2 is None or k1.kind != k2.kind):
+            yield "-", k1.path, k1.kind
+            if k1.is_dir:
+                yield from _iter_diff(view1, view2, k1, None)
+            k1 = None
+        if k2 is not None and k1 is None:
+            yield "+", k2.path, k2.kind
+            if k2.is_dir:
+                yield from _iter_diff(view1, view2, None, k2)
+            continue
+        if k1 is None or k2 is None:
+            continue
+        if k1.node.content != k2.node.content:
+            yield "M", k2.path, k2.kind
+        elif _meta(k1) != _meta(k2):
+            yield "U", k2.path, k2.kind
+        if k1.is_dir:
+            yield from _iter_diff(view1, view2, k1, k2)
+
+
+def _meta(node: SnapNode) -> dict[str, Any]:
+    # The listing position and atime are not changes a user means by "modified".
+    return {k: v for k, v in node.attrs.items() if k not in ("order", "atime_ns", "ls")}
+
+
+@click.command()
+@click.argument("snapshot1")
+@click.argument("snapshot2")
+@repo_option
+@password_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def diff(
+    snapshot1: str, snapshot2: str, repo: str | None, password_file: str | None, as_json: bool
+) -> None:
+    """What changed from SNAPSHOT1 to SNAPSHOT2: + added, - removed, M contents
+    modified, U metadata only."""
+    with open_repository(repo, password_file, lock=False) as repository:
+        v1, v2 = _find(repository, snapshot1), _find(repository, snapshot2)
+        changes = list(_iter_diff(v1, v2, v1.root_node(), v2.root_node()))
+    counts = {c: sum(1 for x in changes if x[0] == c) for c in "+-MU"}
+    if as_json:
+        click.echo(
+            render.dumps(
+                {
+                    "snapshot1": v1.id.hex,
+                    "snapshot2": v2.id.hex,
+                    "changes": [{"change": c, "path": p, "type": k} for c, p, k in changes],
+                    "added": counts["+"],
+                    "removed": counts["-"],
+                    "modified": counts["M"],
+                    "metadata": counts["U"],
+                }
+            )
+        )
+        return
+    for change, path, kind in changes:
+        suffix = "/" if kind == "dir" else ""
+        click.echo(f"{change}  {render.show_bytes(path)}{suffix}")
+    click.echo(
+        f"{counts['+']} added, {counts['-']} removed, {counts['M']} modified, "
+        f"{counts['U']} metadata only"
+    )
+
+
+# -- check ------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--read-data", is_flag=True, help="Also read and verify every byte of every pack.")
+@repo_option
+@password_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def check(read_data: bool, repo: str | None, password_file: str | None, as_json: bool) -> None:
+    """Verify the repository; exit code 5 names damage if any is found."""
+    with open_repository(repo, password_file, lock=False) as repository:
+        report = repository.check(read_data=read_data)
+    if as_json:
+        click.echo(
+            render.dumps(
+                {
+                    "ok": report.ok,
+                    "errors": [str(f) for f in report.errors],
+                    "infos": [str(f) for f in report.infos],
+                    "snapshots": report.snapshots,
+                    "trees": report.trees,
+                    "packs_read": report.packs_read,
+                    "blobs_checked": report.blobs_checked,
+                }
+            )
+        )
+    else:
+        for f in report.infos:
+            click.echo(f"info: {f}")
+        for f in report.errors:
+            click.echo(f"error: {f}", err=True)
+        what = f"{report.snapshots} snapshots, {report.trees} trees"
+        if read_data:
+            what += f", {report.packs_read} packs, {report.blobs_checked} blobs read"
+        click.echo(f"{'no errors' if report.ok else f'{len(report.errors)} errors'} ({what})")
+    if not report.ok:
+        sys.exit(IntegrityError.exit_code)
+
+
+# -- the snapshot side of ls, stat and cat -------------------------------------------------------
+
+
+def ls_snapshot(
+    repo: str,
+    password_file: str | None,
+    snapshot: str,
+    path: str,
+    long: bool,
+    recursive: bool,
+    as_json: bool,
+) -> None:
+    """``ls`` of a snapshot: the same lines ``ls`` printed for the image."""
+    problems = 0
+    with open_repository(repo, password_file, lock=False) as repository:
+        view = _find(repository, snapshot)
+        top = view.resolve(os.fsencode(path))
+        items: list[SnapNode | Problem] = (
+            list(view.walk(top, recursive=recursive)) if top.is_dir else [top]
+        )
+        for item in items:
+            if isinstance(item, Problem):
+                problems += 1
+                _error_line(item.path, item.error)
+                continue
+            try:
+                rec = view.record(item)
+            except CipherdumpError as err:
+                problems += 1
+                _error_line(item.path, err)
+                continue
+            if as_json:
+                click.echo(render.dumps(rec))
+            elif long:
+                click.echo(render.long_line(rec))
+            else:
+                click.echo(render.show_bytes(rec["path"] if recursive else rec["name"]))
+    if problems:
+        sys.exit(EXIT_PARTIAL)
+
+
+def stat_snapshot(
+    repo: str, password_file: str | None, snapshot: str, path: str, as_json: bool
+) -> None:
+    with open_repository(repo, password_file, lock=False) as repository:
+        view = _find(repository, snapshot)
+        rec = view.stat_record(view.resolve(os.fsencode(path)))
+    if as_json:
+        click.echo(render.dumps(rec))
+        return
+    for key, value in render.jsonable(rec).items():
+        if key == "extents":
+            click.echo("extents:")
+            for r in value:
+                flag = " unwritten" if r["unwritten"] else ""
+                click.echo(f"  {r['lblk']}+{r['length']} -> {r['pblk']}{flag}")
+        elif key == "context":
+            click.echo("context:")
+            for k, v in value.items():
+                click.echo(f"  {k}: {v}")
+        elif key == "xattrs":
+            click.echo("xattrs:")
+            for x in value:
+                click.echo(f"  {x['name']}: {x['value_hex']}")
+        else:
+            click.echo(f"{key}: {value}")
+
+
+def cat_snapshot(
+    repo: str, password_file: str | None, snapshot: str, path: str, ciphertext: bool
+) -> None:
+    """``cat`` of a file in a snapshot: plaintext of unencrypted files, or with
+    ``--ciphertext`` the stored whole data units."""
+    with open_repository(repo, password_file, lock=False) as repository:
+        view = _find(repository, snapshot)
+        node = view.resolve(os.fsencode(path))
+        if node.kind != "file":
+            raise CipherdumpError(f"{path}: not a regular file")
+        size = int_attr(node.attrs, "size")
+        out = sys.stdout.buffer
+        if ciphertext:
+            du = view.data_unit_size(node) if node.is_encrypted else 1
+            for chunk in view.iter_stored(node, -(-size // du) * du):
+                out.write(chunk)
+            if node.is_encrypted:
+                click.echo(f"cipherdump: {path}: size {size}, data unit {du}", err=True)
+        else:
+            if node.is_encrypted:
+                raise KeyProblem(
+                    f"{path} is encrypted and no key was given; use --ciphertext for the "
+                    "stored bytes"
+                )
+            for chunk in view.iter_stored(node, size):
+                out.write(chunk)
+        out.flush()
+
+
+COMMANDS = (init, backup_cmd, snapshots, diff, check)

@@ -1,0 +1,747 @@
+"""Key-less backup of an ext4 filesystem (or one directory of it) into a repository.
+
+The walk goes through :class:`~cipherdump.engine.namespace.Namespace`, so names are the
+raw bytes stored on disk and the no-key names Linux shows are computed on the way.
+Directories become trees bottom-up: a directory's tree is saved once all its entries
+are, so memory holds only the directories on the current path, and an unchanged
+directory encodes to the same tree blob and is stored once.  What each node keeps is
+described in :mod:`cipherdump.engine.nodeattrs`.
+
+Incremental (see :mod:`cipherdump.engine.parent`): against the parent snapshot (by
+default the latest one of the same filesystem UUID and path), a directory whose entries
+and child inodes are byte-for-byte unchanged reuses its tree unread (only its child
+directories are walked); in any other directory a regular file whose inode number,
+generation, ctime, mtime, size and extent map match reuses the parent's chunk list
+without reading a byte, and its metadata is taken afresh from the inode.
+
+The engine never prints: progress and per-object problems go to callbacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cipherdump import __version__
+from cipherdump.engine.chunker import DEFAULT_CHUNK_SIZE, check_chunk_size, iter_chunks
+from cipherdump.engine.chunker import stored_length as stored_length_of
+from cipherdump.engine.describe import node_record
+from cipherdump.engine.namespace import MAX_DEPTH, Namespace, Problem
+from cipherdump.engine.namespace import Node as NsNode
+from cipherdump.engine.nodeattrs import NODE_ATTRS_VERSION, derived_record, fingerprint, int_attr
+from cipherdump.engine.parent import Census, DirRecord, ParentIndex, encode_dir_table
+from cipherdump.engine.policies import PolicyCensus, uuid_text
+from cipherdump.errors import CipherdumpError, CorruptError, InputError
+from cipherdump.ext4 import Filesystem, Inode
+from cipherdump.ext4.directory import Entry, dx_hash_version
+from cipherdump.ext4.inode import FileType
+from cipherdump.ondisk.inode import (
+    EXT4_CASEFOLD_FL,
+    EXT4_ENCRYPT_FL,
+    EXT4_INDEX_FL,
+    EXT4_INLINE_DATA_FL,
+)
+from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_ENCRYPTION
+from cipherdump.repo import BlobType, Id, Node, Repository, Snapshot
+from cipherdump.repo import FileType as RepoFileType
+from cipherdump.repo.codec import Value
+from cipherdump.repo.tree import Tree, encode_tree
+
+SNAPSHOT_FORMAT = 1
+_PROGRESS_EVERY_S = 0.1
+
+
+# -- options, results, events -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BackupOptions:
+    """``path`` is a directory as typed (no-key names allowed); ``parent`` a snapshot
+    reference, ``None`` for the latest snapshot of the same filesystem and path."""
+
+    path: bytes = b"/"
+    parent: str | None = None
+    no_parent: bool = False
+    force_reread: bool = False
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    source_name: str = ""
+    hostname: str = field(default_factory=socket.gethostname)
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class BackupStats:
+    files_new: int = 0
+    files_changed: int = 0
+    files_unchanged: int = 0
+    files_removed: int = 0
+    dirs_new: int = 0
+    dirs_changed: int = 0
+    dirs_unchanged: int = 0
+    dirs_removed: int = 0
+    bytes_read: int = 0  # data bytes read from the source
+    bytes_reused: int = 0  # data bytes taken over from the parent without reading
+    bytes_added: int = 0  # plaintext bytes of blobs new to the repository
+    data_blobs_added: int = 0
+    tree_blobs_added: int = 0
+    bytes_stored: int = 0  # growth of the repository's files
+    errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class BackupProgress:
+    """A progress event.  ``bytes_total`` and ``inodes_total`` are estimates from the
+    superblock (used blocks and inodes); ``bytes_done`` counts data read or reused."""
+
+    inodes_done: int
+    inodes_total: int
+    bytes_done: int
+    bytes_total: int
+    bytes_read: int
+    path: bytes
+    finished: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BackupResult:
+    snapshot_id: Id
+    snapshot: Snapshot
+    parent_id: Id | None
+    stats: BackupStats
+    policies: list[dict[str, Value]]
+    warnings: list[str]
+
+
+ProgressFn = Callable[[BackupProgress], None]
+ProblemFn = Callable[[bytes, CipherdumpError], None]
+
+
+# -- superblock facts and policies ----------------------------------------------------------
+
+
+def filesystem_facts(fs: Filesystem) -> dict[str, Value]:
+    """What a restore needs to know about the source filesystem."""
+    sb = fs.sb
+    return {
+        "uuid": sb.s_uuid,
+        "volume_name": sb.s_volume_name.rstrip(b"\0"),
+        "block_size": fs.block_size,
+        "cluster_size": sb.cluster_size,
+        "inode_size": sb.inode_size,
+        "inodes_count": sb.s_inodes_count,
+        "inodes_per_group": sb.s_inodes_per_group,
+        "blocks_count": sb.s_blocks_count,
+        "blocks_per_group": sb.s_blocks_per_group,
+        "first_data_block": sb.s_first_data_block,
+        "first_ino": sb.first_ino,
+        "rev_level": sb.s_rev_level,
+        "feature_compat": sb.s_feature_compat,
+        "feature_incompat": sb.s_feature_incompat,
+        "feature_ro_compat": sb.s_feature_ro_compat,
+        "features": list(sb.feature_names),
+        "hash_seed": sb.s_hash_seed,
+        "def_hash_version": sb.s_def_hash_version,
+        "hash_unsigned": sb.dirhash_unsigned,
+        "s_flags": sb.s_flags,
+        "encoding": sb.s_encoding,
+        "encoding_flags": sb.s_encoding_flags,
+        "csum_seed": fs.csum_seed,
+        "desc_size": sb.desc_size,
+        "log_groups_per_flex": sb.s_log_groups_per_flex,
+        "min_extra_isize": sb.s_min_extra_isize,
+        "want_extra_isize": sb.s_want_extra_isize,
+        "mkfs_time": sb.s_mkfs_time,
+        "lpf_ino": sb.s_lpf_ino,
+    }
+
+
+# -- the parent snapshot ------------------------------------------------------------
+
+
+def find_parent(
+    repo: Repository, fs: Filesystem, path: bytes, ref: str | None
+) -> tuple[Id, Snapshot] | None:
+    """The snapshot named by ``ref``, or the latest of the same filesystem UUID and path."""
+    if ref is not None:
+        return repo.find_snapshot(ref)
+    for snap_id, snap in reversed(repo.list_snapshots()):
+        facts = snap.attrs.get("fs")
+        if (
+            isinstance(facts, Mapping)
+            and facts.get("uuid") == fs.uuid
+            and snap.attrs.get("path") == path
+            and snap.attrs.get("format") == SNAPSHOT_FORMAT
+        ):
+            return snap_id, snap
+    return None
+
+
+# -- the walk -------------------------------------------------------------------------------------
+
+# Bits of a directory's i_flags that decide how its entries are shown (no-key names).
+_NAME_FLAGS = EXT4_ENCRYPT_FL | EXT4_INDEX_FL | EXT4_INLINE_DATA_FL | EXT4_CASEFOLD_FL
+_KEY_VERSION = 1
+_ENTRY = struct.Struct("<IIBB")
+
+
+@dataclass(slots=True)
+class _Frame:
+    """A directory being backed up.
+
+    ``reuse`` is set when its entries key equals the parent snapshot's: then only its
+    child directories are walked (their trees may differ) and its files are taken as
+    they were.
+    """
+
+    node: NsNode
+    attrs: dict[str, Value]
+    kids: list[NsNode | Problem]
+    key: bytes | None = None
+    reuse: DirRecord | None = None
+    orders: dict[bytes, int] = field(default_factory=dict)
+    nodes: dict[bytes, Node] = field(default_factory=dict)
+    census: Census = field(default_factory=dict)
+    files: int = 0
+    errors: int = 0
+    pos: int = 0
+
+
+class _Backup:
+    def __init__(
+        self,
+        repo: Repository,
+        fs: Filesystem,
+        options: BackupOptions,
+        on_progress: ProgressFn | None,
+        on_problem: ProblemFn | None,
+    ) -> None:
+        self.repo = repo
+        self.fs = fs
+        self.ns = Namespace(fs)
+        self.options = options
+        self.chunk_size = check_chunk_size(options.chunk_size)
+        self.on_progress = on_progress
+        self.on_problem = on_problem
+        self.stats = BackupStats()
+        self.census = PolicyCensus(fs)
+        self.total_census: Census = {}
+        self.parent: ParentIndex | None = None
+        self.dir_records: list[DirRecord] = []
+        self.seen_dirs: set[int] = set()
+        sb = fs.sb
+        self.seen = bytearray(sb.s_inodes_count // 8 + 1)
+        # Data of hard-linked files read in this run, so a second link does not re-read.
+        self._links: dict[int, tuple[tuple[int, ...], tuple[Id, ...]]] = {}
+        self._inodes_total = max(sb.s_inodes_count - sb.s_free_inodes_count, 1)
+        used = max(sb.s_blocks_count - sb.s_free_blocks_count, 0)
+        self._bytes_total = used * fs.block_size
+        self._inodes_done = 0
+        self._bytes_done = 0
+        self._last_progress = 0.0
+
+    # -- events ---------------------------------------------------------------------
+    def problem(self, path: bytes, err: CipherdumpError, frame: _Frame | None = None) -> None:
+        self.stats.errors += 1
+        if frame is not None:
+            frame.errors += 1
+        if self.on_problem is not None:
+            self.on_problem(path, err)
+
+    def progress(self, path: bytes, *, force: bool = False, finished: bool = False) -> None:
+        if self.on_progress is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_progress < _PROGRESS_EVERY_S:
+            return
+        self._last_progress = now
+        total = self._bytes_done if finished else max(self._bytes_total, self._bytes_done)
+        self.on_progress(
+            BackupProgress(
+                inodes_done=self._inodes_done,
+                inodes_total=max(self._inodes_total, self._inodes_done),
+                bytes_done=self._bytes_done,
+                bytes_total=total,
+                bytes_read=self.stats.bytes_read,
+                path=path,
+                finished=finished,
+            )
+        )
+
+    # -- nodes ------------------------------------------------------------------------
+    def attrs_of(self, kid: NsNode, order: int, census: Census | None) -> dict[str, Value]:
+        """Every metadata field of the inode, and the ls record (see nodeattrs)."""
+        ino = kid.inode
+        raw = ino.raw
+        attrs: dict[str, Value] = {
+            "ino": ino.ino,
+            "mode": ino.mode,
+            "uid": ino.uid,
+            "gid": ino.gid,
+            "size": ino.size,
+            "links": ino.links,
+            "flags": ino.flags,
+            "generation": ino.generation,
+            "project_id": ino.project_id,
+            "version": raw.i_version,
+            "blocks": ino.blocks_512,
+            "atime_ns": ino.atime_ns,
+            "mtime_ns": ino.mtime_ns,
+            "ctime_ns": ino.ctime_ns,
+            "order": order,
+        }
+        crtime = ino.crtime_ns
+        if crtime is not None:
+            attrs["crtime_ns"] = crtime
+        if kid.name_encrypted:
+            attrs["name_encrypted"] = True
+            attrs["display"] = kid.name
+        if kid.stored_hash is not None:
+            attrs["hash"] = list(kid.stored_hash)
+        xattrs: list[Value] = []
+        for x in ino.xattrs:
+            if x.index == EXT4_XATTR_INDEX_ENCRYPTION and x.name == b"c":
+                attrs["context"] = x.value
+            else:
+                xattrs.append([x.index, x.name, x.value])
+        if xattrs:
+            attrs["xattrs"] = xattrs
+        context = attrs.get("context")
+        if isinstance(context, bytes) and ino.is_encrypted and census is not None:
+            self.census.add(census, context)
+        if ino.device is not None:
+            attrs["rdev"] = list(ino.device)
+        if ino.has_inline_data:
+            attrs["inline"] = raw.i_block
+        if ino.type is FileType.SYMLINK:
+            attrs["symlink"] = ino.symlink_data()
+        extents = [[r.lblk, r.length, r.pblk, r.unwritten] for r in ino.runs if r.pblk is not None]
+        if extents:
+            attrs["extents"] = extents
+        try:
+            rec = node_record(self.ns, kid)
+        except CipherdumpError as err:
+            attrs["ls_error"] = str(err)
+        else:
+            del rec["path"]
+            if "target" in rec:
+                attrs["target"] = rec["target"]
+            derived = derived_record(ino.type.value, kid.raw_name, attrs)
+            if rec != derived or list(rec) != list(derived):
+                attrs["ls"] = [[k, v] for k, v in rec.items()]
+        return attrs
+
+    def first_visit(self, ino: int) -> bool:
+        if ino >= len(self.seen) * 8:
+            return True
+        byte, bit = ino >> 3, 1 << (ino & 7)
+        if self.seen[byte] & bit:
+            return False
+        self.seen[byte] |= bit
+        self._inodes_done += 1
+        return True
+
+    def classify_file(self, ino: Inode, fp: bytes) -> bool:
+        """Count a non-directory as new, changed or unchanged; True if unchanged."""
+        s = self.stats
+        parent = self.parent
+        before = parent.file(ino.ino, ino.generation) if parent is not None else None
+        if before is None:
+            if parent is not None and parent.file_generation(ino.ino) is not None:
+                s.files_removed += 1  # the number now belongs to a new inode
+            s.files_new += 1
+            return False
+        if before[0] == fp:
+            s.files_unchanged += 1
+            return True
+        s.files_changed += 1
+        return False
+
+    def classify_dir(self, ino: Inode, fp: bytes) -> None:
+        s = self.stats
+        rec = self.parent.dirs.get(ino.ino) if self.parent is not None else None
+        if rec is None:
+            s.dirs_new += 1
+        elif rec.generation != ino.generation & 0xFFFFFFFF:
+            s.dirs_removed += 1
+            s.dirs_new += 1
+        elif rec.fingerprint == fp:
+            s.dirs_unchanged += 1
+        else:
+            s.dirs_changed += 1
+
+    def file_data(
+        self, kid: NsNode, unchanged: bool, first: bool
+    ) -> tuple[tuple[int, ...], tuple[Id, ...]]:
+        """The chunk indices and ids of a regular file: reused, or read and stored."""
+        ino = kid.inode
+        if not first and ino.ino in self._links:
+            return self._links[ino.ino]
+        length = stored_length_of(ino)
+        refs: tuple[tuple[int, ...], tuple[Id, ...]] | None = None
+        if unchanged and not self.options.force_reread and self.parent is not None:
+            before = self.parent.file(ino.ino, ino.generation)
+            if (
+                before is not None
+                and self.parent.chunk_size == self.chunk_size
+                and all(self.repo.has_blob(BlobType.DATA, i) for i in before[2])
+            ):
+                refs = before[1], before[2]
+                self.stats.bytes_reused += length
+                self._bytes_done += length
+        if refs is None:
+            chunks: list[int] = []
+            ids: list[Id] = []
+            for index, data in iter_chunks(ino, self.chunk_size):
+                blob_id, new = self.repo.add_blob(
+                    BlobType.DATA, data, compress=not ino.is_encrypted
+                )
+                chunks.append(index)
+                ids.append(blob_id)
+                self.stats.bytes_read += len(data)
+                self._bytes_done += len(data)
+                if new:
+                    self.stats.bytes_added += len(data)
+                    self.stats.data_blobs_added += 1
+                self.progress(kid.path)
+            refs = tuple(chunks), tuple(ids)
+        if ino.links > 1:
+            self._links[ino.ino] = refs
+        return refs
+
+    def make_node(self, kid: NsNode, order: int, frame: _Frame) -> Node:
+        """A non-directory's node (directories get theirs when their tree is done)."""
+        attrs = self.attrs_of(kid, order, frame.census)
+        ino = kid.inode
+        first = self.first_visit(ino.ino)
+        unchanged = self.classify_file(ino, fingerprint(attrs)) if first else False
+        content: tuple[Id, ...] = ()
+        if ino.type is FileType.FILE and not ino.has_inline_data:
+            chunks, content = self.file_data(kid, unchanged, first)
+            if content:
+                attrs["chunk_size"] = self.chunk_size
+                attrs["chunks"] = list(chunks)
+        self.progress(kid.path)
+        return Node(kid.raw_name, ino.type.value, content=content, attrs=attrs)
+
+    def save_tree(self, nodes: Iterator[Node]) -> Id:
+        data = encode_tree(Tree.of(nodes))
+        tree_id, new = self.repo.add_blob(BlobType.TREE, data, compress=True)
+        if new:
+            self.stats.bytes_added += len(data)
+            self.stats.tree_blobs_added += 1
+        return tree_id
+
+    # -- directories --------------------------------------------------------------------
+    def entries_key(self, directory: Inode) -> tuple[bytes, list[tuple[Entry, Inode]]]:
+        """The hash of everything the directory's tree is made of but child subtrees."""
+        fs = self.fs
+        h = hashlib.blake2b(digest_size=16)
+        dx = dx_hash_version(directory, fs.sb.s_def_hash_version) if directory.is_indexed_dir else 0
+        facts = (_KEY_VERSION, self.chunk_size, directory.flags & _NAME_FLAGS, directory.size, dx)
+        h.update(repr(facts).encode())
+        kids: list[tuple[Entry, Inode]] = []
+        for e in directory.entries():
+            child = fs.inode(e.ino)
+            stored = e.hash or (0, 0)
+            h.update(_ENTRY.pack(e.ino, len(e.name), e.file_type, e.hash is not None))
+            h.update(e.name)
+            h.update(struct.pack("<II", *stored))
+            h.update(child.raw.raw)
+            if child.raw.i_file_acl:
+                h.update(fs.read_block(child.raw.i_file_acl))
+            if child.is_symlink and not child.is_fast_symlink and not child.has_inline_data:
+                h.update(child.symlink_storage())
+            kids.append((e, child))
+        return h.digest(), kids
+
+    def open_dir(self, node: NsNode, order: int, depth: int, outer: _Frame | None) -> _Frame:
+        # In a reused directory the census of its entries is the parent's; do not recount.
+        census = self.total_census if outer is None else outer.census
+        attrs = self.attrs_of(node, order, None if outer and outer.reuse else census)
+        ino = node.inode
+        if self.first_visit(ino.ino):
+            self.classify_dir(ino, fingerprint(attrs))
+        frame = _Frame(node, attrs, [])
+        if ino.ino in self.seen_dirs or depth > MAX_DEPTH:
+            why = (
+                f"directory inode {ino.ino} is reachable twice (cycle)"
+                if ino.ino in self.seen_dirs
+                else f"directory tree is deeper than {MAX_DEPTH} levels"
+            )
+            err = CorruptError(why, structure="directory tree")
+            attrs["list_error"] = str(err)
+            self.problem(node.path, err, frame)
+            return frame
+        self.seen_dirs.add(ino.ino)
+        try:
+            # Kept for the next run even when not compared now (first or forced run).
+            frame.key, kids = self.entries_key(ino)
+        except CipherdumpError:
+            frame.key, kids = None, []  # listed below, one problem per bad entry
+        if frame.key is not None and self.parent is not None and not self.options.force_reread:
+            rec = self.parent.dir_record(ino.ino, ino.generation)
+            if rec is not None and rec.key == frame.key:
+                self.reuse_dir(frame, rec, kids)
+                return frame
+        try:
+            if self.parent is not None:
+                self.parent.load_dir(ino.ino)
+            frame.kids = list(self.ns.iter_children(node))
+        except CipherdumpError as err:
+            attrs["list_error"] = str(err)
+            self.problem(node.path, err, frame)
+        return frame
+
+    def reuse_dir(self, frame: _Frame, rec: DirRecord, kids: list[tuple[Entry, Inode]]) -> None:
+        """Take an unchanged directory's entries as they were; walk only its subdirs."""
+        frame.reuse = rec
+        frame.census = dict(rec.census)
+        directory = frame.node.inode
+        for position, (e, child) in enumerate(kids):
+            if child.is_dir:
+                frame.orders[e.name] = position
+                name = self.ns.display_name(directory, e)
+                frame.kids.append(
+                    NsNode(
+                        posixpath.join(frame.node.path, name),
+                        name,
+                        e.name,
+                        child,
+                        directory.is_encrypted,
+                        e.hash,
+                    )
+                )
+                continue
+            frame.files += 1
+            if self.first_visit(child.ino):
+                self.stats.files_unchanged += 1
+                if child.is_file and not child.has_inline_data:
+                    bs = self.fs.block_size
+                    stored = -(-child.size // bs) * bs  # what stored_length gives, bar oddities
+                    self.stats.bytes_reused += stored
+                    self._bytes_done += stored
+        self.progress(frame.node.path)
+
+    def close_dir(self, frame: _Frame) -> Id:
+        """Save (or reuse) the directory's tree and record it in the directory table."""
+        if frame.reuse is not None:
+            same = len(frame.nodes) == len(frame.kids) and all(
+                (rec := self.parent_dir(n)) is not None and n.subtree == rec.tree
+                for n in frame.nodes.values()
+            )
+            if same:
+                tree_id = frame.reuse.tree
+            else:
+                # Only subtrees of child directories differ: patch the old tree.
+                old = self.repo.load_tree(frame.reuse.tree)
+                tree_id = self.save_tree(frame.nodes.get(n.name, n) for n in old.nodes)
+        else:
+            tree_id = self.save_tree(iter(frame.nodes.values()))
+        for key, n in frame.census.items():
+            self.total_census[key] = self.total_census.get(key, 0) + n
+        if frame.key is not None and not frame.errors:
+            ino = frame.node.inode
+            self.dir_records.append(
+                DirRecord(
+                    ino.ino,
+                    ino.generation,
+                    frame.files,
+                    fingerprint(frame.attrs),
+                    frame.key,
+                    tree_id,
+                    tuple(sorted(frame.census.items(), key=lambda kv: str(kv[0]))),
+                )
+            )
+        return tree_id
+
+    def parent_dir(self, node: Node) -> DirRecord | None:
+        if self.parent is None:
+            return None
+        return self.parent.dirs.get(int_attr(node.attrs, "ino", -1))
+
+    def run_walk(self, top: NsNode) -> tuple[Id, dict[str, Value]]:
+        """Back up the directory ``top``; returns its tree id and its own attrs."""
+        stack = [self.open_dir(top, 0, 0, None)]
+        while True:
+            frame = stack[-1]
+            if frame.pos < len(frame.kids):
+                order = frame.pos
+                kid = frame.kids[order]
+                frame.pos += 1
+                if isinstance(kid, Problem):
+                    self.problem(kid.path, kid.error, frame)
+                    continue
+                if kid.raw_name in frame.nodes:
+                    err = CorruptError(
+                        "a second entry with the same name",
+                        structure="directory entry",
+                        location=f"directory inode {frame.node.inode.ino}",
+                    )
+                    self.problem(kid.path, err, frame)
+                    continue
+                try:
+                    if kid.inode.is_dir:
+                        # In a reused directory the entry's position is its old one.
+                        if frame.reuse is not None:
+                            order = frame.orders.get(kid.raw_name, 0)
+                        stack.append(self.open_dir(kid, order, len(stack), frame))
+                    else:
+                        frame.files += 1
+                        frame.nodes[kid.raw_name] = self.make_node(kid, order, frame)
+                except CipherdumpError as err:
+                    self.problem(kid.path, err, frame)
+                continue
+            stack.pop()
+            tree_id = self.close_dir(frame)
+            if not stack:
+                return tree_id, frame.attrs
+            if frame.errors:
+                stack[-1].errors += 1  # a damaged subtree keeps its parents from reuse
+            stack[-1].nodes[frame.node.raw_name] = Node(
+                frame.node.raw_name, "dir", subtree=tree_id, attrs=frame.attrs
+            )
+            self.progress(frame.node.path)
+
+    def ancestors(self, top: NsNode) -> list[Value]:
+        """The directories from ``/`` down to ``top``'s parent, metadata and contexts."""
+        out: list[Value] = []
+        parts = [p for p in top.path.split(b"/") if p]
+        for depth in range(len(parts)):
+            prefix = b"/" + b"/".join(parts[:depth])
+            node = self.ns.resolve(prefix)
+            out.append(
+                {"name": node.raw_name, "kind": "dir", "attrs": self.attrs_of(node, 0, None)}
+            )
+        return out
+
+
+def _repo_sizes(repo: Repository) -> dict[tuple[RepoFileType, str], int]:
+    sizes: dict[tuple[RepoFileType, str], int] = {}
+    for file_type in (RepoFileType.PACK, RepoFileType.INDEX, RepoFileType.SNAPSHOT):
+        for info in repo.backend.list(file_type):
+            sizes[(file_type, info.name)] = info.size
+    return sizes
+
+
+def backup(
+    repo: Repository,
+    fs: Filesystem,
+    options: BackupOptions | None = None,
+    *,
+    on_progress: ProgressFn | None = None,
+    on_problem: ProblemFn | None = None,
+) -> BackupResult:
+    """Back up ``fs`` (``options.path`` of it) into ``repo`` as a new snapshot."""
+    options = options or BackupOptions()
+    job = _Backup(repo, fs, options, on_progress, on_problem)
+    ns = job.ns
+    top = ns.resolve(options.path)
+    if not top.inode.is_dir:
+        raise InputError(f"{options.path.decode('utf-8', 'backslashreplace')}: not a directory")
+    before = _repo_sizes(repo)
+    parent = None if options.no_parent else find_parent(repo, fs, top.path, options.parent)
+    if parent is not None:
+        job.parent = ParentIndex(repo, parent[1])
+    job.progress(top.path, force=True)
+    tree_id, top_attrs = job.run_walk(top)
+    if job.parent is not None:
+        files, dirs = job.parent.removed(job.seen, job.seen_dirs)
+        job.stats.files_removed += files
+        job.stats.dirs_removed += dirs
+    policies = job.census.summary(job.total_census)
+    table, dir_census = encode_dir_table(job.dir_records)
+    attrs: dict[str, Value] = {
+        "format": SNAPSHOT_FORMAT,
+        "node_attrs": NODE_ATTRS_VERSION,
+        "cipherdump_version": __version__,
+        "source": options.source_name,
+        "path": top.path,
+        "fs": filesystem_facts(fs),
+        "chunk_size": job.chunk_size,
+        "top": {"name": top.raw_name, "kind": "dir", "attrs": top_attrs},
+        "ancestors": job.ancestors(top),
+        "policies": list(policies),
+        "warnings": list(fs.warnings),
+        "dirs": table,
+        "dir_census": dir_census,
+    }
+    snapshot = Snapshot(
+        tree=tree_id,
+        time_ns=time.time_ns(),
+        hostname=options.hostname,
+        tags=options.tags,
+        parent=parent[0] if parent is not None else None,
+        # bytes_stored is known only once the snapshot is saved; the result has it.
+        attrs={
+            **attrs,
+            "stats": {k: v for k, v in job.stats.as_dict().items() if k != "bytes_stored"},
+        },
+    )
+    snap_id = repo.save_snapshot(snapshot)
+    after = _repo_sizes(repo)
+    job.stats.bytes_stored = sum(size for key, size in after.items() if key not in before)
+    job.progress(top.path, force=True, finished=True)
+    return BackupResult(
+        snapshot_id=snap_id,
+        snapshot=snapshot,
+        parent_id=snapshot.parent,
+        stats=job.stats,
+        policies=policies,
+        warnings=list(fs.warnings),
+    )
+
+
+def snapshot_summary(snap_id: Id, snap: Snapshot) -> dict[str, Any]:
+    """A snapshot as ``snapshots --json`` shows it."""
+    attrs = snap.attrs
+    facts = attrs.get("fs")
+    stats = attrs.get("stats")
+    out: dict[str, Any] = {
+        "id": snap_id.hex,
+        "short_id": snap_id.short,
+        "time_ns": snap.time_ns,
+        "hostname": snap.hostname,
+        "tags": list(snap.tags),
+        "parent": snap.parent.hex if snap.parent is not None else None,
+        "source": attrs.get("source", ""),
+        "path": attrs.get("path", b"/"),
+    }
+    if isinstance(facts, Mapping) and isinstance(facts.get("uuid"), bytes):
+        uuid = facts["uuid"]
+        assert isinstance(uuid, bytes)
+        out["fs_uuid"] = uuid_text(uuid)
+    if isinstance(stats, Mapping):
+        out["stats"] = dict(stats)
+    policies = attrs.get("policies")
+    if isinstance(policies, tuple):
+        out["policies"] = [
+            {
+                k: (v.hex() if isinstance(v, bytes) else list(v) if isinstance(v, tuple) else v)
+                for k, v in p.items()
+            }
+            for p in policies
+            if isinstance(p, Mapping)
+        ]
+    return out
+
+
+__all__ = [
+    "BackupOptions",
+    "BackupProgress",
+    "BackupResult",
+    "BackupStats",
+    "ParentIndex",
+    "backup",
+    "filesystem_facts",
+    "find_parent",
+    "snapshot_summary",
+]

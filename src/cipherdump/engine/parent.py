@@ -1,0 +1,156 @@
+"""The parent snapshot of an incremental backup, read only as far as needed.
+
+Two levels, so that an unchanged directory costs neither decoding nor encoding a tree:
+
+* The **directory table**, kept in every snapshot (attr ``dirs``): per directory its
+  inode number and generation, the fingerprint of its own inode, the number of
+  non-directory entries, the tree it was saved as, and its *entries key*: a hash over
+  everything its tree is made of except the subtrees of its child directories (the
+  raw entries, every child's whole raw inode, xattr block and symlink block, the bits
+  of the directory that decide no-key names).  An equal key means an equal tree,
+  up to the subtrees of child directories.
+* **Trees of changed directories**, decoded when the walk reaches them, index their
+  nodes by inode number: a file whose fingerprint (number, generation, ctime, mtime,
+  size, extent map) is unchanged reuses its chunk list without being read.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from cipherdump.engine.chunker import DEFAULT_CHUNK_SIZE
+from cipherdump.engine.nodeattrs import fingerprint, int_attr, pack_refs, unpack_refs
+from cipherdump.repo import Id, Repository, Snapshot
+from cipherdump.repo.codec import Value
+
+# ino, generation, files, own fingerprint, entries key, tree id
+_DIR = struct.Struct("<III16s16s32s")
+_GEN = struct.Struct("<I")
+_DIR_FLAG = b"d"
+_FILE_FLAG = b"-"
+
+Census = dict[bytes | str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class DirRecord:
+    ino: int
+    generation: int
+    files: int
+    fingerprint: bytes
+    key: bytes
+    tree: Id
+    census: tuple[tuple[bytes | str, int], ...] = ()
+
+
+def encode_dir_table(records: Sequence[DirRecord]) -> tuple[bytes, list[Value]]:
+    """(packed table, census list) for the snapshot's ``dirs`` and ``dir_census``."""
+    table = b"".join(
+        _DIR.pack(r.ino, r.generation & 0xFFFFFFFF, r.files, r.fingerprint, r.key, r.tree.raw)
+        for r in records
+    )
+    census: list[Value] = [[r.ino, [[k, n] for k, n in r.census]] for r in records if r.census]
+    return table, census
+
+
+def decode_dir_table(attrs: Mapping[str, Value]) -> dict[int, DirRecord]:
+    table = attrs.get("dirs")
+    if not isinstance(table, bytes) or len(table) % _DIR.size:
+        return {}
+    census: dict[int, tuple[tuple[bytes | str, int], ...]] = {}
+    listed = attrs.get("dir_census")
+    for item in listed if isinstance(listed, tuple) else ():
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], int):
+            pairs = item[1] if isinstance(item[1], tuple) else ()
+            census[item[0]] = tuple(
+                (p[0], p[1])
+                for p in pairs
+                if isinstance(p, tuple)
+                and len(p) == 2
+                and isinstance(p[0], bytes | str)
+                and isinstance(p[1], int)
+            )
+    out: dict[int, DirRecord] = {}
+    for ino, gen, files, fp, key, tree in _DIR.iter_unpack(table):
+        out[ino] = DirRecord(ino, gen, files, fp, key, Id(tree), census.get(ino, ()))
+    return out
+
+
+class ParentIndex:
+    """What the backup asks of the parent snapshot."""
+
+    def __init__(self, repo: Repository, snapshot: Snapshot) -> None:
+        self._repo = repo
+        attrs = snapshot.attrs
+        self.chunk_size = int_attr(attrs, "chunk_size", DEFAULT_CHUNK_SIZE)
+        self.dirs = decode_dir_table(attrs)
+        self._by_ino: dict[int, bytes] = {}
+        self._loaded: set[Id] = set()
+
+    def dir_record(self, ino: int, generation: int) -> DirRecord | None:
+        rec = self.dirs.get(ino)
+        if rec is None or rec.generation != generation & 0xFFFFFFFF:
+            return None
+        return rec
+
+    def load_dir(self, ino: int) -> None:
+        """Index the nodes of the parent's tree of directory ``ino`` (once)."""
+        rec = self.dirs.get(ino)
+        if rec is None or rec.tree in self._loaded:
+            return
+        self._loaded.add(rec.tree)
+        for node in self._repo.load_tree(rec.tree).nodes:
+            if node.kind == "dir":
+                continue  # directories are in the table
+            ino_ = int_attr(node.attrs, "ino", -1)
+            if ino_ < 0 or ino_ in self._by_ino:
+                continue
+            chunks = node.attrs.get("chunks", ())
+            refs = b""
+            if (
+                node.content
+                and isinstance(chunks, tuple)
+                and len(chunks) == len(node.content)
+                and all(isinstance(c, int) for c in chunks)
+            ):
+                refs = pack_refs([c for c in chunks if isinstance(c, int)], node.content)
+            gen = _GEN.pack(int_attr(node.attrs, "generation") & 0xFFFFFFFF)
+            self._by_ino[ino_] = gen + fingerprint(node.attrs) + refs
+
+    def file(
+        self, ino: int, generation: int
+    ) -> tuple[bytes, tuple[int, ...], tuple[Id, ...]] | None:
+        """(fingerprint, chunk indices, chunk ids) of a file of a loaded tree."""
+        value = self._by_ino.get(ino)
+        if value is None or _GEN.unpack_from(value)[0] != generation & 0xFFFFFFFF:
+            return None
+        chunks, content = unpack_refs(value[20:])
+        return value[4:20], chunks, content
+
+    def file_generation(self, ino: int) -> int | None:
+        value = self._by_ino.get(ino)
+        return None if value is None else int(_GEN.unpack_from(value)[0])
+
+    def removed(self, seen: bytearray, seen_dirs: set[int]) -> tuple[int, int]:
+        """(files, dirs) of the parent not seen in this run.
+
+        Directories are counted from the table; the files of a directory that is gone
+        by the table's count; other files from the trees this run loaded.  A file moved
+        out of a directory that is gone counts as removed, and a moved one found
+        elsewhere before its old directory was loaded as new.
+        """
+
+        def is_seen(ino: int) -> bool:
+            return ino < len(seen) * 8 and bool(seen[ino >> 3] >> (ino & 7) & 1)
+
+        dirs = files = 0
+        for ino, rec in self.dirs.items():
+            if ino not in seen_dirs:
+                dirs += 1
+                files += rec.files
+        for ino in self._by_ino:
+            if not is_seen(ino):
+                files += 1
+        return files, dirs

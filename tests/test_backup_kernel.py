@@ -1,0 +1,205 @@
+"""Key-less incremental backups of filesystems the running kernel made and changed.
+
+The kernel is the reference: after each backup, the snapshot's listing must equal what
+the kernel lists without the key, and every file's stored bytes must equal what
+``debugfs cat`` reads off the disk.  Between backups the kernel changes files with the
+key (one block of a big file, an append, a delete, an add, a rename); the second backup
+must add about what changed, not the whole filesystem.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import kernelfs
+from cipherdump.cli.main import cli
+from cipherdump.engine.backup import BackupOptions, BackupResult, backup
+from cipherdump.engine.snapshot_view import SnapNode, SnapshotView
+from cipherdump.ext4 import open_filesystem
+from cipherdump.repo import Id, KdfParams, LocalBackend, Repository
+
+pytestmark = pytest.mark.kernel
+
+MiB = 1 << 20
+BIG = 16 * MiB
+
+
+def _backup(repo: Repository, image: Path) -> BackupResult:
+    with open_filesystem(str(image)) as fs:
+        result = backup(repo, fs, BackupOptions(source_name=str(image)))
+    assert result.stats.errors == 0
+    return result
+
+
+def _view(repo: Repository, snap_id: Id) -> SnapshotView:
+    return SnapshotView(repo, snap_id, repo.load_snapshot(snap_id))
+
+
+def _snapshot_listing(view: SnapshotView) -> dict[bytes, dict[str, Any]]:
+    out: dict[bytes, dict[str, Any]] = {}
+    for item in view.walk(view.root_node(), recursive=True):
+        assert isinstance(item, SnapNode), item
+        if item.path == b"/lost+found" or item.path.startswith(b"/lost+found/"):
+            continue
+        out[item.path[1:]] = view.record(item)
+    return out
+
+
+def _kernel_listing(image: Path) -> dict[bytes, kernelfs.NodeView]:
+    with kernelfs.mounted(image, readonly=True) as mnt:
+        view = kernelfs.snapshot_view(mnt)
+    view.pop(b".")
+    return view
+
+
+def assert_lists_like_kernel(view: SnapshotView, image: Path) -> dict[bytes, kernelfs.NodeView]:
+    kernel = _kernel_listing(image)
+    ours = _snapshot_listing(view)
+    assert set(ours) == set(kernel)
+    for path, k in kernel.items():
+        rec = ours[path]
+        assert rec["inode"] == k.ino, path
+        assert rec["mode"] == k.mode & 0o7777, path
+        assert (rec["uid"], rec["gid"], rec["links"]) == (k.uid, k.gid, k.nlink), path
+        assert rec["mtime_ns"] == k.mtime_ns, path
+        assert rec["size"] == k.size, path
+        if k.link_target is not None:
+            assert rec["target"] == k.link_target, path
+    return kernel
+
+
+def assert_ciphertext_is_on_disk(
+    view: SnapshotView, image: Path, kernel: dict[bytes, kernelfs.NodeView]
+) -> None:
+    """Every regular file's stored bytes, cut to i_size, equal ``debugfs cat`` (which
+    reads the raw blocks, ciphertext for encrypted files)."""
+    for path, k in kernel.items():
+        if k.kind != "reg":
+            continue
+        node = view.resolve(b"/" + path)
+        stored = b"".join(view.iter_stored(node, k.size))
+        disk = subprocess.run(
+            ["debugfs", "-R", f"cat <{k.ino}>", os.fspath(image)],
+            capture_output=True,
+            check=True,
+            stdin=subprocess.DEVNULL,
+        ).stdout
+        assert stored == disk, path
+
+
+def _change_files(image: Path, key: bytes) -> int:
+    """Change the encrypted tree through the kernel with the key; returns bytes written."""
+    with kernelfs.mounted(image) as mnt:
+        kernelfs.add_key(mnt, key)
+        enc = mnt / "enc"
+        fd = os.open(enc / "big", os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"\xa5" * 4096, 5 * MiB + 4096)  # one block, in place
+        finally:
+            os.close(fd)
+        with open(enc / "file-0005", "ab") as f:  # 1 MiB + 3 bytes, then an append
+            f.write(kernelfs.pattern(5000, 99))
+        os.unlink(enc / "file-0002")
+        (enc / "a-new-file-made-later").write_bytes(kernelfs.pattern(20000, 7))
+        os.rename(enc / "file-0003", enc / "dir1" / "file-0003-renamed")
+        # Deep in directories whose own entries do not change: their trees are reused
+        # but for the changed subtree.
+        with open(enc / "dir1" / "dir2" / "dir3" / "deep.txt", "ab") as f:
+            f.write(b"more\n")
+        os.sync()
+    return 4096 + 5000 + 20000 + 5
+
+
+@pytest.fixture
+def image_with_big_file(kernel_image_v2: kernelfs.KernelImage, tmp_path: Path) -> Path:
+    image = tmp_path / "fs.img"
+    shutil.copyfile(kernel_image_v2.image, image)
+    with kernelfs.mounted(image) as mnt:
+        kernelfs.add_key(mnt, kernel_image_v2.master_key)
+        (mnt / "enc" / "big").write_bytes(kernelfs.pattern(BIG, 1234))
+        os.sync()
+    return image
+
+
+def test_incremental_backup_follows_kernel_changes(
+    image_with_big_file: Path, kernel_image_v2: kernelfs.KernelImage, tmp_path: Path
+) -> None:
+    image = image_with_big_file
+    repo = Repository.init(
+        LocalBackend.create(tmp_path / "repo"), b"pw", kdf=KdfParams.insecure_for_tests()
+    )
+    first = _backup(repo, image)
+    assert first.stats.bytes_read >= BIG
+    view1 = _view(repo, first.snapshot_id)
+    kernel1 = assert_lists_like_kernel(view1, image)
+    assert_ciphertext_is_on_disk(view1, image, kernel1)
+
+    changed = _change_files(image, kernel_image_v2.master_key)
+    second = _backup(repo, image)
+    s = second.stats
+    assert second.parent_id == first.snapshot_id
+    assert s.files_new == 1 and s.files_removed == 1
+    assert s.files_changed >= 4  # big, file-0005, deep.txt, the renamed file (its ctime)
+    assert s.files_unchanged >= first.stats.files_new - 5
+    # One changed block costs one chunk; an append one chunk; the new file one chunk.
+    assert s.data_blobs_added <= 4
+    data_added = s.bytes_added
+    assert data_added <= changed + MiB + 256 * 1024, s
+    # Only changed files are read again (wholly: an in-place write keeps the extent map).
+    assert s.bytes_read <= BIG + 3 * MiB and s.bytes_reused > 0
+    view2 = _view(repo, second.snapshot_id)
+    kernel2 = assert_lists_like_kernel(view2, image)
+    assert_ciphertext_is_on_disk(view2, image, kernel2)
+    # The first snapshot still lists the first state.
+    assert set(_snapshot_listing(view1)) == set(kernel1)
+    report = repo.check(read_data=True)
+    assert report.ok, report.text()
+    repo.close()
+
+
+@pytest.mark.parametrize("kernel_image", ["4k-stable-v2-pad32-lblk64"], indirect=True)
+def test_restorability_summary_names_inode_bound_policies(
+    kernel_image: kernelfs.KernelImage,
+) -> None:
+    from cipherdump.repo import MemoryBackend
+
+    repo = Repository.init(MemoryBackend(), b"pw", kdf=KdfParams.insecure_for_tests())
+    result = _backup(repo, kernel_image.image)
+    (policy,) = result.policies
+    assert policy["ties_to_filesystem"] is True
+    assert str(kernel_image.uuid) in str(policy["restore"])
+    assert "IV_INO_LBLK_64" in str(policy["restore"])
+    facts = result.snapshot.attrs["fs"]
+    assert isinstance(facts, dict) and facts["uuid"] == kernel_image.uuid.bytes
+
+
+def test_mounted_read_write_source_is_refused(
+    kernel_image_v2: kernelfs.KernelImage, tmp_path: Path
+) -> None:
+    image = tmp_path / "fs.img"
+    shutil.copyfile(kernel_image_v2.image, image)
+    repo = tmp_path / "repo"
+    env = {
+        "CIPHERDUMP_INSECURE_TEST_KDF": "1",
+        "CIPHERDUMP_PASSWORD": "pw",
+        "CIPHERDUMP_REPOSITORY": str(repo),
+    }
+    runner = CliRunner()
+    assert runner.invoke(cli, ["init"], env=env).exit_code == 0
+    with kernelfs.mounted(image) as mnt:
+        refused = runner.invoke(cli, ["backup", str(image)], env=env)
+        assert refused.exit_code == 3
+        assert "mounted read-write" in refused.output and str(mnt) in refused.output
+        allowed = runner.invoke(cli, ["backup", "--allow-mounted", str(image)], env=env)
+        assert allowed.exit_code == 0, allowed.output
+        assert "warning" in allowed.output
+    with kernelfs.mounted(image, readonly=True):
+        read_only = runner.invoke(cli, ["backup", str(image)], env=env)
+        assert read_only.exit_code == 0, read_only.output
