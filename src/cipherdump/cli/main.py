@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 
 from cipherdump import __version__
-from cipherdump.cli import render
+from cipherdump.cli import keyopts, render, repo_cmds
 from cipherdump.engine.describe import (
     data_unit_size,
     fs_info,
@@ -26,7 +26,9 @@ from cipherdump.engine.describe import (
     node_record,
     stat_record,
 )
-from cipherdump.engine.namespace import Namespace, Problem
+from cipherdump.engine.extract import ExtractEvent, extract
+from cipherdump.engine.keyed import KeyedNamespace
+from cipherdump.engine.namespace import Problem
 from cipherdump.errors import CipherdumpError, KeyProblem
 from cipherdump.ext4 import Filesystem, open_filesystem
 from cipherdump.ext4.inode import FileType
@@ -143,15 +145,36 @@ def info(image: str, as_json: bool) -> None:
 @click.option("-l", "long", is_flag=True, help="Long listing: mode, owner, size, mtime.")
 @click.option("-R", "recursive", is_flag=True, help="List subdirectories recursively.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@keyopts.key_options
+@repo_cmds.snapshot_options
 @one_line_errors
-def ls(image: str, path: str, long: bool, recursive: bool, as_json: bool) -> None:
+def ls(
+    image: str,
+    path: str,
+    long: bool,
+    recursive: bool,
+    as_json: bool,
+    keys: tuple[str, ...],
+    key_dirs: tuple[str, ...],
+    repo: str | None,
+    password_file: str | None,
+) -> None:
     """List PATH (default /) of IMAGE.  E in the long listing marks encrypted inodes.
 
-    PATH may contain no-key names exactly as `ls` shows them on the live system.
+    PATH may contain no-key names exactly as `ls` shows them on the live system.  With
+    --key, names and symlink targets under a matching policy are shown in plaintext
+    (and may be typed so); the rest keep their no-key names.
+
+    With a repository (-r/--repo or CIPHERDUMP_REPOSITORY), IMAGE is a snapshot (an id
+    prefix or "latest"), listed exactly as its image was.
     """
+    if repo:
+        repo_cmds.no_keys_for_snapshots(keys, key_dirs)
+        return repo_cmds.ls_snapshot(repo, password_file, image, path, long, recursive, as_json)
     problems = 0
+    loaded = keyopts.load_keys(keys, key_dirs)
     with _open(image) as fs:
-        ns = Namespace(fs)
+        ns = keyopts.namespace(fs, loaded)
         top = ns.resolve(_path_arg(path))
         if not top.inode.is_dir:
             items: list[Any] = [top]
@@ -176,6 +199,7 @@ def ls(image: str, path: str, long: bool, recursive: bool, as_json: bool) -> Non
                 click.echo(render.long_line(rec))
             else:
                 click.echo(render.show_bytes(rec["path"] if recursive else rec["name"]))
+        keyopts.report_keys(ns)
     if problems:
         sys.exit(EXIT_PARTIAL)
 
@@ -184,12 +208,32 @@ def ls(image: str, path: str, long: bool, recursive: bool, as_json: bool) -> Non
 @click.argument("image", type=click.Path(dir_okay=False, path_type=str))
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@keyopts.key_options
+@repo_cmds.snapshot_options
 @one_line_errors
-def stat_cmd(image: str, path: str, as_json: bool) -> None:
-    """Every inode field of PATH, its encryption context and its block map."""
+def stat_cmd(
+    image: str,
+    path: str,
+    as_json: bool,
+    keys: tuple[str, ...],
+    key_dirs: tuple[str, ...],
+    repo: str | None,
+    password_file: str | None,
+) -> None:
+    """Every inode field of PATH, its encryption context and its block map.
+
+    With --key, the name and symlink target are shown in plaintext where a key matches.
+    With a repository (-r/--repo or CIPHERDUMP_REPOSITORY), IMAGE is a snapshot.
+    """
+    if repo:
+        repo_cmds.no_keys_for_snapshots(keys, key_dirs)
+        return repo_cmds.stat_snapshot(repo, password_file, image, path, as_json)
+    loaded = keyopts.load_keys(keys, key_dirs)
     with _open(image) as fs:
-        ns = Namespace(fs)
-        rec = stat_record(ns, ns.resolve(_path_arg(path)))
+        ns = keyopts.namespace(fs, loaded)
+        node = ns.resolve(_path_arg(path))
+        rec = stat_record(ns, node)
+        rec.update(keyopts.keyed_stat_fields(ns, node))
     if as_json:
         click.echo(render.dumps(rec))
         return
@@ -220,16 +264,32 @@ def stat_cmd(image: str, path: str, as_json: bool) -> None:
     is_flag=True,
     help="Write the stored bytes in whole data units (ciphertext of encrypted files).",
 )
+@keyopts.key_options
+@repo_cmds.snapshot_options
 @one_line_errors
-def cat(image: str, path: str, ciphertext: bool) -> None:
+def cat(
+    image: str,
+    path: str,
+    ciphertext: bool,
+    keys: tuple[str, ...],
+    key_dirs: tuple[str, ...],
+    repo: str | None,
+    password_file: str | None,
+) -> None:
     """Write the contents of PATH to standard output.
 
+    With --key, an encrypted file is decrypted (exit 4 if no key given matches it).
     Without a key, an encrypted file can only be read with --ciphertext: its whole
     data units (the last one padded, as stored); the exact size is on stderr and in
-    `stat`.
+    `stat`.  With a repository (-r/--repo or CIPHERDUMP_REPOSITORY), IMAGE is a
+    snapshot.
     """
+    if repo:
+        repo_cmds.no_keys_for_snapshots(keys, key_dirs)
+        return repo_cmds.cat_snapshot(repo, password_file, image, path, ciphertext)
+    loaded = keyopts.load_keys(keys, key_dirs)
     with _open(image) as fs:
-        ns = Namespace(fs)
+        ns = keyopts.namespace(fs, loaded)
         node = ns.resolve(_path_arg(path))
         inode = node.inode
         if inode.type is not FileType.FILE:
@@ -241,6 +301,19 @@ def cat(image: str, path: str, ciphertext: bool) -> None:
                 out.write(chunk)
             if inode.is_encrypted:
                 click.echo(f"cipherdump: {path}: size {inode.size}, data unit {du}", err=True)
+        elif isinstance(ns, KeyedNamespace):
+            if inode.is_encrypted:
+                ns.require_cipher(inode, path)  # the message names the path
+            # Decrypts by data unit; holes come out as zeros without decryption.
+            for seg in ns.iter_segments(inode):
+                if seg.data is not None:
+                    out.write(seg.data)
+                    continue
+                left = seg.length
+                while left:
+                    n = min(left, len(_ZEROS))
+                    out.write(_ZEROS[:n])
+                    left -= n
         else:
             if inode.is_encrypted:
                 raise KeyProblem(
@@ -253,6 +326,68 @@ def cat(image: str, path: str, ciphertext: bool) -> None:
                 out.write(inode.read(pos, step))
                 pos += step
         out.flush()
+
+
+_ZEROS = bytes(1 << 20)
+
+
+@cli.command(name="extract")
+@click.argument("image", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("path")
+@click.argument("dest", type=click.Path(path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary object.")
+@click.option("-v", "--verbose", is_flag=True, help="Print each path as it is written.")
+@keyopts.key_options
+@one_line_errors
+def extract_cmd(
+    image: str,
+    path: str,
+    dest: str,
+    as_json: bool,
+    verbose: bool,
+    keys: tuple[str, ...],
+    key_dirs: tuple[str, ...],
+) -> None:
+    """Write a plaintext copy of PATH of IMAGE to DEST, decrypting with --key.
+
+    DEST receives the contents of PATH, as `cp -a PATH/. DEST` would: modes, owners,
+    nanosecond times, xattrs, symlinks, hard links, special files, and sparse files
+    kept sparse.  Give --key once per user whose tree is inside PATH.  Objects no key
+    given can decrypt are skipped with an error (exit 1); nothing is written outside
+    DEST, and ciphertext is never written as if it were plaintext.
+    """
+    loaded = keyopts.load_keys(keys, key_dirs)
+
+    def show(ev: ExtractEvent) -> None:
+        if verbose and ev.kind != "problem":
+            click.echo(render.show_bytes(ev.path), err=as_json)
+
+    with _open(image) as fs:
+        ns = keyopts.namespace(fs, loaded)
+        if not isinstance(ns, KeyedNamespace):
+            ns = KeyedNamespace(fs, loaded.ring)
+        top = ns.resolve(_path_arg(path))
+        result = extract(ns, top, dest, on_event=show)
+        for p in result.problems:
+            click.echo(f"cipherdump: error: {render.show_bytes(p.path)}: {_why(p.error)}", err=True)
+        keyopts.report_keys(ns)
+    if as_json:
+        click.echo(render.dumps(result.summary()))
+    if result.problems:
+        sys.exit(EXIT_PARTIAL)
+
+
+def _why(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err)
+
+
+# init, backup, snapshots, diff, check: the repository commands.
+for _command in repo_cmds.COMMANDS:
+    assert _command.callback is not None
+    _command.callback = one_line_errors(_command.callback)
+    cli.add_command(_command)
 
 
 def main() -> None:
