@@ -50,7 +50,11 @@ class CorruptError(InputError):
         self.structure = structure
         self.location = location
         parts = [message]
-        where = " ".join(p for p in (structure, location) if p)
+        # "inode 12" already names the structure "inode": say it once.
+        if structure and location.startswith(structure):
+            where = location
+        else:
+            where = " ".join(p for p in (structure, location) if p)
         if where:
             parts.append(f"({where})")
         super().__init__(" ".join(parts))

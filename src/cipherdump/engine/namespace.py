@@ -57,6 +57,8 @@ class Namespace:
         sb = fs.sb
         self._seed = sb.s_hash_seed
         self._signed = is_signed_filesystem(sb.s_flags)
+        # The htree root's hash version, per directory inode: read once, not per entry.
+        self._dx_versions: dict[int, int] = {}
 
     # -- names -----------------------------------------------------------------------
     def dirhash_for(self, directory: Inode, entry: Entry) -> tuple[int, int] | None:
@@ -71,7 +73,10 @@ class Namespace:
             return None
         version = fs.sb.s_def_hash_version
         if directory.is_indexed_dir:
-            version = dx_hash_version(directory, version)
+            cached = self._dx_versions.get(directory.ino)
+            if cached is None:
+                cached = self._dx_versions[directory.ino] = dx_hash_version(directory, version)
+            version = cached
         return ext4_dirhash(entry.name, version, self._seed, self._signed)
 
     def display_name(self, directory: Inode, entry: Entry) -> bytes:
