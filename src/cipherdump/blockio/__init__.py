@@ -5,6 +5,7 @@ devices so ciphertext never lands in the page cache.  Must not import anything a
 ``cipherdump.errors``.
 """
 
+from cipherdump.blockio.sink import FileSink
 from cipherdump.blockio.source import (
     ByteSource,
     DirectDeviceSource,
@@ -13,4 +14,11 @@ from cipherdump.blockio.source import (
     open_source,
 )
 
-__all__ = ["ByteSource", "DirectDeviceSource", "FileSource", "MemorySource", "open_source"]
+__all__ = [
+    "ByteSource",
+    "DirectDeviceSource",
+    "FileSink",
+    "FileSource",
+    "MemorySource",
+    "open_source",
+]

@@ -2,8 +2,9 @@
 
 Owns: opening a filesystem (superblock, group descriptors, feature checks), inodes and
 their metadata, block maps as runs with explicit holes, directories as raw name bytes,
-extended attributes.  Knows nothing of fscrypt beyond "this inode has the encrypt flag
-and a context xattr"; must not import ``cipherdump.fscrypt``, ``cipherdump.repo`` or
+extended attributes; and, in ``cipherdump.ext4.build``, the offline writer that adds
+trees to an unmounted image.  Knows nothing of fscrypt beyond "this inode has the
+encrypt flag and a context xattr"; must not import ``cipherdump.fscrypt``, ``cipherdump.repo`` or
 anything above.
 """
 

@@ -157,6 +157,14 @@ class Filesystem:
             blk += 1
         return blk
 
+    def group_desc_block(self, index: int) -> int:
+        """Physical block of group descriptor block ``index`` (for the offline writer)."""
+        return self._group_desc_block(index)
+
+    def group_has_super(self, group: int) -> bool:
+        """Does ``group`` hold a superblock copy (sparse_super rules)?"""
+        return self._group_has_super(group)
+
     def _group_has_super(self, group: int) -> bool:
         if group == 0:
             return True

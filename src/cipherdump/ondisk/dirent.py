@@ -6,6 +6,7 @@ import struct
 from dataclasses import dataclass
 
 from cipherdump.errors import CorruptError
+from cipherdump.ondisk.csum import crc32c_le
 
 EXT4_FT_UNKNOWN = 0
 EXT4_FT_REG_FILE = 1
@@ -119,3 +120,74 @@ def decode_dx_root(block: bytes) -> DxRoot | None:
     _, hash_version, info_length, levels, _flags = struct.unpack_from("<IBBBB", block, 0x18)
     limit, count = struct.unpack_from("<HH", block, 0x20)
     return DxRoot(hash_version, info_length, levels, limit, count)
+
+
+# -- encoding -----------------------------------------------------------------------------
+
+DX_ROOT_COUNT_OFFSET = 0x20
+DX_NODE_COUNT_OFFSET = 0x08
+DX_TAIL_SIZE = 8
+
+
+def dirent_rec_len(name_len: int, hashed: bool = False) -> int:
+    """The smallest ``rec_len`` of an entry (plus 8 stored hash bytes in casefold+encrypt)."""
+    return ((8 + name_len + 3) & ~3) + (8 if hashed else 0)
+
+
+def rec_len_to_disk(rec_len: int, block_size: int) -> int:
+    if block_size < 65536 or rec_len < 65536:
+        return rec_len
+    return 65535 if rec_len == 65536 else (rec_len & 65532) | ((rec_len >> 16) & 3)
+
+
+def encode_dirent(
+    inode: int, name: bytes, file_type: int, rec_len: int, block_size: int,
+    hash: tuple[int, int] | None = None,
+) -> bytes:  # fmt: skip
+    """One entry padded to ``rec_len``; ``hash`` goes after the name (casefold+encrypt)."""
+    out = bytearray(rec_len)
+    _HEAD.pack_into(out, 0, inode, rec_len_to_disk(rec_len, block_size), len(name), file_type)
+    out[8 : 8 + len(name)] = name
+    if hash is not None:
+        struct.pack_into("<II", out, (8 + len(name) + 3) & ~3, hash[0], hash[1])
+    return bytes(out)
+
+
+def encode_dirent_tail(block_size: int) -> bytes:
+    """The 12-byte checksum tail with a zero checksum (see dirblock_csum_set)."""
+    return _HEAD.pack(0, DIRENT_TAIL_SIZE, 0, EXT4_FT_DIR_CSUM) + b"\0\0\0\0"
+
+
+def dirblock_csum_set(block: bytearray, seed: int) -> None:
+    end = len(block) - DIRENT_TAIL_SIZE
+    struct.pack_into("<I", block, len(block) - 4, crc32c_le(seed, bytes(block[:end])))
+
+
+def dx_limit(block_size: int, count_offset: int, csum: bool) -> int:
+    return (block_size - count_offset - (DX_TAIL_SIZE if csum else 0)) // 8
+
+
+def encode_dx_entries(
+    block: bytearray, count_offset: int, limit: int, entries: list[tuple[int, int]]
+) -> None:
+    """Write ``(hash, block)`` index entries; the first entry's hash slot holds limit/count."""
+    struct.pack_into("<HH", block, count_offset, limit, len(entries))
+    for i, (h, blk) in enumerate(entries):
+        off = count_offset + 8 * i
+        if i:
+            struct.pack_into("<I", block, off, h)
+        struct.pack_into("<I", block, off + 4, blk)
+
+
+def encode_dx_root_info(block: bytearray, hash_version: int, indirect_levels: int) -> None:
+    struct.pack_into("<IBBBB", block, 0x18, 0, hash_version, 8, indirect_levels, 0)
+
+
+def dx_csum_set(block: bytearray, count_offset: int, seed: int) -> None:
+    """Store the ``dx_tail`` checksum of an index block (after ``limit`` entries)."""
+    limit, count = struct.unpack_from("<HH", block, count_offset)
+    tail = count_offset + 8 * limit
+    crc = crc32c_le(seed, bytes(block[: count_offset + 8 * count]))
+    crc = crc32c_le(crc, bytes(block[tail : tail + 4]))
+    crc = crc32c_le(crc, b"\0\0\0\0")
+    struct.pack_into("<I", block, tail + 4, crc)

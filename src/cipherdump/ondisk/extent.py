@@ -6,6 +6,7 @@ import struct
 from dataclasses import dataclass
 
 from cipherdump.errors import CorruptError
+from cipherdump.ondisk.csum import crc32c_le
 
 EXT4_EXT_MAGIC = 0xF30A
 EXT_INIT_MAX_LEN = 1 << 15
@@ -76,3 +77,35 @@ def decode_extent_node(raw: bytes, where: str) -> ExtentNode:
 def extent_tail_offset(eh_max: int) -> int:
     """Where the 4-byte checksum of an extent block lies (after ``eh_max`` slots)."""
     return 12 + 12 * eh_max
+
+
+# -- encoding -----------------------------------------------------------------------------
+
+EXT_UNWRITTEN_MAX_LEN = EXT_INIT_MAX_LEN - 1
+
+
+def encode_extent_node(
+    depth: int, eh_max: int, extents: list[Extent] | None = None,
+    indexes: list[ExtentIndex] | None = None, size: int = 60,
+) -> bytearray:  # fmt: skip
+    """A node of ``size`` bytes: 60 for ``i_block``, the block size for a tree block."""
+    entries: list[Extent | ExtentIndex] = list(extents or []) if depth == 0 else list(indexes or [])
+    if len(entries) > eh_max or 12 + 12 * eh_max > size:
+        raise ValueError("too many extent entries for the node")
+    buf = bytearray(size)
+    _HEADER.pack_into(buf, 0, EXT4_EXT_MAGIC, len(entries), eh_max, depth, 0)
+    for i, e in enumerate(entries):
+        off = 12 + 12 * i
+        if isinstance(e, Extent):
+            length = e.length + (EXT_INIT_MAX_LEN if e.unwritten else 0)
+            _ENTRY.pack_into(buf, off, e.ee_block, length, e.start >> 32, e.start & 0xFFFFFFFF)
+        else:
+            _INDEX.pack_into(buf, off, e.ei_block, e.leaf & 0xFFFFFFFF, e.leaf >> 32, 0)
+    return buf
+
+
+def extent_block_csum_set(block: bytearray, seed: int) -> None:
+    """Store the checksum of an extent tree block after its ``eh_max`` slots."""
+    (eh_max,) = struct.unpack_from("<H", block, 4)
+    tail = extent_tail_offset(eh_max)
+    struct.pack_into("<I", block, tail, crc32c_le(seed, bytes(block[:tail])))

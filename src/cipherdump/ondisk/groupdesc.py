@@ -61,3 +61,34 @@ def group_desc_csum(
     crc = crc16(crc, le_group)
     crc = crc16(crc, raw[:_BG_CHECKSUM_OFFSET])
     return crc16(crc, raw[_BG_CHECKSUM_OFFSET + 2 :])
+
+
+def group_desc_csum_set(
+    raw: bytearray, group: int, *, metadata_csum: bool, csum_seed: int, uuid: bytes
+) -> None:
+    crc = group_desc_csum(
+        bytes(raw), group, metadata_csum=metadata_csum, csum_seed=csum_seed, uuid=uuid
+    )
+    struct.pack_into("<H", raw, _BG_CHECKSUM_OFFSET, crc)
+
+
+def bitmap_csums_set(
+    raw: bytearray, desc_size: int, *, block_bitmap_csum: int, inode_bitmap_csum: int
+) -> None:
+    """``bg_{block,inode}_bitmap_csum_{lo,hi}`` (hi halves only in 64-byte descriptors)."""
+    struct.pack_into("<HH", raw, 0x18, block_bitmap_csum & 0xFFFF, inode_bitmap_csum & 0xFFFF)
+    if desc_size >= 64:
+        struct.pack_into("<HH", raw, 0x38, block_bitmap_csum >> 16, inode_bitmap_csum >> 16)
+
+
+def set_group_counts(
+    raw: bytearray, desc_size: int, *, free_blocks: int, free_inodes: int, used_dirs: int,
+    flags: int, itable_unused: int,
+) -> None:  # fmt: skip
+    """Store the counters and flags of a descriptor (lo and, if 64 bytes, hi halves)."""
+    struct.pack_into("<HHHH", raw, 0x0C, free_blocks & 0xFFFF, free_inodes & 0xFFFF,
+                     used_dirs & 0xFFFF, flags)  # fmt: skip
+    struct.pack_into("<H", raw, 0x1C, itable_unused & 0xFFFF)
+    if desc_size >= 64:
+        struct.pack_into("<HHH", raw, 0x2C, free_blocks >> 16, free_inodes >> 16, used_dirs >> 16)
+        struct.pack_into("<H", raw, 0x32, itable_unused >> 16)

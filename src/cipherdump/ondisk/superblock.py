@@ -274,3 +274,8 @@ def superblock_csum_verify(sb: Superblock) -> None:
             structure="superblock",
             location="byte 1024",
         )
+
+
+def superblock_csum_set(raw: bytearray) -> None:
+    """Store the metadata_csum of a 1024-byte superblock in place."""
+    struct.pack_into("<I", raw, 0x3FC, crc32c_le(0xFFFFFFFF, bytes(raw[:0x3FC])))

@@ -6,6 +6,7 @@ import struct
 from dataclasses import dataclass
 
 from cipherdump.errors import CorruptError
+from cipherdump.ondisk.csum import crc32c_le
 
 EXT4_XATTR_MAGIC = 0xEA020000
 XATTR_BLOCK_HEADER_SIZE = 32
@@ -93,3 +94,69 @@ def xattr_entry_hash(name: bytes, value: bytes) -> int:
         for (w,) in struct.iter_unpack("<I", padded):
             h = ((h << 16) ^ (h >> 16) ^ w) & 0xFFFFFFFF
     return h
+
+
+# -- encoding -----------------------------------------------------------------------------
+
+XATTR_ENTRY_HEADER_SIZE = _ENTRY.size
+
+
+def xattr_entry_size(name: bytes) -> int:
+    return (_ENTRY.size + len(name) + 3) & ~3
+
+
+def xattr_value_size(value: bytes) -> int:
+    return (len(value) + 3) & ~3
+
+
+def encode_xattr_area(
+    items: list[tuple[int, bytes, bytes]], size: int, *, base: int, in_block: bool
+) -> bytearray:
+    """Entries then values (from the end) for an area of ``size`` bytes.
+
+    ``base`` is where entries start inside the area (32 after a block header, 0 in the
+    inode after its magic); value offsets count from the block start (blocks) or from
+    the first entry (inodes).  Entries in a block carry their hash, in-inode ones 0, as
+    the kernel writes them.  ValueError if they do not fit.
+    """
+    buf = bytearray(size)
+    pos = base
+    vend = size
+    for index, name, value in items:
+        esize = xattr_entry_size(name)
+        vsize = xattr_value_size(value)
+        vend -= vsize
+        if pos + esize + 4 > vend:
+            raise ValueError("xattrs do not fit")
+        buf[vend : vend + len(value)] = value
+        offs = vend if in_block else vend - base
+        ehash = xattr_entry_hash(name, value) if in_block else 0
+        _ENTRY.pack_into(buf, pos, len(name), index, offs if value else 0, 0, len(value), ehash)
+        buf[pos + _ENTRY.size : pos + _ENTRY.size + len(name)] = name
+        pos += esize
+    return buf
+
+
+def xattr_area_fits(items: list[tuple[int, bytes, bytes]], room: int) -> bool:
+    need = 4 + sum(xattr_entry_size(n) + xattr_value_size(v) for _, n, v in items)
+    return need <= room
+
+
+def encode_xattr_block(
+    items: list[tuple[int, bytes, bytes]], block_size: int, blocknr: int, csum_seed: int | None
+) -> bytearray:
+    """An xattr block (refcount 1) holding ``items``, sorted as the kernel searches them."""
+    ordered = sorted(items, key=lambda it: (it[0], len(it[1]), it[1]))
+    buf = encode_xattr_area(ordered, block_size, base=XATTR_BLOCK_HEADER_SIZE, in_block=True)
+    h = 0
+    for _index, name, value in ordered:
+        eh = xattr_entry_hash(name, value)
+        if eh == 0:
+            h = 0
+            break
+        h = ((h << 16) ^ (h >> 16) ^ eh) & 0xFFFFFFFF
+    struct.pack_into("<IIIII", buf, 0, EXT4_XATTR_MAGIC, 1, 1, h, 0)
+    if csum_seed is not None:
+        crc = crc32c_le(csum_seed, struct.pack("<Q", blocknr))
+        struct.pack_into("<I", buf, 16, crc32c_le(crc, bytes(buf)))
+    return buf

@@ -1,0 +1,488 @@
+"""Key-less restore into an ext4 image: from a snapshot, or image to image (``clone``).
+
+The target is made with ``mke2fs`` to match the source (block size, inode size, the
+features the data needs, the UUID and the htree hash seed, so that no-key names list as
+they did), or an existing unmounted image is added to.  The tree is then written by
+:mod:`cipherdump.ext4.build` with the ciphertext, encrypted names, symlink payloads and
+contexts copied as stored: no key is involved.
+
+Policies with IV_INO_LBLK_64/32 bind contents and names to inode numbers and the
+filesystem UUID: the original numbers and UUID must be kept, or the data could not be
+decrypted; a target that cannot keep them is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cipherdump.blockio.mounts import find_mounts
+from cipherdump.engine.nodeattrs import bytes_attr, int_attr, list_attr
+from cipherdump.engine.snapshot_view import SnapNode, SnapshotView
+from cipherdump.errors import CipherdumpError, InputError, NotExt4Error, NotFoundError
+from cipherdump.ext4 import Filesystem, open_filesystem
+from cipherdump.ext4.build import (
+    FilesystemTree,
+    ImageWriter,
+    NewInode,
+    Plan,
+    PopulateStats,
+    Populator,
+    Run,
+    SrcNode,
+    plan_tree,
+)
+from cipherdump.ext4.build.node import BlockReader
+from cipherdump.fscrypt.context import decode_context
+from cipherdump.ondisk import features as F
+from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_SYSTEM
+from cipherdump.repo import BlobType, Id, Repository, Snapshot
+from cipherdump.repo.codec import Value
+
+Progress = Callable[[dict[str, Any]], None]
+
+# Features that describe a filesystem's state, not its format, or that a fresh image
+# must not get (quota: the usage e2fsck expects would not match what is written).
+_SKIP_FEATURES = {"needs_recovery", "orphan_present", "quota", "journal_dev", "snapshot"}
+_ROOT_INO = 2
+
+
+@dataclass(frozen=True, slots=True)
+class TargetFacts:
+    """What the target must match: from the source superblock (or snapshot facts)."""
+
+    block_size: int
+    inode_size: int
+    inodes_count: int
+    blocks_count: int
+    blocks_per_group: int
+    uuid: bytes
+    hash_seed: bytes
+    def_hash_version: int
+    s_flags: int
+    features: tuple[str, ...]
+    log_groups_per_flex: int
+    volume_name: bytes
+
+    @classmethod
+    def from_mapping(cls, f: Mapping[str, Value]) -> TargetFacts:
+        feats = f.get("features", ())
+        return cls(
+            block_size=int_attr(f, "block_size", 4096),
+            inode_size=int_attr(f, "inode_size", 256),
+            inodes_count=int_attr(f, "inodes_count"),
+            blocks_count=int_attr(f, "blocks_count"),
+            blocks_per_group=int_attr(f, "blocks_per_group"),
+            uuid=bytes_attr(f, "uuid") or bytes(16),
+            hash_seed=bytes_attr(f, "hash_seed") or bytes(16),
+            def_hash_version=int_attr(f, "def_hash_version", 1),
+            s_flags=int_attr(f, "s_flags", 1),
+            features=tuple(x for x in feats if isinstance(x, str))
+            if isinstance(feats, tuple | list)
+            else (),
+            log_groups_per_flex=int_attr(f, "log_groups_per_flex"),
+            volume_name=bytes_attr(f, "volume_name") or b"",
+        )
+
+    @classmethod
+    def from_filesystem(cls, fs: Filesystem) -> TargetFacts:
+        sb = fs.sb
+        return cls(
+            block_size=fs.block_size,
+            inode_size=sb.inode_size,
+            inodes_count=sb.s_inodes_count,
+            blocks_count=sb.s_blocks_count,
+            blocks_per_group=sb.s_blocks_per_group,
+            uuid=sb.s_uuid,
+            hash_seed=sb.s_hash_seed,
+            def_hash_version=sb.s_def_hash_version,
+            s_flags=sb.s_flags,
+            features=tuple(sb.feature_names),
+            log_groups_per_flex=sb.s_log_groups_per_flex,
+            volume_name=sb.s_volume_name.rstrip(b"\0"),
+        )
+
+
+# -- the target image ----------------------------------------------------------------
+
+
+def refuse_if_mounted(path: str) -> None:
+    mounts = find_mounts(path)
+    if mounts:
+        raise InputError(
+            f"{path}: the target is mounted on {mounts[0].mount_point}; unmount it first "
+            "(an image is only ever written offline)"
+        )
+
+
+def make_image(
+    out_path: str, facts: TargetFacts, *, size: int | None, keep_uuid: bool, min_inodes: int = 0
+) -> None:
+    """Create ``out_path`` with mke2fs to match ``facts``, with at least ``min_inodes``."""
+    mke2fs = shutil.which("mke2fs") or shutil.which("mkfs.ext4")
+    if mke2fs is None:
+        raise InputError("mke2fs (e2fsprogs) is needed to create the target image")
+    bs = facts.block_size
+    nbytes = size if size is not None else facts.blocks_count * bs
+    if nbytes < 64 * bs:
+        raise InputError(f"target size {nbytes} bytes is too small")
+    try:
+        with open(out_path, "wb") as f:
+            f.truncate(nbytes // bs * bs)
+    except OSError as e:
+        raise InputError(f"{out_path}: {e.strerror}") from None
+    feats = [x for x in facts.features if x not in _SKIP_FEATURES and "_0x" not in x]
+    ext = ["lazy_itable_init=0", "lazy_journal_init=0"]
+    ext.append(f"hash_seed={uuidlib.UUID(bytes=facts.hash_seed)}")
+    if "casefold" in feats:
+        ext.append("encoding=utf8")
+    argv = [mke2fs, "-F", "-q", "-t", "ext4", "-b", str(bs), "-I", str(facts.inode_size)]
+    argv += ["-O", ",".join(["none", *feats]), "-E", ",".join(ext)]
+    if size is None or size >= facts.blocks_count * bs:
+        argv += ["-N", str(max(facts.inodes_count, min_inodes))]
+        if facts.blocks_per_group:
+            argv += ["-g", str(facts.blocks_per_group)]
+    elif min_inodes:
+        argv += ["-N", str(min_inodes)]
+    if "flex_bg" in feats and facts.log_groups_per_flex:
+        argv += ["-G", str(1 << facts.log_groups_per_flex)]
+    if keep_uuid:
+        argv += ["-U", str(uuidlib.UUID(bytes=facts.uuid))]
+    if facts.volume_name:
+        argv += ["-L", facts.volume_name.decode("utf-8", "replace")[:16]]
+    argv.append(out_path)
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=600)
+    if proc.returncode != 0:
+        raise InputError(f"mke2fs failed: {proc.stderr.strip() or proc.stdout.strip()}")
+
+
+def _open_target(
+    out_path: str, facts: TargetFacts, size: int | None, ties: bool, plan: Plan
+) -> bool:
+    """Create the target if needed; True if it was created here."""
+    if os.path.exists(out_path) and os.path.getsize(out_path) > 0:
+        refuse_if_mounted(out_path)
+        try:
+            with open_filesystem(out_path) as fs:
+                if fs.block_size != facts.block_size:
+                    raise InputError(
+                        f"{out_path}: block size {fs.block_size} differs from the source's "
+                        f"{facts.block_size}; encrypted data units follow the block size"
+                    )
+                if ties and fs.uuid != facts.uuid:
+                    raise InputError(
+                        f"{out_path}: its UUID differs from the source's, and the encryption "
+                        "policy (IV_INO_LBLK_64/32) derives keys from the UUID; restore into "
+                        "a new image instead"
+                    )
+                for name, has in (
+                    ("encrypt", fs.sb.has_incompat(F.INCOMPAT_ENCRYPT)),
+                    ("casefold", fs.sb.has_incompat(F.INCOMPAT_CASEFOLD)),
+                    ("stable_inodes", fs.sb.has_compat(F.COMPAT_STABLE_INODES) or not ties),
+                ):
+                    if name in facts.features and not has:
+                        raise InputError(f"{out_path}: the target lacks the {name} feature")
+        except NotExt4Error:
+            raise InputError(
+                f"{out_path}: exists and is not an ext4 image; remove it or name a new file"
+            ) from None
+        return False
+    # Inode numbers the policy needs must exist; others only need enough inodes.
+    need = max(plan.inos) if ties else len(plan.inos) + 256
+    make_image(out_path, facts, size=size, keep_uuid=True, min_inodes=need)
+    return True
+
+
+def _write(
+    out_path: str, root: SrcNode, tree: Any, plan: Plan, facts: TargetFacts, *, created: bool,
+    ties: bool,
+    on_progress: Progress | None,
+) -> PopulateStats:  # fmt: skip
+    try:
+        return _populate(out_path, root, tree, plan, facts, created=created, ties=ties,
+                         on_progress=on_progress)  # fmt: skip
+    except BaseException:
+        if created:
+            # A half-written new image is no use to anyone (an existing one is undone).
+            with contextlib.suppress(OSError):
+                os.unlink(out_path)
+        raise
+
+
+def _populate(
+    out_path: str, root: SrcNode, tree: Any, plan: Plan, facts: TargetFacts, *, created: bool,
+    ties: bool, on_progress: Progress | None,
+) -> PopulateStats:  # fmt: skip
+    with ImageWriter(out_path) as w:
+        if created:
+            w.set_hash_params(facts.hash_seed, facts.def_hash_version, facts.s_flags)
+
+        def progress(stats: PopulateStats, name: bytes) -> None:
+            if on_progress is not None:
+                on_progress({"inodes": stats.inodes, "blocks": stats.blocks})
+
+        pop = Populator(w, tree, require_inos=ties, on_progress=progress)
+        pop.reserve(plan)
+        pop.check_room(plan)
+        try:
+            stats = pop.run(root)
+        except BaseException:
+            if not created:
+                pop.undo()
+            raise
+        w.flush()
+    return stats
+
+
+def _summary(stats: PopulateStats, out_path: str, started: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "image": out_path,
+        "inodes": stats.inodes,
+        "directories": stats.dirs,
+        "files": stats.files,
+        "symlinks": stats.symlinks,
+        "specials": stats.specials,
+        "hardlinks": stats.hardlinks,
+        "blocks": stats.blocks,
+        "bytes": stats.bytes,
+        "inodes_renumbered": stats.inodes_moved,
+        "seconds": round(time.monotonic() - started, 3),
+        **extra,
+    }
+
+
+def _ties(contexts: list[bytes]) -> bool:
+    for raw in contexts:
+        try:
+            if decode_context(raw).policy.ties_to_filesystem:
+                return True
+        except CipherdumpError:
+            continue
+    return False
+
+
+# -- clone -------------------------------------------------------------------------
+
+
+# How many nodes the planning walk keeps for the writing walk (about 1 KiB each), so
+# that a directory's entries are read and decoded once, not twice.
+_KEEP_NODES = 200_000
+
+
+class _ChainTree:
+    """A tree source restricted along a chain: each chain directory lists only the next.
+
+    The planning walk and the writing walk ask for each directory's children once each:
+    the first answer is kept (within a budget) and handed out again the second time.
+    """
+
+    def __init__(self, inner: Any, chain: dict[int, SrcNode]) -> None:
+        self.inner = inner
+        self.chain = chain  # inode number of a chain directory -> its one child
+        self._kept: dict[int, list[SrcNode]] = {}
+        self._budget = _KEEP_NODES
+
+    def children(self, node: SrcNode) -> list[SrcNode]:
+        only = self.chain.get(node.ino)
+        if only is not None:
+            return [only]
+        kept = self._kept.pop(node.ino, None)
+        if kept is not None:
+            self._budget += len(kept)
+            return kept
+        kids: list[SrcNode] = self.inner.children(node)
+        if len(kids) <= self._budget:
+            self._kept[node.ino] = kids
+            self._budget -= len(kids)
+        return kids
+
+    def reader(self, node: SrcNode) -> BlockReader:
+        r: BlockReader = self.inner.reader(node)
+        return r
+
+
+def clone_image(
+    image: str, out_path: str, *, path: bytes | None = None, size: int | None = None,
+    on_progress: Progress | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Copy the tree of ``image`` (or the subtree at ``path``) into ``out_path``."""
+    started = time.monotonic()
+    if os.path.exists(out_path) and os.path.samefile(image, out_path):
+        raise InputError("the source and the target are the same file")
+    with open_filesystem(image) as fs:
+        facts = TargetFacts.from_filesystem(fs)
+        tree = FilesystemTree(fs)
+        root = tree.node(fs.root, b"")
+        chain: dict[int, SrcNode] = {}
+        node = root
+        for part in (p for p in (path or b"/").split(b"/") if p and p != b"."):
+            kid = next((k for k in tree.children(node) if k.name == part), None)
+            if kid is None:
+                raise NotFoundError(f"{path!r}: no such directory entry in {image}")
+            chain[node.ino] = kid
+            node = kid
+        source = _ChainTree(tree, chain)
+        plan = plan_tree(source, root, inode_size=facts.inode_size)
+        ties = _ties(plan.contexts)
+        created = _open_target(out_path, facts, size, ties, plan)
+        stats = _write(out_path, root, source, plan, facts, created=created, ties=ties,
+                       on_progress=on_progress)  # fmt: skip
+    return _summary(stats, out_path, started, source=image, created=created,
+                    keeps_inode_numbers=ties)  # fmt: skip
+
+
+# -- restore from a snapshot ------------------------------------------------------------
+
+
+def _as_hash(value: Value | None) -> tuple[int, int] | None:
+    if isinstance(value, tuple | list) and len(value) == 2:
+        h, minor = value
+        if isinstance(h, int) and isinstance(minor, int):
+            return h, minor
+    return None
+
+
+def snapnode_spec(node: SnapNode) -> NewInode:
+    a = node.attrs
+    xattrs: list[tuple[int, bytes, bytes]] = []
+    for item in list_attr(a, "xattrs"):
+        if isinstance(item, tuple | list) and len(item) == 3:
+            index, name, value = item
+            if isinstance(index, int) and isinstance(name, bytes) and isinstance(value, bytes):
+                if node.is_dir and index == EXT4_XATTR_INDEX_SYSTEM and name == b"data":
+                    continue
+                xattrs.append((index, name, value))
+    rdev = _as_hash(a.get("rdev"))
+    crtime = a.get("crtime_ns")
+    return NewInode(
+        mode=int_attr(a, "mode"),
+        uid=int_attr(a, "uid"),
+        gid=int_attr(a, "gid"),
+        size=int_attr(a, "size"),
+        links=int_attr(a, "links", 1),
+        flags=int_attr(a, "flags"),
+        generation=int_attr(a, "generation"),
+        version=int_attr(a, "version"),
+        project_id=int_attr(a, "project_id"),
+        atime_ns=int_attr(a, "atime_ns"),
+        mtime_ns=int_attr(a, "mtime_ns"),
+        ctime_ns=int_attr(a, "ctime_ns"),
+        crtime_ns=crtime if isinstance(crtime, int) else None,
+        context=bytes_attr(a, "context"),
+        xattrs=tuple(xattrs),
+        rdev=rdev,
+    )
+
+
+class SnapshotTree:
+    """A snapshot as a tree source: nodes from its trees, data from its chunks."""
+
+    def __init__(self, view: SnapshotView) -> None:
+        self.view = view
+        self.bs = view.block_size
+
+    def node(self, snap: SnapNode) -> SrcNode:
+        a = snap.attrs
+        ino = int_attr(a, "ino")
+        if ino == 0:
+            raise InputError(f"{snap.path!r}: the snapshot keeps no inode number")
+        src = SrcNode(snap.raw_name, ino, snapnode_spec(snap), snap, _as_hash(a.get("hash")))
+        if snap.kind == "file":
+            inline = bytes_attr(a, "inline")
+            if inline is not None:
+                src.inline = inline
+            for e in list_attr(a, "extents"):
+                if isinstance(e, tuple | list) and len(e) == 4:
+                    lblk, length, _pblk, unwritten = e
+                    if isinstance(lblk, int) and isinstance(length, int):
+                        src.runs.append(Run(lblk, length, bool(unwritten)))
+        elif snap.kind == "symlink":
+            src.symlink = bytes_attr(a, "symlink")
+        return src
+
+    def children(self, node: SrcNode) -> list[SrcNode]:
+        snap = node.handle
+        assert isinstance(snap, SnapNode)
+        return [self.node(k) for k in self.view.children(snap)]
+
+    def reader(self, node: SrcNode) -> BlockReader:
+        snap = node.handle
+        assert isinstance(snap, SnapNode)
+        a = snap.attrs
+        repo = self.view.repo
+        chunk_size = int_attr(a, "chunk_size", self.view.chunk_size)
+        blob_of: dict[int, Id] = {}
+        indices = a.get("chunks", ())
+        if isinstance(indices, tuple | list):
+            for index, blob_id in zip(indices, snap.node.content, strict=False):
+                if isinstance(index, int):
+                    blob_of[index] = blob_id
+        bs = self.bs
+        cache: dict[int, bytes] = {}
+
+        def chunk(index: int) -> bytes:
+            data = cache.get(index)
+            if data is None:
+                blob = blob_of.get(index)
+                data = repo.load_blob(BlobType.DATA, blob) if blob is not None else b""
+                cache.clear()
+                cache[index] = data
+            return data
+
+        def read(lblk: int, count: int) -> bytes:
+            out = bytearray()
+            pos, end = lblk * bs, (lblk + count) * bs
+            while pos < end:
+                index, off = divmod(pos, chunk_size)
+                n = min(end - pos, chunk_size - off)
+                piece = chunk(index)[off : off + n]
+                out += piece.ljust(n, b"\0")
+                pos += n
+            return bytes(out)
+
+        return read
+
+
+def restore_to_image(
+    repo: Repository,
+    snapshot_id: Id,
+    snapshot: Snapshot,
+    out_path: str,
+    *,
+    path: bytes | None,
+    size: int | None,
+    on_progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Write the snapshot (or the subtree at ``path``, with its ancestors) into an image.
+
+    Returns a JSON-ready summary.
+    """
+    started = time.monotonic()
+    view = SnapshotView(repo, snapshot_id, snapshot)
+    facts = TargetFacts.from_mapping(view.facts)
+    tree = SnapshotTree(view)
+    root_snap = view.root_node()
+    root = tree.node(root_snap)
+    chain: dict[int, SrcNode] = {}
+    parts = [p for p in (path or b"/").split(b"/") if p and p != b"."]
+    node = root
+    for k in range(len(parts)):
+        snap = view.resolve(b"/" + b"/".join(parts[: k + 1]))
+        kid = tree.node(snap)
+        chain[node.ino] = kid
+        node = kid
+    source = _ChainTree(tree, chain)
+    plan = plan_tree(source, root, inode_size=facts.inode_size)
+    ties = _ties(plan.contexts)
+    created = _open_target(out_path, facts, size, ties, plan)
+    stats = _write(out_path, root, source, plan, facts, created=created, ties=ties,
+                   on_progress=on_progress)  # fmt: skip
+    return _summary(stats, out_path, started, snapshot=snapshot_id.hex, created=created,
+                    path=os.fsdecode(path or b"/"), keeps_inode_numbers=ties)  # fmt: skip

@@ -1,0 +1,306 @@
+"""Writing a whole tree into an image: inode numbers, hard links, directories, root.
+
+The tree comes from a :class:`TreeSource` (an ext4 image for ``clone``, a snapshot for
+``restore``).  Inode numbers are kept where free (or required: then a taken number is an
+error), hard links are written once and counted, and every directory is laid out after
+its children so that it knows their numbers.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from cipherdump.errors import InputError, UnsupportedError
+from cipherdump.ext4.build.directory import HashParams, NewEntry, layout_directory
+from cipherdump.ext4.build.image import ImageWriter
+from cipherdump.ext4.build.node import (
+    BlockReader,
+    NewInode,
+    Run,
+    set_links,
+    write_directory,
+    write_regular,
+    write_special,
+    write_symlink,
+)
+from cipherdump.ondisk import features as F
+from cipherdump.ondisk.dirent import (
+    EXT4_FT_BLKDEV,
+    EXT4_FT_CHRDEV,
+    EXT4_FT_DIR,
+    EXT4_FT_FIFO,
+    EXT4_FT_REG_FILE,
+    EXT4_FT_SOCK,
+    EXT4_FT_SYMLINK,
+    EXT4_FT_UNKNOWN,
+)
+from cipherdump.ondisk.inode import EXT4_CASEFOLD_FL, EXT4_ENCRYPT_FL
+
+ROOT_INO = 2
+LOST_FOUND = b"lost+found"
+EXT4_LINK_MAX = 65000
+_MAX_DEPTH = 4096
+
+_FT = {
+    stat.S_IFREG: EXT4_FT_REG_FILE,
+    stat.S_IFDIR: EXT4_FT_DIR,
+    stat.S_IFLNK: EXT4_FT_SYMLINK,
+    stat.S_IFCHR: EXT4_FT_CHRDEV,
+    stat.S_IFBLK: EXT4_FT_BLKDEV,
+    stat.S_IFIFO: EXT4_FT_FIFO,
+    stat.S_IFSOCK: EXT4_FT_SOCK,
+}
+
+
+@dataclass(slots=True)
+class SrcNode:
+    """One object of the source tree, as the writer needs it.
+
+    ``handle`` is the source's own reference (for :meth:`TreeSource.children` and
+    :meth:`TreeSource.reader`).  ``runs`` are the mapped runs of a regular file,
+    ``symlink`` a symlink's stored bytes, ``inline`` the ``i_block`` of an inline file.
+    """
+
+    name: bytes
+    ino: int
+    spec: NewInode
+    handle: object
+    hash: tuple[int, int] | None = None
+    runs: list[Run] = field(default_factory=list)
+    symlink: bytes | None = None
+    inline: bytes | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.spec.mode)
+
+
+class TreeSource(Protocol):
+    def children(self, node: SrcNode) -> list[SrcNode]: ...
+
+    def reader(self, node: SrcNode) -> BlockReader: ...
+
+
+@dataclass(slots=True)
+class PopulateStats:
+    inodes: int = 0
+    dirs: int = 0
+    files: int = 0
+    hardlinks: int = 0
+    symlinks: int = 0
+    specials: int = 0
+    blocks: int = 0
+    bytes: int = 0
+    inodes_moved: int = 0
+    ino_map: dict[int, int] = field(default_factory=dict)
+
+
+Progress = Callable[[PopulateStats, bytes], None]
+
+
+@dataclass(slots=True)
+class Plan:
+    """One walk over the source: its inode numbers, contexts and data size."""
+
+    inos: set[int] = field(default_factory=set)
+    contexts: list[bytes] = field(default_factory=list)
+    data_blocks: int = 0
+    name_bytes: int = 0
+    dirs: int = 0
+
+    xattr_blocks: int = 0
+
+    def blocks(self, block_size: int) -> int:
+        return (
+            self.data_blocks + 2 * self.dirs + 2 * self.name_bytes // block_size
+            + self.xattr_blocks
+        )  # fmt: skip
+
+
+def plan_tree(source: TreeSource, root: SrcNode, *, inode_size: int = 256) -> Plan:
+    """Walk the source once.  The root's ``lost+found`` is left out: the target keeps
+    its own."""
+    plan = Plan()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.ino in plan.inos:
+            continue
+        plan.inos.add(node.ino)
+        if node.spec.context is not None:
+            plan.contexts.append(node.spec.context)
+        if node.spec.xattrs or (node.spec.context is not None and inode_size <= 128):
+            plan.xattr_blocks += 1
+        if node.is_dir:
+            kids = source.children(node)
+            if node is root:
+                kids = [k for k in kids if k.name != LOST_FOUND]
+            stack += kids
+            plan.dirs += 1
+            plan.name_bytes += sum(len(k.name) + 16 for k in kids)
+        else:
+            plan.data_blocks += sum(r.length for r in node.runs)
+            if node.symlink is not None and len(node.symlink) >= 60:
+                plan.data_blocks += 1
+    return plan
+
+
+class Populator:
+    """Writes a source tree under the root of an open :class:`ImageWriter`."""
+
+    def __init__(
+        self, w: ImageWriter, source: TreeSource, *, require_inos: bool = False,
+        on_progress: Progress | None = None,
+    ) -> None:  # fmt: skip
+        self.w = w
+        self.source = source
+        self.require_inos = require_inos
+        self.on_progress = on_progress
+        self.stats = PopulateStats()
+        self._links: dict[int, int] = {}
+        self._spec_links: dict[int, tuple[int, int]] = {}
+        sb = w.sb
+        self._dir_index = sb.has_compat(F.COMPAT_DIR_INDEX)
+        self._max_levels = 2 if sb.has_incompat(F.INCOMPAT_LARGE_DIR) else 1
+        self._filetype = sb.has_incompat(F.INCOMPAT_FILETYPE)
+
+    # -- planning --------------------------------------------------------------------
+    def reserve(self, plan: Plan) -> None:
+        """Keep the source's inode numbers for their own nodes."""
+        self.w.reserved_inodes = set(plan.inos)
+
+    def check_room(self, plan: Plan) -> None:
+        w = self.w
+        inodes, blocks = len(plan.inos), plan.blocks(w.block_size)
+        # Extent tree blocks and xattr blocks come on top: keep a margin of 1/64.
+        need = blocks + blocks // 64 + 16
+        if inodes > w.free_inodes or need > w.free_blocks:
+            raise InputError(
+                f"{w.sink.name}: not enough room: needs about {inodes} inodes and {need} "
+                f"blocks, has {w.free_inodes} free inodes and {w.free_blocks} free blocks"
+            )
+        if self.require_inos:
+            bad = sorted(i for i in w.reserved_inodes if i != ROOT_INO and not w.inode_is_free(i))
+            if bad:
+                raise InputError(
+                    f"{w.sink.name}: inode numbers {', '.join(map(str, bad[:5]))} are taken or "
+                    "out of range, and the encryption policy (IV_INO_LBLK_64/32) ties contents "
+                    "and names to them; restore into a new image instead"
+                )
+
+    # -- writing ---------------------------------------------------------------------
+    def run(self, root: SrcNode) -> PopulateStats:
+        """Write ``root``'s metadata onto the target root and its tree below it."""
+        w = self.w
+        old_root = w.fs.root
+        kept = [NewEntry(e.name, e.ino, e.file_type) for e in old_root.entries()]
+        old_blocks = [(r.pblk, r.length) for r in old_root.runs if r.pblk is not None]
+        taken = {e.name for e in kept}
+        for kid in self.source.children(root):
+            if kid.name in taken and kid.name != LOST_FOUND:
+                shown = kid.name.decode("utf-8", "backslashreplace")
+                raise InputError(
+                    f"{w.sink.name}: {shown!r} already exists in the target's root directory"
+                )
+        self.stats.ino_map[root.ino] = ROOT_INO
+        self._write_dir(root, ROOT_INO, ROOT_INO, kept, 0)
+        for pblk, length in old_blocks:
+            w.free_block_run(pblk, length)
+        # Extent blocks of the old root (none for a fresh root) are left allocated.
+        for ino, (links, generation) in self._spec_links.items():
+            actual = self._links[ino]
+            if actual != links:
+                set_links(w, ino, actual, generation)
+        return self.stats
+
+    def undo(self) -> None:
+        """After a failure: clear the inode records written so far (bitmaps and counts
+        are only flushed on success, so the image is as before apart from free blocks
+        holding data nothing points to)."""
+        for ino in self.stats.ino_map.values():
+            if ino != ROOT_INO:
+                self.w.write_raw_inode(ino, bytes(self.w.inode_size))
+
+    def _hash_params(self, spec: NewInode) -> HashParams | None:
+        if not self._dir_index:
+            return None
+        if spec.flags & EXT4_CASEFOLD_FL and not spec.flags & EXT4_ENCRYPT_FL:
+            return None  # needs Unicode folding: written linear
+        w = self.w
+        return HashParams(w.def_hash_version, w.hash_seed, w.hash_signed)
+
+    def _write_dir(
+        self, node: SrcNode, ino: int, parent: int, kept: list[NewEntry], depth: int
+    ) -> None:
+        if depth > _MAX_DEPTH:
+            raise UnsupportedError(f"directory tree deeper than {_MAX_DEPTH} levels")
+        w = self.w
+        entries = list(kept)
+        taken = {e.name for e in kept}
+        subdirs = sum(1 for e in kept if e.file_type == EXT4_FT_DIR)
+        for kid in self.source.children(node):
+            if kid.name in taken:
+                if kid.name == LOST_FOUND and ino == ROOT_INO:
+                    continue  # the target's own lost+found stays
+                shown = kid.name.decode("utf-8", "backslashreplace")
+                raise InputError(
+                    f"{w.sink.name}: {shown!r} already exists in the target's root directory"
+                )
+            tgt = self.stats.ino_map.get(kid.ino)
+            if tgt is not None and not kid.is_dir:
+                self._links[tgt] += 1
+                self.stats.hardlinks += 1
+            else:
+                tgt = w.alloc_inode(kid.ino, is_dir=kid.is_dir)
+                if tgt != kid.ino:
+                    if self.require_inos:
+                        raise InputError(f"inode {kid.ino} is not free in the target")
+                    self.stats.inodes_moved += 1
+                self.stats.ino_map[kid.ino] = tgt
+                self.stats.inodes += 1
+                if kid.is_dir:
+                    self._write_dir(kid, tgt, ino, [], depth + 1)
+                    subdirs += 1
+                else:
+                    self._write_other(kid, tgt)
+                    self._links[tgt] = 1
+                    self._spec_links[tgt] = (kid.spec.links, kid.spec.generation)
+            ft = _FT.get(stat.S_IFMT(kid.spec.mode), EXT4_FT_UNKNOWN) if self._filetype else 0
+            entries.append(NewEntry(kid.name, tgt, ft, kid.hash))
+        spec = node.spec
+        hashed = bool(spec.flags & EXT4_ENCRYPT_FL and spec.flags & EXT4_CASEFOLD_FL)
+        layout = layout_directory(
+            ino, parent, entries, block_size=w.block_size,
+            csum_seed=w.inode_seed(ino, spec.generation) if w.metadata_csum else None,
+            hashed=hashed, hash_params=self._hash_params(spec), max_levels=self._max_levels,
+            filetype=self._filetype,
+        )  # fmt: skip
+        links = 2 + subdirs
+        if links >= EXT4_LINK_MAX and w.sb.has_ro_compat(F.RO_COMPAT_DIR_NLINK):
+            links = 1
+        write_directory(w, ino, replace(spec, links=links), layout)
+        self.stats.dirs += 1
+        self.stats.blocks += len(layout.blocks)
+        if self.on_progress is not None:
+            self.on_progress(self.stats, node.name)
+
+    def _write_other(self, kid: SrcNode, ino: int) -> None:
+        w = self.w
+        fmt = stat.S_IFMT(kid.spec.mode)
+        if fmt == stat.S_IFREG:
+            reader = self.source.reader(kid)
+            used = write_regular(w, ino, kid.spec, kid.runs, reader, inline=kid.inline)
+            self.stats.files += 1
+            self.stats.blocks += used
+            self.stats.bytes += kid.spec.size
+        elif fmt == stat.S_IFLNK:
+            if kid.symlink is None:
+                raise InputError(f"symlink inode {kid.ino} has no stored target")
+            write_symlink(w, ino, kid.spec, kid.symlink)
+            self.stats.symlinks += 1
+        else:
+            write_special(w, ino, kid.spec)
+            self.stats.specials += 1

@@ -1,0 +1,127 @@
+"""Checks shared by the clone and restore-to-image tests: e2fsck, kernel views, reader views."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kernelfs
+from cipherdump.ext4 import Filesystem, Inode, open_filesystem
+
+
+def e2fsck_clean(image: Path) -> tuple[bool, str]:
+    proc = subprocess.run(
+        ["e2fsck", "-fn", str(image)], capture_output=True, text=True, check=False, timeout=300
+    )
+    return proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _comparable(view: dict[bytes, kernelfs.NodeView]) -> dict[bytes, kernelfs.NodeView]:
+    # st_blocks follows the target's allocation (a fragmented file may come out contiguous,
+    # needing no extent block), and a directory's size the way its blocks were filled.
+    return {
+        path: dataclasses.replace(n, blocks=0, size=0 if n.kind == "dir" else n.size)
+        for path, n in view.items()
+    }
+
+
+def kernel_views(
+    ki: kernelfs.KernelImage, image: Path
+) -> tuple[dict[bytes, kernelfs.NodeView], dict[bytes, kernelfs.NodeView]]:
+    """(no-key view, with-key view) of the encrypted directory of a restored image."""
+    enc = ki.config.encrypted_dir
+    with kernelfs.mounted(image) as mnt:
+        no_key = kernelfs.snapshot_view(mnt, enc)
+    with kernelfs.mounted(image) as mnt:
+        descriptor = (
+            kernelfs.key_descriptor(ki.master_key) if ki.config.policy.version == 1 else None
+        )
+        kernelfs.add_key(mnt, ki.master_key, descriptor)
+        with_key = kernelfs.snapshot_view(mnt, enc)
+    return no_key, with_key
+
+
+def assert_same_as_original(ki: kernelfs.KernelImage, image: Path) -> None:
+    """e2fsck is clean; the no-key and with-key kernel views equal the original's."""
+    ok, report = e2fsck_clean(image)
+    assert ok, report
+    no_key, with_key = kernel_views(ki, image)
+    for label, want, got in (("no-key", ki.no_key, no_key), ("with-key", ki.with_key, with_key)):
+        want, got = _comparable(want), _comparable(got)
+        assert set(got) == set(want), (label, sorted(set(got) ^ set(want))[:5])
+        diff = [p for p in want if want[p] != got[p]]
+        assert not diff, (label, diff[:3], [(want[p], got[p]) for p in diff[:2]])
+
+
+def _logical_map(ino: Inode) -> list[tuple[int, int, bool, bool]]:
+    """Runs as (lblk, length, hole, unwritten), adjacent ones of one kind merged."""
+    out: list[tuple[int, int, bool, bool]] = []
+    for r in ino.runs:
+        kind = (r.pblk is None, r.unwritten)
+        if out and out[-1][2:] == kind and out[-1][0] + out[-1][1] == r.lblk:
+            out[-1] = (out[-1][0], out[-1][1] + r.length, *kind)
+        else:
+            out.append((r.lblk, r.length, *kind))
+    return out
+
+
+def reader_view(fs: Filesystem, top: Inode | None = None) -> dict[bytes, dict[str, Any]]:
+    """What cipherdump reads of every object: raw names, stored hashes, contexts,
+    xattrs, symlink payloads, ciphertext and metadata (paths of raw name bytes)."""
+    out: dict[bytes, dict[str, Any]] = {}
+    stack: list[tuple[bytes, Inode, tuple[int, int] | None]] = [(b"", top or fs.root, None)]
+    while stack:
+        path, ino, stored_hash = stack.pop()
+        rec: dict[str, Any] = {
+            "ino": ino.ino,
+            "mode": ino.mode,
+            "uid": ino.uid,
+            "gid": ino.gid,
+            "flags": ino.flags & ~0x81000,  # without extents/index: layout, not content
+            "times": (ino.atime_ns, ino.mtime_ns, ino.ctime_ns, ino.crtime_ns),
+            "links": ino.links,
+            "xattrs": sorted((x.index, x.name, x.value) for x in ino.xattrs),
+            "hash": stored_hash,
+            "generation": ino.generation,
+            "project": ino.project_id,
+        }
+        if ino.is_file:
+            rec["size"] = ino.size
+            data = hashlib.sha256()
+            for _run, block in ino.iter_blocks():
+                data.update(block)
+            rec["stored"] = data.hexdigest()
+            rec["map"] = _logical_map(ino)
+        elif ino.is_symlink:
+            rec["symlink"] = ino.symlink_data()
+        elif ino.is_dir:
+            # Inline directories are written as blocks: layout, not content.
+            rec["flags"] &= ~0x10000000
+            rec["xattrs"] = [x for x in rec["xattrs"] if x[:2] != (7, b"data")]
+            rec["entries"] = sorted((e.name, e.file_type, e.hash) for e in ino.entries())
+            for e in ino.entries():
+                if path == b"" and e.name == b"lost+found":
+                    continue
+                child = fs.inode(e.ino)
+                if e.name in (b".", b".."):
+                    continue
+                stack.append((path + b"/" + e.name, child, e.hash))
+        else:
+            rec["rdev"] = ino.device
+        out[path or b"/"] = rec
+    return out
+
+
+def assert_reader_views_equal(original: Path, restored: Path) -> None:
+    with open_filesystem(str(original)) as a, open_filesystem(str(restored)) as b:
+        want, got = reader_view(a), reader_view(b)
+    want[b"/"]["entries"] = [e for e in want[b"/"]["entries"] if e[0] != b"lost+found"]
+    got[b"/"]["entries"] = [e for e in got[b"/"]["entries"] if e[0] != b"lost+found"]
+    for view in (want, got):
+        view[b"/"].pop("links")  # the target's lost+found is its own
+    assert set(got) == set(want), sorted(set(got) ^ set(want))[:5]
+    diff = [p for p in want if want[p] != got[p]]
+    assert not diff, [(p, want[p], got[p]) for p in diff[:2]]
