@@ -1,4 +1,6 @@
-"""``--key`` / ``--key-dir`` options: loading the owners' keys and reporting on them.
+"""Key options: ``--key`` / ``--key-dir`` (master keys), ``--passphrase`` /
+``--passphrase-file`` / ``--protector-key`` / ``--fscrypt-metadata`` (secrets that unlock
+master keys), loading them and reporting on them.
 
 A key file holds the raw master key (16 to 64 bytes) or its hex.  v2 policies find their
 key by identifier.  v1 policies find it by the e4crypt/fscrypt descriptor convention, or
@@ -10,19 +12,23 @@ Messages name keys by identifier or descriptor only, never by their bytes.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import click
 
+from cipherdump.engine.fscrypt_meta import metadata_from_dir, metadata_from_image, passphrase_keys
 from cipherdump.engine.keyed import KeyedNamespace
 from cipherdump.engine.namespace import Namespace, Node
 from cipherdump.errors import CipherdumpError, KeyProblem
 from cipherdump.ext4 import Filesystem
 from cipherdump.fscrypt.keys import KeyRing, load_key_file
+from cipherdump.fscrypt.protectors import FscryptMetadata
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -129,3 +135,150 @@ def keyed_stat_fields(ns: Namespace, node: Node) -> dict[str, Any]:
         except CipherdumpError:  # an unreadable context is already shown in "context"
             out["key_present"] = False
     return out
+
+
+# -- passphrases and protector keys -----------------------------------------------------------
+
+ENV_PASSPHRASE = "CIPHERDUMP_FSCRYPT_PASSPHRASE"
+
+
+@dataclass(frozen=True)
+class SecretOptions:
+    """``--passphrase``, ``--passphrase-file``, ``--protector-key``, ``--fscrypt-metadata``."""
+
+    passphrase: bool = False
+    passphrase_file: str | None = None
+    protector_keys: tuple[str, ...] = ()
+    fscrypt_metadata: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.passphrase
+            or self.passphrase_file
+            or self.protector_keys
+            or os.environ.get(ENV_PASSPHRASE) is not None
+        )
+
+
+def secret_options(fn: F) -> F:
+    """Add the passphrase and protector options; the command gets ``secrets``."""
+
+    @functools.wraps(fn)
+    def wrapper(
+        *args: Any,
+        passphrase: bool,
+        passphrase_file: str | None,
+        protector_keys: tuple[str, ...],
+        fscrypt_metadata: tuple[str, ...],
+        **kwargs: Any,
+    ) -> Any:
+        secrets = SecretOptions(passphrase, passphrase_file, protector_keys, fscrypt_metadata)
+        return fn(*args, secrets=secrets, **kwargs)
+
+    out: Any = wrapper
+    out = click.option(
+        "--fscrypt-metadata",
+        "fscrypt_metadata",
+        multiple=True,
+        type=click.Path(file_okay=False, exists=True, path_type=str),
+        help=(
+            "Also read fscrypt protectors and policies from DIR (a .fscrypt directory or "
+            "the root holding one), e.g. the root filesystem's for login protectors."
+        ),
+    )(out)
+    out = click.option(
+        "--protector-key",
+        "protector_keys",
+        multiple=True,
+        metavar="FILE",
+        help="A 32-byte raw key of an fscrypt raw_key protector (repeatable).",
+    )(out)
+    out = click.option(
+        "--passphrase-file",
+        type=click.Path(dir_okay=False, path_type=str),
+        help=f"Read the fscrypt or e4crypt passphrase from FILE (or set {ENV_PASSPHRASE}).",
+    )(out)
+    out = click.option(
+        "--passphrase",
+        is_flag=True,
+        help=(
+            "Unlock with an fscrypt passphrase (custom or login protector in .fscrypt) or "
+            "an e4crypt passphrase; asked for on the terminal."
+        ),
+    )(out)
+    return out  # type: ignore[no-any-return]
+
+
+def read_passphrase(secrets: SecretOptions) -> bytes | None:
+    """The passphrase: from ``--passphrase-file``, the environment, or a prompt."""
+    if secrets.passphrase_file:
+        try:
+            with open(secrets.passphrase_file, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise KeyProblem(
+                f"cannot read passphrase file {secrets.passphrase_file}: {exc.strerror}"
+            ) from None
+        # One trailing newline is the file's, not the passphrase's.
+        return data[:-1] if data.endswith(b"\n") else data
+    env = os.environb.get(ENV_PASSPHRASE.encode())
+    if env is not None:
+        return env
+    if not secrets.passphrase:
+        return None
+    if not sys.stdin.isatty():
+        line = sys.stdin.buffer.readline()
+        return line[:-1] if line.endswith(b"\n") else line
+    answer: str = click.prompt("fscrypt passphrase", hide_input=True, err=True)
+    return os.fsencode(answer)
+
+
+def add_secret_keys(
+    loaded: LoadedKeys,
+    secrets: SecretOptions,
+    own_metadata: Callable[[], FscryptMetadata],
+    *,
+    e4crypt_salt: bytes | None = None,
+) -> None:
+    """Unlock what ``secrets`` can unlock and add the master keys to ``loaded``.
+
+    ``own_metadata`` reads the source's own ``.fscrypt`` (called only when needed);
+    ``--fscrypt-metadata`` directories are added to it.
+    """
+    if not secrets:
+        return
+    metadata = own_metadata()
+    for directory in secrets.fscrypt_metadata:
+        metadata.merge(metadata_from_dir(directory))
+    for path in secrets.protector_keys:
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as exc:
+            raise KeyProblem(f"cannot read protector key {path}: {exc.strerror}") from None
+        if len(raw) != 32:
+            raise KeyProblem(f"protector key {path} holds {len(raw)} bytes; it must be 32")
+        for key in metadata.keys_for_raw_key(raw):
+            loaded.ring.add(key)
+    passphrase = read_passphrase(secrets)
+    if passphrase is not None:
+        keys, _notes = passphrase_keys(passphrase, metadata, e4crypt_salt=e4crypt_salt)
+        for key in keys:
+            loaded.ring.add(key)
+
+
+def add_image_secrets(loaded: LoadedKeys, secrets: SecretOptions, fs: Filesystem) -> None:
+    """``add_secret_keys`` for an image: its own ``/.fscrypt`` and e4crypt salt."""
+    add_secret_keys(
+        loaded,
+        secrets,
+        lambda: metadata_from_image(Namespace(fs)),
+        e4crypt_salt=fs.sb.s_encrypt_pw_salt,
+    )
+
+
+def no_secrets_for_snapshots(secrets: SecretOptions) -> None:
+    if secrets:
+        raise click.UsageError(
+            "--passphrase and --protector-key with a snapshot work for cat and restore only"
+        )
