@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 
 from cipherdump import __version__
-from cipherdump.cli import keyopts, render, repo_cmds
+from cipherdump.cli import clone_cmd, keyopts, render, repo_cmds, restore_cmd
 from cipherdump.engine.describe import (
     data_unit_size,
     fs_info,
@@ -146,6 +146,7 @@ def info(image: str, as_json: bool) -> None:
 @click.option("-R", "recursive", is_flag=True, help="List subdirectories recursively.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @keyopts.key_options
+@keyopts.secret_options
 @repo_cmds.snapshot_options
 @one_line_errors
 def ls(
@@ -156,6 +157,7 @@ def ls(
     as_json: bool,
     keys: tuple[str, ...],
     key_dirs: tuple[str, ...],
+    secrets: keyopts.SecretOptions,
     repo: str | None,
     password_file: str | None,
 ) -> None:
@@ -170,10 +172,12 @@ def ls(
     """
     if repo:
         repo_cmds.no_keys_for_snapshots(keys, key_dirs)
+        keyopts.no_secrets_for_snapshots(secrets)
         return repo_cmds.ls_snapshot(repo, password_file, image, path, long, recursive, as_json)
     problems = 0
     loaded = keyopts.load_keys(keys, key_dirs)
     with _open(image) as fs:
+        keyopts.add_image_secrets(loaded, secrets, fs)
         ns = keyopts.namespace(fs, loaded)
         top = ns.resolve(_path_arg(path))
         if not top.inode.is_dir:
@@ -209,6 +213,7 @@ def ls(
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @keyopts.key_options
+@keyopts.secret_options
 @repo_cmds.snapshot_options
 @one_line_errors
 def stat_cmd(
@@ -217,6 +222,7 @@ def stat_cmd(
     as_json: bool,
     keys: tuple[str, ...],
     key_dirs: tuple[str, ...],
+    secrets: keyopts.SecretOptions,
     repo: str | None,
     password_file: str | None,
 ) -> None:
@@ -227,9 +233,11 @@ def stat_cmd(
     """
     if repo:
         repo_cmds.no_keys_for_snapshots(keys, key_dirs)
+        keyopts.no_secrets_for_snapshots(secrets)
         return repo_cmds.stat_snapshot(repo, password_file, image, path, as_json)
     loaded = keyopts.load_keys(keys, key_dirs)
     with _open(image) as fs:
+        keyopts.add_image_secrets(loaded, secrets, fs)
         ns = keyopts.namespace(fs, loaded)
         node = ns.resolve(_path_arg(path))
         rec = stat_record(ns, node)
@@ -265,6 +273,7 @@ def stat_cmd(
     help="Write the stored bytes in whole data units (ciphertext of encrypted files).",
 )
 @keyopts.key_options
+@keyopts.secret_options
 @repo_cmds.snapshot_options
 @one_line_errors
 def cat(
@@ -273,6 +282,7 @@ def cat(
     ciphertext: bool,
     keys: tuple[str, ...],
     key_dirs: tuple[str, ...],
+    secrets: keyopts.SecretOptions,
     repo: str | None,
     password_file: str | None,
 ) -> None:
@@ -285,10 +295,14 @@ def cat(
     snapshot.
     """
     if repo:
-        repo_cmds.no_keys_for_snapshots(keys, key_dirs)
+        if not ciphertext and (keys or key_dirs or secrets):
+            return restore_cmd.cat_snapshot_keyed(
+                repo, password_file, image, path, keys, key_dirs, secrets
+            )
         return repo_cmds.cat_snapshot(repo, password_file, image, path, ciphertext)
     loaded = keyopts.load_keys(keys, key_dirs)
     with _open(image) as fs:
+        keyopts.add_image_secrets(loaded, secrets, fs)
         ns = keyopts.namespace(fs, loaded)
         node = ns.resolve(_path_arg(path))
         inode = node.inode
@@ -338,6 +352,7 @@ _ZEROS = bytes(1 << 20)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary object.")
 @click.option("-v", "--verbose", is_flag=True, help="Print each path as it is written.")
 @keyopts.key_options
+@keyopts.secret_options
 @one_line_errors
 def extract_cmd(
     image: str,
@@ -347,6 +362,7 @@ def extract_cmd(
     verbose: bool,
     keys: tuple[str, ...],
     key_dirs: tuple[str, ...],
+    secrets: keyopts.SecretOptions,
 ) -> None:
     """Write a plaintext copy of PATH of IMAGE to DEST, decrypting with --key.
 
@@ -363,6 +379,7 @@ def extract_cmd(
             click.echo(render.show_bytes(ev.path), err=as_json)
 
     with _open(image) as fs:
+        keyopts.add_image_secrets(loaded, secrets, fs)
         ns = keyopts.namespace(fs, loaded)
         if not isinstance(ns, KeyedNamespace):
             ns = KeyedNamespace(fs, loaded.ring)
@@ -388,6 +405,16 @@ for _command in repo_cmds.COMMANDS:
     assert _command.callback is not None
     _command.callback = one_line_errors(_command.callback)
     cli.add_command(_command)
+
+# restore: plaintext with keys (--target) or an image (--to-image).
+assert restore_cmd.restore_cmd.callback is not None
+restore_cmd.restore_cmd.callback = one_line_errors(restore_cmd.restore_cmd.callback)
+cli.add_command(restore_cmd.restore_cmd)
+
+# clone: image to image through the offline writer.
+assert clone_cmd.clone_cmd.callback is not None
+clone_cmd.clone_cmd.callback = one_line_errors(clone_cmd.clone_cmd.callback)
+cli.add_command(clone_cmd.clone_cmd)
 
 
 def main() -> None:

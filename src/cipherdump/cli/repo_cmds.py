@@ -28,7 +28,7 @@ from cipherdump.engine.backup import (
     snapshot_summary,
 )
 from cipherdump.engine.namespace import Problem
-from cipherdump.engine.nodeattrs import int_attr
+from cipherdump.engine.nodeattrs import VOLATILE_ATTRS, int_attr
 from cipherdump.engine.snapshot_view import SnapNode, SnapshotView
 from cipherdump.errors import (
     CipherdumpError,
@@ -393,7 +393,7 @@ def _iter_diff(
 
 def _meta(node: SnapNode) -> dict[str, Any]:
     # The listing position and atime are not changes a user means by "modified".
-    return {k: v for k, v in node.attrs.items() if k not in ("order", "atime_ns", "ls")}
+    return {k: v for k, v in node.attrs.items() if k not in VOLATILE_ATTRS}
 
 
 @click.command()

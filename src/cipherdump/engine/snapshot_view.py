@@ -161,6 +161,10 @@ class SnapshotView:
             trail.append(node)
         return node
 
+    def lookup(self, parent: SnapNode, part: bytes) -> SnapNode:
+        """The child ``part`` of ``parent``: display, raw or no-key name (NotFoundError)."""
+        return self._lookup(parent, part)
+
     def _lookup(self, parent: SnapNode, part: bytes) -> SnapNode:
         kids = self.children(parent)
         for kid in kids:
