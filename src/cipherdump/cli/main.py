@@ -245,23 +245,8 @@ def stat_cmd(
     if as_json:
         click.echo(render.dumps(rec))
         return
-    for key, value in render.jsonable(rec).items():
-        if key == "extents":
-            click.echo("extents:")
-            for r in value:
-                where = "hole" if r["pblk"] is None else f"-> {r['pblk']}"
-                flag = " unwritten" if r["unwritten"] else ""
-                click.echo(f"  {r['lblk']}+{r['length']} {where}{flag}")
-        elif key == "context":
-            click.echo("context:")
-            for k, v in value.items():
-                click.echo(f"  {k}: {v}")
-        elif key == "xattrs":
-            click.echo("xattrs:")
-            for x in value:
-                click.echo(f"  {x['name']} ({x['where']}): {x['value_hex']}")
-        else:
-            click.echo(f"{key}: {value}")
+    for line in render.stat_lines(rec):
+        click.echo(line)
 
 
 @cli.command()

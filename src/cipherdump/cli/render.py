@@ -86,3 +86,26 @@ def long_line(rec: dict[str, Any]) -> str:
     if "target" in rec:
         line += " -> " + show_bytes(rec["target"])
     return line
+
+
+def stat_lines(rec: dict[str, Any]) -> list[str]:
+    """``stat`` without ``--json``: one ``key: value`` line a field, lists indented."""
+    lines: list[str] = []
+    for key, value in jsonable(rec).items():
+        if key == "extents":
+            lines.append("extents:")
+            for r in value:
+                where = "hole" if r.get("pblk") is None else f"-> {r['pblk']}"
+                flag = " unwritten" if r.get("unwritten") else ""
+                lines.append(f"  {r['lblk']}+{r['length']} {where}{flag}")
+        elif key == "context":
+            lines.append("context:")
+            lines.extend(f"  {k}: {v}" for k, v in value.items())
+        elif key == "xattrs":
+            lines.append("xattrs:")
+            for x in value:
+                where = f" ({x['where']})" if x.get("where") else ""
+                lines.append(f"  {x['name']}{where}: {x['value_hex']}")
+        else:
+            lines.append(f"{key}: {value}")
+    return lines

@@ -524,22 +524,8 @@ def stat_snapshot(
     if as_json:
         click.echo(render.dumps(rec))
         return
-    for key, value in render.jsonable(rec).items():
-        if key == "extents":
-            click.echo("extents:")
-            for r in value:
-                flag = " unwritten" if r["unwritten"] else ""
-                click.echo(f"  {r['lblk']}+{r['length']} -> {r['pblk']}{flag}")
-        elif key == "context":
-            click.echo("context:")
-            for k, v in value.items():
-                click.echo(f"  {k}: {v}")
-        elif key == "xattrs":
-            click.echo("xattrs:")
-            for x in value:
-                click.echo(f"  {x['name']}: {x['value_hex']}")
-        else:
-            click.echo(f"{key}: {value}")
+    for line in render.stat_lines(rec):
+        click.echo(line)
 
 
 def cat_snapshot(
