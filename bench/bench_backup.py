@@ -3,6 +3,8 @@
 Run as root (it makes an fscrypt-encrypted ext4 image with the running kernel)::
 
     sudo python bench/bench_backup.py [--data-mib 1024] [--files 30000] [--workdir DIR]
+    sudo python bench/bench_backup.py --small        # 200 MiB in 5 000 files, under a minute
+    sudo python bench/bench_backup.py --small --reuse --profile /tmp/prof  # cProfile each backup
 
 Steps, all in one run so the ratios compare like with like on this machine:
 
@@ -37,6 +39,19 @@ import kernelfs
 
 MiB = 1 << 20
 CLI = [sys.executable, "-c", "from cipherdump.cli.main import main; main()"]
+SMALL = {"data_mib": 200, "files": 5000}
+
+
+def cli(profile: Path | None, name: str) -> list[str]:
+    """The CLI command line, under cProfile (stats in ``profile/name.prof``) if asked."""
+    if profile is None:
+        return CLI
+    out = profile / f"{name}.prof"
+    code = (
+        "import cProfile; from cipherdump.cli.main import main; "
+        f"cProfile.run('main()', {str(out)!r})"
+    )
+    return [sys.executable, "-c", code]
 
 
 def drop_caches() -> None:
@@ -138,23 +153,45 @@ def change_one_percent(image: Path, key: bytes, data_bytes: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-mib", type=int, default=1024)
-    parser.add_argument("--files", type=int, default=30000)
-    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/cipherdump-bench"))
+    parser.add_argument("--data-mib", type=int, default=None, help="Default 1024.")
+    parser.add_argument("--files", type=int, default=None, help="Default 30000.")
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help=f"A quick run: {SMALL['data_mib']} MiB in {SMALL['files']} files "
+        "(own default workdir).",
+    )
+    parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--reuse", action="store_true", help="Reuse the workdir's image.")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="Write cProfile stats of each backup here."
+    )
     parser.add_argument("--json", action="store_true", help="Print the figures as JSON.")
     args = parser.parse_args()
+    size = SMALL if args.small else {"data_mib": 1024, "files": 30000}
+    args.data_mib = args.data_mib or size["data_mib"]
+    args.files = args.files or size["files"]
+    if args.workdir is None:
+        suffix = "-small" if args.small else ""
+        args.workdir = Path(f"/var/tmp/cipherdump-bench{suffix}")
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         raise SystemExit("run as root: the image is made by the kernel")
 
     work: Path = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     image, repo = work / "bench.img", work / "repo"
+    # The run changes the image; --reuse starts again from the copy kept as built.
+    pristine = work / "bench-as-built.img"
     key = kernelfs.master_key_from_label("cipherdump bench key")
     t0 = time.perf_counter()
-    if not (args.reuse and image.exists()):
+    if not (args.reuse and pristine.exists() and (work / "facts.json").exists()):
         facts = build_image(image, args.data_mib, args.files, key)
         (work / "facts.json").write_text(json.dumps(facts))
+        shutil.copyfile(image, pristine)
+    else:
+        shutil.copyfile(pristine, image)
     facts = json.loads((work / "facts.json").read_text())
     build_s = time.perf_counter() - t0
     shutil.rmtree(repo, ignore_errors=True)
@@ -167,11 +204,15 @@ def main() -> None:
         ["dd", f"if={image}", "iflag=direct", "bs=4M", "of=/dev/null", "status=none"], env
     )
     drop_caches()
-    full_s, full_rss, out = measure([*CLI, "backup", "--json", str(image)], env)
+    full_s, full_rss, out = measure(
+        [*cli(args.profile, "full"), "backup", "--json", str(image)], env
+    )
     full = json.loads(out)
     changed = change_one_percent(image, key, facts["data_bytes"])
     drop_caches()
-    inc_s, inc_rss, out = measure([*CLI, "backup", "--json", str(image)], env)
+    inc_s, inc_rss, out = measure(
+        [*cli(args.profile, "incremental"), "backup", "--json", str(image)], env
+    )
     inc = json.loads(out)
     check_s, _, _ = measure([*CLI, "check"], env)
 

@@ -159,6 +159,11 @@ def test_incremental_backup_follows_kernel_changes(
     assert_ciphertext_is_on_disk(view2, image, kernel2)
     # The first snapshot still lists the first state.
     assert set(_snapshot_listing(view1)) == set(kernel1)
+    # Nodes reused from the parent (as encoded) are exactly those a fresh backup makes.
+    with open_filesystem(str(image)) as fs:
+        fresh = backup(repo, fs, BackupOptions(source_name=str(image), no_parent=True))
+    assert fresh.snapshot.tree == second.snapshot.tree
+    assert fresh.snapshot.attrs["dirs"] == second.snapshot.attrs["dirs"]
     report = repo.check(read_data=True)
     assert report.ok, report.text()
     repo.close()

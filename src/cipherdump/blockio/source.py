@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -89,6 +90,13 @@ class FileSource(_Closing):
         if length == 0 or offset >= self._size:
             return b""
         return os.pread(self._fd, min(length, self._size - offset), offset)
+
+    def prefetch(self, offset: int, length: int) -> None:
+        """Ask the kernel to start reading ``[offset, offset + length)`` now, so a
+        later :meth:`read_at` of it need not wait (a hint; errors are ignored)."""
+        if self._fd >= 0 and length > 0:
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self._fd, offset, length, os.POSIX_FADV_WILLNEED)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -12,7 +12,11 @@ default the latest one of the same filesystem UUID and path), a directory whose 
 and child inodes are byte-for-byte unchanged reuses its tree unread (only its child
 directories are walked); in any other directory a regular file whose inode number,
 generation, ctime, mtime, size and extent map match reuses the parent's chunk list
-without reading a byte, and its metadata is taken afresh from the inode.
+without reading a byte, and its metadata is taken afresh from the inode.  Where the
+entry and every on-disk byte its node is made from are unchanged (its *source key*, see
+``entries_key``), the parent's encoded node is reused as it is, without decoding it or
+describing the inode again, so unchanged files in changed directories cost little more
+than reading their inodes.
 
 The engine never prints: progress and per-object problems go to callbacks.
 """
@@ -21,10 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import queue
 import socket
 import struct
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -50,10 +56,11 @@ from cipherdump.ondisk.inode import (
 from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_ENCRYPTION
 from cipherdump.repo import BlobType, Id, Node, Repository, Snapshot
 from cipherdump.repo import FileType as RepoFileType
-from cipherdump.repo.codec import Value
-from cipherdump.repo.tree import Tree, encode_tree
+from cipherdump.repo.codec import Value, decode, encode
+from cipherdump.repo.tree import NodeSpan, join_nodes
 
 SNAPSHOT_FORMAT = 1
+_PREFETCH_BYTES = 64 << 20
 _PROGRESS_EVERY_S = 0.1
 
 
@@ -189,8 +196,23 @@ def find_parent(
 
 # Bits of a directory's i_flags that decide how its entries are shown (no-key names).
 _NAME_FLAGS = EXT4_ENCRYPT_FL | EXT4_INDEX_FL | EXT4_INLINE_DATA_FL | EXT4_CASEFOLD_FL
-_KEY_VERSION = 1
+# 2: the entries key hashes each entry's source key (see entries_key).
+_KEY_VERSION = 2
 _ENTRY = struct.Struct("<IIBB")
+_HASH = struct.Struct("<II")
+
+
+@dataclass(frozen=True, slots=True)
+class _Same:
+    """An entry of a changed directory whose node is the parent's, reused as encoded."""
+
+    entry: Entry
+    inode: Inode
+    span: NodeSpan
+
+    @property
+    def raw_name(self) -> bytes:
+        return self.entry.name
 
 
 @dataclass(slots=True)
@@ -204,15 +226,45 @@ class _Frame:
 
     node: NsNode
     attrs: dict[str, Value]
-    kids: list[NsNode | Problem]
+    kids: list[NsNode | Problem | _Same]
     key: bytes | None = None
     reuse: DirRecord | None = None
     orders: dict[bytes, int] = field(default_factory=dict)
-    nodes: dict[bytes, Node] = field(default_factory=dict)
+    nodes: dict[bytes, Node | bytes] = field(default_factory=dict)
+    # Per entry position, the source key of its node (see entries_key); empty if the
+    # entries could not all be read.
+    sources: list[bytes] = field(default_factory=list)
+    # Encoded nodes of the parent's tree whose source key is unchanged, by name.
+    reusable: dict[bytes, NodeSpan] = field(default_factory=dict)
     census: Census = field(default_factory=dict)
     files: int = 0
     errors: int = 0
     pos: int = 0
+
+
+class _Prefetcher:
+    """Passes read-ahead hints to the source from a thread of its own: the hint system
+    call costs tens of microseconds a file, and the walk need not wait for it."""
+
+    def __init__(self, hint: Callable[[int, int], None]) -> None:
+        self._hint = hint
+        self._queue: queue.SimpleQueue[list[tuple[int, int]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
+        self._thread.start()
+
+    def put(self, ranges: list[tuple[int, int]]) -> None:
+        if ranges:
+            self._queue.put(ranges)
+
+    def close(self) -> None:
+        """Stop after the hints already queued; returns once the thread is gone."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (ranges := self._queue.get()) is not None:
+            for offset, length in ranges:
+                self._hint(offset, length)
 
 
 class _Backup:
@@ -247,6 +299,32 @@ class _Backup:
         self._inodes_done = 0
         self._bytes_done = 0
         self._last_progress = 0.0
+        # Policy census keys of encoded context attrs, by all but their nonce.
+        self._policy_keys: dict[bytes, bytes] = {}
+        # Set while run_walk runs, if the source takes read-ahead hints.
+        self._prefetcher: _Prefetcher | None = None
+        # What every source key starts from: the facts of this run and filesystem that
+        # change how any inode is described.
+        self._source_base = hashlib.blake2b(
+            repr(
+                (
+                    _KEY_VERSION,
+                    NODE_ATTRS_VERSION,
+                    self.chunk_size,
+                    fs.block_size,
+                    sb.cluster_size,
+                    sb.s_hash_seed,
+                    sb.s_flags,
+                    sb.s_def_hash_version,
+                    sb.s_feature_compat,
+                    sb.s_feature_incompat,
+                    sb.s_feature_ro_compat,
+                    sb.s_encoding,
+                    sb.s_encoding_flags,
+                )
+            ).encode(),
+            digest_size=16,
+        )
 
     # -- events ---------------------------------------------------------------------
     def problem(self, path: bytes, err: CipherdumpError, frame: _Frame | None = None) -> None:
@@ -326,6 +404,11 @@ class _Backup:
         extents = [[r.lblk, r.length, r.pblk, r.unwritten] for r in ino.runs if r.pblk is not None]
         if extents:
             attrs["extents"] = extents
+        if ino.type is not FileType.SYMLINK:
+            # Only a symlink's record (its target, and the size Linux shows for an
+            # encrypted one) can differ from the one derived from the fields above:
+            # every other field of node_record is one of them by construction.
+            return attrs
         try:
             rec = node_record(self.ns, kid)
         except CipherdumpError as err:
@@ -349,7 +432,7 @@ class _Backup:
         self._inodes_done += 1
         return True
 
-    def classify_file(self, ino: Inode, fp: bytes) -> bool:
+    def classify_file(self, ino: Inode, attrs: Mapping[str, Value]) -> bool:
         """Count a non-directory as new, changed or unchanged; True if unchanged."""
         s = self.stats
         parent = self.parent
@@ -359,7 +442,7 @@ class _Backup:
                 s.files_removed += 1  # the number now belongs to a new inode
             s.files_new += 1
             return False
-        if before[0] == fp:
+        if before[0] == fingerprint(attrs):
             s.files_unchanged += 1
             return True
         s.files_changed += 1
@@ -420,9 +503,11 @@ class _Backup:
     def make_node(self, kid: NsNode, order: int, frame: _Frame) -> Node:
         """A non-directory's node (directories get theirs when their tree is done)."""
         attrs = self.attrs_of(kid, order, frame.census)
+        if order < len(frame.sources):
+            attrs["source"] = frame.sources[order]
         ino = kid.inode
         first = self.first_visit(ino.ino)
-        unchanged = self.classify_file(ino, fingerprint(attrs)) if first else False
+        unchanged = self.classify_file(ino, attrs) if first else False
         content: tuple[Id, ...] = ()
         if ino.type is FileType.FILE and not ino.has_inline_data:
             chunks, content = self.file_data(kid, unchanged, first)
@@ -432,8 +517,67 @@ class _Backup:
         self.progress(kid.path)
         return Node(kid.raw_name, ino.type.value, content=content, attrs=attrs)
 
-    def save_tree(self, nodes: Iterator[Node]) -> Id:
-        data = encode_tree(Tree.of(nodes))
+    def reuse_node(self, kid: _Same, order: int, frame: _Frame) -> bytes:
+        """The parent's encoded node of an entry whose source key is unchanged: the node
+        made now would be byte for byte the same but for its position (``order``), so
+        only that is patched and the counts kept."""
+        child, span = kid.inode, kid.span
+        if self.first_visit(child.ino):
+            self.stats.files_unchanged += 1
+            if child.is_file and not child.has_inline_data:
+                bs = self.fs.block_size
+                stored = -(-child.size // bs) * bs  # as in reuse_dir
+                self.stats.bytes_reused += stored
+                self._bytes_done += stored
+            if child.links > 1 and child.is_file:
+                self.remember_links(child.ino, span)
+        context = span.attr(b"context")
+        if context is not None and child.is_encrypted:
+            self.count_context(frame.census, context)
+        self.progress(frame.node.path)
+        position = encode(order)
+        if span.attr(b"order") == position:
+            return span.data
+        return span.with_attr(b"order", position)
+
+    def remember_links(self, ino: int, span: NodeSpan) -> None:
+        """Keep the chunks of a hard-linked file whose node was reused, as file_data
+        does for one it describes, so that its other links are not read again."""
+        node = decode(span.data, "tree node")
+        if not isinstance(node, Mapping):
+            return
+        attrs, content = node.get("attrs"), node.get("content", ())
+        chunks = attrs.get("chunks", ()) if isinstance(attrs, Mapping) else ()
+        if (
+            isinstance(content, tuple)
+            and isinstance(chunks, tuple)
+            and len(chunks) == len(content)
+            and all(isinstance(c, bytes) and len(c) == 32 for c in content)
+            and all(isinstance(c, int) for c in chunks)
+        ):
+            self._links[ino] = (
+                tuple(c for c in chunks if isinstance(c, int)),
+                tuple(Id(c) for c in content if isinstance(c, bytes)),
+            )
+
+    def count_context(self, census: Census, encoded: bytes) -> None:
+        """Count an encoded ``context`` attr in ``census`` as :meth:`PolicyCensus.add`
+        does.  The policy a context decodes to does not depend on its nonce (the last
+        16 bytes of every context version), so it is decoded once per policy."""
+        key: bytes | str | None = self._policy_keys.get(encoded[:-16])
+        if key is None:
+            value = decode(encoded, "context attr")
+            if not isinstance(value, bytes):
+                return
+            probe: Census = {}
+            self.census.add(probe, value)
+            (key,) = probe
+            if isinstance(key, bytes):  # decoded: the same for every nonce
+                self._policy_keys[encoded[:-16]] = key
+        census[key] = census.get(key, 0) + 1
+
+    def save_tree(self, nodes: Iterable[tuple[bytes, Node | bytes]]) -> Id:
+        data = join_nodes(nodes)
         tree_id, new = self.repo.add_blob(BlobType.TREE, data, compress=True)
         if new:
             self.stats.bytes_added += len(data)
@@ -441,27 +585,45 @@ class _Backup:
         return tree_id
 
     # -- directories --------------------------------------------------------------------
-    def entries_key(self, directory: Inode) -> tuple[bytes, list[tuple[Entry, Inode]]]:
-        """The hash of everything the directory's tree is made of but child subtrees."""
+    def entries_key(self, directory: Inode) -> tuple[bytes, list[tuple[Entry, Inode]], list[bytes]]:
+        """(entries key, entries with their inodes, source key of each entry).
+
+        An entry's *source key* hashes every on-disk byte its node is made from: the
+        entry, the child's raw inode, xattr block and symlink block, the
+        bits of the directory that decide no-key names, and the filesystem facts that
+        change how an inode reads.  Equal source keys mean equal nodes, apart from
+        the position (``order``) and a directory's subtree.  The entries key
+        (everything the directory's tree is made of but child subtrees) hashes the
+        directory's facts and every source key in entry order.
+        """
         fs = self.fs
-        h = hashlib.blake2b(digest_size=16)
         dx = dx_hash_version(directory, fs.sb.s_def_hash_version) if directory.is_indexed_dir else 0
-        facts = (_KEY_VERSION, self.chunk_size, directory.flags & _NAME_FLAGS, directory.size, dx)
-        h.update(repr(facts).encode())
+        flags = directory.flags & _NAME_FLAGS
+        facts = (_KEY_VERSION, self.chunk_size, flags, directory.size, dx)
+        h = hashlib.blake2b(repr(facts).encode(), digest_size=16)
+        base = self._source_base.copy()
+        base.update(repr((flags, directory.size == fs.block_size, dx)).encode())
         kids: list[tuple[Entry, Inode]] = []
+        sources: list[bytes] = []
+        pack_entry, pack_hash = _ENTRY.pack, _HASH.pack
         for e in directory.entries():
             child = fs.inode(e.ino)
             stored = e.hash or (0, 0)
-            h.update(_ENTRY.pack(e.ino, len(e.name), e.file_type, e.hash is not None))
-            h.update(e.name)
-            h.update(struct.pack("<II", *stored))
-            h.update(child.raw.raw)
-            if child.raw.i_file_acl:
-                h.update(fs.read_block(child.raw.i_file_acl))
+            k = base.copy()
+            k.update(pack_entry(e.ino, len(e.name), e.file_type, e.hash is not None))
+            k.update(e.name)
+            k.update(pack_hash(*stored))
+            raw = child.raw
+            k.update(raw.raw)
+            if raw.i_file_acl:
+                k.update(fs.read_block(raw.i_file_acl))
             if child.is_symlink and not child.is_fast_symlink and not child.has_inline_data:
-                h.update(child.symlink_storage())
+                k.update(child.symlink_storage())
+            source = k.digest()
+            h.update(source)
+            sources.append(source)
             kids.append((e, child))
-        return h.digest(), kids
+        return h.digest(), kids, sources
 
     def open_dir(self, node: NsNode, order: int, depth: int, outer: _Frame | None) -> _Frame:
         # In a reused directory the census of its entries is the parent's; do not recount.
@@ -484,22 +646,134 @@ class _Backup:
         self.seen_dirs.add(ino.ino)
         try:
             # Kept for the next run even when not compared now (first or forced run).
-            frame.key, kids = self.entries_key(ino)
+            frame.key, kids, frame.sources = self.entries_key(ino)
         except CipherdumpError:
             frame.key, kids = None, []  # listed below, one problem per bad entry
-        if frame.key is not None and self.parent is not None and not self.options.force_reread:
-            rec = self.parent.dir_record(ino.ino, ino.generation)
+        parent = self.parent
+        if frame.key is not None and parent is not None and not self.options.force_reread:
+            rec = parent.dir_record(ino.ino, ino.generation)
             if rec is not None and rec.key == frame.key:
                 self.reuse_dir(frame, rec, kids)
                 return frame
         try:
-            if self.parent is not None:
-                self.parent.load_dir(ino.ino)
-            frame.kids = list(self.ns.iter_children(node))
+            if parent is not None:
+                self.load_parent_dir(parent, frame, kids)
+            if frame.reusable:
+                frame.kids = self.list_with_reuse(frame, kids)
+            else:
+                frame.kids = list(self.ns.iter_children(node))
+            self.prefetch_data(frame, kids)
         except CipherdumpError as err:
             attrs["list_error"] = str(err)
             self.problem(node.path, err, frame)
         return frame
+
+    def load_parent_dir(
+        self, parent: ParentIndex, frame: _Frame, kids: list[tuple[Entry, Inode]]
+    ) -> None:
+        """Find the parent's nodes of a changed directory: those of unchanged entries
+        to reuse as encoded, the others indexed for the per-file comparison."""
+        ino = frame.node.inode
+        spans = None
+        if frame.sources and not self.options.force_reread:
+            spans = parent.split_dir(ino.ino)
+        if spans is None:
+            parent.load_dir(ino.ino)
+            return
+        if parent.dir_record(ino.ino, ino.generation) is None:
+            parent.index_spans(spans)  # another directory under the same number
+            return
+        wanted = {
+            e.name: source
+            for (e, child), source in zip(kids, frame.sources, strict=True)
+            if not child.is_dir
+        }
+        others: list[NodeSpan] = []
+        for span in spans:
+            source = span.attr(b"source")
+            if (
+                source is not None
+                and span.kind != b"dir"
+                and source[2:] == wanted.get(span.name)
+                and source[:2] == b"\x04\x10"
+                and span.attr(b"order") is not None
+            ):
+                frame.reusable[span.name] = span
+            else:
+                others.append(span)
+        parent.index_spans(others)
+
+    def prefetch_data(self, frame: _Frame, kids: list[tuple[Entry, Inode]]) -> None:
+        """Have the kernel start reading the data this directory's files will need, so
+        that reading it overlaps describing, hashing and sealing what comes before.
+
+        Only files that will be read (new to the parent), and at most
+        :data:`_PREFETCH_BYTES` per directory (big files are read sequentially and get
+        the kernel's own readahead).
+        """
+        if self._prefetcher is None:
+            return
+        ranges: list[tuple[int, int]] = []
+        prefetch = ranges.append
+        parent = self.parent
+        bs = self.fs.block_size
+        budget = _PREFETCH_BYTES
+        start = end = 0
+        for e, child in kids:
+            if (
+                not child.is_file
+                or child.has_inline_data
+                or e.name in frame.reusable
+                or (parent is not None and parent.file(child.ino, child.generation) is not None)
+            ):
+                continue
+            try:
+                runs = child.runs
+            except CipherdumpError:
+                continue  # reported when the file is read
+            for run in runs:
+                if run.pblk is None or run.unwritten:
+                    continue
+                length = min(run.length * bs, budget)
+                offset = run.pblk * bs
+                if offset != end:  # not contiguous with the range being gathered
+                    prefetch((start, end - start))
+                    start = offset
+                end = offset + length
+                budget -= length
+                if budget <= 0:
+                    break
+            if budget <= 0:
+                break
+        prefetch((start, end - start))
+        self._prefetcher.put([r for r in ranges if r[1] > 0])
+
+    def list_with_reuse(
+        self, frame: _Frame, kids: list[tuple[Entry, Inode]]
+    ) -> list[NsNode | Problem | _Same]:
+        """The entries as :meth:`Namespace.iter_children` lists them, but those with a
+        reusable node as :class:`_Same`, which needs no display name."""
+        out: list[NsNode | Problem | _Same] = []
+        directory = frame.node.inode
+        reusable = frame.reusable
+        for e, child in kids:
+            span = reusable.get(e.name)
+            if span is not None and not child.is_dir:
+                out.append(_Same(e, child, span))
+                continue
+            name = self.ns.display_name(directory, e)
+            path = posixpath.join(frame.node.path, name)
+            if not directory.is_encrypted and (b"/" in e.name or b"\0" in e.name):
+                # As iter_children: no path can hold such a name.
+                err = CorruptError(
+                    f"entry name {e.name!r} contains '/' or NUL",
+                    structure="directory entry",
+                    location=f"directory inode {directory.ino}",
+                )
+                out.append(Problem(path, err))
+                continue
+            out.append(NsNode(path, name, e.name, child, directory.is_encrypted, e.hash))
+        return out
 
     def reuse_dir(self, frame: _Frame, rec: DirRecord, kids: list[tuple[Entry, Inode]]) -> None:
         """Take an unchanged directory's entries as they were; walk only its subdirs."""
@@ -535,7 +809,9 @@ class _Backup:
         """Save (or reuse) the directory's tree and record it in the directory table."""
         if frame.reuse is not None:
             same = len(frame.nodes) == len(frame.kids) and all(
-                (rec := self.parent_dir(n)) is not None and n.subtree == rec.tree
+                isinstance(n, Node)
+                and (rec := self.parent_dir(n)) is not None
+                and n.subtree == rec.tree
                 for n in frame.nodes.values()
             )
             if same:
@@ -543,9 +819,9 @@ class _Backup:
             else:
                 # Only subtrees of child directories differ: patch the old tree.
                 old = self.repo.load_tree(frame.reuse.tree)
-                tree_id = self.save_tree(frame.nodes.get(n.name, n) for n in old.nodes)
+                tree_id = self.save_tree((n.name, frame.nodes.get(n.name, n)) for n in old.nodes)
         else:
-            tree_id = self.save_tree(iter(frame.nodes.values()))
+            tree_id = self.save_tree(frame.nodes.items())
         for key, n in frame.census.items():
             self.total_census[key] = self.total_census.get(key, 0) + n
         if frame.key is not None and not frame.errors:
@@ -570,6 +846,17 @@ class _Backup:
 
     def run_walk(self, top: NsNode) -> tuple[Id, dict[str, Value]]:
         """Back up the directory ``top``; returns its tree id and its own attrs."""
+        hint: Callable[[int, int], None] | None = getattr(self.fs.source, "prefetch", None)
+        if hint is not None:
+            self._prefetcher = _Prefetcher(hint)
+        try:
+            return self.walk(top)
+        finally:
+            if self._prefetcher is not None:
+                self._prefetcher.close()
+                self._prefetcher = None
+
+    def walk(self, top: NsNode) -> tuple[Id, dict[str, Value]]:
         stack = [self.open_dir(top, 0, 0, None)]
         while True:
             frame = stack[-1]
@@ -579,6 +866,9 @@ class _Backup:
                 frame.pos += 1
                 if isinstance(kid, Problem):
                     self.problem(kid.path, kid.error, frame)
+                    continue
+                if isinstance(kid, _Same):
+                    self.walk_same(kid, order, frame)
                     continue
                 if kid.raw_name in frame.nodes:
                     err = CorruptError(
@@ -610,6 +900,25 @@ class _Backup:
                 frame.node.raw_name, "dir", subtree=tree_id, attrs=frame.attrs
             )
             self.progress(frame.node.path)
+
+    def walk_same(self, kid: _Same, order: int, frame: _Frame) -> None:
+        """:meth:`run_walk`'s step for an entry whose node is reused as encoded."""
+        err: CipherdumpError
+        if kid.raw_name in frame.nodes:
+            err = CorruptError(
+                "a second entry with the same name",
+                structure="directory entry",
+                location=f"directory inode {frame.node.inode.ino}",
+            )
+        else:
+            frame.files += 1
+            try:
+                frame.nodes[kid.raw_name] = self.reuse_node(kid, order, frame)
+                return
+            except CipherdumpError as caught:
+                err = caught
+        name = self.ns.display_name(frame.node.inode, kid.entry)
+        self.problem(posixpath.join(frame.node.path, name), err, frame)
 
     def ancestors(self, top: NsNode) -> list[Value]:
         """The directories from ``/`` down to ``top``'s parent, metadata and contexts."""

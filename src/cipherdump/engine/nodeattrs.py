@@ -39,6 +39,11 @@ map (codec values; keys absent when they do not apply):
                    order, without ``path``, kept only where it differs from the one made
                    from the fields above (so a snapshot lists exactly as the image did)
 ``ls_error``       why that record could not be made (a listing reports it)
+``source``         16 bytes (non-directories): a hash of every on-disk byte the node is
+                   made from (entry, position, raw inode, xattr and symlink blocks, naming
+                   facts of the directory and filesystem); an incremental backup reuses the
+                   encoded node of an entry whose source is unchanged.  Absent in snapshots
+                   of older versions and where the directory's entries could not all be read.
 ``list_error``     for a directory: why its entries could not be read (a cycle, damage)
 ================== ==========================================================================
 """
@@ -55,6 +60,9 @@ from cipherdump.repo import Id
 from cipherdump.repo.codec import Value
 
 NODE_ATTRS_VERSION = 1
+# Attrs that change without the object changing as a user means it (``diff`` skips
+# them): the listing position, the access time, the listing record, the source hash.
+VOLATILE_ATTRS = frozenset({"order", "atime_ns", "ls", "source"})
 _REF = struct.Struct("<I32s")
 
 

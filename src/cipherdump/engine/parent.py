@@ -9,21 +9,27 @@ Two levels, so that an unchanged directory costs neither decoding nor encoding a
   raw entries, every child's whole raw inode, xattr block and symlink block, the bits
   of the directory that decide no-key names).  An equal key means an equal tree,
   up to the subtrees of child directories.
-* **Trees of changed directories**, decoded when the walk reaches them, index their
-  nodes by inode number: a file whose fingerprint (number, generation, ctime, mtime,
-  size, extent map) is unchanged reuses its chunk list without being read.
+* **Trees of changed directories**, split into encoded nodes when the walk reaches
+  them.  A node whose ``source`` attr (the hash of the entry and of every on-disk byte
+  its node is made from, see :mod:`cipherdump.engine.nodeattrs`) equals the one
+  computed now is reused as encoded, without decoding it or describing the inode
+  again.  The other nodes are decoded and indexed by inode number: a file whose
+  fingerprint (number, generation, ctime, mtime, size, extent map) is unchanged reuses
+  its chunk list without being read.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cipherdump.engine.chunker import DEFAULT_CHUNK_SIZE
 from cipherdump.engine.nodeattrs import fingerprint, int_attr, pack_refs, unpack_refs
-from cipherdump.repo import Id, Repository, Snapshot
-from cipherdump.repo.codec import Value
+from cipherdump.errors import CipherdumpError
+from cipherdump.repo import BlobType, Id, Repository, Snapshot
+from cipherdump.repo.codec import Value, decode, expect_map
+from cipherdump.repo.tree import NodeSpan, split_tree
 
 # ino, generation, files, own fingerprint, entries key, tree id
 _DIR = struct.Struct("<III16s16s32s")
@@ -32,6 +38,8 @@ _DIR_FLAG = b"d"
 _FILE_FLAG = b"-"
 
 Census = dict[bytes | str, int]
+# The attrs an incremental backup needs of a parent node it may reuse as encoded.
+_SPAN_ATTRS = frozenset({b"source", b"context", b"order"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,22 +110,60 @@ class ParentIndex:
             return
         self._loaded.add(rec.tree)
         for node in self._repo.load_tree(rec.tree).nodes:
-            if node.kind == "dir":
-                continue  # directories are in the table
-            ino_ = int_attr(node.attrs, "ino", -1)
-            if ino_ < 0 or ino_ in self._by_ino:
+            if node.kind != "dir":
+                self._index_file(node.attrs, node.content)
+
+    def split_dir(self, ino: int) -> list[NodeSpan] | None:
+        """The parent's tree of directory ``ino`` as encoded nodes, each with its
+        ``source``, ``context`` and ``order`` attrs located (see :func:`split_tree`); None if
+        there is no such tree, it was already loaded, or it cannot be split.
+
+        Nothing is indexed: the caller reuses the nodes of unchanged entries as they
+        are and hands the others to :meth:`index_spans`.
+        """
+        rec = self.dirs.get(ino)
+        if rec is None or rec.tree in self._loaded:
+            return None
+        try:
+            data = self._repo.load_blob(BlobType.TREE, rec.tree)
+            spans = split_tree(data, _SPAN_ATTRS)
+        except CipherdumpError:
+            return None
+        self._loaded.add(rec.tree)
+        return spans
+
+    def index_spans(self, spans: Iterable[NodeSpan]) -> None:
+        """Index the files among ``spans`` as :meth:`load_dir` indexes a whole tree."""
+        for span in spans:
+            if span.kind == b"dir":
                 continue
-            chunks = node.attrs.get("chunks", ())
-            refs = b""
-            if (
-                node.content
-                and isinstance(chunks, tuple)
-                and len(chunks) == len(node.content)
-                and all(isinstance(c, int) for c in chunks)
-            ):
-                refs = pack_refs([c for c in chunks if isinstance(c, int)], node.content)
-            gen = _GEN.pack(int_attr(node.attrs, "generation") & 0xFFFFFFFF)
-            self._by_ino[ino_] = gen + fingerprint(node.attrs) + refs
+            try:
+                node = expect_map(decode(span.data, "tree node"), "tree node")
+            except CipherdumpError:
+                continue
+            attrs = node.get("attrs")
+            content = node.get("content", ())
+            if not isinstance(attrs, Mapping) or not isinstance(content, tuple):
+                continue
+            ids = tuple(Id(c) for c in content if isinstance(c, bytes) and len(c) == 32)
+            if len(ids) == len(content):
+                self._index_file(attrs, ids)
+
+    def _index_file(self, attrs: Mapping[str, Value], content: tuple[Id, ...]) -> None:
+        ino_ = int_attr(attrs, "ino", -1)
+        if ino_ < 0 or ino_ in self._by_ino:
+            return
+        chunks = attrs.get("chunks", ())
+        refs = b""
+        if (
+            content
+            and isinstance(chunks, tuple)
+            and len(chunks) == len(content)
+            and all(isinstance(c, int) for c in chunks)
+        ):
+            refs = pack_refs([c for c in chunks if isinstance(c, int)], content)
+        gen = _GEN.pack(int_attr(attrs, "generation") & 0xFFFFFFFF)
+        self._by_ino[ino_] = gen + fingerprint(attrs) + refs
 
     def file(
         self, ino: int, generation: int

@@ -15,6 +15,7 @@ from cipherdump.errors import ChecksumError, CorruptError
 from cipherdump.ondisk.csum import crc32c_le, inode_csum_seed
 from cipherdump.ondisk.extent import (
     EXT4_MAX_EXTENT_DEPTH,
+    ExtentNode,
     decode_extent_node,
     extent_tail_offset,
 )
@@ -74,8 +75,7 @@ def _extent_runs(inode: Inode) -> list[Run]:
     # memory (a few index blocks can otherwise map billions of logical blocks).
     budget = [fs.sb.s_blocks_count]
 
-    def walk(node_raw: bytes, depth_expected: int | None, lo: int, hi: int, at: str) -> None:
-        node = decode_extent_node(node_raw, at)
+    def walk(node: ExtentNode, depth_expected: int | None, lo: int, hi: int, at: str) -> None:
         if depth_expected is not None and node.eh_depth != depth_expected:
             raise CorruptError(
                 f"depth {node.eh_depth}, expected {depth_expected}",
@@ -127,11 +127,17 @@ def _extent_runs(inode: Inode) -> list[Run]:
             child_at = f"{where} extent block {ix.leaf}"
             if seed is not None:
                 _verify_extent_block(block, seed, child_at)
-            walk(block, node.eh_depth - 1, ix.ei_block, next_lo, child_at)
+            walk(
+                decode_extent_node(block, child_at),
+                node.eh_depth - 1,
+                ix.ei_block,
+                next_lo,
+                child_at,
+            )
 
     if root.eh_depth > EXT4_MAX_EXTENT_DEPTH:
         raise CorruptError("extent tree too deep", structure="extent header", location=where)
-    walk(inode.raw.i_block, None, 0, _MAX_LBLK, where)
+    walk(root, None, 0, _MAX_LBLK, where)  # the root is decoded once
     return out
 
 

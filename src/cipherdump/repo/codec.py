@@ -31,6 +31,11 @@ MAX_DEPTH = 32
 _MAX_VARINT_BYTES = 19  # 19 * 7 = 133 bits: enough for every length and every int.
 
 
+def encode_varint(n: int, out: bytearray) -> None:
+    """Append the varint of ``n`` >= 0 to ``out``."""
+    _varint(n, out)
+
+
 def _varint(n: int, out: bytearray) -> None:
     if n < 0x80:  # The common case: one byte.
         out.append(n)
@@ -90,6 +95,37 @@ _INT_MIN = -(1 << (INT_BITS - 1))
 _INT_MAX = 1 << (INT_BITS - 1)
 
 
+def _encode_scalar(value: object, out: bytearray) -> bool:
+    """Encode an exact int in range or short bytes, the bulk of a tree; False for
+    anything else (left to :func:`_encode`)."""
+    kind = type(value)
+    if kind is int:
+        assert isinstance(value, int)
+        if 0 <= value < 0x40:
+            out.append(_INT)
+            out.append(value << 1)
+            return True
+        if not _INT_MIN <= value < _INT_MAX:
+            return False
+        out.append(_INT)
+        z = (value << 1) ^ (value >> (INT_BITS - 1))
+        while z >= 0x80:
+            out.append((z & 0x7F) | 0x80)
+            z >>= 7
+        out.append(z)
+        return True
+    if kind is bytes:
+        assert isinstance(value, bytes)
+        n = len(value)
+        if n >= 0x80:
+            return False
+        out.append(_BYTES)
+        out.append(n)
+        out += value
+        return True
+    return False
+
+
 def _encode(value: Value, out: bytearray, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise ValueError("value nested too deeply")
@@ -120,16 +156,36 @@ def _encode(value: Value, out: bytearray, depth: int) -> None:
         values = tuple(value.values())
         out.append(_MAP)
         _varint(len(keys), out)
+        if depth >= MAX_DEPTH:  # Values would be too deep: let _encode say so.
+            for index, prefix in plan:
+                out += prefix
+                _encode(values[index], out, depth + 1)
+            return
         for index, prefix in plan:
             out += prefix
-            _encode(values[index], out, depth + 1)
+            item = values[index]
+            if not _encode_scalar(item, out):
+                _encode(item, out, depth + 1)
         return
     if kind is list or kind is tuple:
         assert isinstance(value, list | tuple)
         out.append(_LIST)
         _varint(len(value), out)
+        if depth >= MAX_DEPTH:
+            for item in value:
+                _encode(item, out, depth + 1)
+            return
         for item in value:
-            _encode(item, out, depth + 1)
+            if not _encode_scalar(item, out):
+                _encode(item, out, depth + 1)
+        return
+    if kind is str:
+        assert isinstance(value, str)
+        out.append(_STR)
+        _encode_str(value, out)
+        return
+    if kind is bool:
+        out.append(_TRUE if value else _FALSE)
         return
     if value is None:
         out.append(_NONE)
@@ -180,115 +236,183 @@ def _encode(value: Value, out: bytearray, depth: int) -> None:
         raise TypeError(f"cannot encode {type(value).__name__}")
 
 
-class _Reader:
-    __slots__ = ("data", "pos", "what")
+class _Fail(ValueError):
+    """A decoding failure at ``pos``; :func:`decode` turns it into CorruptError."""
 
-    def __init__(self, data: bytes, what: str) -> None:
-        self.data = data
-        self.pos = 0
-        self.what = what
+    def __init__(self, message: str, pos: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.pos = pos
 
-    def fail(self, message: str) -> CorruptError:
-        return CorruptError(message, structure=self.what, location=f"offset {self.pos}")
 
-    def byte(self) -> int:
-        if self.pos >= len(self.data):
-            raise self.fail("truncated")
-        b = self.data[self.pos]
-        self.pos += 1
-        return b
-
-    def varint(self) -> int:
-        pos = self.pos
-        if pos < len(self.data):
-            b = self.data[pos]
-            if b < 0x80:  # The common case: one byte, canonical by construction.
-                self.pos = pos + 1
-                return b
-        n = shift = 0
-        for i in range(_MAX_VARINT_BYTES):
-            b = self.byte()
-            n |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                if b == 0 and i > 0:
-                    raise self.fail("overlong varint")
-                return n
-        raise self.fail("varint too long")
-
-    def take(self, n: int) -> bytes:
-        if n > len(self.data) - self.pos:
-            raise self.fail("truncated")
-        chunk = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return chunk
-
-    def text(self) -> str:
-        raw = self.take(self.varint())
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise self.fail("invalid UTF-8") from None
-
-    def count(self) -> int:
-        n = self.varint()
-        if n > len(self.data) - self.pos:  # Every element takes at least one byte.
-            raise self.fail("count exceeds data")
-        return n
+def _varint_at(data: bytes, pos: int) -> tuple[int, int]:
+    """(value, position after it) of the varint at ``pos``; canonical only."""
+    n = shift = 0
+    end = len(data)
+    for i in range(_MAX_VARINT_BYTES):
+        if pos >= end:
+            raise _Fail("truncated", pos)
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            if b == 0 and i > 0:
+                raise _Fail("overlong varint", pos)
+            return n, pos
+    raise _Fail("varint too long", pos)
 
 
 def decode(data: bytes, what: str = "value") -> Value:
     """Decode exactly one canonical value filling ``data``."""
-    reader = _Reader(bytes(data), what)
-    value = _decode(reader, 0)
-    if reader.pos != len(reader.data):
-        raise reader.fail("trailing bytes")
+    buf = bytes(data)
+    try:
+        value, pos = _decode(buf, 0, 0)
+        if pos != len(buf):
+            raise _Fail("trailing bytes", pos)
+    except _Fail as fail:
+        raise CorruptError(fail.message, structure=what, location=f"offset {fail.pos}") from None
     return value
 
 
-def _decode(r: _Reader, depth: int) -> Value:
+def _decode(data: bytes, pos: int, depth: int) -> tuple[Value, int]:
+    """(value, position after it).  One function with the one-byte varints inlined:
+    trees are decoded node by node on every incremental backup."""
     if depth > MAX_DEPTH:
-        raise r.fail("nested too deeply")
-    pos = r.pos
-    if pos >= len(r.data):
-        raise r.fail("truncated")
-    tag = r.data[pos]
-    r.pos = pos + 1
-    if tag == _NONE:
-        return None
-    if tag == _FALSE:
-        return False
-    if tag == _TRUE:
-        return True
+        raise _Fail("nested too deeply", pos)
+    end = len(data)
+    if pos >= end:
+        raise _Fail("truncated", pos)
+    tag = data[pos]
+    pos += 1
+    if tag > _MAP:
+        raise _Fail(f"unknown tag 0x{tag:02x}", pos)
+    if tag <= _TRUE:
+        return (None, False, True)[tag], pos
+    if pos < end and data[pos] < 0x80:
+        n = data[pos]
+        pos += 1
+    else:
+        n, pos = _varint_at(data, pos)
     if tag == _INT:
-        z = r.varint()
-        if z >= 1 << INT_BITS:
-            raise r.fail("integer out of range")
-        return (z >> 1) ^ -(z & 1)
-    if tag == _BYTES:
-        return r.take(r.varint())
-    if tag == _STR:
-        return r.text()
+        if n >= 1 << INT_BITS:
+            raise _Fail("integer out of range", pos)
+        return (n >> 1) ^ -(n & 1), pos
+    if tag in (_BYTES, _STR):
+        stop = pos + n
+        if stop > end:
+            raise _Fail("truncated", pos)
+        raw = data[pos:stop]
+        if tag == _BYTES:
+            return raw, stop
+        try:
+            return raw.decode("utf-8"), stop
+        except UnicodeDecodeError:
+            raise _Fail("invalid UTF-8", stop) from None
+    if n > end - pos:  # Every element takes at least one byte.
+        raise _Fail("count exceeds data", pos)
+    depth += 1
     if tag == _LIST:
         items = []
-        for _ in range(r.count()):
-            items.append(_decode(r, depth + 1))
-        return tuple(items)
-    if tag == _MAP:
-        result: dict[str, Value] = {}
-        previous: bytes | None = None
-        for _ in range(r.count()):
-            raw_key = r.take(r.varint())
-            if previous is not None and raw_key <= previous:
-                raise r.fail("map keys not strictly increasing")
+        for _ in range(n):
+            item, pos = _decode(data, pos, depth)
+            items.append(item)
+        return tuple(items), pos
+    result: dict[str, Value] = {}
+    previous = b""
+    for i in range(n):
+        if pos < end and data[pos] < 0x80:
+            klen = data[pos]
+            pos += 1
+        else:
+            klen, pos = _varint_at(data, pos)
+        stop = pos + klen
+        if stop > end:
+            raise _Fail("truncated", pos)
+        raw_key = data[pos:stop]
+        pos = stop
+        if i and raw_key <= previous:
+            raise _Fail("map keys not strictly increasing", pos)
+        key = _KEY_TEXT.get(raw_key)
+        if key is None:
             try:
                 key = raw_key.decode("utf-8")
             except UnicodeDecodeError:
-                raise r.fail("invalid UTF-8") from None
-            previous = raw_key
-            result[key] = _decode(r, depth + 1)
-        return result
-    raise r.fail(f"unknown tag 0x{tag:02x}")
+                raise _Fail("invalid UTF-8", pos) from None
+            if len(_KEY_TEXT) < _KEY_CACHE_MAX:
+                _KEY_TEXT[raw_key] = key
+        previous = raw_key
+        result[key], pos = _decode(data, pos, depth)
+    return result, pos
+
+
+# Decoded map keys: few distinct names, decoded once.
+_KEY_TEXT: dict[bytes, str] = {}
+
+
+def skip(data: bytes, pos: int) -> int:
+    """The position after the value starting at ``pos``, for data already known to be
+    canonical (authenticated and decoded before, or written by this program).
+
+    Walks the structure without building values (lists without recursion); IndexError
+    or ValueError if the data is not a value after all.
+    """
+    left = 1
+    while left:
+        left -= 1
+        tag = data[pos]
+        pos += 1
+        if tag <= _TRUE:
+            continue
+        if tag == _INT:
+            while data[pos] & 0x80:
+                pos += 1
+            pos += 1
+            continue
+        b = data[pos]
+        if b < 0x80:
+            n = b
+            pos += 1
+        else:
+            n, pos = _varint_at(data, pos)
+        if tag in (_BYTES, _STR):
+            pos += n
+            if pos > len(data):
+                raise ValueError("truncated")
+        elif tag == _LIST:
+            left += n
+        elif tag == _MAP:
+            for _ in range(n):
+                b = data[pos]
+                if b < 0x80:
+                    pos += 1 + b
+                else:
+                    klen, pos = _varint_at(data, pos)
+                    pos += klen
+                pos = skip(data, pos)
+        else:
+            raise ValueError(f"unknown tag 0x{tag:02x}")
+    return pos
+
+
+def read_map_key(data: bytes, pos: int) -> tuple[bytes, int]:
+    """(raw key, position of its value) of a map key at ``pos`` (see :func:`skip`)."""
+    b = data[pos]
+    if b < 0x80:
+        return data[pos + 1 : pos + 1 + b], pos + 1 + b
+    klen, pos = _varint_at(data, pos)
+    return data[pos : pos + klen], pos + klen
+
+
+def read_count(data: bytes, pos: int) -> tuple[int, int]:
+    """(varint, position after it) at ``pos`` (see :func:`skip`)."""
+    b = data[pos]
+    if b < 0x80:
+        return b, pos + 1
+    try:
+        return _varint_at(data, pos)
+    except _Fail as fail:
+        raise ValueError(fail.message) from None
 
 
 def expect_map(value: Value, what: str) -> Mapping[str, Value]:

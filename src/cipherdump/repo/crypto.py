@@ -94,9 +94,16 @@ def seal_with(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
     choosing the key, one repository key can seal far more than 2^32 objects without
     any risk of nonce reuse.
     """
+    nonce, body = seal_parts_with(key, plaintext, aad)
+    return nonce + body
+
+
+def seal_parts_with(key: bytes, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+    """:func:`seal_with` as (nonce, ciphertext || tag), for writers that append the two
+    to a file and need not copy the ciphertext once more to join them."""
     nonce = secrets.token_bytes(NONCE_SIZE)
     subkey = blake3.blake3(nonce[:16], key=key).digest(KEY_SIZE)
-    return nonce + ChaCha20Poly1305(subkey).encrypt(b"\0\0\0\0" + nonce[16:], plaintext, aad)
+    return nonce, ChaCha20Poly1305(subkey).encrypt(b"\0\0\0\0" + nonce[16:], plaintext, aad)
 
 
 def open_with(key: bytes, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
@@ -135,6 +142,10 @@ class MasterKey:
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         return seal_with(self._enc, plaintext, aad)
+
+    def seal_parts(self, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+        """:meth:`seal` as (nonce, ciphertext || tag)."""
+        return seal_parts_with(self._enc, plaintext, aad)
 
     def open(self, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
         return open_with(self._enc, sealed, aad, what)

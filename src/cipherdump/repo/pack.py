@@ -74,15 +74,23 @@ def blob_aad(blob_type: BlobType, blob_id: Id) -> bytes:
 
 
 def seal_blob(
-    key: MasterKey, blob_type: BlobType, blob_id: Id, plaintext: bytes, compress: bool
-) -> tuple[int, bytes]:
-    """(flags, sealed bytes) for one blob.  Compression is kept only if it helps."""
+    key: MasterKey,
+    blob_type: BlobType,
+    blob_id: Id,
+    plaintext: bytes,
+    compress: bool,
+    compressor: zstandard.ZstdCompressor | None = None,
+) -> tuple[int, bytes, bytes]:
+    """(flags, nonce, rest of the sealed bytes) for one blob.  Compression is kept only
+    if it helps; ``compressor`` (level 3) saves making one per blob."""
     flags, body = 0, plaintext
     if compress:
-        packed = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(plaintext)
+        zstd = compressor or zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+        packed = zstd.compress(plaintext)
         if len(packed) < len(plaintext):
             flags, body = FLAG_ZSTD, packed
-    return flags, key.seal(body, blob_aad(blob_type, blob_id))
+    nonce, sealed = key.seal_parts(body, blob_aad(blob_type, blob_id))
+    return flags, nonce, sealed
 
 
 def open_blob(key: MasterKey, entry: PackEntry, sealed: bytes | memoryview, where: str) -> bytes:
@@ -104,16 +112,24 @@ def open_blob(key: MasterKey, entry: PackEntry, sealed: bytes | memoryview, wher
 class PackWriter:
     """Assembles one pack in a temporary file, hashing it as it grows.
 
-    Only one copy of the pack ever exists: on disk in the temporary file, which
-    :meth:`finish` hands to the backend as a stream.
+    Only one copy of the pack is ever assembled: in a file the backend keeps in place
+    (a spool, on the local backend), or in a temporary file that :meth:`finish` hands
+    to the backend as a stream.
     """
 
-    def __init__(self, key: MasterKey, spool_dir: str | None = None) -> None:
+    def __init__(
+        self, key: MasterKey, spool_dir: str | None = None, file: BinaryIO | None = None
+    ) -> None:
+        """``file``: an empty file to assemble the pack in (a backend's spool), else a
+        temporary file in ``spool_dir``."""
         self._key = key
-        self._file: BinaryIO = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115
+        self._file: BinaryIO = (
+            file if file is not None else tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115
+        )
         self._hasher = FileHasher()
         self._entries: list[PackEntry] = []
         self._by_id: dict[Id, PackEntry] = {}
+        self._zstd = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
         self.size = 0
 
     def __len__(self) -> int:
@@ -122,8 +138,12 @@ class PackWriter:
     def add(self, blob_type: BlobType, blob_id: Id, plaintext: bytes, compress: bool) -> None:
         if len(plaintext) > MAX_BLOB_SIZE:
             raise ValueError(f"blob of {len(plaintext)} bytes exceeds {MAX_BLOB_SIZE}")
-        flags, sealed = seal_blob(self._key, blob_type, blob_id, plaintext, compress)
-        entry = PackEntry(blob_type, flags, self.size, len(sealed), len(plaintext), blob_id)
+        flags, nonce, sealed = seal_blob(
+            self._key, blob_type, blob_id, plaintext, compress, self._zstd
+        )
+        length = len(nonce) + len(sealed)
+        entry = PackEntry(blob_type, flags, self.size, length, len(plaintext), blob_id)
+        self._write(nonce)
         self._write(sealed)
         self._entries.append(entry)
         self._by_id[blob_id] = entry

@@ -92,6 +92,34 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+class Spool(Protocol):
+    """A file a writer fills in place and the backend then keeps as it is, so a pack is
+    not copied once more by :meth:`Backend.save`.  An optional backend capability: see
+    :func:`open_spool`."""
+
+    @property
+    def file(self) -> BinaryIO:
+        """Readable and writable, positioned at its end."""
+        ...
+
+    def commit(self, handle: Handle) -> None:
+        """Make the file durable under ``handle``, atomically as :meth:`Backend.save`."""
+        ...
+
+    def discard(self) -> None:
+        """Forget the file (no-op after :meth:`commit`)."""
+        ...
+
+
+def open_spool(backend: Backend, file_type: FileType) -> Spool | None:
+    """A spool for a new file of ``file_type`` if the backend offers them, else None."""
+    opener = getattr(backend, "open_spool", None)
+    if opener is None:
+        return None
+    spool: Spool = opener(file_type)
+    return spool
+
+
 # Backends copy streams in pieces of this size, so no backend needs a whole pack in memory.
 COPY_CHUNK = 1 << 20
 

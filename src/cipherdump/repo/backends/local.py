@@ -7,7 +7,9 @@ Layout (see ``docs/repository-format.md``)::
 Every write goes to ``<dir>/.tmp-<random>`` (created ``0600`` with ``O_EXCL``), is
 fsynced, renamed over the final name, and then the directory is fsynced, so a crash at
 any point leaves either no file or the whole file.  Directories are created ``0700``.
-Left-over ``.tmp-*`` files are never listed.
+Left-over ``.tmp-*`` files are never listed.  Packs are assembled in place, in
+``data/.tmp-<random>`` (:meth:`LocalBackend.open_spool`), and renamed into their
+``data/<id[:2]>/`` directory once complete, instead of being copied there.
 """
 
 from __future__ import annotations
@@ -111,6 +113,23 @@ class LocalBackend:
         except OSError as exc:
             raise BackendError(f"cannot write {handle} in {self.location}: {exc}") from exc
 
+    def open_spool(self, file_type: FileType) -> LocalSpool:
+        """A new ``.tmp-*`` file in ``file_type``'s directory, to be renamed into place."""
+        directory = self.root / file_type.value
+        tmp = directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        except OSError as exc:
+            raise BackendError(f"cannot create a file in {directory}: {exc}") from exc
+        try:
+            os.fchmod(fd, FILE_MODE)
+            file = os.fdopen(fd, "w+b")
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        return LocalSpool(self, tmp, file)
+
     def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(handle)
         try:
@@ -167,6 +186,46 @@ class LocalBackend:
 
     def close(self) -> None:
         pass
+
+
+class LocalSpool:
+    """A file being filled in place; :meth:`commit` fsyncs it and renames it into place
+    (then fsyncs both directories), as :meth:`LocalBackend.save` does with its copy."""
+
+    def __init__(self, backend: LocalBackend, tmp: Path, file: BinaryIO) -> None:
+        self._backend = backend
+        self._tmp = tmp
+        self._file = file
+        self._done = False
+
+    @property
+    def file(self) -> BinaryIO:
+        return self._file
+
+    def commit(self, handle: Handle) -> None:
+        if self._done:
+            raise BackendError(f"{self._tmp} was already committed or discarded")
+        path = self._backend._path(handle)
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            if handle.type is FileType.PACK:
+                _mkdir(path.parent)
+            os.replace(self._tmp, path)
+            self._done = True
+            _fsync_dir(path.parent)
+            if path.parent != self._tmp.parent:
+                _fsync_dir(self._tmp.parent)
+        except OSError as exc:
+            self.discard()
+            raise BackendError(f"cannot write {handle} in {self._backend.location}: {exc}") from exc
+
+    def discard(self) -> None:
+        self._file.close()
+        if not self._done:
+            self._done = True
+            self._tmp.unlink(missing_ok=True)
 
 
 def _scandir(path: Path) -> list[os.DirEntry[str]]:

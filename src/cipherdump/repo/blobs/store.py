@@ -9,9 +9,10 @@ index names; they are ignored, and their blobs are written again by the next run
 from __future__ import annotations
 
 import io
+from concurrent.futures import Future, ThreadPoolExecutor
 
-from cipherdump.errors import CorruptError, IntegrityError
-from cipherdump.repo.backends.base import Backend, FileType, Handle
+from cipherdump.errors import BackendError, CorruptError, IntegrityError
+from cipherdump.repo.backends.base import Backend, FileType, Handle, Spool, open_spool
 from cipherdump.repo.crypto import MasterKey, file_id
 from cipherdump.repo.ids import BlobType, Id
 from cipherdump.repo.index import IndexFile, PackRecord, decode_index, encode_index
@@ -20,6 +21,14 @@ from cipherdump.repo.pack import PackWriter, open_blob
 
 INDEX_EVERY_PACKS = 16
 INDEX_MAX_ENTRIES = 65536
+
+
+def _commit_spool(spool: Spool, writer: PackWriter, handle: Handle) -> None:
+    try:
+        spool.commit(handle)
+    finally:
+        writer.close()
+        spool.discard()
 
 
 def load_index_file(backend: Backend, key: MasterKey, name: str) -> IndexFile:
@@ -52,6 +61,12 @@ class BlobStore:
         self._index_max_entries = index_max_entries
         self._spool_dir = spool_dir
         self._writers: dict[BlobType, PackWriter] = {}
+        # Where a writer's pack is assembled, when the backend keeps it in place.
+        self._spools: dict[BlobType, Spool] = {}
+        # Packs being made durable by the commit thread, and that thread.
+        self._pending: dict[Id, Future[None]] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._broken: BaseException | None = None
         self._unindexed: list[PackRecord] = []
         self._index: MemoryIndex | None = None
 
@@ -80,16 +95,28 @@ class BlobStore:
 
     def save(self, blob_type: BlobType, data: bytes, *, compress: bool) -> tuple[Id, bool]:
         """Store a blob unless present; returns (id, whether it was new)."""
+        if self._broken is not None:
+            self._wait_pending()  # raises
         blob_id = self._key.blob_id(data)
         if self.has(blob_type, blob_id):
             return blob_id, False
         writer = self._writers.get(blob_type)
         if writer is None:
-            writer = self._writers[blob_type] = PackWriter(self._key, self._spool_dir)
+            writer = self._new_writer(blob_type)
         writer.add(blob_type, blob_id, data, compress)
         if writer.size >= self._pack_size:
             self._flush_pack(blob_type)
         return blob_id, True
+
+    def _new_writer(self, blob_type: BlobType) -> PackWriter:
+        spool = open_spool(self._backend, FileType.PACK) if self._spool_dir is None else None
+        if spool is None:
+            writer = PackWriter(self._key, self._spool_dir)
+        else:
+            writer = PackWriter(self._key, file=spool.file)
+            self._spools[blob_type] = spool
+        self._writers[blob_type] = writer
+        return writer
 
     def load(self, blob_type: BlobType, blob_id: Id) -> bytes:
         writer = self._writers.get(blob_type)
@@ -100,6 +127,7 @@ class BlobStore:
         if found is None:
             raise IntegrityError(f"{blob_type.name.lower()} blob {blob_id} is not in the index")
         pack_id, entry = found
+        self._wait_pending(pack_id)
         handle = Handle(FileType.PACK, pack_id.hex)
         sealed = self._backend.load(handle, entry.offset, entry.length)
         return open_blob(self._key, entry, sealed, str(handle))
@@ -116,17 +144,38 @@ class BlobStore:
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
+        for spool in self._spools.values():
+            spool.discard()
+        self._spools.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)  # packs being committed are finished
+            self._executor = None
+        self._pending.clear()
 
     def _flush_pack(self, blob_type: BlobType) -> None:
         writer = self._writers.pop(blob_type)
+        spool = self._spools.pop(blob_type, None)
+        committing = False
         try:
             if not len(writer):
                 return
             pack_id, stream, entries = writer.finish()
             size = writer.size
-            self._backend.save(Handle(FileType.PACK, pack_id.hex), stream)
+            handle = Handle(FileType.PACK, pack_id.hex)
+            if spool is not None:
+                # The pack is already in the backend's directory; making it durable
+                # (fsync, rename, fsync) overlaps the next pack's assembly.
+                self._pending[pack_id] = self._committer().submit(
+                    _commit_spool, spool, writer, handle
+                )
+                committing = True
+            else:
+                self._backend.save(handle, stream)
         finally:
-            writer.close()
+            if not committing:
+                writer.close()
+                if spool is not None:
+                    spool.discard()
         record = PackRecord.of(pack_id, size, entries)
         self.index.add_pack(record.id, record.size, record.raw_entries)
         self._unindexed.append(record)
@@ -134,7 +183,32 @@ class BlobStore:
         if len(self._unindexed) >= self._index_every_packs or pending >= self._index_max_entries:
             self._write_index()
 
+    def _committer(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pack-commit")
+        return self._executor
+
+    def _wait_pending(self, pack_id: Id | None = None) -> None:
+        """Wait until the pack ``pack_id`` (every pack if None) is saved; re-raise the
+        first failure."""
+        if self._broken is not None:
+            raise BackendError(f"a pack could not be saved earlier: {self._broken}")
+        if pack_id is not None:
+            future = self._pending.pop(pack_id, None)
+            pending = {pack_id: future} if future is not None else {}
+        else:
+            pending, self._pending = self._pending, {}
+        for future in pending.values():
+            error = future.exception()
+            if error is not None:
+                # Its blobs are in the memory index already: nothing more may be
+                # written, lest an index file name a pack that is not there.
+                self._broken = error
+                raise error
+
     def _write_index(self) -> None:
+        # A pack is completely saved before any index file names it.
+        self._wait_pending()
         if not self._unindexed:
             return
         data = encode_index(self._key, IndexFile(tuple(self._unindexed)))
