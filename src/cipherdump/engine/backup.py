@@ -168,6 +168,8 @@ def filesystem_facts(fs: Filesystem) -> dict[str, Value]:
         "want_extra_isize": sb.s_want_extra_isize,
         "mkfs_time": sb.s_mkfs_time,
         "lpf_ino": sb.s_lpf_ino,
+        # Public salt of e4crypt passphrases: lets a keyed restore derive e4crypt keys.
+        "encrypt_pw_salt": sb.s_encrypt_pw_salt,
     }
 
 
