@@ -9,12 +9,12 @@ computed here, where the ext4 facts and the fscrypt encoding meet.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from cipherdump.errors import CipherdumpError, CorruptError, NotFoundError
 from cipherdump.ext4 import Filesystem, Inode
-from cipherdump.ext4.directory import Entry, dx_hash_version
+from cipherdump.ext4.directory import Entry, dx_hash_version, htree_find
 from cipherdump.fscrypt.nokey import decode_nokey_name, encode_nokey_name, encode_nokey_symlink
 from cipherdump.fscrypt.symlink import decode_encrypted_symlink
 from cipherdump.ondisk.dirhash import ext4_dirhash, is_signed_filesystem
@@ -57,14 +57,13 @@ class Namespace:
         sb = fs.sb
         self._seed = sb.s_hash_seed
         self._signed = is_signed_filesystem(sb.s_flags)
-        # The htree root's hash version, per directory inode: read once, not per entry.
-        self._dx_versions: dict[int, int] = {}
+        # The hash version each directory's no-key names use (None: no hash), per
+        # directory inode: worked out once, not per entry.
+        self._name_hash_versions: dict[int, int | None] = {}
 
     # -- names -----------------------------------------------------------------------
-    def dirhash_for(self, directory: Inode, entry: Entry) -> tuple[int, int] | None:
-        """The dirhash the kernel puts into a no-key name of ``entry``."""
-        if entry.hash is not None:
-            return entry.hash  # casefold+encrypt: the stored hash
+    def _name_hash_version(self, directory: Inode) -> int | None:
+        """The hash version behind the no-key names of ``directory``, None for none."""
         fs = self.fs
         if not fs.dir_index:
             return None
@@ -73,10 +72,21 @@ class Namespace:
             return None
         version = fs.sb.s_def_hash_version
         if directory.is_indexed_dir:
-            cached = self._dx_versions.get(directory.ino)
-            if cached is None:
-                cached = self._dx_versions[directory.ino] = dx_hash_version(directory, version)
-            version = cached
+            version = dx_hash_version(directory, version)
+        return version
+
+    def dirhash_for(self, directory: Inode, entry: Entry) -> tuple[int, int] | None:
+        """The dirhash the kernel puts into a no-key name of ``entry``."""
+        if entry.hash is not None:
+            return entry.hash  # casefold+encrypt: the stored hash
+        versions = self._name_hash_versions
+        ino = directory.ino
+        if ino in versions:
+            version = versions[ino]
+        else:
+            version = versions[ino] = self._name_hash_version(directory)
+        if version is None:
+            return None
         return ext4_dirhash(entry.name, version, self._seed, self._signed)
 
     def display_name(self, directory: Inode, entry: Entry) -> bytes:
@@ -196,17 +206,9 @@ class Namespace:
 
     def _lookup(self, parent: Node, name: bytes) -> Node:
         directory = parent.inode
-        match = directory.entry_named(name)
-        if match is None and directory.is_encrypted:
-            wanted = decode_nokey_name(name)
-            if wanted is not None:
-                if wanted.ciphertext is not None:
-                    # Short form: the whole ciphertext is in the name.
-                    match = directory.entry_named(wanted.ciphertext)
-                else:
-                    match = next(
-                        (e for e in directory.entries() if wanted.matches(e.name, e.hash)), None
-                    )
+        match = self._htree_lookup(directory, name)
+        if match is None:
+            match = self._scan_lookup(directory, name)
         if match is None:
             raise NotFoundError(f"{_show(posixpath.join(parent.path, name))}: no such file")
         shown = self.display_name(directory, match)
@@ -218,6 +220,48 @@ class Namespace:
             directory.is_encrypted,
             match.hash,
         )
+
+    def _htree_lookup(self, directory: Inode, name: bytes) -> Entry | None:
+        """``name`` found through the directory's htree (one leaf read, not all of it).
+
+        None when the directory has no usable index, its entries are already read, or
+        the index does not lead to the name; :meth:`_scan_lookup` then decides.
+        """
+        if not directory.is_indexed_dir or directory.entries_loaded:
+            return None
+        seed, signed = self._seed, self._signed
+
+        def hash_of(text: bytes) -> Callable[[int], int]:
+            return lambda version: ext4_dirhash(text, version, seed, signed)[0]
+
+        found = htree_find(directory, hash_of(name), lambda e: e.name == name)
+        if found is not None or not directory.is_encrypted:
+            return found
+        wanted = decode_nokey_name(name)
+        if wanted is None:
+            return None
+        ciphertext = wanted.ciphertext
+        if ciphertext is not None:
+            return htree_find(directory, hash_of(ciphertext), lambda e: e.name == ciphertext)
+        # A long no-key name: its embedded hash is the htree hash and picks the leaf.
+        return htree_find(
+            directory, lambda _version: wanted.hash, lambda e: wanted.matches(e.name, e.hash)
+        )
+
+    def _scan_lookup(self, directory: Inode, name: bytes) -> Entry | None:
+        """``name`` among all the directory's entries: plaintext, then no-key forms."""
+        match = directory.entry_named(name)
+        if match is None and directory.is_encrypted:
+            wanted = decode_nokey_name(name)
+            if wanted is not None:
+                if wanted.ciphertext is not None:
+                    # Short form: the whole ciphertext is in the name.
+                    match = directory.entry_named(wanted.ciphertext)
+                else:
+                    match = next(
+                        (e for e in directory.entries() if wanted.matches(e.name, e.hash)), None
+                    )
+        return match
 
 
 def _show(path: bytes) -> str:

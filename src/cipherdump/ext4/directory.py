@@ -11,17 +11,20 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cipherdump.errors import ChecksumError, CorruptError
+from cipherdump.errors import ChecksumError, CipherdumpError, CorruptError
 from cipherdump.ondisk.csum import crc32c_le, inode_csum_seed
 from cipherdump.ondisk.dirent import (
     DIRENT_TAIL_SIZE,
-    Dirent,
-    decode_dirents,
+    DirentTuple,
+    decode_dx_root,
     has_csum_tail,
     rec_len_from_disk,
+    scan_dirents,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from cipherdump.ext4.inode import Inode
 
 # Bound on directory size in blocks; a real directory of millions of entries stays far
@@ -55,8 +58,8 @@ def read_entries(dir_inode: Inode) -> list[Entry]:
         data = dir_inode.inline_data()
         # The first 4 bytes of i_block hold the parent inode; entries follow.
         parent = struct.unpack_from("<I", data, 0)[0]
-        raw_entries = [Dirent(parent, b"..", 2, 0, 4)]
-        raw_entries += decode_dirents(
+        raw_entries: list[DirentTuple] = [(parent, b"..", 2, 0, 4, None)]
+        raw_entries += scan_dirents(
             data[4:60],
             block_size=fs.block_size,
             where=where,
@@ -65,7 +68,7 @@ def read_entries(dir_inode: Inode) -> list[Entry]:
             base=4,
         )
         if len(data) > 60:
-            raw_entries += decode_dirents(
+            raw_entries += scan_dirents(
                 data[60:],
                 block_size=fs.block_size,
                 where=where + " (system.data)",
@@ -79,7 +82,7 @@ def read_entries(dir_inode: Inode) -> list[Entry]:
         if fs.sb.metadata_csum
         else None
     )
-    out: list[Dirent] = []
+    out: list[DirentTuple] = []
     bs = fs.block_size
     nblocks = 0
     for run in dir_inode.runs:
@@ -104,33 +107,46 @@ def read_entries(dir_inode: Inode) -> list[Entry]:
                 # blocks are not needed for a full scan, so their checksums (dx_tail)
                 # are not verified here.
                 continue
-            end = bs
-            if has_csum_tail(block):
-                if seed is not None:
-                    (stored,) = struct.unpack_from("<I", block, bs - 4)
-                    want = crc32c_le(seed, block[: bs - DIRENT_TAIL_SIZE])
-                    if stored != want:
-                        raise ChecksumError(
-                            f"checksum 0x{stored:08x} != computed 0x{want:08x}",
-                            structure="directory block",
-                            location=at,
-                        )
-                end = bs - DIRENT_TAIL_SIZE
-            elif seed is not None:
+            out += _leaf_entries(block, bs, seed, at, filetype, hashed, lblk * bs)
+    return _public(out)
+
+
+def _leaf_entries(
+    block: bytes,
+    bs: int,
+    seed: int | None,
+    at: str,
+    filetype: bool,
+    hashed: bool,
+    base: int,
+) -> list[DirentTuple]:
+    """The entries of one leaf block, its checksum tail verified when ``seed`` is given."""
+    end = bs
+    if has_csum_tail(block):
+        if seed is not None:
+            (stored,) = struct.unpack_from("<I", block, bs - 4)
+            want = crc32c_le(seed, block[: bs - DIRENT_TAIL_SIZE])
+            if stored != want:
                 raise ChecksumError(
-                    "directory block has no checksum tail",
+                    f"checksum 0x{stored:08x} != computed 0x{want:08x}",
                     structure="directory block",
                     location=at,
                 )
-            out += decode_dirents(
-                block[:end],
-                block_size=bs,
-                where=at,
-                filetype=filetype,
-                hashed=hashed,
-                base=lblk * bs,
-            )
-    return _public(out)
+        end = bs - DIRENT_TAIL_SIZE
+    elif seed is not None:
+        raise ChecksumError(
+            "directory block has no checksum tail",
+            structure="directory block",
+            location=at,
+        )
+    return scan_dirents(
+        block[:end],
+        block_size=bs,
+        where=at,
+        filetype=filetype,
+        hashed=hashed,
+        base=base,
+    )
 
 
 def _is_dx_node(block: bytes, bs: int, lblk: int, indexed: bool) -> bool:
@@ -141,14 +157,16 @@ def _is_dx_node(block: bytes, bs: int, lblk: int, indexed: bool) -> bool:
     return inode == 0 and rec_len_from_disk(rec_len, bs) == bs and block[6] == 0
 
 
-def _public(raw: list[Dirent]) -> list[Entry]:
-    return [Entry(d.name, d.inode, d.file_type, d.hash) for d in raw if d.name not in (b".", b"..")]
+def _public(raw: list[DirentTuple]) -> list[Entry]:
+    return [
+        Entry(name, ino, ft, stored)
+        for ino, name, ft, _offset, _rec_len, stored in raw
+        if name != b"." and name != b".."
+    ]
 
 
 def dx_hash_version(dir_inode: Inode, default: int) -> int:
     """The hash version recorded in an htree root, or ``default`` if it is unreadable."""
-    from cipherdump.ondisk.dirent import decode_dx_root
-
     runs = [r for r in dir_inode.runs if r.lblk == 0 and r.pblk is not None]
     if not runs or runs[0].pblk is None:
         return default
@@ -157,3 +175,105 @@ def dx_hash_version(dir_inode: Inode, default: int) -> int:
     except CorruptError:
         return default
     return root.hash_version if root is not None else default
+
+
+# -- htree lookup -------------------------------------------------------------------------
+
+_DX_COUNT = struct.Struct("<HH")
+_DX_HASH = struct.Struct("<I")
+_DX_BLOCK_MASK = 0x0FFFFFFF  # dx_get_block: the top bits of an index block number are flags
+_DX_MAX_LEVELS = 3  # 2 without largedir, 3 with it
+
+
+def htree_find(
+    dir_inode: Inode, hash_of: Callable[[int], int], match: Callable[[Entry], bool]
+) -> Entry | None:
+    """An entry of an indexed directory found through its htree, or None.
+
+    ``hash_of`` maps the dx_root's hash version to the hash the wanted name has under
+    it (it may raise :class:`CipherdumpError` or ValueError if that version cannot be
+    computed); ``match`` tells the wanted entry.  Only the index path to one leaf is
+    read, and the leaves after it while their index hash continues the wanted one.
+
+    None means "not found this way": the index was absent, inconsistent or unreadable,
+    or the entry was not where the index says.  Callers then scan the whole directory,
+    which settles the answer (and raises what a damaged directory raises), so a found
+    entry is always one the full scan also yields.
+    """
+    fs = dir_inode.fs
+    if (
+        not dir_inode.is_indexed_dir
+        or not fs.dir_index
+        or dir_inode.has_inline_data
+        or dir_inode.is_casefolded
+    ):
+        return None
+    bs = fs.block_size
+    size_blocks = dir_inode.size // bs
+    runs = [r for r in dir_inode.runs if r.pblk is not None and not r.unwritten]
+    where = f"directory inode {dir_inode.ino}"
+
+    def read(lblk: int) -> bytes | None:
+        if lblk >= size_blocks:
+            return None
+        for r in runs:
+            if r.lblk <= lblk < r.lblk + r.length and r.pblk is not None:
+                return fs.read_block(r.pblk + lblk - r.lblk)
+        return None
+
+    try:
+        root = read(0)
+        if root is None:
+            return None
+        info = decode_dx_root(root)
+        if info is None or info.info_length != 8 or info.indirect_levels >= _DX_MAX_LEVELS:
+            return None
+        target = hash_of(info.hash_version)
+        block, off = root, 0x18 + info.info_length
+        # Descend: in each index block the last entry whose hash is <= target.
+        for level in range(info.indirect_levels + 1):
+            limit, count = _DX_COUNT.unpack_from(block, off)
+            if count == 0 or count > limit or off + 8 * limit > bs:
+                return None
+            lo, hi = 1, count - 1
+            while lo <= hi:
+                mid = (lo + hi) >> 1
+                if _DX_HASH.unpack_from(block, off + 8 * mid)[0] > target:
+                    hi = mid - 1
+                else:
+                    lo = mid + 1
+            at = lo - 1
+            child = _DX_HASH.unpack_from(block, off + 8 * at + 4)[0] & _DX_BLOCK_MASK
+            if level < info.indirect_levels:
+                node = read(child) if child else None
+                if node is None or not _is_dx_node(node, bs, child, True):
+                    return None
+                block, off = node, 8
+        # Scan the leaf, then the next ones of this index block while the hash goes on
+        # (bit 0 of an index hash marks a collision run continuing from the block before).
+        seed = (
+            inode_csum_seed(fs.csum_seed, dir_inode.ino, dir_inode.generation)
+            if fs.sb.metadata_csum
+            else None
+        )
+        filetype = fs.has_filetype
+        hashed = dir_inode.is_encrypted and dir_inode.is_casefolded
+        while True:
+            leaf = read(child) if child else None
+            if leaf is None or _is_dx_node(leaf, bs, child, True):
+                return None
+            at_leaf = f"{where} block {child}"
+            for t in _leaf_entries(leaf, bs, seed, at_leaf, filetype, hashed, child * bs):
+                if t[1] != b"." and t[1] != b"..":
+                    entry = Entry(t[1], t[0], t[2], t[5])
+                    if match(entry):
+                        return entry
+            at += 1
+            if at >= count:
+                return None
+            next_hash = _DX_HASH.unpack_from(block, off + 8 * at)[0]
+            if next_hash & ~1 != target:
+                return None
+            child = _DX_HASH.unpack_from(block, off + 8 * at + 4)[0] & _DX_BLOCK_MASK
+    except (CipherdumpError, ValueError, struct.error):
+        return None

@@ -62,6 +62,11 @@ class Filesystem:
         )
         self.groups: list[GroupDesc] = self._read_group_descs()
         self._inode_cache: OrderedDict[int, Inode] = OrderedDict()
+        # Superblock facts asked for once per inode load, derived once here.
+        self._inode_size = sb.inode_size
+        self._metadata_csum = sb.metadata_csum
+        self._uninit_bg = sb.metadata_csum or sb.has_ro_compat(F.RO_COMPAT_GDT_CSUM)
+        self._hurd = sb.s_creator_os == EXT4_OS_HURD
 
     # -- lifecycle -------------------------------------------------------------------
     def close(self) -> None:
@@ -254,10 +259,8 @@ class Filesystem:
             )
         group, index = divmod(ino - 1, sb.s_inodes_per_group)
         gd = self.groups[group]
-        isz = sb.inode_size
-        if gd.bg_flags & EXT4_BG_INODE_UNINIT and (
-            sb.metadata_csum or sb.has_ro_compat(F.RO_COMPAT_GDT_CSUM)
-        ):
+        isz = self._inode_size
+        if gd.bg_flags & EXT4_BG_INODE_UNINIT and self._uninit_bg:
             raw = bytes(isz)  # never initialised: reads as a free inode
         else:
             offset = gd.bg_inode_table * self.block_size + index * isz
@@ -268,8 +271,8 @@ class Filesystem:
                     structure="inode",
                     location=f"inode {ino}",
                 )
-        rec = decode_inode(raw, isz, hurd=sb.s_creator_os == EXT4_OS_HURD)
-        if sb.metadata_csum and any(raw):
+        rec = decode_inode(raw, isz, hurd=self._hurd)
+        if self._metadata_csum and any(raw):
             seed = inode_csum_seed(self.csum_seed, ino, rec.i_generation)
             want = inode_csum(raw, seed, isz, rec.i_extra_isize)
             if want != rec.i_checksum:

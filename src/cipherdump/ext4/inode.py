@@ -420,6 +420,11 @@ class Inode:
             self._entries = read_entries(self)
         return self._entries
 
+    @property
+    def entries_loaded(self) -> bool:
+        """Whether :meth:`entries` has already read the directory."""
+        return self._entries is not None
+
     def entry_named(self, name: bytes) -> Entry | None:
         """The entry with exactly these name bytes, by a dictionary built on first use."""
         if self._by_name is None:

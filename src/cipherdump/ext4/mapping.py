@@ -65,8 +65,11 @@ def _extent_runs(inode: Inode) -> list[Run]:
     fs = inode.fs
     where = f"inode {inode.ino}"
     root = decode_extent_node(inode.raw.i_block, where)
+    # Only index blocks are checksummed apart from the inode: most files need no seed.
     seed = (
-        inode_csum_seed(fs.csum_seed, inode.ino, inode.generation) if fs.sb.metadata_csum else None
+        inode_csum_seed(fs.csum_seed, inode.ino, inode.generation)
+        if root.eh_depth and fs.sb.metadata_csum
+        else None
     )
     out: list[Run] = []
     visited: set[int] = set()

@@ -172,6 +172,14 @@ def encode_nokey_name(ciphertext: bytes, dirhash: tuple[int, int] | None) -> byt
     """
     if ciphertext in _DOT_NAMES:
         return bytes(ciphertext)
+    hash_, minor_hash = dirhash or (0, 0)
+    if (
+        FNAME_MIN_MSG_LEN <= len(ciphertext) <= NOKEY_PREFIX_SIZE
+        and 0 <= hash_ <= _U32_MAX
+        and 0 <= minor_hash <= _U32_MAX
+    ):
+        # The short form (nearly every name), without building a NoKeyName.
+        return _b64url(_HASHES.pack(hash_, minor_hash) + ciphertext)
     return nokey_name_of(ciphertext, dirhash).encode()
 
 

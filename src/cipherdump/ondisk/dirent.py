@@ -19,6 +19,7 @@ EXT4_FT_SYMLINK = 7
 EXT4_FT_DIR_CSUM = 0xDE
 DIRENT_TAIL_SIZE = 12
 _HEAD = struct.Struct("<IHBB")
+_HASH = struct.Struct("<II")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,10 @@ def has_csum_tail(block: bytes) -> bool:
     return tail == (0, DIRENT_TAIL_SIZE, 0, EXT4_FT_DIR_CSUM)
 
 
+#: A live entry as :func:`scan_dirents` gives it: the fields of :class:`Dirent`, in order.
+DirentTuple = tuple[int, bytes, int, int, int, "tuple[int, int] | None"]
+
+
 def decode_dirents(
     buf: bytes,
     *,
@@ -65,7 +70,28 @@ def decode_dirents(
     ``..``) carry 8 bytes of stored hash after the name.  Raises CorruptError on the
     first entry that breaks the rules (the kernel rejects the whole block too).
     """
-    out: list[Dirent] = []
+    return [
+        Dirent(*t)
+        for t in scan_dirents(
+            buf, block_size=block_size, where=where, filetype=filetype, hashed=hashed, base=base
+        )
+    ]
+
+
+def scan_dirents(
+    buf: bytes,
+    *,
+    block_size: int,
+    where: str,
+    filetype: bool = True,
+    hashed: bool = False,
+    base: int = 0,
+) -> list[DirentTuple]:
+    """:func:`decode_dirents` as plain tuples, for readers that build their own objects."""
+    out: list[DirentTuple] = []
+    append = out.append
+    unpack_from = _HEAD.unpack_from
+    big = block_size >= 65536
     pos = 0
     end = len(buf)
     while pos < end:
@@ -75,22 +101,23 @@ def decode_dirents(
                 structure="directory entry",
                 location=where,
             )
-        inode, raw_rec_len, name_len, ft = _HEAD.unpack_from(buf, pos)
-        rec_len = rec_len_from_disk(raw_rec_len, block_size)
+        inode, rec_len, name_len, ft = unpack_from(buf, pos)
+        if big:
+            rec_len = rec_len_from_disk(rec_len, block_size)
         if not filetype:
             # Without the filetype feature the high byte belongs to the name length.
             name_len |= ft << 8
             ft = EXT4_FT_UNKNOWN
-        if rec_len < 12 or rec_len % 4 or pos + rec_len > end or 8 + name_len > rec_len:
+        if rec_len < 12 or rec_len & 3 or pos + rec_len > end or 8 + name_len > rec_len:
             raise CorruptError(
                 f"bad rec_len {rec_len} / name_len {name_len} at offset {base + pos}",
                 structure="directory entry",
                 location=where,
             )
-        if inode != 0 and name_len:
+        if inode and name_len:
             name = bytes(buf[pos + 8 : pos + 8 + name_len])
             stored: tuple[int, int] | None = None
-            if hashed and name not in (b".", b".."):
+            if hashed and name != b"." and name != b"..":
                 hoff = pos + ((8 + name_len + 3) & ~3)
                 if hoff + 8 > pos + rec_len:
                     raise CorruptError(
@@ -98,8 +125,8 @@ def decode_dirents(
                         structure="directory entry",
                         location=where,
                     )
-                stored = struct.unpack_from("<II", buf, hoff)
-            out.append(Dirent(inode, name, ft, base + pos, rec_len, stored))
+                stored = _HASH.unpack_from(buf, hoff)
+            append((inode, name, ft, base + pos, rec_len, stored))
         pos += rec_len
     return out
 

@@ -102,6 +102,12 @@ def _str2hashbuf(name: bytes, start: int, num: int, signed: bool) -> list[int]:
     takes up to four bytes, each shifted in from the right; unused words are ``pad``.
     """
     remaining = len(name) - start
+    if remaining >= num * 4:
+        # A whole chunk (every word of most names): no pad word; see below for the sign.
+        whole: tuple[int, ...] = _BE_WORDS[num].unpack_from(name, start)
+        if signed:
+            return [(w - ((w & 0x00808080) << 1)) & 0xFFFFFFFF for w in whole]
+        return list(whole)
     pad = (remaining | (remaining << 8)) & _M32
     pad = (pad | (pad << 16)) & _M32
     used = min(remaining, num * 4)
@@ -128,65 +134,66 @@ def _half_md4_transform(buf: list[int], words: list[int]) -> None:
 
     Unrolled because it runs once per 32 bytes of every name in a directory scan.
     Each step is ``a = rotl32(a + f(b, c, d) + word + K, s)`` with (a, b, c, d)
-    rotating as in MD4.
+    rotating as in MD4.  The mask and the round constants (``_M32``, ``_K2``, ``_K3``)
+    are written as literals: constants cost less than global look-ups here.
     """
     a, b, c, d = buf
     w0, w1, w2, w3, w4, w5, w6, w7 = words
     # Round 1, F(x, y, z) = z ^ (x & (y ^ z)).
-    t = (a + (d ^ (b & (c ^ d))) + w0) & _M32
-    a = ((t << 3) | (t >> 29)) & _M32
-    t = (d + (c ^ (a & (b ^ c))) + w1) & _M32
-    d = ((t << 7) | (t >> 25)) & _M32
-    t = (c + (b ^ (d & (a ^ b))) + w2) & _M32
-    c = ((t << 11) | (t >> 21)) & _M32
-    t = (b + (a ^ (c & (d ^ a))) + w3) & _M32
-    b = ((t << 19) | (t >> 13)) & _M32
-    t = (a + (d ^ (b & (c ^ d))) + w4) & _M32
-    a = ((t << 3) | (t >> 29)) & _M32
-    t = (d + (c ^ (a & (b ^ c))) + w5) & _M32
-    d = ((t << 7) | (t >> 25)) & _M32
-    t = (c + (b ^ (d & (a ^ b))) + w6) & _M32
-    c = ((t << 11) | (t >> 21)) & _M32
-    t = (b + (a ^ (c & (d ^ a))) + w7) & _M32
-    b = ((t << 19) | (t >> 13)) & _M32
+    t = (a + (d ^ (b & (c ^ d))) + w0) & 0xFFFFFFFF
+    a = ((t << 3) | (t >> 29)) & 0xFFFFFFFF
+    t = (d + (c ^ (a & (b ^ c))) + w1) & 0xFFFFFFFF
+    d = ((t << 7) | (t >> 25)) & 0xFFFFFFFF
+    t = (c + (b ^ (d & (a ^ b))) + w2) & 0xFFFFFFFF
+    c = ((t << 11) | (t >> 21)) & 0xFFFFFFFF
+    t = (b + (a ^ (c & (d ^ a))) + w3) & 0xFFFFFFFF
+    b = ((t << 19) | (t >> 13)) & 0xFFFFFFFF
+    t = (a + (d ^ (b & (c ^ d))) + w4) & 0xFFFFFFFF
+    a = ((t << 3) | (t >> 29)) & 0xFFFFFFFF
+    t = (d + (c ^ (a & (b ^ c))) + w5) & 0xFFFFFFFF
+    d = ((t << 7) | (t >> 25)) & 0xFFFFFFFF
+    t = (c + (b ^ (d & (a ^ b))) + w6) & 0xFFFFFFFF
+    c = ((t << 11) | (t >> 21)) & 0xFFFFFFFF
+    t = (b + (a ^ (c & (d ^ a))) + w7) & 0xFFFFFFFF
+    b = ((t << 19) | (t >> 13)) & 0xFFFFFFFF
     # Round 2, G(x, y, z) = (x & y) + ((x ^ y) & z).
-    t = (a + ((b & c) + ((b ^ c) & d)) + w1 + _K2) & _M32
-    a = ((t << 3) | (t >> 29)) & _M32
-    t = (d + ((a & b) + ((a ^ b) & c)) + w3 + _K2) & _M32
-    d = ((t << 5) | (t >> 27)) & _M32
-    t = (c + ((d & a) + ((d ^ a) & b)) + w5 + _K2) & _M32
-    c = ((t << 9) | (t >> 23)) & _M32
-    t = (b + ((c & d) + ((c ^ d) & a)) + w7 + _K2) & _M32
-    b = ((t << 13) | (t >> 19)) & _M32
-    t = (a + ((b & c) + ((b ^ c) & d)) + w0 + _K2) & _M32
-    a = ((t << 3) | (t >> 29)) & _M32
-    t = (d + ((a & b) + ((a ^ b) & c)) + w2 + _K2) & _M32
-    d = ((t << 5) | (t >> 27)) & _M32
-    t = (c + ((d & a) + ((d ^ a) & b)) + w4 + _K2) & _M32
-    c = ((t << 9) | (t >> 23)) & _M32
-    t = (b + ((c & d) + ((c ^ d) & a)) + w6 + _K2) & _M32
-    b = ((t << 13) | (t >> 19)) & _M32
+    t = (a + ((b & c) + ((b ^ c) & d)) + w1 + 0x5A827999) & 0xFFFFFFFF
+    a = ((t << 3) | (t >> 29)) & 0xFFFFFFFF
+    t = (d + ((a & b) + ((a ^ b) & c)) + w3 + 0x5A827999) & 0xFFFFFFFF
+    d = ((t << 5) | (t >> 27)) & 0xFFFFFFFF
+    t = (c + ((d & a) + ((d ^ a) & b)) + w5 + 0x5A827999) & 0xFFFFFFFF
+    c = ((t << 9) | (t >> 23)) & 0xFFFFFFFF
+    t = (b + ((c & d) + ((c ^ d) & a)) + w7 + 0x5A827999) & 0xFFFFFFFF
+    b = ((t << 13) | (t >> 19)) & 0xFFFFFFFF
+    t = (a + ((b & c) + ((b ^ c) & d)) + w0 + 0x5A827999) & 0xFFFFFFFF
+    a = ((t << 3) | (t >> 29)) & 0xFFFFFFFF
+    t = (d + ((a & b) + ((a ^ b) & c)) + w2 + 0x5A827999) & 0xFFFFFFFF
+    d = ((t << 5) | (t >> 27)) & 0xFFFFFFFF
+    t = (c + ((d & a) + ((d ^ a) & b)) + w4 + 0x5A827999) & 0xFFFFFFFF
+    c = ((t << 9) | (t >> 23)) & 0xFFFFFFFF
+    t = (b + ((c & d) + ((c ^ d) & a)) + w6 + 0x5A827999) & 0xFFFFFFFF
+    b = ((t << 13) | (t >> 19)) & 0xFFFFFFFF
     # Round 3, H(x, y, z) = x ^ y ^ z.
-    t = (a + (b ^ c ^ d) + w3 + _K3) & _M32
-    a = ((t << 3) | (t >> 29)) & _M32
-    t = (d + (a ^ b ^ c) + w7 + _K3) & _M32
-    d = ((t << 9) | (t >> 23)) & _M32
-    t = (c + (d ^ a ^ b) + w2 + _K3) & _M32
-    c = ((t << 11) | (t >> 21)) & _M32
-    t = (b + (c ^ d ^ a) + w6 + _K3) & _M32
-    b = ((t << 15) | (t >> 17)) & _M32
-    t = (a + (b ^ c ^ d) + w1 + _K3) & _M32
-    a = ((t << 3) | (t >> 29)) & _M32
-    t = (d + (a ^ b ^ c) + w5 + _K3) & _M32
-    d = ((t << 9) | (t >> 23)) & _M32
-    t = (c + (d ^ a ^ b) + w0 + _K3) & _M32
-    c = ((t << 11) | (t >> 21)) & _M32
-    t = (b + (c ^ d ^ a) + w4 + _K3) & _M32
-    b = ((t << 15) | (t >> 17)) & _M32
-    buf[0] = (buf[0] + a) & _M32
-    buf[1] = (buf[1] + b) & _M32
-    buf[2] = (buf[2] + c) & _M32
-    buf[3] = (buf[3] + d) & _M32
+    t = (a + (b ^ c ^ d) + w3 + 0x6ED9EBA1) & 0xFFFFFFFF
+    a = ((t << 3) | (t >> 29)) & 0xFFFFFFFF
+    t = (d + (a ^ b ^ c) + w7 + 0x6ED9EBA1) & 0xFFFFFFFF
+    d = ((t << 9) | (t >> 23)) & 0xFFFFFFFF
+    t = (c + (d ^ a ^ b) + w2 + 0x6ED9EBA1) & 0xFFFFFFFF
+    c = ((t << 11) | (t >> 21)) & 0xFFFFFFFF
+    t = (b + (c ^ d ^ a) + w6 + 0x6ED9EBA1) & 0xFFFFFFFF
+    b = ((t << 15) | (t >> 17)) & 0xFFFFFFFF
+    t = (a + (b ^ c ^ d) + w1 + 0x6ED9EBA1) & 0xFFFFFFFF
+    a = ((t << 3) | (t >> 29)) & 0xFFFFFFFF
+    t = (d + (a ^ b ^ c) + w5 + 0x6ED9EBA1) & 0xFFFFFFFF
+    d = ((t << 9) | (t >> 23)) & 0xFFFFFFFF
+    t = (c + (d ^ a ^ b) + w0 + 0x6ED9EBA1) & 0xFFFFFFFF
+    c = ((t << 11) | (t >> 21)) & 0xFFFFFFFF
+    t = (b + (c ^ d ^ a) + w4 + 0x6ED9EBA1) & 0xFFFFFFFF
+    b = ((t << 15) | (t >> 17)) & 0xFFFFFFFF
+    buf[0] = (buf[0] + a) & 0xFFFFFFFF
+    buf[1] = (buf[1] + b) & 0xFFFFFFFF
+    buf[2] = (buf[2] + c) & 0xFFFFFFFF
+    buf[3] = (buf[3] + d) & 0xFFFFFFFF
 
 
 def _tea_transform(buf: list[int], words: list[int]) -> None:
@@ -213,12 +220,23 @@ def _legacy_hash(name: bytes, table: tuple[int, ...]) -> int:
     return (hash0 << 1) & _M32
 
 
+# Initial states by seed: a filesystem has one seed, hashed for every name.
+_STATES: dict[bytes, tuple[int, int, int, int]] = {}
+
+
 def _initial_state(seed: bytes) -> list[int]:
-    if len(seed) != HASH_SEED_SIZE:
-        raise ValueError(f"hash seed must be {HASH_SEED_SIZE} bytes, not {len(seed)}")
-    words = [int.from_bytes(seed[i : i + 4], "little") for i in range(0, HASH_SEED_SIZE, 4)]
-    # An all-zero seed means "no seed": the kernel then starts from MD4's constants.
-    return words if any(words) else list(_MD4_INIT)
+    key = bytes(seed)
+    state = _STATES.get(key)
+    if state is None:
+        if len(seed) != HASH_SEED_SIZE:
+            raise ValueError(f"hash seed must be {HASH_SEED_SIZE} bytes, not {len(seed)}")
+        w0, w1, w2, w3 = struct.unpack("<4I", key)
+        # An all-zero seed means "no seed": the kernel then starts from MD4's constants.
+        state = (w0, w1, w2, w3) if w0 | w1 | w2 | w3 else _MD4_INIT
+        if len(_STATES) >= 64:
+            _STATES.clear()
+        _STATES[key] = state
+    return list(state)
 
 
 def ext4_dirhash(name: bytes, version: int, seed: bytes, signed: bool) -> tuple[int, int]:

@@ -40,6 +40,21 @@ _BASE = struct.Struct("<HHIIIIIHHII4s60sIIII12s")
 _OSD2 = struct.Struct("<HHHHHH")
 _CSUM_LO_OFFSET = 0x7C
 _CSUM_HI_OFFSET = 0x82
+# The whole 160-byte record when every extra field is present: the base (i_version as
+# one word), osd2, i_extra_isize, i_checksum_hi and the seven 32-bit extra fields.
+_FULL = struct.Struct("<HHIIIIIHHIII60sIIIIHHHHHHHH7I")
+_FULL_EXTRA_ISIZE = _FULL.size - 128
+_ALL_EXTRA: dict[str, bool] = {
+    "csum_hi": True,
+    "ctime": True,
+    "mtime": True,
+    "atime": True,
+    "crtime": True,
+    "version_hi": True,
+    "projid": True,
+}
+_ZERO2 = bytes(2)
+_U16 = struct.Struct("<H")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,15 +106,57 @@ def decode_inode(raw: bytes, inode_size: int, *, hurd: bool = False) -> RawInode
     reads as ``i_file_acl_high`` and ``i_checksum_lo`` are the mode high bits and the
     author: the kernel ignores them there, and so do we.
     """
+    extra = 0
+    if inode_size > EXT4_GOOD_OLD_INODE_SIZE:
+        (extra,) = _U16.unpack_from(raw, 0x80)
+        if extra > inode_size - EXT4_GOOD_OLD_INODE_SIZE or extra & 3:
+            extra = 0
+    if extra >= _FULL_EXTRA_ISIZE:
+        # Every extra field is present (mkfs's default of 32): one unpack does it all.
+        (
+            mode, uid, size, atime, ctime, mtime, dtime, gid, links, blocks, flags,
+            version, i_block, generation, acl, size_hi, _faddr,
+            blocks_hi, acl_hi, uid_hi, gid_hi, csum_lo, _res, _extra, csum_hi,
+            ctime_extra, mtime_extra, atime_extra, crtime, crtime_extra, version_hi, projid,
+        ) = _FULL.unpack_from(raw, 0)  # fmt: skip
+        if hurd:
+            acl_hi = csum_lo = 0
+        return RawInode(
+            mode,
+            uid | uid_hi << 16,
+            gid | gid_hi << 16,
+            size | size_hi << 32,
+            atime,
+            ctime,
+            mtime,
+            dtime,
+            crtime,
+            atime_extra,
+            ctime_extra,
+            mtime_extra,
+            crtime_extra,
+            links,
+            blocks | blocks_hi << 32,
+            flags,
+            version | version_hi << 32,
+            i_block,
+            generation,
+            acl | acl_hi << 32,
+            extra,
+            csum_lo | csum_hi << 16,
+            projid,
+            _ALL_EXTRA.copy(),
+            raw if type(raw) is bytes and len(raw) == inode_size else bytes(raw[:inode_size]),
+        )
+    return _decode_inode_partial(raw, inode_size, extra, hurd)
+
+
+def _decode_inode_partial(raw: bytes, inode_size: int, extra: int, hurd: bool) -> RawInode:
+    """:func:`decode_inode` for records whose extra area lacks some fields."""
     b = _BASE.unpack_from(raw, 0)
     (blocks_hi, acl_hi, uid_hi, gid_hi, csum_lo, _res) = _OSD2.unpack_from(raw, 0x74)
     if hurd:
         acl_hi = csum_lo = 0
-    extra = 0
-    if inode_size > EXT4_GOOD_OLD_INODE_SIZE:
-        (extra,) = struct.unpack_from("<H", raw, 0x80)
-        if extra > inode_size - EXT4_GOOD_OLD_INODE_SIZE or extra & 3:
-            extra = 0
 
     def field(off: int, size: int) -> int | None:
         if not _fits(extra, off, size):
@@ -160,13 +217,21 @@ def timestamp_ns(seconds: int, extra: int) -> int:
 
 def inode_csum(raw: bytes, ino_seed: int, inode_size: int, extra_isize: int) -> int:
     """metadata_csum of an inode record given the inode's seed (ino + generation)."""
-    buf = bytearray(raw[:inode_size])
-    buf[_CSUM_LO_OFFSET : _CSUM_LO_OFFSET + 2] = b"\0\0"
     has_hi = inode_size > EXT4_GOOD_OLD_INODE_SIZE and _fits(extra_isize, _CSUM_HI_OFFSET, 2)
+    # The checksum fields count as zeros: checksum the pieces around them, no copy to edit.
     if has_hi:
-        buf[_CSUM_HI_OFFSET : _CSUM_HI_OFFSET + 2] = b"\0\0"
-    crc = crc32c_le(ino_seed, bytes(buf))
-    return crc if has_hi else crc & 0xFFFF
+        parts = (
+            raw[:_CSUM_LO_OFFSET],
+            _ZERO2,
+            raw[_CSUM_LO_OFFSET + 2 : _CSUM_HI_OFFSET],
+            _ZERO2,
+            raw[_CSUM_HI_OFFSET + 2 : inode_size],
+        )
+        return crc32c_le(ino_seed, b"".join(parts))
+    crc = crc32c_le(
+        ino_seed, b"".join((raw[:_CSUM_LO_OFFSET], _ZERO2, raw[_CSUM_LO_OFFSET + 2 : inode_size]))
+    )
+    return crc & 0xFFFF
 
 
 # -- encoding -----------------------------------------------------------------------------

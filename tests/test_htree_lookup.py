@@ -1,0 +1,65 @@
+"""Path lookup through the htree: one index path and one leaf, same answer as the full scan.
+
+On the kernel-made 10,000-entry directories (4 KiB blocks: root index only; 1 KiB blocks:
+a deeper index), every entry's no-key name is found through the index alone, to the inode
+the listing shows; a name that is not there is not found by the index and the full scan
+then says "no such file".
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import kernelfs
+from cipherdump.engine.namespace import Namespace, Node
+from cipherdump.errors import NotFoundError
+from cipherdump.ext4.fs import open_filesystem
+from kernelfs import KernelImage
+
+pytestmark = pytest.mark.kernel
+
+BIGDIR_CONFIGS = sorted(name for name in kernelfs.NAMED_CONFIGS if "bigdir" in name)
+
+
+def _big_dir_path(ki: KernelImage) -> bytes:
+    assert ki.tree.big_dir is not None
+    ino = ki.with_key[ki.tree.big_dir].ino
+    (rel,) = [rel for rel, v in ki.no_key.items() if v.ino == ino]
+    return ki.config.encrypted_dir + b"/" + rel
+
+
+@pytest.mark.parametrize("kernel_image", BIGDIR_CONFIGS, indirect=True)
+def test_every_entry_is_found_through_the_index(kernel_image: KernelImage) -> None:
+    ki = kernel_image
+    big = _big_dir_path(ki)
+    with open_filesystem(str(ki.image)) as fs:
+        listed = {n.name: n.inode.ino for n in Namespace(fs).children(Namespace(fs).resolve(big))}
+    assert len(listed) == ki.config.tree.big_dir_entries
+    with open_filesystem(str(ki.image)) as fs:
+        ns = Namespace(fs)
+        directory = ns.resolve(big).inode
+        assert directory.is_indexed_dir
+        for name, ino in listed.items():
+            found = ns._htree_lookup(directory, name)
+            assert found is not None and found.ino == ino, name
+        assert not directory.entries_loaded  # no full scan was needed
+        # Through resolve too, names as the listing shows them.
+        some = sorted(listed)[::97]
+        for name in some:
+            node = ns.resolve(big + b"/" + name)
+            assert node.name == name and node.inode.ino == listed[name]
+        assert not directory.entries_loaded
+
+
+@pytest.mark.parametrize("kernel_image", BIGDIR_CONFIGS, indirect=True)
+def test_a_missing_name_falls_back_to_the_scan(kernel_image: KernelImage) -> None:
+    ki = kernel_image
+    big = _big_dir_path(ki)
+    with open_filesystem(str(ki.image)) as fs:
+        ns = Namespace(fs)
+        node: Node = ns.resolve(big)
+        missing = b"A" * 43  # a well-formed short no-key name of no entry
+        assert ns._htree_lookup(node.inode, missing) is None
+        with pytest.raises(NotFoundError):
+            ns.resolve(big + b"/" + missing)
+        assert node.inode.entries_loaded  # the scan settled it
