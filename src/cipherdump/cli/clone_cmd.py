@@ -14,21 +14,6 @@ from cipherdump.cli import render
 from cipherdump.engine.restore_image import clone_image
 
 
-def _parse_size(text: str | None) -> int | None:
-    if text is None:
-        return None
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    mult = 1
-    if t and t[-1] in units:
-        mult = units[t[-1]]
-        t = t[:-1]
-    try:
-        return int(float(t) * mult)
-    except ValueError:
-        raise click.UsageError(f"--size: cannot read {text!r} as a size") from None
-
-
 def split_source(spec: str) -> tuple[str, bytes | None]:
     """``IMAGE`` or ``IMAGE:PATH`` (an existing file named with a colon wins)."""
     if os.path.exists(spec) or ":" not in spec:
@@ -49,7 +34,7 @@ def clone_cmd(source: str, out: str, size: str | None, as_json: bool) -> None:
     hash seed, features) unless it is an existing unmounted ext4 image with room.
     """
     image, path = split_source(source)
-    summary = clone_image(image, out, path=path, size=_parse_size(size))
+    summary = clone_image(image, out, path=path, size=render.parse_size(size))
     if as_json:
         click.echo(render.dumps(summary))
     else:

@@ -7,6 +7,8 @@ import json
 import stat
 from typing import Any
 
+import click
+
 
 def show_bytes(name: bytes) -> str:
     """A name for a terminal: UTF-8 where valid, ``\\xNN`` escapes elsewhere (like ``ls -b``)."""
@@ -109,3 +111,19 @@ def stat_lines(rec: dict[str, Any]) -> list[str]:
         else:
             lines.append(f"{key}: {value}")
     return lines
+
+
+def parse_size(text: str | None) -> int | None:
+    """A ``--size`` value such as ``512M``, ``2GiB`` or ``1048576`` in bytes."""
+    if text is None:
+        return None
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = 1
+    if t and t[-1] in units:
+        mult = units[t[-1]]
+        t = t[:-1]
+    try:
+        return int(float(t) * mult)
+    except ValueError:
+        raise click.UsageError(f"--size: cannot read {text!r} as a size") from None

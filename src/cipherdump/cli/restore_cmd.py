@@ -166,21 +166,6 @@ def _size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def _parse_size(text: str | None) -> int | None:
-    if text is None:
-        return None
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    mult = 1
-    if t and t[-1] in units:
-        mult = units[t[-1]]
-        t = t[:-1]
-    try:
-        return int(float(t) * mult)
-    except ValueError:
-        raise click.UsageError(f"--size: cannot read {text!r} as a size") from None
-
-
 def _restore_to_image(
     repo: str | None,
     password_file: str | None,
@@ -208,7 +193,7 @@ def _restore_to_image(
             snap,
             out,
             path=None if wanted in (b"/", b"") else wanted,
-            size=_parse_size(size),
+            size=render.parse_size(size),
         )
     if as_json:
         rec = dict(report) if isinstance(report, Mapping) else {"result": report}
