@@ -12,6 +12,7 @@ import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from cipherdump.engine.paths import resolve_path
 from cipherdump.errors import CipherdumpError, CorruptError, NotFoundError
 from cipherdump.ext4 import Filesystem, Inode
 from cipherdump.ext4.directory import Entry, dx_hash_version, htree_find
@@ -189,20 +190,13 @@ class Namespace:
     def resolve(self, path: bytes) -> Node:
         """Resolve a path typed by a user: plaintext names, or no-key names in
         encrypted directories (as ``ls`` shows them on the live system)."""
-        node = self.root_node()
-        parts = [p for p in path.split(b"/") if p and p != b"."]
-        trail: list[Node] = [node]
-        for part in parts:
-            if part == b"..":
-                if len(trail) > 1:
-                    trail.pop()
-                node = trail[-1]
-                continue
-            if not node.inode.is_dir:
-                raise NotFoundError(f"{_show(node.path)}: not a directory")
-            node = self._lookup(node, part)
-            trail.append(node)
-        return node
+        return resolve_path(
+            self.root_node(),
+            path,
+            lookup=self._lookup,
+            is_dir=lambda n: n.inode.is_dir,
+            shown_path=lambda n: n.path,
+        )
 
     def _lookup(self, parent: Node, name: bytes) -> Node:
         directory = parent.inode

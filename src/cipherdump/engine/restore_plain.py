@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from cipherdump.engine.keyed import Segment, invalid_name_reason
 from cipherdump.engine.namespace import Problem
 from cipherdump.engine.nodeattrs import bytes_attr, int_attr, list_attr
+from cipherdump.engine.paths import resolve_path
 from cipherdump.engine.plainwrite import ObjectMeta, WriteEvent, WriteResult, write_tree
 from cipherdump.engine.snapshot_view import SnapNode, SnapshotView
 from cipherdump.errors import (
     CipherdumpError,
     CorruptError,
     KeyProblem,
-    NotFoundError,
     UnsupportedError,
 )
 from cipherdump.fscrypt.context import Policy, decode_context
@@ -296,19 +296,13 @@ class SnapshotSource:
 
     def resolve(self, path: bytes) -> PlainNode:
         """A typed path: plaintext names where a key matches, or the no-key names."""
-        node = self.root()
-        trail = [node]
-        for part in (p for p in path.split(b"/") if p and p != b"."):
-            if part == b"..":
-                if len(trail) > 1:
-                    trail.pop()
-                node = trail[-1]
-                continue
-            if not node.snap.is_dir:
-                raise NotFoundError(f"{_show(node.path)}: not a directory")
-            node = self._lookup(node, part)
-            trail.append(node)
-        return node
+        return resolve_path(
+            self.root(),
+            path,
+            lookup=self._lookup,
+            is_dir=lambda n: n.snap.is_dir,
+            shown_path=lambda n: n.path,
+        )
 
     def _lookup(self, parent: PlainNode, part: bytes) -> PlainNode:
         if parent.snap.is_encrypted and self.names_decrypted(parent.snap):

@@ -19,6 +19,7 @@ from typing import Any
 from cipherdump.engine.describe import context_record
 from cipherdump.engine.namespace import MAX_DEPTH, Problem
 from cipherdump.engine.nodeattrs import bytes_attr, display_name, int_attr, list_attr, ls_record
+from cipherdump.engine.paths import resolve_path
 from cipherdump.errors import CipherdumpError, CorruptError, InputError, NotFoundError
 from cipherdump.fscrypt.context import decode_context
 from cipherdump.fscrypt.nokey import decode_nokey_name
@@ -147,19 +148,13 @@ class SnapshotView:
 
     def resolve(self, path: bytes) -> SnapNode:
         """A typed path: display (no-key) names, raw names, or the kernel's no-key forms."""
-        node = self.root_node()
-        trail = [node]
-        for part in (p for p in path.split(b"/") if p and p != b"."):
-            if part == b"..":
-                if len(trail) > 1:
-                    trail.pop()
-                node = trail[-1]
-                continue
-            if not node.is_dir:
-                raise NotFoundError(f"{_show(node.path)}: not a directory")
-            node = self._lookup(node, part)
-            trail.append(node)
-        return node
+        return resolve_path(
+            self.root_node(),
+            path,
+            lookup=self._lookup,
+            is_dir=lambda n: n.is_dir,
+            shown_path=lambda n: n.path,
+        )
 
     def lookup(self, parent: SnapNode, part: bytes) -> SnapNode:
         """The child ``part`` of ``parent``: display, raw or no-key name (NotFoundError)."""
