@@ -11,7 +11,6 @@ import os
 import click
 
 from cipherdump.cli import render
-from cipherdump.engine.restore_image import clone_image
 
 
 def split_source(spec: str) -> tuple[str, bytes | None]:
@@ -33,6 +32,9 @@ def clone_cmd(source: str, out: str, size: str | None, as_json: bool) -> None:
     No key is needed.  OUT.img is created with mke2fs to match IMAGE (block size, UUID,
     hash seed, features) unless it is an existing unmounted ext4 image with room.
     """
+    # Imported here: the writer is heavy and every other command starts without it.
+    from cipherdump.engine.restore_image import clone_image
+
     image, path = split_source(source)
     summary = clone_image(image, out, path=path, size=render.parse_size(size))
     if as_json:
