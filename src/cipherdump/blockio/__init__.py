@@ -8,6 +8,7 @@ devices so ciphertext never lands in the page cache.  Must not import anything a
 from cipherdump.blockio.sink import FileSink
 from cipherdump.blockio.source import (
     ByteSource,
+    Closable,
     DirectDeviceSource,
     FileSource,
     MemorySource,
@@ -16,6 +17,7 @@ from cipherdump.blockio.source import (
 
 __all__ = [
     "ByteSource",
+    "Closable",
     "DirectDeviceSource",
     "FileSink",
     "FileSource",

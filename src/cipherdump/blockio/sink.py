@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 import stat
-from types import TracebackType
-from typing import Self
 
+from cipherdump.blockio.source import Closable
 from cipherdump.errors import InputError, NotFoundError
 
 
-class FileSink:
+class FileSink(Closable):
     """A regular image file opened read-write: ``read_at`` and ``write_at``, no cursor."""
 
     def __init__(self, path: str) -> None:
@@ -59,14 +58,3 @@ class FileSink:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -31,7 +31,9 @@ class ByteSource(Protocol):
     def close(self) -> None: ...
 
 
-class _Closing:
+class Closable:
+    """``with`` support for anything with a ``close()``: sources, sinks, filesystems."""
+
     def __enter__(self) -> Self:
         return self
 
@@ -47,7 +49,7 @@ class _Closing:
         pass
 
 
-class MemorySource(_Closing):
+class MemorySource(Closable):
     """Bytes held in memory (tests, fuzzing, decompressed fixtures)."""
 
     def __init__(self, data: bytes, name: str = "<memory>") -> None:
@@ -68,7 +70,7 @@ class MemorySource(_Closing):
         return self._data[offset : offset + length]
 
 
-class FileSource(_Closing):
+class FileSource(Closable):
     """A regular file (an image) read with ``pread``."""
 
     def __init__(self, path: str) -> None:
@@ -104,7 +106,7 @@ class FileSource(_Closing):
             self._fd = -1
 
 
-class DirectDeviceSource(_Closing):
+class DirectDeviceSource(Closable):
     """A block device read with ``O_DIRECT`` through an aligned bounce buffer.
 
     The page cache is bypassed so an administrator's backup never leaves ciphertext

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from types import TracebackType
-from typing import Self
 
-from cipherdump.blockio import ByteSource, open_source
+from cipherdump.blockio import ByteSource, Closable, open_source
 from cipherdump.errors import ChecksumError, CorruptError, NotExt4Error, UnsupportedError
 from cipherdump.ext4.inode import Inode
 from cipherdump.ondisk import features as F
@@ -31,7 +29,7 @@ EXT4_OS_HURD = 1  # s_creator_os
 _INODE_CACHE_SIZE = 4096
 
 
-class Filesystem:
+class Filesystem(Closable):
     """A read-only ext4 filesystem.  Use :func:`open_filesystem` to make one.
 
     ``warnings`` collects conditions that do not stop reading but that a user must
@@ -72,17 +70,6 @@ class Filesystem:
     def close(self) -> None:
         if self._owns_source:
             self.source.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- facts -----------------------------------------------------------------------
     @property

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import re
 import struct
-from types import TracebackType
-from typing import Self
 
-from cipherdump.blockio import FileSink
+from cipherdump.blockio import Closable, FileSink
 from cipherdump.errors import CipherdumpError, InputError, UnsupportedError
 from cipherdump.ext4.fs import Filesystem
 from cipherdump.ondisk import features as F
@@ -50,7 +48,7 @@ class _Group:
         self.used_dirs = 0
 
 
-class ImageWriter:
+class ImageWriter(Closable):
     """Allocation state and raw writes of one image.  Use as a context manager."""
 
     def __init__(self, path: str) -> None:
@@ -99,17 +97,6 @@ class ImageWriter:
     # -- lifecycle ---------------------------------------------------------------------
     def close(self) -> None:
         self.sink.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- geometry ----------------------------------------------------------------------
     @property
