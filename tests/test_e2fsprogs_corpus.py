@@ -22,20 +22,19 @@ import hashlib
 import posixpath
 import re
 import shutil
-import signal
 import stat
 import subprocess
 import tracemalloc
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from types import FrameType
 
 import pytest
 from click.testing import CliRunner
 
+import timebound
 from cipherdump.blockio import FileSource
 from cipherdump.cli.main import cli
 from cipherdump.engine.describe import fs_info, node_record, stat_record
@@ -307,18 +306,9 @@ class WalkTimeout(BaseException):
     """A walk ran past its bound (a BaseException, so no handler can swallow it)."""
 
 
-@contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    def on_alarm(signum: int, frame: FrameType | None) -> None:
-        raise WalkTimeout(f"still running after {seconds:.0f} s: a hang or a runaway loop")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+def time_limit(seconds: float) -> AbstractContextManager[None]:
+    message = f"still running after {seconds:.0f} s: a hang or a runaway loop"
+    return timebound.time_limit(seconds, WalkTimeout, message)
 
 
 # -- walking everything --------------------------------------------------------------

@@ -14,19 +14,18 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import signal
 import struct
 import subprocess
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import AbstractContextManager, suppress
 from functools import partial
 from pathlib import Path
-from types import FrameType
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import timebound
 from cipherdump.blockio import MemorySource
 from cipherdump.engine.describe import node_record, stat_record
 from cipherdump.engine.namespace import Namespace, Problem
@@ -51,18 +50,8 @@ class Hang(Exception):
     """A mutant's walk ran past TIME_LIMIT (an Exception, so Hypothesis shrinks it)."""
 
 
-@contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    def on_alarm(signum: int, frame: FrameType | None) -> None:
-        raise Hang(f"walk still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+def time_limit(seconds: float) -> AbstractContextManager[None]:
+    return timebound.time_limit(seconds, Hang, f"walk still running after {seconds} s")
 
 
 # -- seeds ---------------------------------------------------------------------------
