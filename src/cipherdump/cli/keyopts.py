@@ -18,17 +18,22 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from cipherdump.engine.fscrypt_meta import metadata_from_dir, metadata_from_image, passphrase_keys
-from cipherdump.engine.keyed import KeyedNamespace
-from cipherdump.engine.namespace import Namespace, Node
 from cipherdump.errors import CipherdumpError, KeyProblem
-from cipherdump.ext4 import Filesystem
-from cipherdump.fscrypt.keys import KeyRing, load_key_file
-from cipherdump.fscrypt.protectors import FscryptMetadata
+
+if TYPE_CHECKING:
+    from cipherdump.engine.keyed import KeyedNamespace
+    from cipherdump.engine.namespace import Namespace, Node
+    from cipherdump.ext4 import Filesystem
+    from cipherdump.fscrypt.keys import KeyRing
+    from cipherdump.fscrypt.protectors import FscryptMetadata
+
+# The engine, the ext4 reader and the fscrypt key and cipher modules (and with them
+# ``cryptography`` and ``argon2``) are imported inside the functions that use them, so
+# that ``--help`` and key-less commands start without them.
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,17 +64,30 @@ def key_options(fn: F) -> F:
 
 @dataclass
 class LoadedKeys:
-    ring: KeyRing = field(default_factory=KeyRing)
+    _ring: KeyRing | None = None
     unverified: set[bytes] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def ring(self) -> KeyRing:
+        """The keys (created on first use: no key, no key module)."""
+        if self._ring is None:
+            from cipherdump.fscrypt.keys import KeyRing
+
+            self._ring = KeyRing()
+        return self._ring
+
     def __bool__(self) -> bool:
-        return len(self.ring) > 0
+        return self._ring is not None and len(self._ring) > 0
 
 
 def load_keys(keys: tuple[str, ...], key_dirs: tuple[str, ...]) -> LoadedKeys:
     """Every key given on the command line; :class:`KeyProblem` for an unusable one."""
     out = LoadedKeys()
+    if not keys and not key_dirs:
+        return out
+    from cipherdump.fscrypt.keys import load_key_file
+
     for arg in keys:
         m = _PAIRED.match(arg)
         if m is not None and not os.path.exists(arg):
@@ -103,18 +121,36 @@ def namespace(fs: Filesystem, loaded: LoadedKeys) -> Namespace:
     for w in loaded.warnings:
         click.echo(f"cipherdump: warning: {w}", err=True)
     if not loaded:
+        from cipherdump.engine.namespace import Namespace
+
         return Namespace(fs)
+    from cipherdump.engine.keyed import KeyedNamespace
+
     return KeyedNamespace(fs, loaded.ring, unverified_descriptors=loaded.unverified)
+
+
+def as_keyed(ns: Namespace) -> KeyedNamespace | None:
+    """``ns`` if it decrypts with keys, else None.
+
+    Without a key the keyed engine (and its ciphers) is never imported, and then no
+    namespace can be a keyed one: the check does not import it either.
+    """
+    if "cipherdump.engine.keyed" not in sys.modules:
+        return None
+    from cipherdump.engine.keyed import KeyedNamespace
+
+    return ns if isinstance(ns, KeyedNamespace) else None
 
 
 def report_keys(ns: Namespace) -> None:
     """Warn about policies no given key matched and about keys that matched nothing."""
-    if not isinstance(ns, KeyedNamespace):
+    keyed = as_keyed(ns)
+    if keyed is None:
         return
-    for policy in ns.missing.values():
-        click.echo(f"cipherdump: warning: {ns.missing_key_error(policy)}", err=True)
-    for key in ns.keyring:
-        if key.identifier not in ns.used:
+    for policy in keyed.missing.values():
+        click.echo(f"cipherdump: warning: {keyed.missing_key_error(policy)}", err=True)
+    for key in keyed.keyring:
+        if key.identifier not in keyed.used:
             click.echo(
                 f"cipherdump: warning: key with identifier {key.identifier.hex()} "
                 f"(v1 descriptor {key.descriptor.hex()}) decrypted nothing that was read",
@@ -124,14 +160,15 @@ def report_keys(ns: Namespace) -> None:
 
 def keyed_stat_fields(ns: Namespace, node: Node) -> dict[str, Any]:
     """Extra ``stat`` fields in keyed mode: was the name decrypted, is the key present."""
-    if not isinstance(ns, KeyedNamespace):
+    keyed = as_keyed(ns)
+    if keyed is None:
         return {}
     out: dict[str, Any] = {}
     if node.name_encrypted:
-        out["name_decrypted"] = ns.name_decrypted(node)
+        out["name_decrypted"] = keyed.name_decrypted(node)
     if node.inode.is_encrypted:
         try:
-            out["key_present"] = ns.cipher_for(node.inode) is not None
+            out["key_present"] = keyed.cipher_for(node.inode) is not None
         except CipherdumpError:  # an unreadable context is already shown in "context"
             out["key_present"] = False
     return out
@@ -247,6 +284,8 @@ def add_secret_keys(
     """
     if not secrets:
         return
+    from cipherdump.engine.fscrypt_meta import metadata_from_dir, passphrase_keys
+
     metadata = own_metadata()
     for directory in secrets.fscrypt_metadata:
         metadata.merge(metadata_from_dir(directory))
@@ -269,10 +308,17 @@ def add_secret_keys(
 
 def add_image_secrets(loaded: LoadedKeys, secrets: SecretOptions, fs: Filesystem) -> None:
     """``add_secret_keys`` for an image: its own ``/.fscrypt`` and e4crypt salt."""
+
+    def own_metadata() -> FscryptMetadata:
+        from cipherdump.engine.fscrypt_meta import metadata_from_image
+        from cipherdump.engine.namespace import Namespace
+
+        return metadata_from_image(Namespace(fs))
+
     add_secret_keys(
         loaded,
         secrets,
-        lambda: metadata_from_image(Namespace(fs)),
+        own_metadata,
         e4crypt_salt=fs.sb.s_encrypt_pw_salt,
     )
 

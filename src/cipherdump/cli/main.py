@@ -11,27 +11,24 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import traceback
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
 from cipherdump import __version__
 from cipherdump.cli import clone_cmd, keyopts, render, repo_cmds, restore_cmd
-from cipherdump.engine.describe import (
-    data_unit_size,
-    fs_info,
-    iter_ciphertext,
-    node_record,
-    stat_record,
-)
-from cipherdump.engine.extract import ExtractEvent, extract
-from cipherdump.engine.keyed import KeyedNamespace
-from cipherdump.engine.namespace import Problem
 from cipherdump.errors import CipherdumpError, KeyProblem
-from cipherdump.ext4 import Filesystem, open_filesystem
-from cipherdump.ext4.inode import FileType
+
+if TYPE_CHECKING:
+    from cipherdump.engine.extract import ExtractEvent
+    from cipherdump.ext4 import Filesystem
+
+# Start-up: this module and the cli modules it loads import only click, the standard
+# library and cipherdump.errors at the top.  The engine, the ext4 reader, fscrypt and
+# the repository (and with them cryptography, argon2, blake3, zstandard, crc32c, rich)
+# are imported inside the commands that use them, so `--help` and every command pay
+# only for what they run.  tests/test_cli_startup.py keeps it so.
 
 EXIT_PARTIAL = 1
 EXIT_INTERNAL = 70
@@ -65,6 +62,8 @@ def one_line_errors(fn: Callable[P, R]) -> Callable[P, R]:
             raise
         except Exception as err:
             if os.environ.get("CIPHERDUMP_DEBUG"):
+                import traceback
+
                 traceback.print_exc()
             _fail(
                 f"internal error: {type(err).__name__}: {err} (set CIPHERDUMP_DEBUG=1 "
@@ -77,6 +76,8 @@ def one_line_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 def _open(image: str) -> Filesystem:
+    from cipherdump.ext4 import open_filesystem
+
     fs = open_filesystem(image)
     for w in fs.warnings:
         click.echo(f"cipherdump: warning: {w}", err=True)
@@ -105,6 +106,8 @@ def cli() -> None:
 @one_line_errors
 def info(image: str, as_json: bool) -> None:
     """Superblock summary, features, state and encryption policies of IMAGE."""
+    from cipherdump.engine.describe import fs_info
+
     with _open(image) as fs:
         rec = fs_info(fs)
     if as_json:
@@ -174,6 +177,9 @@ def ls(
         repo_cmds.no_keys_for_snapshots(keys, key_dirs)
         keyopts.no_secrets_for_snapshots(secrets)
         return repo_cmds.ls_snapshot(repo, password_file, image, path, long, recursive, as_json)
+    from cipherdump.engine.describe import node_record
+    from cipherdump.engine.namespace import Problem
+
     problems = 0
     loaded = keyopts.load_keys(keys, key_dirs)
     with _open(image) as fs:
@@ -235,6 +241,8 @@ def stat_cmd(
         repo_cmds.no_keys_for_snapshots(keys, key_dirs)
         keyopts.no_secrets_for_snapshots(secrets)
         return repo_cmds.stat_snapshot(repo, password_file, image, path, as_json)
+    from cipherdump.engine.describe import stat_record
+
     loaded = keyopts.load_keys(keys, key_dirs)
     with _open(image) as fs:
         keyopts.add_image_secrets(loaded, secrets, fs)
@@ -285,6 +293,9 @@ def cat(
                 repo, password_file, image, path, keys, key_dirs, secrets
             )
         return repo_cmds.cat_snapshot(repo, password_file, image, path, ciphertext)
+    from cipherdump.engine.describe import data_unit_size, iter_ciphertext
+    from cipherdump.ext4.inode import FileType
+
     loaded = keyopts.load_keys(keys, key_dirs)
     with _open(image) as fs:
         keyopts.add_image_secrets(loaded, secrets, fs)
@@ -300,11 +311,11 @@ def cat(
                 out.write(chunk)
             if inode.is_encrypted:
                 click.echo(f"cipherdump: {path}: size {inode.size}, data unit {du}", err=True)
-        elif isinstance(ns, KeyedNamespace):
+        elif (keyed := keyopts.as_keyed(ns)) is not None:
             if inode.is_encrypted:
-                ns.require_cipher(inode, path)  # the message names the path
+                keyed.require_cipher(inode, path)  # the message names the path
             # Decrypts by data unit; holes come out as zeros without decryption.
-            for seg in ns.iter_segments(inode):
+            for seg in keyed.iter_segments(inode):
                 if seg.data is not None:
                     out.write(seg.data)
                     continue
@@ -357,6 +368,9 @@ def extract_cmd(
     given can decrypt are skipped with an error (exit 1); nothing is written outside
     DEST, and ciphertext is never written as if it were plaintext.
     """
+    from cipherdump.engine.extract import extract
+    from cipherdump.engine.keyed import KeyedNamespace
+
     loaded = keyopts.load_keys(keys, key_dirs)
 
     def show(ev: ExtractEvent) -> None:

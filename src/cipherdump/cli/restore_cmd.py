@@ -16,17 +16,22 @@ import importlib
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cipherdump.cli import keyopts, render, repo_cmds
-from cipherdump.engine.fscrypt_meta import metadata_from_snapshot
-from cipherdump.engine.plainwrite import WriteEvent
-from cipherdump.engine.restore_plain import SnapshotSource, restore_plain
-from cipherdump.engine.snapshot_view import SnapshotView
 from cipherdump.errors import CipherdumpError, InputError, KeyProblem
-from cipherdump.fscrypt.keys import KeyRing
+
+if TYPE_CHECKING:
+    from cipherdump.engine.plainwrite import WriteEvent
+    from cipherdump.engine.restore_plain import SnapshotSource
+    from cipherdump.engine.snapshot_view import SnapshotView
+    from cipherdump.fscrypt.keys import KeyRing
+    from cipherdump.fscrypt.protectors import FscryptMetadata
+
+# The restore engines, the repository and fscrypt are imported inside the functions
+# that use them, so that every other command starts without them.
 
 EXIT_PARTIAL = 1
 EXIT_UNUSABLE = 3
@@ -40,6 +45,12 @@ def snapshot_keys(
 ) -> KeyRing:
     """Every master key the options give, with passphrases unlocked against the
     snapshot's own ``.fscrypt`` (and ``--fscrypt-metadata``)."""
+
+    def own_metadata() -> FscryptMetadata:
+        from cipherdump.engine.fscrypt_meta import metadata_from_snapshot
+
+        return metadata_from_snapshot(view)
+
     loaded = keyopts.load_keys(keys, key_dirs)
     for w in loaded.warnings:
         click.echo(f"cipherdump: warning: {w}", err=True)
@@ -47,7 +58,7 @@ def snapshot_keys(
     keyopts.add_secret_keys(
         loaded,
         secrets,
-        lambda: metadata_from_snapshot(view),
+        own_metadata,
         e4crypt_salt=salt if isinstance(salt, bytes) else None,
     )
     return loaded.ring
@@ -124,6 +135,9 @@ def restore_cmd(
     if size is not None:
         raise click.UsageError("--size goes with --to-image")
     assert target is not None
+    from cipherdump.engine.restore_plain import restore_plain
+    from cipherdump.engine.snapshot_view import SnapshotView
+
     if not (keys or key_dirs or secrets):
         click.echo(
             "cipherdump: warning: no key or passphrase given: only unencrypted parts can be "
@@ -213,6 +227,9 @@ def cat_snapshot_keyed(
     secrets: keyopts.SecretOptions,
 ) -> None:
     """``cat --key/--passphrase`` of a file in a snapshot: its plaintext."""
+    from cipherdump.engine.restore_plain import SnapshotSource
+    from cipherdump.engine.snapshot_view import SnapshotView
+
     with repo_cmds.open_repository(repo, password_file, lock=False) as repository:
         snap_id, snap = repository.find_snapshot(snapshot)
         view = SnapshotView(repository, snap_id, snap)
