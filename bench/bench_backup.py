@@ -30,6 +30,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,23 +60,51 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants (the backup's workers)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
 def measure(argv: list[str], env: dict[str, str]) -> tuple[float, int, bytes]:
     """(seconds, peak RSS bytes, stdout) of ``argv``.
 
-    The peak RSS is the child's own ``ru_maxrss`` from ``wait4`` (``getrusage`` of that
-    one child), not the running maximum ``RUSAGE_CHILDREN`` keeps over all children.
+    The peak RSS is the larger of the child's own ``ru_maxrss`` (from ``wait4``) and
+    the largest sum of the resident sizes of the child and its worker processes,
+    sampled every 20 ms (pages shared by forked workers count once per process, so
+    this overstates what the backup takes).
     """
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.02):
+            peak[0] = max(peak[0], _tree_rss(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     out = proc.stdout.read()
     err = proc.stderr.read()
+    stop.set()
+    sampler.join()
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"child failed ({proc.returncode}): {err.decode(errors='replace')}")
-    return seconds, usage.ru_maxrss * 1024, out
+    return seconds, max(usage.ru_maxrss * 1024, peak[0]), out
 
 
 def file_sizes(data_mib: int, files: int, rng: random.Random) -> list[int]:
@@ -166,6 +195,9 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, default=None, help="Write cProfile stats of each backup here."
     )
+    parser.add_argument(
+        "--jobs", type=int, default=0, help="Passed to backup --jobs (default 0: automatic)."
+    )
     parser.add_argument("--json", action="store_true", help="Print the figures as JSON.")
     args = parser.parse_args()
     size = SMALL if args.small else {"data_mib": 1024, "files": 30000}
@@ -205,13 +237,21 @@ def main() -> None:
     )
     drop_caches()
     full_s, full_rss, out = measure(
-        [*cli(args.profile, "full"), "backup", "--json", str(image)], env
+        [*cli(args.profile, "full"), "backup", "--jobs", str(args.jobs), "--json", str(image)], env
     )
     full = json.loads(out)
     changed = change_one_percent(image, key, facts["data_bytes"])
     drop_caches()
     inc_s, inc_rss, out = measure(
-        [*cli(args.profile, "incremental"), "backup", "--json", str(image)], env
+        [
+            *cli(args.profile, "incremental"),
+            "backup",
+            "--jobs",
+            str(args.jobs),
+            "--json",
+            str(image),
+        ],
+        env,
     )
     inc = json.loads(out)
     check_s, _, _ = measure([*CLI, "check"], env)
@@ -219,6 +259,7 @@ def main() -> None:
     figures = {
         "kernel": os.uname().release,
         "cpus": os.cpu_count(),
+        "jobs": args.jobs,
         "files": facts["files"],
         "data_mib": round(facts["data_bytes"] / MiB, 1),
         "image_mib": round(facts["image_bytes"] / MiB, 1),

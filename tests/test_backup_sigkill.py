@@ -57,8 +57,23 @@ def source_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return image
 
 
+def _backups_still_running(image: Path) -> list[int]:
+    """Processes still backing up ``image`` (a killed backup's workers, were any left)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"backup" in argv and os.fsencode(image) in argv:
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.parametrize("jobs", ["1", "3"])
 def test_sigkill_during_backup_leaves_a_clean_repository(
-    source_image: Path, tmp_path: Path
+    source_image: Path, tmp_path: Path, jobs: str
 ) -> None:
     repo = tmp_path / "repo"
     env = _env(repo)
@@ -66,13 +81,13 @@ def test_sigkill_during_backup_leaves_a_clean_repository(
     assert init.returncode == 0, init.stderr
     # How long an uninterrupted run takes, to kill the others inside that window.
     t0 = time.monotonic()
-    done = _run(env, "backup", "--no-parent", str(source_image))
+    done = _run(env, "backup", "--no-parent", "--jobs", jobs, str(source_image))
     full = time.monotonic() - t0
     assert done.returncode == 0, done.stderr
     rng = random.Random(7)
     for point in [0.25, 0.5, 0.75, *(rng.uniform(0.1, 0.95) for _ in range(2))]:
         proc = subprocess.Popen(
-            [*CLI, "backup", "--force-reread", "--no-parent", str(source_image)],
+            [*CLI, "backup", "--force-reread", "--no-parent", "--jobs", jobs, str(source_image)],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -80,9 +95,14 @@ def test_sigkill_during_backup_leaves_a_clean_repository(
         time.sleep(full * point)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+        # Workers die with their parent (PR_SET_PDEATHSIG): none goes on writing.
+        deadline = time.monotonic() + 10
+        while _backups_still_running(source_image) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _backups_still_running(source_image) == []
         check = _run(env, "check", "--read-data")
         assert check.returncode == 0, (point, check.stdout, check.stderr)
-    after = _run(env, "backup", str(source_image), "--json")
+    after = _run(env, "backup", "--jobs", jobs, str(source_image), "--json")
     assert after.returncode == 0, after.stderr
     check = _run(env, "check", "--read-data")
     assert check.returncode == 0, check.stderr

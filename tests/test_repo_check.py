@@ -142,3 +142,32 @@ def test_missing_files_break_nothing_else(tmp_path: Path, what: str) -> None:
         assert report.ok and report.snapshots == 1
     else:
         assert not report.ok  # trees of a snapshot now point at unindexed blobs
+
+
+def test_a_blob_stored_by_two_processes_of_one_writer_checks_clean(tmp_path: Path) -> None:
+    """backup --jobs: two forked copies of one handle may both store a new blob; each
+    writes its own pack and index, and the repository reads and checks as usual."""
+    backend = LocalBackend.create(tmp_path / "repo")
+    data = os.urandom(5000)
+    with Repository.init(backend, b"pw", kdf=KDF) as repo:
+        repo.prepare_fork()
+        pid = os.fork()
+        if pid == 0:  # the worker: its own pack and index of the same blob
+            code = 1
+            try:
+                repo.become_worker()
+                repo.save_blob(BlobType.DATA, data)
+                repo.flush()
+                code = 0
+            finally:
+                os._exit(code)
+        blob_id = repo.save_blob(BlobType.DATA, data)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        tree = repo.save_tree(Tree.of([Node(b"f", "file", content=(blob_id,))]))
+        repo.save_snapshot(Snapshot(tree, time_ns=1, hostname="h"))
+    assert len(list(backend.list(FileType.PACK))) == 3  # the blob in two, the tree in one
+    with Repository.open(backend, b"pw") as repo:
+        assert repo.load_blob(BlobType.DATA, blob_id) == data
+        report = repo.check(read_data=True)
+        assert report.ok, report.text()

@@ -14,22 +14,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from cipherdump.blockio.mounts import mounted_read_write
 from cipherdump.cli import render
-from cipherdump.engine.backup import (
-    BackupOptions,
-    BackupProgress,
-    BackupResult,
-    backup,
-    snapshot_summary,
-)
-from cipherdump.engine.namespace import Problem
-from cipherdump.engine.nodeattrs import VOLATILE_ATTRS, int_attr
-from cipherdump.engine.snapshot_view import SnapNode, SnapshotView
 from cipherdump.errors import (
     CipherdumpError,
     InputError,
@@ -37,9 +26,15 @@ from cipherdump.errors import (
     KeyProblem,
     NotFoundError,
 )
-from cipherdump.ext4 import open_filesystem
-from cipherdump.repo import KdfParams, LocalBackend, Repository, resolve_password
-from cipherdump.repo.config import DEFAULT_PACK_SIZE
+
+if TYPE_CHECKING:
+    from cipherdump.engine.backup import BackupProgress, BackupResult
+    from cipherdump.engine.snapshot_view import SnapNode, SnapshotView
+    from cipherdump.repo import Repository
+
+# The repository (cryptography, argon2, blake3, zstandard), the backup engine and the
+# ext4 reader are imported inside the commands that use them: `--help` and the image
+# commands start without them.
 
 ENV_REPOSITORY = "CIPHERDUMP_REPOSITORY"
 EXIT_PARTIAL = 1
@@ -102,10 +97,14 @@ def _password(password_file: str | None, *, confirm: bool = False) -> bytes:
             )
             return answer
 
+    from cipherdump.repo.password import resolve_password
+
     return resolve_password(password_file, prompt=prompt)
 
 
 def open_repository(repo: str | None, password_file: str | None, *, lock: bool) -> Repository:
+    from cipherdump.repo import LocalBackend, Repository
+
     path = _need_repo(repo)
     if not Path(path).is_dir():
         raise NotFoundError(f"no repository at {path}")
@@ -113,6 +112,8 @@ def open_repository(repo: str | None, password_file: str | None, *, lock: bool) 
 
 
 def _find(repository: Repository, ref: str) -> SnapshotView:
+    from cipherdump.engine.snapshot_view import SnapshotView
+
     snap_id, snap = repository.find_snapshot(ref)
     return SnapshotView(repository, snap_id, snap)
 
@@ -133,19 +134,34 @@ def _time(ns: int) -> str:
 # -- init -------------------------------------------------------------------------------------
 
 
+class _PackSizeOption(click.Option):
+    """``--pack-size``: its default is the repository format's, looked up only when
+    ``init`` runs or shows its help (the format module imports the repository's ciphers)."""
+
+    def get_default(self, ctx: click.Context, call: bool = True) -> Any:
+        value = super().get_default(ctx, call=call)
+        if isinstance(value, int | str):
+            return value  # given in a default map
+        from cipherdump.repo.config import DEFAULT_PACK_SIZE
+
+        return DEFAULT_PACK_SIZE
+
+
 @click.command()
 @repo_option
 @password_option
 @click.option(
     "--pack-size",
+    cls=_PackSizeOption,
     type=click.IntRange(4096, 1 << 30),
-    default=DEFAULT_PACK_SIZE,
     show_default=True,
     help="Target size of pack files in bytes.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def init(repo: str | None, password_file: str | None, pack_size: int, as_json: bool) -> None:
     """Create a new, empty repository (a directory) protected by a password."""
+    from cipherdump.repo import KdfParams, LocalBackend, Repository
+
     path = _need_repo(repo)
     password = _password(password_file, confirm=True)
     backend = LocalBackend.create(path)
@@ -231,6 +247,15 @@ def _backup_summary(result: BackupResult, source: str) -> dict[str, Any]:
     "snapshot of the same filesystem UUID and path).",
 )
 @click.option("--no-parent", is_flag=True, help="Do not compare with any earlier snapshot.")
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help="Processes sharing the work: 1 backs up in this process alone; 0 (the default) "
+    "one per CPU, at most 4, when the filesystem has more than 2,000 inodes in use.",
+)
 @click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
 @click.option(
     "--allow-mounted",
@@ -246,6 +271,7 @@ def backup_cmd(
     force_reread: bool,
     parent: str | None,
     no_parent: bool,
+    jobs: int,
     tags: tuple[str, ...],
     allow_mounted: bool,
     as_json: bool,
@@ -257,6 +283,10 @@ def backup_cmd(
     Unchanged files (same inode number, generation, ctime, mtime, size and extent map as
     in the parent snapshot) are not read again; only changed data is stored.
     """
+    from cipherdump.blockio.mounts import mounted_read_write
+    from cipherdump.engine.backup import BackupOptions, backup
+    from cipherdump.ext4 import open_filesystem
+
     _need_repo(repo)
     mounts = mounted_read_write(source)
     if mounts:
@@ -288,6 +318,7 @@ def backup_cmd(
                 parent=parent,
                 no_parent=no_parent,
                 force_reread=force_reread,
+                jobs=jobs,
                 source_name=os.path.abspath(source),
                 tags=tags,
             )
@@ -335,6 +366,8 @@ def backup_cmd(
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
 def snapshots(repo: str | None, password_file: str | None, as_json: bool) -> None:
     """List the snapshots in the repository, oldest first."""
+    from cipherdump.engine.backup import snapshot_summary
+
     with open_repository(repo, password_file, lock=False) as repository:
         items = [snapshot_summary(i, s) for i, s in repository.list_snapshots()]
     if as_json:
@@ -392,6 +425,8 @@ def _iter_diff(
 
 
 def _meta(node: SnapNode) -> dict[str, Any]:
+    from cipherdump.engine.nodeattrs import VOLATILE_ATTRS
+
     # The listing position and atime are not changes a user means by "modified".
     return {k: v for k, v in node.attrs.items() if k not in VOLATILE_ATTRS}
 
@@ -487,6 +522,8 @@ def ls_snapshot(
     as_json: bool,
 ) -> None:
     """``ls`` of a snapshot: the same lines ``ls`` printed for the image."""
+    from cipherdump.engine.namespace import Problem
+
     problems = 0
     with open_repository(repo, password_file, lock=False) as repository:
         view = _find(repository, snapshot)
@@ -533,6 +570,8 @@ def cat_snapshot(
 ) -> None:
     """``cat`` of a file in a snapshot: plaintext of unencrypted files, or with
     ``--ciphertext`` the stored whole data units."""
+    from cipherdump.engine.nodeattrs import int_attr
+
     with open_repository(repo, password_file, lock=False) as repository:
         view = _find(repository, snapshot)
         node = view.resolve(os.fsencode(path))

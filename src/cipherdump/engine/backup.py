@@ -24,6 +24,8 @@ The engine never prints: progress and per-object problems go to callbacks.
 from __future__ import annotations
 
 import hashlib
+import os
+import pickle
 import posixpath
 import queue
 import socket
@@ -32,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 from cipherdump import __version__
@@ -43,6 +46,7 @@ from cipherdump.engine.namespace import Node as NsNode
 from cipherdump.engine.nodeattrs import NODE_ATTRS_VERSION, derived_record, fingerprint, int_attr
 from cipherdump.engine.parent import Census, DirRecord, ParentIndex, encode_dir_table
 from cipherdump.engine.policies import PolicyCensus, uuid_text
+from cipherdump.engine.workers import WorkerDied, WorkerPool
 from cipherdump.errors import CipherdumpError, CorruptError, InputError
 from cipherdump.ext4 import Filesystem, Inode
 from cipherdump.ext4.directory import Entry, dx_hash_version
@@ -62,6 +66,12 @@ from cipherdump.repo.tree import NodeSpan, join_nodes
 SNAPSHOT_FORMAT = 1
 _PREFETCH_BYTES = 64 << 20
 _PROGRESS_EVERY_S = 0.1
+# Below this many used inodes a backup is over before workers would pay off.
+_PARALLEL_MIN_INODES = 2000
+_AUTO_MAX_JOBS = 4
+# Directories a worker holds at once: one being backed up, one waiting, so it never idles.
+_JOBS_PER_WORKER = 2
+_WAIT_S = 0.2
 
 
 # -- options, results, events -------------------------------------------------------------
@@ -77,6 +87,9 @@ class BackupOptions:
     no_parent: bool = False
     force_reread: bool = False
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    # Processes sharing the work (see engine.workers); 0 picks one per CPU (at most
+    # four) for a filesystem of more than a few thousand inodes, else 1.
+    jobs: int = 0
     source_name: str = ""
     hostname: str = field(default_factory=socket.gethostname)
     tags: tuple[str, ...] = ()
@@ -205,6 +218,63 @@ _HASH = struct.Struct("<II")
 
 
 @dataclass(frozen=True, slots=True)
+class _DirJob:
+    """A directory handed to a worker, and where it sits in the parent's walk."""
+
+    number: int
+    path: bytes
+    name: bytes
+    raw_name: bytes
+    ino: int
+    name_encrypted: bool
+    stored_hash: tuple[int, int] | None
+    order: int
+    depth: int
+    count_census: bool  # False in a reused directory (see open_dir)
+    ancestors: tuple[int, ...]  # directory inodes from the top down to its parent
+
+
+@dataclass(frozen=True, slots=True)
+class _DirDone:
+    """A worker's answer to a :class:`_DirJob`."""
+
+    number: int
+    tree: bytes
+    attrs: dict[str, Value]
+    errors: int
+    census: Census  # the directory's own context, to count in its parent's census
+    records: list[DirRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class _WorkerEnd:
+    """What a worker counted over all its jobs, sent once its packs are saved."""
+
+    stats: BackupStats
+    census: Census
+    seen: bytes
+    seen_dirs: set[int]
+    loaded: dict[int, int]  # the parent's files it looked at: number -> generation
+    unmatched: dict[int, int]  # see _Backup.unmatched
+
+
+class _WorkerFailed(Exception):
+    """A worker stopped on an error of the whole backup (the repository, say)."""
+
+    def __init__(self, error: CipherdumpError | str) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _picklable(err: CipherdumpError) -> CipherdumpError:
+    try:
+        pickle.loads(pickle.dumps(err))
+    except Exception:  # any failure: send the message only
+        return CipherdumpError(str(err))
+    return err
+
+
+@dataclass(frozen=True, slots=True)
 class _Same:
     """An entry of a changed directory whose node is the parent's, reused as encoded."""
 
@@ -242,6 +312,8 @@ class _Frame:
     files: int = 0
     errors: int = 0
     pos: int = 0
+    # Child directories handed to a worker: entry name -> job number.
+    pending: dict[bytes, int] = field(default_factory=dict)
 
 
 class _Prefetcher:
@@ -295,6 +367,9 @@ class _Backup:
         self.seen = bytearray(sb.s_inodes_count // 8 + 1)
         # Data of hard-linked files read in this run, so a second link does not re-read.
         self._links: dict[int, tuple[tuple[int, ...], tuple[Id, ...]]] = {}
+        # New files whose number the parent index did not know when they were met (see
+        # ParentIndex.removed): number -> generation.
+        self.unmatched: dict[int, int] = {}
         self._inodes_total = max(sb.s_inodes_count - sb.s_free_inodes_count, 1)
         used = max(sb.s_blocks_count - sb.s_free_blocks_count, 0)
         self._bytes_total = used * fs.block_size
@@ -305,6 +380,13 @@ class _Backup:
         self._policy_keys: dict[bytes, bytes] = {}
         # Set while run_walk runs, if the source takes read-ahead hints.
         self._prefetcher: _Prefetcher | None = None
+        # Worker processes (see hand_out), what they sent back, what they counted.
+        self.pool: WorkerPool | None = None
+        self._jobs = 0
+        self._done: dict[int, _DirDone] = {}
+        self._remote = [0, 0, 0]  # inodes done, bytes done, bytes read by workers
+        self._ends: list[_WorkerEnd] = []
+        self._ended: set[int] = set()
         # What every source key starts from: the facts of this run and filesystem that
         # change how any inode is described.
         self._source_base = hashlib.blake2b(
@@ -343,14 +425,16 @@ class _Backup:
         if not force and now - self._last_progress < _PROGRESS_EVERY_S:
             return
         self._last_progress = now
-        total = self._bytes_done if finished else max(self._bytes_total, self._bytes_done)
+        inodes_done = self._inodes_done + self._remote[0]
+        bytes_done = self._bytes_done + self._remote[1]
+        total = bytes_done if finished else max(self._bytes_total, bytes_done)
         self.on_progress(
             BackupProgress(
-                inodes_done=self._inodes_done,
-                inodes_total=max(self._inodes_total, self._inodes_done),
-                bytes_done=self._bytes_done,
+                inodes_done=inodes_done,
+                inodes_total=max(self._inodes_total, inodes_done),
+                bytes_done=bytes_done,
                 bytes_total=total,
-                bytes_read=self.stats.bytes_read,
+                bytes_read=self.stats.bytes_read + self._remote[2],
                 path=path,
                 finished=finished,
             )
@@ -440,8 +524,11 @@ class _Backup:
         parent = self.parent
         before = parent.file(ino.ino, ino.generation) if parent is not None else None
         if before is None:
-            if parent is not None and parent.file_generation(ino.ino) is not None:
-                s.files_removed += 1  # the number now belongs to a new inode
+            if parent is not None:
+                if parent.file_generation(ino.ino) is not None:
+                    s.files_removed += 1  # the number now belongs to a new inode
+                else:  # perhaps the parent's tree that has it is not loaded (yet)
+                    self.unmatched[ino.ino] = ino.generation & 0xFFFFFFFF
             s.files_new += 1
             return False
         if before[0] == fingerprint(attrs):
@@ -627,10 +714,10 @@ class _Backup:
             kids.append((e, child))
         return h.digest(), kids, sources
 
-    def open_dir(self, node: NsNode, order: int, depth: int, outer: _Frame | None) -> _Frame:
-        # In a reused directory the census of its entries is the parent's; do not recount.
-        census = self.total_census if outer is None else outer.census
-        attrs = self.attrs_of(node, order, None if outer and outer.reuse else census)
+    def open_dir(self, node: NsNode, order: int, depth: int, census: Census | None) -> _Frame:
+        """``census``: where the directory's own context is counted (None in a reused
+        directory, whose census is the parent snapshot's)."""
+        attrs = self.attrs_of(node, order, census)
         ino = node.inode
         if self.first_visit(ino.ino):
             self.classify_dir(ino, fingerprint(attrs))
@@ -809,6 +896,8 @@ class _Backup:
 
     def close_dir(self, frame: _Frame) -> Id:
         """Save (or reuse) the directory's tree and record it in the directory table."""
+        if frame.pending:
+            self.collect(frame)
         if frame.reuse is not None:
             same = len(frame.nodes) == len(frame.kids) and all(
                 isinstance(n, Node)
@@ -848,18 +937,42 @@ class _Backup:
 
     def run_walk(self, top: NsNode) -> tuple[Id, dict[str, Value]]:
         """Back up the directory ``top``; returns its tree id and its own attrs."""
+        workers = self.worker_count()
+        if workers:
+            self.start_workers(workers)  # before any thread of ours starts
+        try:
+            self.start_prefetcher()
+            try:
+                tree_id, frame = self.walk(self.open_dir(top, 0, 0, self.total_census))
+            finally:
+                self.stop_prefetcher()
+            if self.pool is not None:
+                self.finish_workers()
+        except _WorkerFailed as failed:
+            # Not a problem of one entry (which the walk would report and go past).
+            if isinstance(failed.error, CipherdumpError):
+                raise failed.error from None
+            raise RuntimeError(f"a backup worker failed: {failed.error}") from None
+        finally:
+            if self.pool is not None:
+                self.pool.kill()
+                self.pool = None
+        return tree_id, frame.attrs
+
+    def start_prefetcher(self) -> None:
         hint: Callable[[int, int], None] | None = getattr(self.fs.source, "prefetch", None)
         if hint is not None:
             self._prefetcher = _Prefetcher(hint)
-        try:
-            return self.walk(top)
-        finally:
-            if self._prefetcher is not None:
-                self._prefetcher.close()
-                self._prefetcher = None
 
-    def walk(self, top: NsNode) -> tuple[Id, dict[str, Value]]:
-        stack = [self.open_dir(top, 0, 0, None)]
+    def stop_prefetcher(self) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
+
+    def walk(self, first: _Frame) -> tuple[Id, _Frame]:
+        """Back up the tree under the open directory ``first``; returns its tree id and
+        its frame (its attrs and whether anything under it failed)."""
+        stack = [first]
         while True:
             frame = stack[-1]
             if frame.pos < len(frame.kids):
@@ -885,7 +998,10 @@ class _Backup:
                         # In a reused directory the entry's position is its old one.
                         if frame.reuse is not None:
                             order = frame.orders.get(kid.raw_name, 0)
-                        stack.append(self.open_dir(kid, order, len(stack), frame))
+                        if self.pool is not None and self.hand_out(kid, order, stack):
+                            continue
+                        census = None if frame.reuse is not None else frame.census
+                        stack.append(self.open_dir(kid, order, len(stack), census))
                     else:
                         frame.files += 1
                         frame.nodes[kid.raw_name] = self.make_node(kid, order, frame)
@@ -895,7 +1011,7 @@ class _Backup:
             stack.pop()
             tree_id = self.close_dir(frame)
             if not stack:
-                return tree_id, frame.attrs
+                return tree_id, frame
             if frame.errors:
                 stack[-1].errors += 1  # a damaged subtree keeps its parents from reuse
             stack[-1].nodes[frame.node.raw_name] = Node(
@@ -921,6 +1037,191 @@ class _Backup:
                 err = caught
         name = self.ns.display_name(frame.node.inode, kid.entry)
         self.problem(posixpath.join(frame.node.path, name), err, frame)
+
+    # -- sharing the walk with worker processes ---------------------------------------
+    #
+    # The parent process walks as above, but hands directories without subdirectories
+    # (a link count of 2) to a worker that has room for them; the worker backs the
+    # directory up as the parent would (its own packs, its own index files) and sends
+    # back the tree id and attrs, which the parent puts where the directory's node
+    # goes.  Trees are content-addressed, so the snapshot's trees are the same bytes
+    # whichever process made them.  What is only approximate across processes: a file
+    # hard-linked from directories done by different processes is read, counted and
+    # (once per process) stored for each, and a chunk new to the repository may be
+    # stored once per process that meets it in the same run.
+
+    def worker_count(self) -> int:
+        """How many worker processes to start (besides this one)."""
+        if not self.repo.shared_between_processes:
+            return 0
+        jobs = self.options.jobs
+        if jobs <= 0:
+            if self._inodes_total < _PARALLEL_MIN_INODES:
+                return 0
+            jobs = min(os.cpu_count() or 1, _AUTO_MAX_JOBS)
+        return max(jobs - 1, 0)
+
+    def start_workers(self, count: int) -> None:
+        self.repo.prepare_fork()
+        self.pool = WorkerPool(count, self.serve)
+
+    def hand_out(self, kid: NsNode, order: int, stack: list[_Frame]) -> bool:
+        """Give the directory ``kid`` of ``stack[-1]`` to a worker, if it has no
+        subdirectories and a worker has room; False to walk it here."""
+        pool = self.pool
+        assert pool is not None
+        if kid.inode.links != 2:
+            return False
+        self.pump(0)
+        worker = pool.least_busy(_JOBS_PER_WORKER)
+        if worker is None:
+            return False
+        frame = stack[-1]
+        self._jobs += 1
+        job = _DirJob(
+            self._jobs,
+            kid.path,
+            kid.name,
+            kid.raw_name,
+            kid.inode.ino,
+            kid.name_encrypted,
+            kid.stored_hash,
+            order,
+            len(stack),
+            frame.reuse is None,
+            tuple(f.node.inode.ino for f in stack),
+        )
+        pool.send(worker, job)
+        pool.in_flight[worker] += 1
+        frame.pending[kid.raw_name] = job.number
+        # Holds the entry's place (and catches a second entry of the same name).
+        frame.nodes[kid.raw_name] = Node(kid.raw_name, "dir")
+        return True
+
+    def collect(self, frame: _Frame) -> None:
+        """Wait for the directories of ``frame`` that workers have, and put them in."""
+        for name, number in frame.pending.items():
+            while number not in self._done:
+                self.pump(_WAIT_S)
+            done = self._done.pop(number)
+            for key, n in done.census.items():
+                frame.census[key] = frame.census.get(key, 0) + n
+            if done.errors:
+                frame.errors += 1
+            frame.nodes[name] = Node(name, "dir", subtree=Id(done.tree), attrs=done.attrs)
+            self.dir_records.extend(done.records)
+        frame.pending.clear()
+
+    def pump(self, timeout: float | None) -> None:
+        """Take in what the workers sent within ``timeout`` seconds."""
+        pool = self.pool
+        assert pool is not None
+        for worker, message in pool.receive(timeout):
+            if message is None:
+                if worker in self._ended:
+                    continue
+                raise WorkerDied(f"backup worker {worker} ended unexpectedly")
+            kind = message[0]
+            if kind == "done":
+                done: _DirDone = message[1]
+                self._done[done.number] = done
+                pool.in_flight[worker] -= 1
+            elif kind == "progress":
+                for i, n in enumerate(message[1:]):
+                    self._remote[i] += n
+            elif kind == "problem":
+                if self.on_problem is not None:
+                    self.on_problem(message[1], message[2])
+            elif kind == "end":
+                self._ends.append(message[1])
+                self._ended.add(worker)
+            elif kind == "failed":
+                raise _WorkerFailed(message[1])
+        self.repo.refresh_lock()
+        self.progress(b"")
+
+    def finish_workers(self) -> None:
+        """Have every worker save what it holds; merge what they counted."""
+        pool = self.pool
+        assert pool is not None
+        for worker in range(len(pool)):
+            pool.send(worker, None)
+        while len(self._ends) < len(pool):
+            self.pump(_WAIT_S)
+        pool.join()
+        self.pool = None
+        for end in self._ends:
+            for name, value in end.stats.as_dict().items():
+                setattr(self.stats, name, getattr(self.stats, name) + value)
+            for key, n in end.census.items():
+                self.total_census[key] = self.total_census.get(key, 0) + n
+            for i, byte in enumerate(end.seen):
+                if byte:
+                    self.seen[i] |= byte
+            self.seen_dirs.update(end.seen_dirs)
+            if self.parent is not None:
+                self.parent.merge_loaded(end.loaded)
+            self.unmatched.update(end.unmatched)
+        self._ends.clear()
+
+    # In a worker process (a forked copy of the parent's _Backup):
+
+    def serve(self, conn: Connection) -> None:
+        """A worker's life: back up the directories it is sent, until told to stop."""
+        self.pool = None
+        self.repo.become_worker()
+        self.stats = BackupStats()
+        self.total_census = {}
+        self.dir_records = []
+        self.unmatched = {}
+        self.seen = bytearray(len(self.seen))
+        self._inodes_done = self._bytes_done = 0
+        sent = [0, 0, 0]
+
+        def send_progress(event: BackupProgress) -> None:
+            now = [event.inodes_done, event.bytes_done, event.bytes_read]
+            conn.send(("progress", *(a - b for a, b in zip(now, sent, strict=True))))
+            sent[:] = now
+
+        self.on_progress = send_progress
+        self.on_problem = lambda path, err: conn.send(("problem", path, _picklable(err)))
+        try:
+            self.start_prefetcher()
+            while (job := conn.recv()) is not None:
+                conn.send(("done", self.run_job(job)))
+            self.stop_prefetcher()
+            self.progress(b"", force=True)
+            self.repo.flush()
+            loaded = self.parent.loaded_files() if self.parent is not None else {}
+            end = _WorkerEnd(
+                self.stats,
+                self.total_census,
+                bytes(self.seen),
+                self.seen_dirs,
+                loaded,
+                self.unmatched,
+            )
+            conn.send(("end", end))
+        except CipherdumpError as err:
+            conn.send(("failed", _picklable(err)))
+        except Exception as err:  # the parent reports it as one line
+            conn.send(("failed", f"{type(err).__name__}: {err}"))
+
+    def run_job(self, job: _DirJob) -> _DirDone:
+        self.seen_dirs.update(job.ancestors)  # as the parent's walk knows them
+        node = NsNode(
+            job.path,
+            job.name,
+            job.raw_name,
+            self.fs.inode(job.ino),
+            job.name_encrypted,
+            job.stored_hash,
+        )
+        census: Census = {}
+        first = self.open_dir(node, job.order, job.depth, census if job.count_census else None)
+        tree_id, frame = self.walk(first)
+        records, self.dir_records = self.dir_records, []
+        return _DirDone(job.number, tree_id.raw, frame.attrs, frame.errors, census, records)
 
     def ancestors(self, top: NsNode) -> list[Value]:
         """The directories from ``/`` down to ``top``'s parent, metadata and contexts."""
@@ -965,11 +1266,11 @@ def backup(
     job.progress(top.path, force=True)
     tree_id, top_attrs = job.run_walk(top)
     if job.parent is not None:
-        files, dirs = job.parent.removed(job.seen, job.seen_dirs)
+        files, dirs = job.parent.removed(job.seen, job.seen_dirs, job.unmatched)
         job.stats.files_removed += files
         job.stats.dirs_removed += dirs
     policies = job.census.summary(job.total_census)
-    table, dir_census = encode_dir_table(job.dir_records)
+    table, dir_census = encode_dir_table(sorted(job.dir_records, key=lambda r: r.ino))
     attrs: dict[str, Value] = {
         "format": SNAPSHOT_FORMAT,
         "node_attrs": NODE_ATTRS_VERSION,

@@ -96,6 +96,8 @@ class ParentIndex:
         self.dirs = decode_dir_table(attrs)
         self._by_ino: dict[int, bytes] = {}
         self._loaded: set[Id] = set()
+        # Files of trees other processes loaded (see merge_loaded): number -> generation.
+        self._loaded_elsewhere: dict[int, int] = {}
 
     def dir_record(self, ino: int, generation: int) -> DirRecord | None:
         rec = self.dirs.get(ino)
@@ -179,7 +181,18 @@ class ParentIndex:
         value = self._by_ino.get(ino)
         return None if value is None else int(_GEN.unpack_from(value)[0])
 
-    def removed(self, seen: bytearray, seen_dirs: set[int]) -> tuple[int, int]:
+    def loaded_files(self) -> dict[int, int]:
+        """Inode number -> generation of the files of every tree loaded so far."""
+        return {ino: int(_GEN.unpack_from(v)[0]) for ino, v in self._by_ino.items()}
+
+    def merge_loaded(self, files: Mapping[int, int]) -> None:
+        """Count files another process loaded (see :meth:`loaded_files`) in
+        :meth:`removed`; they are not looked up here."""
+        self._loaded_elsewhere.update(files)
+
+    def removed(
+        self, seen: bytearray, seen_dirs: set[int], unmatched: Mapping[int, int] | None = None
+    ) -> tuple[int, int]:
         """(files, dirs) of the parent not seen in this run.
 
         Directories are counted from the table; the files of a directory that is gone
@@ -196,7 +209,15 @@ class ParentIndex:
             if ino not in seen_dirs:
                 dirs += 1
                 files += rec.files
-        for ino in self._by_ino:
+        loaded = dict(self._loaded_elsewhere)
+        loaded.update(self.loaded_files())
+        for ino in loaded:
             if not is_seen(ino):
+                files += 1
+        # New files whose number the parent's file had, found before its tree was
+        # loaded (or by another process): that file is gone.
+        for ino, generation in (unmatched or {}).items():
+            before = loaded.get(ino)
+            if before is not None and before != generation:
                 files += 1
         return files, dirs

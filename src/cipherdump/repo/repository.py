@@ -142,8 +142,31 @@ class Repository:
     def flush(self) -> None:
         """Save unfinished packs, then the index delta naming them."""
         self._store.flush()
+        self.refresh_lock()
+
+    def refresh_lock(self) -> None:
+        """Keep the lock fresh (a no-op until it is due); for long waits."""
         if self._lock is not None:
             self._lock.refresh_if_due()
+
+    # Sharing the work with forked processes -------------------------------------------
+
+    @property
+    def shared_between_processes(self) -> bool:
+        """Whether forked copies of this handle may write at once (they each write their
+        own packs and index files): true of a directory, not of memory."""
+        return bool(getattr(self.backend, "shared_between_processes", False))
+
+    def prepare_fork(self) -> None:
+        """Make everything written so far durable, load the index and stop the store's
+        threads, so that a forked copy starts from a state it can use on its own."""
+        self._store.flush()
+        self._store.stop_threads()
+        _ = self._store.index
+
+    def become_worker(self) -> None:
+        """In a forked copy: the lock is the parent's; never refresh or release it."""
+        self._lock = None
 
     # Snapshots ------------------------------------------------------------------------
 

@@ -59,6 +59,10 @@ def _mkdir(path: Path) -> None:
 class LocalBackend:
     """A repository in a local directory."""
 
+    # Several processes may write at once: every file is written under a temporary
+    # name of its own and renamed into place.
+    shared_between_processes = True
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.root = Path(path)
         if not self.root.is_dir():

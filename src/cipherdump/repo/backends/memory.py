@@ -18,6 +18,9 @@ from cipherdump.repo.backends.base import (
 class MemoryBackend:
     """Holds every file as bytes; ``files`` is exposed for tests that damage them."""
 
+    # A forked copy would write into its own memory, lost to the parent.
+    shared_between_processes = False
+
     def __init__(self) -> None:
         self.files: dict[Handle, bytes] = {}
 

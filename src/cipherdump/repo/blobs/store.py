@@ -152,6 +152,14 @@ class BlobStore:
             self._executor = None
         self._pending.clear()
 
+    def stop_threads(self) -> None:
+        """Stop the commit thread once what it was given is saved (it starts again when
+        needed); a process about to fork must not leave a thread the child lacks."""
+        self._wait_pending()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
     def _flush_pack(self, blob_type: BlobType) -> None:
         writer = self._writers.pop(blob_type)
         spool = self._spools.pop(blob_type, None)
