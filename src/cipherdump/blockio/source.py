@@ -100,6 +100,14 @@ class FileSource(Closable):
             with contextlib.suppress(OSError):
                 os.posix_fadvise(self._fd, offset, length, os.POSIX_FADV_WILLNEED)
 
+    def reopen(self) -> None:
+        """Read through a new open file of the same file.  A forked process that kept
+        the parent's would share its kernel read-ahead state, and two interleaved
+        streams of reads defeat read-ahead for both."""
+        fd = _open_readonly(f"/proc/self/fd/{self._fd}", 0)
+        os.close(self._fd)
+        self._fd = fd
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

@@ -942,6 +942,10 @@ class _Backup:
             self.start_workers(workers)  # before any thread of ours starts
         try:
             self.start_prefetcher()
+            if self._prefetcher is not None:
+                # Every inode is read (those of unchanged files too): have the kernel
+                # read the inode tables ahead of the walk.
+                self._prefetcher.put(self.fs.inode_table_ranges())
             try:
                 tree_id, frame = self.walk(self.open_dir(top, 0, 0, self.total_census))
             finally:
@@ -1170,6 +1174,9 @@ class _Backup:
         """A worker's life: back up the directories it is sent, until told to stop."""
         self.pool = None
         self.repo.become_worker()
+        reopen: Callable[[], None] | None = getattr(self.fs.source, "reopen", None)
+        if reopen is not None:
+            reopen()
         self.stats = BackupStats()
         self.total_census = {}
         self.dir_records = []

@@ -21,6 +21,7 @@ from cipherdump.ondisk.dirent import (
     rec_len_from_disk,
     scan_dirents,
 )
+from cipherdump.ondisk.records import record_maker
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,6 +44,9 @@ class Entry:
     ino: int
     file_type: int
     hash: tuple[int, int] | None = None
+
+
+_make_entry = record_maker(Entry)
 
 
 def read_entries(dir_inode: Inode) -> list[Entry]:
@@ -159,7 +163,7 @@ def _is_dx_node(block: bytes, bs: int, lblk: int, indexed: bool) -> bool:
 
 def _public(raw: list[DirentTuple]) -> list[Entry]:
     return [
-        Entry(name, ino, ft, stored)
+        _make_entry(name, ino, ft, stored)
         for ino, name, ft, _offset, _rec_len, stored in raw
         if name != b"." and name != b".."
     ]

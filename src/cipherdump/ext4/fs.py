@@ -8,14 +8,14 @@ from cipherdump.blockio import ByteSource, Closable, open_source
 from cipherdump.errors import ChecksumError, CorruptError, NotExt4Error, UnsupportedError
 from cipherdump.ext4.inode import Inode
 from cipherdump.ondisk import features as F
-from cipherdump.ondisk.csum import fs_csum_seed, inode_csum_seed
+from cipherdump.ondisk.csum import fs_csum_seed
 from cipherdump.ondisk.groupdesc import (
     EXT4_BG_INODE_UNINIT,
     GroupDesc,
     decode_group_desc,
     group_desc_csum,
 )
-from cipherdump.ondisk.inode import decode_inode, inode_csum
+from cipherdump.ondisk.inode import decode_inode, inode_record_csum
 from cipherdump.ondisk.superblock import (
     SUPERBLOCK_OFFSET,
     SUPERBLOCK_SIZE,
@@ -27,6 +27,7 @@ from cipherdump.ondisk.superblock import (
 ROOT_INO = 2
 EXT4_OS_HURD = 1  # s_creator_os
 _INODE_CACHE_SIZE = 4096
+_ITABLE_CACHE_BLOCKS = 256
 
 
 class Filesystem(Closable):
@@ -60,6 +61,9 @@ class Filesystem(Closable):
         )
         self.groups: list[GroupDesc] = self._read_group_descs()
         self._inode_cache: OrderedDict[int, Inode] = OrderedDict()
+        # Inode-table blocks read lately, by byte offset: the inodes of one directory
+        # mostly share blocks, so a walk reads each block once, not once per inode.
+        self._itable_blocks_cache: OrderedDict[int, bytes] = OrderedDict()
         # Superblock facts asked for once per inode load, derived once here.
         self._inode_size = sb.inode_size
         self._metadata_csum = sb.metadata_csum
@@ -228,14 +232,15 @@ class Filesystem(Closable):
     # -- inodes ----------------------------------------------------------------------
     def inode(self, ino: int) -> Inode:
         """The inode numbered ``ino``; raises CorruptError for an invalid number or record."""
-        cached = self._inode_cache.get(ino)
+        cache = self._inode_cache
+        cached = cache.get(ino)
         if cached is not None:
-            self._inode_cache.move_to_end(ino)
+            cache.move_to_end(ino)
             return cached
         node = self._load_inode(ino)
-        self._inode_cache[ino] = node
-        if len(self._inode_cache) > _INODE_CACHE_SIZE:
-            self._inode_cache.popitem(last=False)
+        cache[ino] = node
+        if len(cache) > _INODE_CACHE_SIZE:
+            cache.popitem(last=False)
         return node
 
     def _load_inode(self, ino: int) -> Inode:
@@ -250,8 +255,7 @@ class Filesystem(Closable):
         if gd.bg_flags & EXT4_BG_INODE_UNINIT and self._uninit_bg:
             raw = bytes(isz)  # never initialised: reads as a free inode
         else:
-            offset = gd.bg_inode_table * self.block_size + index * isz
-            raw = self.source.read_at(offset, isz)
+            raw = self._read_inode_record(gd.bg_inode_table * self.block_size + index * isz)
             if len(raw) != isz:
                 raise CorruptError(
                     "inode lies beyond the end of the image",
@@ -260,8 +264,9 @@ class Filesystem(Closable):
                 )
         rec = decode_inode(raw, isz, hurd=self._hurd)
         if self._metadata_csum and any(raw):
-            seed = inode_csum_seed(self.csum_seed, ino, rec.i_generation)
-            want = inode_csum(raw, seed, isz, rec.i_extra_isize)
+            want = inode_record_csum(
+                raw, self.csum_seed, ino, rec.i_generation, isz, rec.i_extra_isize
+            )
             if want != rec.i_checksum:
                 raise ChecksumError(
                     f"checksum 0x{rec.i_checksum:x} != computed 0x{want:x}",
@@ -269,6 +274,41 @@ class Filesystem(Closable):
                     location=f"inode {ino}",
                 )
         return Inode(self, ino, rec)
+
+    def _read_inode_record(self, offset: int) -> bytes:
+        """The inode record at ``offset`` (shorter at the end of a truncated image)."""
+        isz, bs = self._inode_size, self.block_size
+        if bs % isz:  # records would straddle blocks: no valid ext4 has that
+            return self.source.read_at(offset, isz)
+        start = offset - offset % bs
+        cache = self._itable_blocks_cache
+        block = cache.get(start)
+        if block is None:
+            block = self.source.read_at(start, bs)
+            cache[start] = block
+            if len(cache) > _ITABLE_CACHE_BLOCKS:
+                cache.popitem(last=False)
+        at = offset - start
+        return block[at : at + isz]
+
+    def inode_table_ranges(self, limit: int = 256 << 20) -> list[tuple[int, int]]:
+        """Byte ranges ``(offset, length)`` of the inode tables' initialised parts, at
+        most ``limit`` bytes in all: what a walk of every inode will read, for
+        read-ahead hints."""
+        sb = self.sb
+        per_group, isz = sb.s_inodes_per_group, self._inode_size
+        out: list[tuple[int, int]] = []
+        for gd in self.groups:
+            used = per_group
+            if self._uninit_bg:
+                if gd.bg_flags & EXT4_BG_INODE_UNINIT:
+                    continue
+                used -= min(gd.bg_itable_unused, per_group)
+            length = min(used * isz, limit)
+            if length > 0:
+                out.append((gd.bg_inode_table * self.block_size, length))
+                limit -= length
+        return out
 
     @property
     def root(self) -> Inode:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import enum
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
-from functools import cached_property
 from typing import TYPE_CHECKING
 
 from cipherdump.errors import CorruptError, UnsupportedError
+from cipherdump.ext4.directory import read_entries
+from cipherdump.ext4.mapping import Run as Run
+from cipherdump.ext4.mapping import map_runs
+from cipherdump.ext4.xattr import Xattr, read_inode_body_xattrs, read_xattrs
 from cipherdump.ondisk import features as F
 from cipherdump.ondisk import inode as I
 from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_ENCRYPTION, EXT4_XATTR_INDEX_SYSTEM
@@ -17,7 +19,6 @@ from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_ENCRYPTION, EXT4_XATTR_INDE
 if TYPE_CHECKING:
     from cipherdump.ext4.directory import Entry
     from cipherdump.ext4.fs import Filesystem
-    from cipherdump.ext4.xattr import Xattr
 
 
 class FileType(enum.Enum):
@@ -45,30 +46,50 @@ _FMT_TO_TYPE = {
 FAST_SYMLINK_MAX = 60
 
 
-@dataclass(frozen=True, slots=True)
-class Run:
-    """``length`` logical blocks from ``lblk``: at ``pblk``, or a hole when ``pblk`` is None.
-
-    ``unwritten`` marks preallocated extents that read as zeros.
-    """
-
-    lblk: int
-    length: int
-    pblk: int | None
-    unwritten: bool = False
-
-    @property
-    def is_hole(self) -> bool:
-        return self.pblk is None
+# Flag and feature bits asked for on every inode, as plain module constants.
+_ENCRYPT_FL = I.EXT4_ENCRYPT_FL
+_CASEFOLD_FL = I.EXT4_CASEFOLD_FL
+_INLINE_DATA_FL = I.EXT4_INLINE_DATA_FL
+_EXTENTS_FL = I.EXT4_EXTENTS_FL
+_INDEX_FL = I.EXT4_INDEX_FL
+_HUGE_FILE_FL = I.EXT4_HUGE_FILE_FL
+_RO_COMPAT_HUGE_FILE = F.RO_COMPAT_HUGE_FILE
+_S_IFMT = 0o170000
 
 
 class Inode:
-    """A read-only view of one inode.  Cheap to make; everything below is lazy."""
+    """A read-only view of one inode.  Cheap to make; everything below is lazy.
+
+    The block map (:attr:`runs`), the xattrs and the directory entries are read once,
+    on first use, and kept with the view.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_by_name",
+        "_entries",
+        "_runs",
+        "_xattrs",
+        "fs",
+        "ino",
+        "raw",
+        "type",
+    )
+
+    fs: Filesystem
+    ino: int
+    raw: I.RawInode
+    #: The file type, from the mode's format bits (``UNKNOWN`` for none of the seven).
+    type: FileType
 
     def __init__(self, fs: Filesystem, ino: int, raw: I.RawInode) -> None:
         self.fs = fs
         self.ino = ino
         self.raw = raw
+        # Set once here: walks ask every inode its type many times over.
+        self.type = _FMT_TO_TYPE.get(raw.i_mode & _S_IFMT, FileType.UNKNOWN)
+        self._xattrs: list[Xattr] | None = None
+        self._runs: list[Run] | None = None
         self._entries: list[Entry] | None = None
         self._by_name: dict[bytes, Entry] | None = None
 
@@ -79,11 +100,6 @@ class Inode:
     @property
     def mode(self) -> int:
         return self.raw.i_mode
-
-    @cached_property
-    def type(self) -> FileType:
-        # Cached: walks ask every inode its type many times over.
-        return _FMT_TO_TYPE.get(stat.S_IFMT(self.raw.i_mode), FileType.UNKNOWN)
 
     @property
     def is_dir(self) -> bool:
@@ -129,33 +145,43 @@ class Inode:
     def in_use(self) -> bool:
         return self.raw.i_mode != 0 and self.raw.i_dtime == 0
 
+    # The four timestamps: I.timestamp_ns, written out (they are asked for per file).
     @property
     def atime_ns(self) -> int:
-        return I.timestamp_ns(self.raw.i_atime, self.raw.i_atime_extra)
+        raw = self.raw
+        secs = raw.i_atime - ((raw.i_atime & 0x80000000) << 1) + ((raw.i_atime_extra & 3) << 32)
+        return secs * 1_000_000_000 + (raw.i_atime_extra >> 2)
 
     @property
     def mtime_ns(self) -> int:
-        return I.timestamp_ns(self.raw.i_mtime, self.raw.i_mtime_extra)
+        raw = self.raw
+        secs = raw.i_mtime - ((raw.i_mtime & 0x80000000) << 1) + ((raw.i_mtime_extra & 3) << 32)
+        return secs * 1_000_000_000 + (raw.i_mtime_extra >> 2)
 
     @property
     def ctime_ns(self) -> int:
-        return I.timestamp_ns(self.raw.i_ctime, self.raw.i_ctime_extra)
+        raw = self.raw
+        secs = raw.i_ctime - ((raw.i_ctime & 0x80000000) << 1) + ((raw.i_ctime_extra & 3) << 32)
+        return secs * 1_000_000_000 + (raw.i_ctime_extra >> 2)
 
     @property
     def crtime_ns(self) -> int | None:
-        if not self.raw.has_crtime:
+        raw = self.raw
+        if not raw.has_extra["crtime"]:
             return None
-        return I.timestamp_ns(self.raw.i_crtime, self.raw.i_crtime_extra)
+        secs = raw.i_crtime - ((raw.i_crtime & 0x80000000) << 1) + ((raw.i_crtime_extra & 3) << 32)
+        return secs * 1_000_000_000 + (raw.i_crtime_extra >> 2)
 
     @property
     def blocks_512(self) -> int:
         """``st_blocks``: 512-byte units, whatever the huge_file encoding on disk."""
-        if not self.fs.sb.has_ro_compat(F.RO_COMPAT_HUGE_FILE):
+        raw = self.raw
+        if not self.fs.sb.s_feature_ro_compat & _RO_COMPAT_HUGE_FILE:
             # Like the kernel: without huge_file, l_i_blocks_high means nothing.
-            return self.raw.i_blocks & 0xFFFFFFFF
-        if self.flags & I.EXT4_HUGE_FILE_FL:
-            return self.raw.i_blocks * (self.fs.block_size // 512)
-        return self.raw.i_blocks
+            return raw.i_blocks & 0xFFFFFFFF
+        if raw.i_flags & _HUGE_FILE_FL:
+            return raw.i_blocks * (self.fs.block_size // 512)
+        return raw.i_blocks
 
     @property
     def st_blocks(self) -> int:
@@ -169,7 +195,7 @@ class Inode:
     @property
     def device(self) -> tuple[int, int] | None:
         """(major, minor) of a character or block device node."""
-        if self.type not in (FileType.CHARDEV, FileType.BLOCKDEV):
+        if self.type is not FileType.CHARDEV and self.type is not FileType.BLOCKDEV:
             return None
         b = self.raw.i_block
         old = int.from_bytes(b[0:4], "little")
@@ -189,23 +215,23 @@ class Inode:
     # -- flags -----------------------------------------------------------------------
     @property
     def is_encrypted(self) -> bool:
-        return bool(self.flags & I.EXT4_ENCRYPT_FL)
+        return self.raw.i_flags & _ENCRYPT_FL != 0
 
     @property
     def is_casefolded(self) -> bool:
-        return bool(self.flags & I.EXT4_CASEFOLD_FL)
+        return self.raw.i_flags & _CASEFOLD_FL != 0
 
     @property
     def has_inline_data(self) -> bool:
-        return bool(self.flags & I.EXT4_INLINE_DATA_FL)
+        return self.raw.i_flags & _INLINE_DATA_FL != 0
 
     @property
     def uses_extents(self) -> bool:
-        return bool(self.flags & I.EXT4_EXTENTS_FL)
+        return self.raw.i_flags & _EXTENTS_FL != 0
 
     @property
     def is_indexed_dir(self) -> bool:
-        return self.is_dir and bool(self.flags & I.EXT4_INDEX_FL)
+        return self.type is FileType.DIR and self.raw.i_flags & _INDEX_FL != 0
 
     @property
     def is_fast_symlink(self) -> bool:
@@ -215,7 +241,7 @@ class Inode:
         alone, otherwise by an ``i_blocks`` that counts nothing but the xattr block (one
         cluster).  Neither the extents flag nor the encrypt flag enters into it.
         """
-        if not self.is_symlink or self.has_inline_data:
+        if self.type is not FileType.SYMLINK or self.raw.i_flags & _INLINE_DATA_FL:
             return False
         if self.fs.sb.has_incompat(F.INCOMPAT_EA_INODE):
             return 0 < self.size < FAST_SYMLINK_MAX
@@ -223,12 +249,13 @@ class Inode:
         return self.blocks_512 == ea_blocks
 
     # -- xattrs ----------------------------------------------------------------------
-    @cached_property
+    @property
     def xattrs(self) -> list[Xattr]:
         """All xattrs, in-inode first then the external block, values resolved."""
-        from cipherdump.ext4.xattr import read_xattrs
-
-        return read_xattrs(self)
+        xattrs = self._xattrs
+        if xattrs is None:
+            xattrs = self._xattrs = read_xattrs(self)
+        return xattrs
 
     def xattr(self, index: int, name: bytes) -> bytes | None:
         for x in self.xattrs:
@@ -242,16 +269,17 @@ class Inode:
         return self.xattr(EXT4_XATTR_INDEX_ENCRYPTION, b"c")
 
     # -- data ------------------------------------------------------------------------
-    @cached_property
+    @property
     def runs(self) -> list[Run]:
         """The block map as runs over ``[0, blocks covering i_size)``, holes included.
 
         Mapped blocks past ``i_size`` (preallocation, verity metadata) are kept too,
         so that a backup can keep them; readers stop at ``i_size`` themselves.
         """
-        from cipherdump.ext4.mapping import map_runs
-
-        return map_runs(self)
+        runs = self._runs
+        if runs is None:
+            runs = self._runs = map_runs(self)
+        return runs
 
     def mapped_runs(self) -> list[Run]:
         return [r for r in self.runs if r.pblk is not None]
@@ -272,8 +300,6 @@ class Inode:
                 structure="inode",
                 location=f"inode {self.ino}",
             )
-        from cipherdump.ext4.xattr import read_inode_body_xattrs
-
         # system.data always lives in the inode body (the kernel looks nowhere else), so
         # a damaged xattr block does not make the inline data unreadable.
         for x in read_inode_body_xattrs(self):
@@ -415,8 +441,6 @@ class Inode:
         Read once per inode view; the filesystem keeps recently used views.
         """
         if self._entries is None:
-            from cipherdump.ext4.directory import read_entries
-
             self._entries = read_entries(self)
         return self._entries
 

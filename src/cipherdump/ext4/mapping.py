@@ -8,37 +8,71 @@ logical block number or ``i_size``.
 
 from __future__ import annotations
 
+import stat
 import struct
+from dataclasses import dataclass
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from cipherdump.errors import ChecksumError, CorruptError
 from cipherdump.ondisk.csum import crc32c_le, inode_csum_seed
 from cipherdump.ondisk.extent import (
+    EXT4_EXT_MAGIC,
     EXT4_MAX_EXTENT_DEPTH,
+    EXT_INIT_MAX_LEN,
     ExtentNode,
     decode_extent_node,
     extent_tail_offset,
 )
+from cipherdump.ondisk.inode import EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL
+from cipherdump.ondisk.records import record_maker
 
 if TYPE_CHECKING:
-    from cipherdump.ext4.inode import Inode, Run
+    from cipherdump.ext4.inode import Inode
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """``length`` logical blocks from ``lblk``: at ``pblk``, or a hole when ``pblk`` is None.
+
+    ``unwritten`` marks preallocated extents that read as zeros.
+    """
+
+    lblk: int
+    length: int
+    pblk: int | None
+    unwritten: bool = False
+
+    @property
+    def is_hole(self) -> bool:
+        return self.pblk is None
+
+
+_make_run = record_maker(Run)
+_by_lblk = attrgetter("lblk")
 
 # ext4 logical block numbers are 32-bit.
 _MAX_LBLK = 1 << 32
+# Inodes of these types map no blocks, whatever their i_block holds.
+_UNMAPPED_TYPES = frozenset((stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK))
+# An extent tree node as ondisk.extent decodes it: the header, then 12-byte leaf entries.
+_EXTENT_HEADER = struct.Struct("<HHHHI")  # magic, entries, max, depth, generation
+_EXTENT_LEAF = struct.Struct("<IHHI")  # ee_block, ee_len, ee_start_hi, ee_start_lo
 
 
 def map_runs(inode: Inode) -> list[Run]:
-    from cipherdump.ext4.inode import Run
-
-    if inode.has_inline_data or inode.is_fast_symlink:
+    raw = inode.raw
+    fmt = stat.S_IFMT(raw.i_mode)
+    if raw.i_flags & EXT4_INLINE_DATA_FL or (fmt == stat.S_IFLNK and inode.is_fast_symlink):
         return []
-    if inode.type.value in ("chardev", "blockdev", "fifo", "socket"):
+    if fmt in _UNMAPPED_TYPES:
         return []
-    if inode.uses_extents:
+    if raw.i_flags & EXT4_EXTENTS_FL:
         mapped = _extent_runs(inode)
     else:
         mapped = _blockmap_runs(inode)
-    mapped.sort(key=lambda r: r.lblk)
+    if len(mapped) > 1:
+        mapped.sort(key=_by_lblk)
     out: list[Run] = []
     pos = 0
     for r in mapped:
@@ -49,19 +83,66 @@ def map_runs(inode: Inode) -> list[Run]:
                 location=f"inode {inode.ino}",
             )
         if r.lblk > pos:
-            out.append(Run(pos, r.lblk - pos, None))
+            out.append(_make_run(pos, r.lblk - pos, None, False))
         out.append(r)
         pos = r.lblk + r.length
     bs = inode.fs.block_size
-    end = min((inode.size + bs - 1) // bs, _MAX_LBLK)
+    end = min((raw.i_size + bs - 1) // bs, _MAX_LBLK)
     if end > pos:
-        out.append(Run(pos, end - pos, None))
+        out.append(_make_run(pos, end - pos, None, False))
     return out
 
 
 def _extent_runs(inode: Inode) -> list[Run]:
-    from cipherdump.ext4.inode import Run
+    """The mapped runs of an extent tree, in tree order.
 
+    A root that is a valid leaf (the extents of most files) is read here, with the
+    checks :func:`_extent_tree_runs` makes of a leaf, in the same order and with the
+    same errors; any other root goes there.
+    """
+    i_block = inode.raw.i_block
+    if len(i_block) < 12:
+        return _extent_tree_runs(inode)
+    magic, entries, emax, depth, _ = _EXTENT_HEADER.unpack_from(i_block, 0)
+    if depth or magic != EXT4_EXT_MAGIC or not entries <= emax <= (len(i_block) - 12) // 12:
+        return _extent_tree_runs(inode)
+    sb = inode.fs.sb
+    first, total = sb.s_first_data_block, sb.s_blocks_count
+    budget = total
+    out: list[Run] = []
+    for lblk, length, start_hi, start_lo in _EXTENT_LEAF.iter_unpack(
+        i_block[12 : 12 + 12 * entries]
+    ):
+        unwritten = length > EXT_INIT_MAX_LEN
+        if unwritten:
+            length -= EXT_INIT_MAX_LEN
+        if length == 0:
+            continue  # a zero-length extent maps nothing (e2fsck removes them)
+        start = start_hi << 32 | start_lo
+        if lblk + length > _MAX_LBLK:
+            raise CorruptError(
+                f"extent at logical {lblk} lies outside its index range",
+                structure="extent",
+                location=f"inode {inode.ino}",
+            )
+        if start < first or start + length > total:  # Filesystem.block_in_range
+            raise CorruptError(
+                f"extent points to blocks {start}+{length} outside the filesystem",
+                structure="extent",
+                location=f"inode {inode.ino}",
+            )
+        budget -= length
+        if budget < 0:
+            raise CorruptError(
+                "extents map more blocks than the filesystem has",
+                structure="extent",
+                location=f"inode {inode.ino}",
+            )
+        out.append(_make_run(lblk, length, start, unwritten))
+    return out
+
+
+def _extent_tree_runs(inode: Inode) -> list[Run]:
     fs = inode.fs
     where = f"inode {inode.ino}"
     root = decode_extent_node(inode.raw.i_block, where)
@@ -108,7 +189,7 @@ def _extent_runs(inode: Inode) -> list[Run]:
                         structure="extent",
                         location=at,
                     )
-                out.append(Run(e.ee_block, e.length, e.start, e.unwritten))
+                out.append(_make_run(e.ee_block, e.length, e.start, e.unwritten))
             return
         idx = node.indexes
         for i, ix in enumerate(idx):
@@ -160,8 +241,6 @@ def _verify_extent_block(block: bytes, seed: int, where: str) -> None:
 
 
 def _blockmap_runs(inode: Inode) -> list[Run]:
-    from cipherdump.ext4.inode import Run
-
     fs = inode.fs
     where = f"inode {inode.ino}"
     bs = fs.block_size
@@ -194,9 +273,9 @@ def _blockmap_runs(inode: Inode) -> list[Run]:
             and (out[-1].lblk + out[-1].length == lblk and out[-1].pblk + out[-1].length == pblk)
         ):
             last = out[-1]
-            out[-1] = Run(last.lblk, last.length + 1, last.pblk)
+            out[-1] = _make_run(last.lblk, last.length + 1, last.pblk, False)
         else:
-            out.append(Run(lblk, 1, pblk))
+            out.append(_make_run(lblk, 1, pblk, False))
 
     def indirect(pblk: int, level: int, lblk: int) -> None:
         if pblk in seen:

@@ -10,13 +10,15 @@ from cipherdump.errors import ChecksumError, CorruptError
 from cipherdump.ondisk import features as F
 from cipherdump.ondisk.csum import crc32c_le
 from cipherdump.ondisk.inode import EXT4_EA_INODE_FL, EXT4_GOOD_OLD_INODE_SIZE
+from cipherdump.ondisk.records import record_maker
 from cipherdump.ondisk.xattr import (
     EXT4_XATTR_MAGIC,
     PREFIXES,
     XATTR_BLOCK_HEADER_SIZE,
     XattrEntry,
     decode_xattr_block_header,
-    decode_xattr_entries,
+    xattr_entries_overrun,
+    xattr_entry_fields,
 )
 
 if TYPE_CHECKING:
@@ -38,26 +40,40 @@ class Xattr:
         return PREFIXES.get(self.index, b"index%d." % self.index) + self.name
 
 
+_make_xattr = record_maker(Xattr)
+_MAGIC = struct.pack("<I", EXT4_XATTR_MAGIC)
+
+
 def read_xattrs(inode: Inode) -> list[Xattr]:
-    return read_inode_body_xattrs(inode) + _in_block(inode)
+    body = read_inode_body_xattrs(inode)
+    if inode.raw.i_file_acl:
+        return body + _in_block(inode)
+    return body
 
 
 def read_inode_body_xattrs(inode: Inode) -> list[Xattr]:
     """The xattrs kept in the inode record after ``i_extra_isize`` (none if absent)."""
-    raw = inode.raw.raw
+    rec = inode.raw
+    raw = rec.raw
     isz = len(raw)
-    if isz <= EXT4_GOOD_OLD_INODE_SIZE:
+    start = EXT4_GOOD_OLD_INODE_SIZE + rec.i_extra_isize
+    if isz <= EXT4_GOOD_OLD_INODE_SIZE or start + 4 > isz or raw[start : start + 4] != _MAGIC:
         return []
-    start = EXT4_GOOD_OLD_INODE_SIZE + inode.raw.i_extra_isize
-    if start + 4 > isz:
-        return []
-    (magic,) = struct.unpack_from("<I", raw, start)
-    if magic != EXT4_XATTR_MAGIC:
-        return []
-    where = f"inode {inode.ino} in-inode xattrs"
     area = raw[start + 4 :]
-    entries = decode_xattr_entries(area, 0, where)
-    return [_resolve(inode, e, area, 0, len(area), "inode", where) for e in entries]
+    entries = xattr_entry_fields(area, 0)
+    if entries is None:
+        raise xattr_entries_overrun(f"inode {inode.ino} in-inode xattrs")
+    hi = len(area)
+    out: list[Xattr] = []
+    for fields in entries:
+        index, name, voffs, vinum, vsize, _ehash = fields
+        end = voffs + vsize
+        if vinum or (vsize and end > hi):  # an EA inode's value, or an error
+            where = f"inode {inode.ino} in-inode xattrs"
+            out.append(_resolve(inode, XattrEntry(*fields), area, 0, hi, "inode", where))
+        else:
+            out.append(_make_xattr(index, name, area[voffs:end], "inode"))
+    return out
 
 
 def _in_block(inode: Inode) -> list[Xattr]:
@@ -88,8 +104,10 @@ def _in_block(inode: Inode) -> list[Xattr]:
                 structure="xattr block",
                 location=where,
             )
-    entries = decode_xattr_entries(block, XATTR_BLOCK_HEADER_SIZE, where)
-    return [_resolve(inode, e, block, 0, len(block), "block", where) for e in entries]
+    fields = xattr_entry_fields(block, XATTR_BLOCK_HEADER_SIZE)
+    if fields is None:
+        raise xattr_entries_overrun(where)
+    return [_resolve(inode, XattrEntry(*f), block, 0, len(block), "block", where) for f in fields]
 
 
 def _resolve(
@@ -106,7 +124,7 @@ def _resolve(
             structure="xattr entry",
             location=where,
         )
-    return Xattr(e.e_name_index, e.name, bytes(area[start:end]), kind)
+    return _make_xattr(e.e_name_index, e.name, bytes(area[start:end]), kind)
 
 
 def _ea_inode_value(inode: Inode, e: XattrEntry, where: str) -> bytes:

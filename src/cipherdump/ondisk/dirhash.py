@@ -129,71 +129,95 @@ def _str2hashbuf(name: bytes, start: int, num: int, signed: bool) -> list[int]:
     return words
 
 
-def _half_md4_transform(buf: list[int], words: list[int]) -> None:
-    """The kernel's ``half_md4_transform``: 24 reduced MD4 steps, added into ``buf``.
+def _half_md4(name: bytes, state: tuple[int, int, int, int], signed: bool) -> tuple[int, int]:
+    """(hash, minor_hash) of the half-MD4 variants: ``half_md4_transform`` over every
+    32-byte chunk of ``name`` (``str2hashbuf`` words), from ``state``.
 
-    Unrolled because it runs once per 32 bytes of every name in a directory scan.
-    Each step is ``a = rotl32(a + f(b, c, d) + word + K, s)`` with (a, b, c, d)
-    rotating as in MD4.  The mask and the round constants (``_M32``, ``_K2``, ``_K3``)
-    are written as literals: constants cost less than global look-ups here.
+    The kernel's ``half_md4_transform`` is unrolled here, once per chunk: 24 reduced MD4
+    steps, each ``a = rotl32(a + f(b, c, d) + word + K, s)`` with (a, b, c, d) rotating
+    as in MD4, added into the state.  It runs for every name of a directory scan, so
+    the mask and the round constants (``_M32``, ``_K2``, ``_K3``) are written as
+    literals (constants cost less than global look-ups) and a whole chunk, the usual
+    case (encrypted names are padded to 16 or 32 bytes), is read in one unpack.
+
+    Only the sum ``t`` is cut to 32 bits before it is rotated: a, b, c and d may carry
+    a few bits above bit 31 out of the rotation, and nothing below bit 32 depends on
+    them (sums carry upwards only, the logical operations work bit by bit), so they
+    vanish in the next masked sum and in the state's.
     """
-    a, b, c, d = buf
-    w0, w1, w2, w3, w4, w5, w6, w7 = words
-    # Round 1, F(x, y, z) = z ^ (x & (y ^ z)).
-    t = (a + (d ^ (b & (c ^ d))) + w0) & 0xFFFFFFFF
-    a = ((t << 3) | (t >> 29)) & 0xFFFFFFFF
-    t = (d + (c ^ (a & (b ^ c))) + w1) & 0xFFFFFFFF
-    d = ((t << 7) | (t >> 25)) & 0xFFFFFFFF
-    t = (c + (b ^ (d & (a ^ b))) + w2) & 0xFFFFFFFF
-    c = ((t << 11) | (t >> 21)) & 0xFFFFFFFF
-    t = (b + (a ^ (c & (d ^ a))) + w3) & 0xFFFFFFFF
-    b = ((t << 19) | (t >> 13)) & 0xFFFFFFFF
-    t = (a + (d ^ (b & (c ^ d))) + w4) & 0xFFFFFFFF
-    a = ((t << 3) | (t >> 29)) & 0xFFFFFFFF
-    t = (d + (c ^ (a & (b ^ c))) + w5) & 0xFFFFFFFF
-    d = ((t << 7) | (t >> 25)) & 0xFFFFFFFF
-    t = (c + (b ^ (d & (a ^ b))) + w6) & 0xFFFFFFFF
-    c = ((t << 11) | (t >> 21)) & 0xFFFFFFFF
-    t = (b + (a ^ (c & (d ^ a))) + w7) & 0xFFFFFFFF
-    b = ((t << 19) | (t >> 13)) & 0xFFFFFFFF
-    # Round 2, G(x, y, z) = (x & y) + ((x ^ y) & z).
-    t = (a + ((b & c) + ((b ^ c) & d)) + w1 + 0x5A827999) & 0xFFFFFFFF
-    a = ((t << 3) | (t >> 29)) & 0xFFFFFFFF
-    t = (d + ((a & b) + ((a ^ b) & c)) + w3 + 0x5A827999) & 0xFFFFFFFF
-    d = ((t << 5) | (t >> 27)) & 0xFFFFFFFF
-    t = (c + ((d & a) + ((d ^ a) & b)) + w5 + 0x5A827999) & 0xFFFFFFFF
-    c = ((t << 9) | (t >> 23)) & 0xFFFFFFFF
-    t = (b + ((c & d) + ((c ^ d) & a)) + w7 + 0x5A827999) & 0xFFFFFFFF
-    b = ((t << 13) | (t >> 19)) & 0xFFFFFFFF
-    t = (a + ((b & c) + ((b ^ c) & d)) + w0 + 0x5A827999) & 0xFFFFFFFF
-    a = ((t << 3) | (t >> 29)) & 0xFFFFFFFF
-    t = (d + ((a & b) + ((a ^ b) & c)) + w2 + 0x5A827999) & 0xFFFFFFFF
-    d = ((t << 5) | (t >> 27)) & 0xFFFFFFFF
-    t = (c + ((d & a) + ((d ^ a) & b)) + w4 + 0x5A827999) & 0xFFFFFFFF
-    c = ((t << 9) | (t >> 23)) & 0xFFFFFFFF
-    t = (b + ((c & d) + ((c ^ d) & a)) + w6 + 0x5A827999) & 0xFFFFFFFF
-    b = ((t << 13) | (t >> 19)) & 0xFFFFFFFF
-    # Round 3, H(x, y, z) = x ^ y ^ z.
-    t = (a + (b ^ c ^ d) + w3 + 0x6ED9EBA1) & 0xFFFFFFFF
-    a = ((t << 3) | (t >> 29)) & 0xFFFFFFFF
-    t = (d + (a ^ b ^ c) + w7 + 0x6ED9EBA1) & 0xFFFFFFFF
-    d = ((t << 9) | (t >> 23)) & 0xFFFFFFFF
-    t = (c + (d ^ a ^ b) + w2 + 0x6ED9EBA1) & 0xFFFFFFFF
-    c = ((t << 11) | (t >> 21)) & 0xFFFFFFFF
-    t = (b + (c ^ d ^ a) + w6 + 0x6ED9EBA1) & 0xFFFFFFFF
-    b = ((t << 15) | (t >> 17)) & 0xFFFFFFFF
-    t = (a + (b ^ c ^ d) + w1 + 0x6ED9EBA1) & 0xFFFFFFFF
-    a = ((t << 3) | (t >> 29)) & 0xFFFFFFFF
-    t = (d + (a ^ b ^ c) + w5 + 0x6ED9EBA1) & 0xFFFFFFFF
-    d = ((t << 9) | (t >> 23)) & 0xFFFFFFFF
-    t = (c + (d ^ a ^ b) + w0 + 0x6ED9EBA1) & 0xFFFFFFFF
-    c = ((t << 11) | (t >> 21)) & 0xFFFFFFFF
-    t = (b + (c ^ d ^ a) + w4 + 0x6ED9EBA1) & 0xFFFFFFFF
-    b = ((t << 15) | (t >> 17)) & 0xFFFFFFFF
-    buf[0] = (buf[0] + a) & 0xFFFFFFFF
-    buf[1] = (buf[1] + b) & 0xFFFFFFFF
-    buf[2] = (buf[2] + c) & 0xFFFFFFFF
-    buf[3] = (buf[3] + d) & 0xFFFFFFFF
+    h0, h1, h2, h3 = state
+    size = len(name)
+    for start in range(0, size, 32):
+        if size - start >= 32:
+            w0, w1, w2, w3, w4, w5, w6, w7 = _BE_WORDS[8].unpack_from(name, start)
+            if signed:  # see _str2hashbuf
+                w0 = (w0 - ((w0 & 0x00808080) << 1)) & 0xFFFFFFFF
+                w1 = (w1 - ((w1 & 0x00808080) << 1)) & 0xFFFFFFFF
+                w2 = (w2 - ((w2 & 0x00808080) << 1)) & 0xFFFFFFFF
+                w3 = (w3 - ((w3 & 0x00808080) << 1)) & 0xFFFFFFFF
+                w4 = (w4 - ((w4 & 0x00808080) << 1)) & 0xFFFFFFFF
+                w5 = (w5 - ((w5 & 0x00808080) << 1)) & 0xFFFFFFFF
+                w6 = (w6 - ((w6 & 0x00808080) << 1)) & 0xFFFFFFFF
+                w7 = (w7 - ((w7 & 0x00808080) << 1)) & 0xFFFFFFFF
+        else:
+            w0, w1, w2, w3, w4, w5, w6, w7 = _str2hashbuf(name, start, 8, signed)
+        a, b, c, d = h0, h1, h2, h3
+        # Round 1, F(x, y, z) = z ^ (x & (y ^ z)).
+        t = (a + (d ^ (b & (c ^ d))) + w0) & 0xFFFFFFFF
+        a = (t << 3) | (t >> 29)
+        t = (d + (c ^ (a & (b ^ c))) + w1) & 0xFFFFFFFF
+        d = (t << 7) | (t >> 25)
+        t = (c + (b ^ (d & (a ^ b))) + w2) & 0xFFFFFFFF
+        c = (t << 11) | (t >> 21)
+        t = (b + (a ^ (c & (d ^ a))) + w3) & 0xFFFFFFFF
+        b = (t << 19) | (t >> 13)
+        t = (a + (d ^ (b & (c ^ d))) + w4) & 0xFFFFFFFF
+        a = (t << 3) | (t >> 29)
+        t = (d + (c ^ (a & (b ^ c))) + w5) & 0xFFFFFFFF
+        d = (t << 7) | (t >> 25)
+        t = (c + (b ^ (d & (a ^ b))) + w6) & 0xFFFFFFFF
+        c = (t << 11) | (t >> 21)
+        t = (b + (a ^ (c & (d ^ a))) + w7) & 0xFFFFFFFF
+        b = (t << 19) | (t >> 13)
+        # Round 2, G(x, y, z) = (x & y) + ((x ^ y) & z).
+        t = (a + ((b & c) + ((b ^ c) & d)) + w1 + 0x5A827999) & 0xFFFFFFFF
+        a = (t << 3) | (t >> 29)
+        t = (d + ((a & b) + ((a ^ b) & c)) + w3 + 0x5A827999) & 0xFFFFFFFF
+        d = (t << 5) | (t >> 27)
+        t = (c + ((d & a) + ((d ^ a) & b)) + w5 + 0x5A827999) & 0xFFFFFFFF
+        c = (t << 9) | (t >> 23)
+        t = (b + ((c & d) + ((c ^ d) & a)) + w7 + 0x5A827999) & 0xFFFFFFFF
+        b = (t << 13) | (t >> 19)
+        t = (a + ((b & c) + ((b ^ c) & d)) + w0 + 0x5A827999) & 0xFFFFFFFF
+        a = (t << 3) | (t >> 29)
+        t = (d + ((a & b) + ((a ^ b) & c)) + w2 + 0x5A827999) & 0xFFFFFFFF
+        d = (t << 5) | (t >> 27)
+        t = (c + ((d & a) + ((d ^ a) & b)) + w4 + 0x5A827999) & 0xFFFFFFFF
+        c = (t << 9) | (t >> 23)
+        t = (b + ((c & d) + ((c ^ d) & a)) + w6 + 0x5A827999) & 0xFFFFFFFF
+        b = (t << 13) | (t >> 19)
+        # Round 3, H(x, y, z) = x ^ y ^ z.
+        t = (a + (b ^ c ^ d) + w3 + 0x6ED9EBA1) & 0xFFFFFFFF
+        a = (t << 3) | (t >> 29)
+        t = (d + (a ^ b ^ c) + w7 + 0x6ED9EBA1) & 0xFFFFFFFF
+        d = (t << 9) | (t >> 23)
+        t = (c + (d ^ a ^ b) + w2 + 0x6ED9EBA1) & 0xFFFFFFFF
+        c = (t << 11) | (t >> 21)
+        t = (b + (c ^ d ^ a) + w6 + 0x6ED9EBA1) & 0xFFFFFFFF
+        b = (t << 15) | (t >> 17)
+        t = (a + (b ^ c ^ d) + w1 + 0x6ED9EBA1) & 0xFFFFFFFF
+        a = (t << 3) | (t >> 29)
+        t = (d + (a ^ b ^ c) + w5 + 0x6ED9EBA1) & 0xFFFFFFFF
+        d = (t << 9) | (t >> 23)
+        t = (c + (d ^ a ^ b) + w0 + 0x6ED9EBA1) & 0xFFFFFFFF
+        c = (t << 11) | (t >> 21)
+        t = (b + (c ^ d ^ a) + w4 + 0x6ED9EBA1) & 0xFFFFFFFF
+        b = (t << 15) | (t >> 17)
+        h0 = (h0 + a) & 0xFFFFFFFF
+        h1 = (h1 + b) & 0xFFFFFFFF
+        h2 = (h2 + c) & 0xFFFFFFFF
+        h3 = (h3 + d) & 0xFFFFFFFF
+    return h1, h2
 
 
 def _tea_transform(buf: list[int], words: list[int]) -> None:
@@ -225,6 +249,11 @@ _STATES: dict[bytes, tuple[int, int, int, int]] = {}
 
 
 def _initial_state(seed: bytes) -> list[int]:
+    return list(_initial_words(seed))
+
+
+def _initial_words(seed: bytes) -> tuple[int, int, int, int]:
+    """The state a seed starts every name's hash from (kept per seed)."""
     key = bytes(seed)
     state = _STATES.get(key)
     if state is None:
@@ -236,7 +265,7 @@ def _initial_state(seed: bytes) -> list[int]:
         if len(_STATES) >= 64:
             _STATES.clear()
         _STATES[key] = state
-    return list(state)
+    return state
 
 
 def ext4_dirhash(name: bytes, version: int, seed: bytes, signed: bool) -> tuple[int, int]:
@@ -255,22 +284,19 @@ def ext4_dirhash(name: bytes, version: int, seed: bytes, signed: bool) -> tuple[
     fscrypt dirhash key; such entries store their hash in the dirent instead) and for
     unknown versions.
     """
-    effective = effective_hash_version(version, signed)
-    signed_bytes = effective < DX_HASH_LEGACY_UNSIGNED
+    # effective_hash_version, written out: this runs once per name of a listing.
+    effective = version + 3 if DX_HASH_LEGACY <= version <= DX_HASH_TEA and not signed else version
     minor_hash = 0
-    if effective in (DX_HASH_LEGACY, DX_HASH_LEGACY_UNSIGNED):
+    if effective in (DX_HASH_HALF_MD4, DX_HASH_HALF_MD4_UNSIGNED):  # the usual one first
+        hash_, minor_hash = _half_md4(name, _initial_words(seed), effective == DX_HASH_HALF_MD4)
+    elif effective in (DX_HASH_LEGACY, DX_HASH_LEGACY_UNSIGNED):
         if len(seed) != HASH_SEED_SIZE:
             raise ValueError(f"hash seed must be {HASH_SEED_SIZE} bytes, not {len(seed)}")
-        hash_ = _legacy_hash(name, _SIGNED_BYTE if signed_bytes else _UNSIGNED_BYTE)
-    elif effective in (DX_HASH_HALF_MD4, DX_HASH_HALF_MD4_UNSIGNED):
-        buf = _initial_state(seed)
-        for start in range(0, len(name), 32):
-            _half_md4_transform(buf, _str2hashbuf(name, start, 8, signed_bytes))
-        hash_, minor_hash = buf[1], buf[2]
+        hash_ = _legacy_hash(name, _SIGNED_BYTE if effective == DX_HASH_LEGACY else _UNSIGNED_BYTE)
     elif effective in (DX_HASH_TEA, DX_HASH_TEA_UNSIGNED):
         buf = _initial_state(seed)
         for start in range(0, len(name), 16):
-            _tea_transform(buf, _str2hashbuf(name, start, 4, signed_bytes))
+            _tea_transform(buf, _str2hashbuf(name, start, 4, effective == DX_HASH_TEA))
         hash_, minor_hash = buf[0], buf[1]
     elif effective == DX_HASH_SIPHASH:
         raise UnsupportedError(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from cipherdump.errors import CorruptError
 from cipherdump.ondisk.csum import crc32c_le
+from cipherdump.ondisk.records import record_maker
 
 EXT4_EXT_MAGIC = 0xF30A
 EXT_INIT_MAX_LEN = 1 << 15
@@ -42,6 +43,11 @@ class ExtentNode:
     indexes: tuple[ExtentIndex, ...]
 
 
+_make_extent = record_maker(Extent)
+_make_index = record_maker(ExtentIndex)
+_make_node = record_maker(ExtentNode)
+
+
 def decode_extent_node(raw: bytes, where: str) -> ExtentNode:
     """Decode a node from ``i_block`` (60 bytes) or an extent tree block."""
     if len(raw) < 12:
@@ -58,20 +64,19 @@ def decode_extent_node(raw: bytes, where: str) -> ExtentNode:
         )
     if depth > EXT4_MAX_EXTENT_DEPTH:
         raise CorruptError(f"depth {depth} is too deep", structure="extent header", location=where)
-    extents: list[Extent] = []
-    indexes: list[ExtentIndex] = []
-    for i in range(entries):
-        off = 12 + 12 * i
-        if depth == 0:
-            block, length, start_hi, start_lo = _ENTRY.unpack_from(raw, off)
+    if depth == 0:
+        extents: list[Extent] = []
+        for block, length, start_hi, start_lo in _ENTRY.iter_unpack(raw[12 : 12 + 12 * entries]):
             unwritten = length > EXT_INIT_MAX_LEN
             if unwritten:
                 length -= EXT_INIT_MAX_LEN
-            extents.append(Extent(block, length, start_hi << 32 | start_lo, unwritten))
-        else:
-            block, leaf_lo, leaf_hi, _ = _INDEX.unpack_from(raw, off)
-            indexes.append(ExtentIndex(block, leaf_hi << 32 | leaf_lo))
-    return ExtentNode(entries, emax, depth, gen, tuple(extents), tuple(indexes))
+            extents.append(_make_extent(block, length, start_hi << 32 | start_lo, unwritten))
+        return _make_node(entries, emax, depth, gen, tuple(extents), ())
+    indexes = [
+        _make_index(block, leaf_hi << 32 | leaf_lo)
+        for block, leaf_lo, leaf_hi, _ in _INDEX.iter_unpack(raw[12 : 12 + 12 * entries])
+    ]
+    return _make_node(entries, emax, depth, gen, (), tuple(indexes))
 
 
 def extent_tail_offset(eh_max: int) -> int:

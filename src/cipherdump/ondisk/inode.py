@@ -6,6 +6,7 @@ import struct
 from dataclasses import dataclass
 
 from cipherdump.ondisk.csum import crc32c_le
+from cipherdump.ondisk.records import record_maker
 
 EXT4_GOOD_OLD_INODE_SIZE = 128
 
@@ -55,6 +56,7 @@ _ALL_EXTRA: dict[str, bool] = {
 }
 _ZERO2 = bytes(2)
 _U16 = struct.Struct("<H")
+_INO_GEN = struct.Struct("<II")  # the inode number and generation that seed its checksum
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,9 @@ class RawInode:
         return self.has_extra["crtime"]
 
 
+_make_raw_inode = record_maker(RawInode)
+
+
 def _fits(extra_isize: int, offset: int, size: int) -> bool:
     """EXT4_FITS_IN_INODE: the field at ``offset`` lies inside the extra area."""
     return EXT4_GOOD_OLD_INODE_SIZE + extra_isize >= offset + size
@@ -106,48 +111,49 @@ def decode_inode(raw: bytes, inode_size: int, *, hurd: bool = False) -> RawInode
     reads as ``i_file_acl_high`` and ``i_checksum_lo`` are the mode high bits and the
     author: the kernel ignores them there, and so do we.
     """
+    if inode_size >= _FULL.size and len(raw) >= _FULL.size:
+        # Every extra field is present (mkfs's default of 32): one unpack does it all.
+        (
+            mode, uid, size, atime, ctime, mtime, dtime, gid, links, blocks, flags,
+            version, i_block, generation, acl, size_hi, _faddr,
+            blocks_hi, acl_hi, uid_hi, gid_hi, csum_lo, _res, extra, csum_hi,
+            ctime_extra, mtime_extra, atime_extra, crtime, crtime_extra, version_hi, projid,
+        ) = _FULL.unpack_from(raw, 0)  # fmt: skip
+        if _FULL_EXTRA_ISIZE <= extra <= inode_size - EXT4_GOOD_OLD_INODE_SIZE and not extra & 3:
+            if hurd:
+                acl_hi = csum_lo = 0
+            return _make_raw_inode(
+                mode,
+                uid | uid_hi << 16,
+                gid | gid_hi << 16,
+                size | size_hi << 32,
+                atime,
+                ctime,
+                mtime,
+                dtime,
+                crtime,
+                atime_extra,
+                ctime_extra,
+                mtime_extra,
+                crtime_extra,
+                links,
+                blocks | blocks_hi << 32,
+                flags,
+                version | version_hi << 32,
+                i_block,
+                generation,
+                acl | acl_hi << 32,
+                extra,
+                csum_lo | csum_hi << 16,
+                projid,
+                _ALL_EXTRA.copy(),
+                raw if type(raw) is bytes and len(raw) == inode_size else bytes(raw[:inode_size]),
+            )
     extra = 0
     if inode_size > EXT4_GOOD_OLD_INODE_SIZE:
         (extra,) = _U16.unpack_from(raw, 0x80)
         if extra > inode_size - EXT4_GOOD_OLD_INODE_SIZE or extra & 3:
             extra = 0
-    if extra >= _FULL_EXTRA_ISIZE:
-        # Every extra field is present (mkfs's default of 32): one unpack does it all.
-        (
-            mode, uid, size, atime, ctime, mtime, dtime, gid, links, blocks, flags,
-            version, i_block, generation, acl, size_hi, _faddr,
-            blocks_hi, acl_hi, uid_hi, gid_hi, csum_lo, _res, _extra, csum_hi,
-            ctime_extra, mtime_extra, atime_extra, crtime, crtime_extra, version_hi, projid,
-        ) = _FULL.unpack_from(raw, 0)  # fmt: skip
-        if hurd:
-            acl_hi = csum_lo = 0
-        return RawInode(
-            mode,
-            uid | uid_hi << 16,
-            gid | gid_hi << 16,
-            size | size_hi << 32,
-            atime,
-            ctime,
-            mtime,
-            dtime,
-            crtime,
-            atime_extra,
-            ctime_extra,
-            mtime_extra,
-            crtime_extra,
-            links,
-            blocks | blocks_hi << 32,
-            flags,
-            version | version_hi << 32,
-            i_block,
-            generation,
-            acl | acl_hi << 32,
-            extra,
-            csum_lo | csum_hi << 16,
-            projid,
-            _ALL_EXTRA.copy(),
-            raw if type(raw) is bytes and len(raw) == inode_size else bytes(raw[:inode_size]),
-        )
     return _decode_inode_partial(raw, inode_size, extra, hurd)
 
 
@@ -171,7 +177,7 @@ def _decode_inode_partial(raw: bytes, inode_size: int, extra: int, hurd: bool) -
     crtime_extra = field(0x94, 4)
     version_hi = field(0x98, 4)
     projid = field(0x9C, 4)
-    return RawInode(
+    return _make_raw_inode(
         i_mode=b[0],
         i_uid=b[1] | uid_hi << 16,
         i_gid=b[7] | gid_hi << 16,
@@ -230,6 +236,31 @@ def inode_csum(raw: bytes, ino_seed: int, inode_size: int, extra_isize: int) -> 
         return crc32c_le(ino_seed, b"".join(parts))
     crc = crc32c_le(
         ino_seed, b"".join((raw[:_CSUM_LO_OFFSET], _ZERO2, raw[_CSUM_LO_OFFSET + 2 : inode_size]))
+    )
+    return crc & 0xFFFF
+
+
+def inode_record_csum(
+    raw: bytes, fs_seed: int, ino: int, generation: int, inode_size: int, extra_isize: int
+) -> int:
+    """:func:`inode_csum` of inode ``ino`` from the filesystem's seed: the same value as
+    ``inode_csum(raw, inode_csum_seed(fs_seed, ino, generation), ...)``, in one CRC
+    update (the per-inode seed is the CRC of the inode number and generation, and CRC
+    updates chain)."""
+    head = _INO_GEN.pack(ino, generation)
+    if inode_size > EXT4_GOOD_OLD_INODE_SIZE and _fits(extra_isize, _CSUM_HI_OFFSET, 2):
+        parts = (
+            head,
+            raw[:_CSUM_LO_OFFSET],
+            _ZERO2,
+            raw[_CSUM_LO_OFFSET + 2 : _CSUM_HI_OFFSET],
+            _ZERO2,
+            raw[_CSUM_HI_OFFSET + 2 : inode_size],
+        )
+        return crc32c_le(fs_seed, b"".join(parts))
+    crc = crc32c_le(
+        fs_seed,
+        b"".join((head, raw[:_CSUM_LO_OFFSET], _ZERO2, raw[_CSUM_LO_OFFSET + 2 : inode_size])),
     )
     return crc & 0xFFFF
 

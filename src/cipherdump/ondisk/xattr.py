@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from cipherdump.errors import CorruptError
 from cipherdump.ondisk.csum import crc32c_le
+from cipherdump.ondisk.records import record_maker
 
 EXT4_XATTR_MAGIC = 0xEA020000
 XATTR_BLOCK_HEADER_SIZE = 32
@@ -64,24 +65,43 @@ def decode_xattr_block_header(block: bytes) -> XattrBlockHeader:
     return XattrBlockHeader(*struct.unpack_from("<IIIII", block, 0))
 
 
+_make_entry = record_maker(XattrEntry)
+
+
 def decode_xattr_entries(buf: bytes, start: int, where: str) -> list[XattrEntry]:
     """Entries from ``start`` until the 4-byte zero terminator or the end of ``buf``."""
-    out: list[XattrEntry] = []
+    fields = xattr_entry_fields(buf, start)
+    if fields is None:
+        raise xattr_entries_overrun(where)
+    return [_make_entry(*f) for f in fields]
+
+
+def xattr_entry_fields(
+    buf: bytes, start: int
+) -> list[tuple[int, bytes, int, int, int, int]] | None:
+    """:func:`decode_xattr_entries` as tuples of the :class:`XattrEntry` fields, or None
+    where it raises (see :func:`xattr_entries_overrun`)."""
+    out: list[tuple[int, bytes, int, int, int, int]] = []
     pos = start
-    while pos + 4 <= len(buf):
-        if buf[pos : pos + 4] == b"\0\0\0\0":
-            return out
-        if pos + _ENTRY.size > len(buf):
-            break
-        name_len, index, voffs, vinum, vsize, ehash = _ENTRY.unpack_from(buf, pos)
-        name_end = pos + _ENTRY.size + name_len
-        if name_end > len(buf):
-            break
-        out.append(
-            XattrEntry(index, bytes(buf[pos + _ENTRY.size : name_end]), voffs, vinum, vsize, ehash)
-        )
+    end = len(buf)
+    unpack = _ENTRY.unpack_from
+    while pos + 16 <= end:  # _ENTRY.size
+        name_len, index, voffs, vinum, vsize, ehash = unpack(buf, pos)
+        if not (name_len or index or voffs):
+            return out  # the 4-byte terminator (name_len, index, value offset)
+        name_end = pos + 16 + name_len
+        if name_end > end:
+            return None
+        out.append((index, bytes(buf[pos + 16 : name_end]), voffs, vinum, vsize, ehash))
         pos = (name_end + 3) & ~3
-    raise CorruptError("entry list runs past its area", structure="xattr entries", location=where)
+    if pos + 4 <= end and buf[pos : pos + 4] == b"\0\0\0\0":
+        return out
+    return None
+
+
+def xattr_entries_overrun(where: str) -> CorruptError:
+    """The error of an entry list without its terminator inside its area."""
+    return CorruptError("entry list runs past its area", structure="xattr entries", location=where)
 
 
 def xattr_entry_hash(name: bytes, value: bytes) -> int:
