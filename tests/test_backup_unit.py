@@ -176,3 +176,12 @@ def test_loop_backed_image_counts_as_mounted(tmp_path: Path) -> None:
     other = tmp_path / "other.img"
     other.write_bytes(b"y")
     assert find_mounts(str(other), mountinfo=str(info), sys_block=str(sys_block)) == []
+
+
+def test_read_ahead_ranges_are_sorted_and_merged_across_small_gaps() -> None:
+    from cipherdump.engine.backup import _merge_ranges
+
+    assert _merge_ranges([], 10) == []
+    got = _merge_ranges([(100, 10), (0, 10), (15, 5), (200, 0), (300, 50), (305, 10)], 10)
+    assert got == [(0, 20), (100, 10), (300, 50)]
+    assert _merge_ranges([(0, 100), (10, 5)], 0) == [(0, 100)]

@@ -65,3 +65,22 @@ def test_packs_are_fanned_out_by_prefix(tmp_path: Path) -> None:
     backend = LocalBackend.create(tmp_path / "repo")
     backend.save(Handle(FileType.PACK, "ab" * 32), io.BytesIO(b"p"))
     assert (tmp_path / "repo" / "data" / "ab" / ("ab" * 32)).read_bytes() == b"p"
+
+
+def test_the_lock_holder_removes_what_killed_writers_left(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    with Repository.init(LocalBackend.create(root), b"pw", kdf=KDF) as repo:
+        repo.save_blob(BlobType.DATA, b"x" * 100)
+    (root / "data" / "ab").mkdir(mode=0o700)
+    leftovers = [
+        root / "data" / ".tmp-1",
+        root / "data" / "ab" / ".tmp-2",
+        root / "index" / ".tmp-3",
+    ]
+    for path in leftovers:
+        path.write_bytes(b"half a pack")
+    with Repository.open(LocalBackend(root), b"pw", lock=False):  # a reader leaves them
+        assert all(p.exists() for p in leftovers)
+    with Repository.open(LocalBackend(root), b"pw") as repo:  # a writer removes them
+        assert not any(p.exists() for p in leftovers)
+        assert repo.check().ok

@@ -65,6 +65,8 @@ from cipherdump.repo.tree import NodeSpan, join_nodes
 
 SNAPSHOT_FORMAT = 1
 _PREFETCH_BYTES = 64 << 20
+# Ranges to read ahead this close together are read as one (the gap with them).
+_PREFETCH_GAP = 256 << 10
 _PROGRESS_EVERY_S = 0.1
 # Below this many used inodes a backup is over before workers would pay off.
 _PARALLEL_MIN_INODES = 2000
@@ -314,6 +316,26 @@ class _Frame:
     pos: int = 0
     # Child directories handed to a worker: entry name -> job number.
     pending: dict[bytes, int] = field(default_factory=dict)
+
+
+def _merge_ranges(ranges: list[tuple[int, int]], gap: int) -> list[tuple[int, int]]:
+    """``(offset, length)`` ranges sorted and merged where at most ``gap`` bytes apart:
+    one hint (and one read by the kernel) for a directory's files, which lie close
+    together on disk but are listed in hash order."""
+    out: list[tuple[int, int]] = []
+    start = end = -1
+    for offset, length in sorted(ranges):
+        if length <= 0:
+            continue
+        if start >= 0 and offset <= end + gap:
+            end = max(end, offset + length)
+            continue
+        if start >= 0:
+            out.append((start, end - start))
+        start, end = offset, offset + length
+    if start >= 0:
+        out.append((start, end - start))
+    return out
 
 
 class _Prefetcher:
@@ -802,12 +824,10 @@ class _Backup:
         """
         if self._prefetcher is None:
             return
-        ranges: list[tuple[int, int]] = []
-        prefetch = ranges.append
+        wanted: list[tuple[int, int]] = []
         parent = self.parent
         bs = self.fs.block_size
         budget = _PREFETCH_BYTES
-        start = end = 0
         for e, child in kids:
             if (
                 not child.is_file
@@ -824,18 +844,13 @@ class _Backup:
                 if run.pblk is None or run.unwritten:
                     continue
                 length = min(run.length * bs, budget)
-                offset = run.pblk * bs
-                if offset != end:  # not contiguous with the range being gathered
-                    prefetch((start, end - start))
-                    start = offset
-                end = offset + length
+                wanted.append((run.pblk * bs, length))
                 budget -= length
                 if budget <= 0:
                     break
             if budget <= 0:
                 break
-        prefetch((start, end - start))
-        self._prefetcher.put([r for r in ranges if r[1] > 0])
+        self._prefetcher.put(_merge_ranges(wanted, _PREFETCH_GAP))
 
     def list_with_reuse(
         self, frame: _Frame, kids: list[tuple[Entry, Inode]]

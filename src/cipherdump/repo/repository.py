@@ -47,6 +47,11 @@ class Repository:
         self.config = config
         self._key = key
         self._lock = Lock.acquire(backend, key) if lock else None
+        if self._lock is not None:
+            # No one else writes now: temporary files are what killed writers left.
+            remove_leftovers = getattr(backend, "remove_leftovers", None)
+            if remove_leftovers is not None:
+                remove_leftovers()
         self._store = BlobStore(
             backend,
             key,

@@ -7,9 +7,10 @@ Layout (see ``docs/repository-format.md``)::
 Every write goes to ``<dir>/.tmp-<random>`` (created ``0600`` with ``O_EXCL``), is
 fsynced, renamed over the final name, and then the directory is fsynced, so a crash at
 any point leaves either no file or the whole file.  Directories are created ``0700``.
-Left-over ``.tmp-*`` files are never listed.  Packs are assembled in place, in
-``data/.tmp-<random>`` (:meth:`LocalBackend.open_spool`), and renamed into their
-``data/<id[:2]>/`` directory once complete, instead of being copied there.
+Left-over ``.tmp-*`` files are never listed; the next holder of the lock removes them.
+Packs are assembled in place, in ``data/.tmp-<random>`` (:meth:`LocalBackend.open_spool`),
+and renamed into their ``data/<id[:2]>/`` directory once complete, instead of being
+copied there.
 """
 
 from __future__ import annotations
@@ -187,6 +188,25 @@ class LocalBackend:
                         yield FileInfo(entry.name, entry.stat(follow_symlinks=False).st_size)
         except OSError as exc:
             raise BackendError(f"cannot list {file_type.value} in {self.location}: {exc}") from exc
+
+    def remove_leftovers(self) -> int:
+        """Remove the ``.tmp-*`` files that interrupted writers left; returns how many.
+
+        Only for the holder of the exclusive lock: no one else writes, so every
+        temporary file is one that will never be finished.
+        """
+        removed = 0
+        dirs = [self.root / t.value for t in _SUBDIRS]
+        dirs += [Path(e.path) for e in _scandir(self.root / FileType.PACK.value) if e.is_dir()]
+        try:
+            for directory in dirs:
+                for entry in _scandir(directory):
+                    if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
+                        os.unlink(entry.path)
+                        removed += 1
+        except OSError as exc:
+            raise BackendError(f"cannot clean up {self.location}: {exc}") from exc
+        return removed
 
     def close(self) -> None:
         pass
