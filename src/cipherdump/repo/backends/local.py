@@ -20,7 +20,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from cipherdump.errors import BackendError
 from cipherdump.repo.backends.base import (
@@ -31,6 +31,7 @@ from cipherdump.repo.backends.base import (
     ObjectMissing,
     check_range,
 )
+from cipherdump.repo.backends.direct import DirectAppendFile
 from cipherdump.repo.ids import is_hex_id
 
 FILE_MODE = 0o600
@@ -128,7 +129,8 @@ class LocalBackend:
             raise BackendError(f"cannot create a file in {directory}: {exc}") from exc
         try:
             os.fchmod(fd, FILE_MODE)
-            file = os.fdopen(fd, "w+b")
+            # Written once and not read again: around the page cache (see direct.py).
+            file = cast(BinaryIO, DirectAppendFile(str(tmp), fd))
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
