@@ -20,21 +20,32 @@ def uuid_text(raw: bytes) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+# The sizes of v1 and v2 contexts, whose last 16 bytes are the nonce.
+_CONTEXT_SIZES = (28, 40)
+
+
 class PolicyCensus:
     """Counts encrypted inodes per policy and says how each can be restored."""
 
     def __init__(self, fs: Filesystem) -> None:
         self._fs = fs
+        # Census key by context without its nonce (the last 16 bytes of every context
+        # version): nothing decode_context checks depends on the nonce, and a
+        # filesystem holds few policies and many inodes.
+        self._keys: dict[bytes, bytes | str] = {}
 
-    @staticmethod
-    def add(counts: dict[bytes | str, int], context: bytes) -> None:
+    def add(self, counts: dict[bytes | str, int], context: bytes) -> None:
         """Count one encrypted inode: by its policy (the ioctl struct), or by why its
         context cannot be decoded."""
-        key: bytes | str
-        try:
-            key = decode_context(context).policy.encode()
-        except CipherdumpError as err:
-            key = str(err)
+        cacheable = len(context) in _CONTEXT_SIZES
+        key = self._keys.get(context[:-16]) if cacheable else None
+        if key is None:
+            try:
+                key = decode_context(context).policy.encode()
+            except CipherdumpError as err:
+                key = str(err)
+            if cacheable and len(self._keys) < 4096:
+                self._keys[context[:-16]] = key
         counts[key] = counts.get(key, 0) + 1
 
     def summary(self, counts: dict[bytes | str, int]) -> list[dict[str, Value]]:
