@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import enum
+import types
+from collections.abc import Mapping, Sequence
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -84,3 +89,126 @@ def test_refuses_unencodable() -> None:
         codec.encode({1: 2})  # type: ignore[dict-item]
     with pytest.raises(TypeError):
         codec.encode(1.5)  # type: ignore[arg-type]
+
+
+# A straightforward encoder, written from the table in docs/repository-format.md: the
+# codec's encoder (tables, caches, plans) must give exactly its bytes.
+def reference_encode(value: object) -> bytes:
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while n >= 0x80:
+            out.append(n & 0x7F | 0x80)
+            n >>= 7
+        return bytes(out + bytes((n,)))
+
+    if value is None or isinstance(value, bool):
+        return bytes(({None: 0, False: 1, True: 2}[value],))
+    if isinstance(value, int):
+        return b"\x03" + varint((value << 1) ^ (value >> 127))
+    if isinstance(value, bytes | bytearray | memoryview):
+        return b"\x04" + varint(len(bytes(value))) + bytes(value)
+    if isinstance(value, str):
+        return b"\x05" + varint(len(value.encode())) + value.encode()
+    if isinstance(value, Mapping):
+        items = sorted((k.encode(), v) for k, v in value.items())
+        body = b"".join(varint(len(k)) + k + reference_encode(v) for k, v in items)
+        return b"\x07" + varint(len(items)) + body
+    assert isinstance(value, Sequence)
+    return b"\x06" + varint(len(value)) + b"".join(reference_encode(v) for v in value)
+
+
+# Ints of every varint length, and both sides of every boundary.
+EDGE_INTS = [s * ((1 << b) + d) for b in range(127) for d in (-1, 0, 1) for s in (1, -1)]
+INTS = INT128 | st.sampled_from([n for n in EDGE_INTS if -(2**127) <= n < 2**127])
+# Maps and lists as the engine builds them (lists, dicts of any key order, the same key
+# sets again and again), with long bytes, strings and lists too.
+KEYS = st.sampled_from(["ino", "mode", "atime_ns", "order", "source", "é", "k" * 130, ""])
+engine_values: st.SearchStrategy[Value] = st.recursive(
+    st.none() | st.booleans() | INTS | st.binary(max_size=300) | st.text(max_size=140),
+    lambda children: (
+        st.lists(children, max_size=10)
+        | st.lists(children, max_size=3).map(tuple)
+        | st.dictionaries(KEYS | st.text(max_size=8), children, max_size=8)
+    ),
+    max_leaves=40,
+)
+
+
+@given(engine_values)
+def test_encoder_matches_the_reference(value: Value) -> None:
+    assert codec.encode(value) == reference_encode(value)
+
+
+def test_int_edges_match_the_reference() -> None:
+    for n in EDGE_INTS:
+        if -(2**127) <= n < 2**127:
+            codec._INTS.clear()  # computed, then from the cache
+            assert codec.encode(n) == reference_encode(n) == codec.encode(n), n
+            assert codec.encode([n, {"a": n}]) == reference_encode([n, {"a": n}]), n
+        else:
+            with pytest.raises(ValueError, match="out of range"):
+                codec.encode([n])
+
+
+class Flag(enum.IntEnum):
+    A = 300
+
+
+class Text(str):
+    pass
+
+
+def test_int_cache_overflow() -> None:
+    values = list(range(10**9, 10**9 + 3 * codec._INTS_MAX, 7))
+    assert [codec.encode(v) for v in values] == [reference_encode(v) for v in values]
+    assert codec.encode(values) == reference_encode(values)
+
+
+def test_other_types_encode_as_their_values() -> None:
+    weird: list[tuple[Value, Value]] = [
+        (Flag.A, 300),
+        (bytearray(b"xy"), b"xy"),
+        (memoryview(b"xy"), b"xy"),
+        (collections.OrderedDict([("b", 1), ("a", 2)]), {"a": 2, "b": 1}),
+        (types.MappingProxyType({"k": [1]}), {"k": [1]}),
+        (range(3), [0, 1, 2]),
+        (Text("é"), "é"),
+    ]
+    for value, plain in weird:
+        assert codec.encode(value) == codec.encode(plain) == reference_encode(plain)
+        assert codec.encode({"x": value, "y": [value]}) == reference_encode(
+            {"x": plain, "y": [plain]}
+        )
+
+
+def nest(depth: int, leaf: Value, kind: str) -> Value:
+    value = leaf
+    for _ in range(depth):
+        value = [value] if kind == "list" else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("kind", ["list", "map"])
+@pytest.mark.parametrize("leaf", [1, 1 << 70, b"x", "x", None, True, [], {}])
+def test_nesting_limit(kind: str, leaf: Value) -> None:
+    deepest = nest(codec.MAX_DEPTH, leaf, kind)
+    assert codec.encode(deepest) == reference_encode(deepest)
+    assert codec.decode(codec.encode(deepest)) is not None
+    with pytest.raises(ValueError, match="nested too deeply"):
+        codec.encode(nest(codec.MAX_DEPTH + 1, leaf, kind))
+    parts: list[bytes] = []
+    codec.encode_into(nest(2, leaf, kind), parts, codec.MAX_DEPTH - 2)
+    assert b"".join(parts) == reference_encode(nest(2, leaf, kind))
+    with pytest.raises(ValueError, match="nested too deeply"):
+        codec.encode_into(nest(2, leaf, kind), [], codec.MAX_DEPTH - 1)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        codec.encode_into(leaf, [], codec.MAX_DEPTH + 1)
+
+
+def test_refuses_what_the_reference_cannot_encode() -> None:
+    bad_keys = types.MappingProxyType({1: 2})
+    for bad in [2**127, -(2**127) - 1, 1.0, 2.0, object(), {"a": {1: 2}}, ["\ud800"], bad_keys]:
+        with pytest.raises((TypeError, ValueError)):
+            codec.encode(bad)  # type: ignore[arg-type]
+        with pytest.raises((TypeError, ValueError)):
+            codec.encode({"x": [bad]})  # type: ignore[dict-item]

@@ -18,8 +18,9 @@ rejects anything else with :class:`CorruptError` and raises nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TypeAlias
+from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
+from typing import Any, TypeAlias
 
 from cipherdump.errors import CorruptError
 
@@ -29,211 +30,261 @@ _NONE, _FALSE, _TRUE, _INT, _BYTES, _STR, _LIST, _MAP = range(8)
 INT_BITS = 128
 MAX_DEPTH = 32
 _MAX_VARINT_BYTES = 19  # 19 * 7 = 133 bits: enough for every length and every int.
+_INT_MIN = -(1 << (INT_BITS - 1))
+_INT_MAX = 1 << (INT_BITS - 1)
+
+# Encoding is on the hot path of every backup (each node a map of some 25 scalars), so
+# the common pieces come from tables: one-byte varints, the ints whose zigzag is one
+# byte, and the heads (tag and one-byte length or count) of short bytes, strings and
+# lists.
+_VARINT1 = tuple(bytes((n,)) for n in range(0x80))
+_INT1 = tuple(bytes((_INT, z)) for z in range(0x80))  # indexed by the zigzag
+_BYTES_HEAD = tuple(bytes((_BYTES, n)) for n in range(0x80))
+_STR_HEAD = tuple(bytes((_STR, n)) for n in range(0x80))
+_LIST_HEAD = tuple(bytes((_LIST, n)) for n in range(0x80))
+_BOOL = (bytes((_FALSE,)), bytes((_TRUE,)))
+_NULL = bytes((_NONE,))
 
 
-def encode_varint(n: int, out: bytearray) -> None:
-    """Append the varint of ``n`` >= 0 to ``out``."""
-    _varint(n, out)
-
-
-def _varint(n: int, out: bytearray) -> None:
-    if n < 0x80:  # The common case: one byte.
-        out.append(n)
-        return
+def varint(n: int) -> bytes:
+    """The varint of ``n`` >= 0."""
+    if 0 <= n < 0x80:
+        return _VARINT1[n]
+    if n < 0:
+        raise ValueError(f"a varint is not negative: {n}")
+    out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
+    return bytes(out)
+
+
+def bytes_head(n: int) -> bytes:
+    """The tag and length of a bytes value of length ``n``."""
+    return _BYTES_HEAD[n] if 0 <= n < 0x80 else bytes((_BYTES,)) + varint(n)
+
+
+def list_head(n: int) -> bytes:
+    """The tag and count of a list of ``n`` values."""
+    return _LIST_HEAD[n] if 0 <= n < 0x80 else bytes((_LIST,)) + varint(n)
+
+
+def encode_varint(n: int, out: bytearray) -> None:
+    """Append the varint of ``n`` >= 0 to ``out``."""
+    out += varint(n)
+
+
+# Encoded ints by value, tag included: the fields of a tree's nodes repeat (modes,
+# owners, flags, sizes, chunk sizes, a file's equal timestamps).  Emptied when full.
+_INTS: dict[int, bytes] = {}
+_INTS_MAX = 4096
+
+# Varints of ints below 2**63 are made without a loop over their bytes (and without
+# bytes() of a tuple, which is slow too).  The zigzag's 7-bit groups are spread to 8-bit
+# slots in up to four steps (56-bit halves to 64-bit slots, then 28 to 32, 14 to 16, 7
+# to 8), each adding ``(x & upper halves) * (2**shift - 1)``, which moves the upper
+# halves up by ``shift`` bits; every byte but the last then gets its continuation bit
+# at once, and int.to_bytes writes them after the tag (the low byte).  _CONTINUE holds
+# those bits and the tag, by the length of the varint.
+_CONTINUE = tuple(int.from_bytes(b"\x80" * (n - 1), "little") << 8 | _INT for n in range(10))
+_SPREAD_56 = 0x7F00000000000000
+_SPREAD_28 = 0x00FFFFFFF000000000FFFFFFF0000000
+_SPREAD_14 = 0x0FFFC0000FFFC0000FFFC0000FFFC000
+_SPREAD_7 = 0x3F803F803F803F803F803F803F803F80
+_TWO_56 = 1 << 56
+_TWO_63 = 1 << 63
+
+
+def _int(value: int) -> bytes:
+    """The encoding of the int ``value`` (exactly an int), remembered in _INTS."""
+    z = value + value if value >= 0 else ~value - value  # (n << 1) ^ (n >> 127)
+    if z < 0x4000:
+        if z < 0x80:
+            encoded = _INT1[z]
+        else:
+            encoded = ((z + (z & 0x3F80)) << 8 | 0x8003).to_bytes(3, "little")
+    elif z < 0x10000000:
+        x = z + (z & 0xFFFC000) * 3
+        x += x & 0x3F803F80
+        if z < 0x200000:
+            encoded = (x << 8 | 0x808003).to_bytes(4, "little")
+        else:
+            encoded = (x << 8 | 0x80808003).to_bytes(5, "little")
+    elif z < _TWO_56:
+        x = z + (z & _SPREAD_28) * 15
+        x += (x & _SPREAD_14) * 3
+        x += x & _SPREAD_7
+        n = (z.bit_length() + 6) // 7
+        encoded = (x << 8 | _CONTINUE[n]).to_bytes(n + 1, "little")
+    elif z < _TWO_63:
+        x = z + (z & _SPREAD_56) * 255
+        x += (x & _SPREAD_28) * 15
+        x += (x & _SPREAD_14) * 3
+        x += x & _SPREAD_7
+        encoded = (x << 8 | _CONTINUE[9]).to_bytes(10, "little")
+    elif _INT_MIN <= value < _INT_MAX:
+        encoded = bytes((_INT,)) + varint(z)
+    else:
+        raise ValueError(f"integer out of range: {value}")
+    if len(_INTS) >= _INTS_MAX:
+        _INTS.clear()
+    _INTS[value] = encoded
+    return encoded
+
+
+def _str(text: str) -> bytes:
+    """The encoding of a string, with its tag."""
+    raw = text.encode("utf-8")  # Lone surrogates raise UnicodeEncodeError (a ValueError).
+    n = len(raw)
+    return (_STR_HEAD[n] if n < 0x80 else bytes((_STR,)) + varint(n)) + raw
 
 
 def encode(value: Value) -> bytes:
     """Encode ``value``; raises ``TypeError``/``ValueError`` for what cannot be encoded."""
-    out = bytearray()
-    _encode(value, out, 0)
-    return bytes(out)
-
-
-def _encode_str(text: str, out: bytearray) -> None:
-    raw = text.encode("utf-8")  # Lone surrogates raise UnicodeEncodeError (a ValueError).
-    _varint(len(raw), out)
-    out += raw
-
-
-# Map keys are few distinct names; their UTF-8 encodings are kept.
-_KEY_CACHE: dict[str, bytes] = {}
-_KEY_CACHE_MAX = 4096
-
-
-def _first(pair: tuple[bytes, Value]) -> bytes:
-    return pair[0]
+    parts: list[bytes] = []
+    encode_into(value, parts, 0)
+    return b"".join(parts)
 
 
 # Trees hold many maps with the same keys in the same order: remember, per key tuple,
-# the canonical (sorted) order and each key's encoded prefix.
-_PLANS: dict[tuple[object, ...], tuple[tuple[int, bytes], ...]] = {}
+# a template of the map's encoding (its head, then each key's encoded prefix in
+# canonical (sorted) order, each followed by a slot for its value) and a getter of the
+# values in that order.
+_Plan: TypeAlias = tuple[list[bytes], Callable[[Any], Sequence[Any]]]
+_PLANS: dict[tuple[object, ...], _Plan] = {}
 _PLANS_MAX = 1024
 
 
-def _map_plan(keys: tuple[object, ...]) -> tuple[tuple[int, bytes], ...]:
+def _map_plan(keys: tuple[object, ...]) -> _Plan:
     raw: list[bytes] = []
     for k in keys:
         if not isinstance(k, str):
             raise TypeError(f"map keys must be str, not {type(k).__name__}")
-        raw.append(k.encode("utf-8"))
-    plan = []
-    for index in sorted(range(len(keys)), key=raw.__getitem__):
-        prefix = bytearray()
-        _varint(len(raw[index]), prefix)
-        plan.append((index, bytes(prefix) + raw[index]))
-    result = tuple(plan)
+        raw.append(k.encode("utf-8"))  # Lone surrogates raise UnicodeEncodeError.
+    order = sorted(range(len(keys)), key=raw.__getitem__)
+    template = [bytes((_MAP,)) + varint(len(keys))]
+    for i in order:
+        template += (varint(len(raw[i])) + raw[i], b"")
+    getter: Callable[[Any], Sequence[Any]]
+    if len(keys) > 1:
+        getter = itemgetter(*(keys[i] for i in order))
+    elif keys:
+        getter = _single_getter(keys[0])
+    else:
+        getter = _no_values
+    plan = (template, getter)
     if len(_PLANS) < _PLANS_MAX:
-        _PLANS[keys] = result
-    return result
+        _PLANS[keys] = plan
+    return plan
 
 
-_INT_MIN = -(1 << (INT_BITS - 1))
-_INT_MAX = 1 << (INT_BITS - 1)
+def _single_getter(key: object) -> Callable[[Any], Sequence[Any]]:
+    return lambda m: (m[key],)
 
 
-def _encode_scalar(value: object, out: bytearray) -> bool:
-    """Encode an exact int in range or short bytes, the bulk of a tree; False for
-    anything else (left to :func:`_encode`)."""
-    kind = type(value)
-    if kind is int:
-        assert isinstance(value, int)
-        if 0 <= value < 0x40:
-            out.append(_INT)
-            out.append(value << 1)
-            return True
-        if not _INT_MIN <= value < _INT_MAX:
-            return False
-        out.append(_INT)
-        z = (value << 1) ^ (value >> (INT_BITS - 1))
-        while z >= 0x80:
-            out.append((z & 0x7F) | 0x80)
-            z >>= 7
-        out.append(z)
-        return True
-    if kind is bytes:
-        assert isinstance(value, bytes)
-        n = len(value)
-        if n >= 0x80:
-            return False
-        out.append(_BYTES)
-        out.append(n)
-        out += value
-        return True
-    return False
+def _no_values(m: object) -> Sequence[Any]:
+    return ()
 
 
-def _encode(value: Value, out: bytearray, depth: int) -> None:
+_cached_int: Callable[[int], bytes | None] = _INTS.get
+
+
+def encode_into(value: Value, parts: list[bytes], depth: int = 0) -> None:
+    """Append the encoding of ``value`` to ``parts`` (pieces to be joined), as a value
+    nested ``depth`` deep in a larger one (the nesting limit counts from the top)."""
+    if type(value) is dict:
+        if depth > MAX_DEPTH:
+            raise ValueError("value nested too deeply")
+        keys = tuple(value)
+        template, getter = _PLANS.get(keys) or _map_plan(keys)
+        if depth == MAX_DEPTH and keys:
+            raise ValueError("value nested too deeply")
+        depth += 1
+        encoded = template.copy()
+        # The hot loop of encoding: the ints (most of a tree) inline, in one piece each.
+        encoded[2::2] = [
+            (_cached_int(item) or _int(item)) if type(item) is int else _item(item, depth)
+            for item in getter(value)
+        ]
+        parts += encoded
+    else:
+        parts.append(_item(value, depth))
+
+
+def _item(value: Any, depth: int) -> bytes:
+    """The encoding of ``value``, nested ``depth`` deep, in one piece."""
     if depth > MAX_DEPTH:
         raise ValueError("value nested too deeply")
-    # Exact-type fast paths for what trees are made of; ABC checks below are slow.
     kind = type(value)
-    if kind is int:
-        assert isinstance(value, int)
-        if 0 <= value < 0x40:
-            out += bytes((_INT, value << 1))
-            return
-        if not _INT_MIN <= value < _INT_MAX:
-            raise ValueError(f"integer out of range: {value}")
-        out.append(_INT)
-        _varint((value << 1) ^ (value >> (INT_BITS - 1)), out)
-        return
     if kind is bytes:
-        assert isinstance(value, bytes)
-        out.append(_BYTES)
-        _varint(len(value), out)
-        out += value
-        return
-    if kind is dict:
-        assert isinstance(value, dict)
-        keys = tuple(value)
-        plan = _PLANS.get(keys)
-        if plan is None:
-            plan = _map_plan(keys)
-        values = tuple(value.values())
-        out.append(_MAP)
-        _varint(len(keys), out)
-        if depth >= MAX_DEPTH:  # Values would be too deep: let _encode say so.
-            for index, prefix in plan:
-                out += prefix
-                _encode(values[index], out, depth + 1)
-            return
-        for index, prefix in plan:
-            out += prefix
-            item = values[index]
-            if not _encode_scalar(item, out):
-                _encode(item, out, depth + 1)
-        return
+        raw: bytes = value
+        n = len(raw)
+        return (_BYTES_HEAD[n] if n < 0x80 else bytes_head(n)) + raw
+    if kind is int:
+        return _cached_int(value) or _int(value)
     if kind is list or kind is tuple:
-        assert isinstance(value, list | tuple)
-        out.append(_LIST)
-        _varint(len(value), out)
-        if depth >= MAX_DEPTH:
-            for item in value:
-                _encode(item, out, depth + 1)
-            return
-        for item in value:
-            if not _encode_scalar(item, out):
-                _encode(item, out, depth + 1)
-        return
-    if kind is str:
-        assert isinstance(value, str)
-        out.append(_STR)
-        _encode_str(value, out)
-        return
+        n = len(value)
+        if depth == MAX_DEPTH and n:
+            raise ValueError("value nested too deeply")
+        depth += 1
+        return (_LIST_HEAD[n] if n < 0x80 else list_head(n)) + b"".join(
+            [
+                (_cached_int(item) or _int(item)) if type(item) is int else _item(item, depth)
+                for item in value
+            ]
+        )
     if kind is bool:
-        out.append(_TRUE if value else _FALSE)
-        return
+        return _BOOL[value]
+    if kind is str:
+        return _str(value)
     if value is None:
-        out.append(_NONE)
-    elif value is True:
-        out.append(_TRUE)
-    elif value is False:
-        out.append(_FALSE)
-    elif isinstance(value, int):
-        if not -(1 << (INT_BITS - 1)) <= value < (1 << (INT_BITS - 1)):
-            raise ValueError(f"integer out of range: {value}")
-        out.append(_INT)
-        _varint((value << 1) ^ (value >> (INT_BITS - 1)), out)
+        return _NULL
+    parts: list[bytes] = []
+    if kind is dict:
+        encode_into(value, parts, depth)
+    else:
+        _encode_other(value, parts, depth)
+    return b"".join(parts)
+
+
+def _encode_other(value: object, parts: list[bytes], depth: int) -> None:
+    """Values of other types: subclasses, other mappings and sequences."""
+    if isinstance(value, int):
+        parts.append(_int(int(value)))
     elif isinstance(value, bytes | bytearray | memoryview):
         raw = bytes(value)
-        out.append(_BYTES)
-        _varint(len(raw), out)
-        out += raw
-    elif kind is str or isinstance(value, str):
-        assert isinstance(value, str)
-        out.append(_STR)
-        _encode_str(value, out)
-    elif kind is dict or isinstance(value, Mapping):
-        assert isinstance(value, Mapping)
-        items = []
+        n = len(raw)
+        parts.append(_BYTES_HEAD[n] if n < 0x80 else bytes_head(n))
+        parts.append(raw)
+    elif isinstance(value, str):
+        parts.append(_str(value))
+    elif isinstance(value, Mapping):
+        pairs = []
         for k, v in value.items():
-            raw_key = _KEY_CACHE.get(k) if type(k) is str else None
-            if raw_key is None:
-                if not isinstance(k, str):
-                    raise TypeError(f"map keys must be str, not {type(k).__name__}")
-                raw_key = k.encode("utf-8")
-                if len(_KEY_CACHE) < _KEY_CACHE_MAX:
-                    _KEY_CACHE[k] = raw_key
-            items.append((raw_key, v))
-        # Keys are distinct, so sorting the pairs compares keys only.
-        items.sort(key=_first)
-        out.append(_MAP)
-        _varint(len(items), out)
-        for raw_key, v in items:
-            _varint(len(raw_key), out)
-            out += raw_key
-            _encode(v, out, depth + 1)
+            if not isinstance(k, str):
+                raise TypeError(f"map keys must be str, not {type(k).__name__}")
+            pairs.append((k.encode("utf-8"), v))
+        pairs.sort(key=_first)  # Keys are distinct, so this compares keys only.
+        if depth >= MAX_DEPTH and pairs:
+            raise ValueError("value nested too deeply")
+        parts.append(bytes((_MAP,)) + varint(len(pairs)))
+        for raw_key, v in pairs:
+            parts.append(varint(len(raw_key)) + raw_key)
+            encode_into(v, parts, depth + 1)
     elif isinstance(value, Sequence):
-        out.append(_LIST)
-        _varint(len(value), out)
+        n = len(value)
+        if depth >= MAX_DEPTH and n:
+            raise ValueError("value nested too deeply")
+        parts.append(list_head(n))
         for item in value:
-            _encode(item, out, depth + 1)
+            encode_into(item, parts, depth + 1)
     else:
         raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def _first(pair: tuple[bytes, object]) -> bytes:
+    return pair[0]
 
 
 class _Fail(ValueError):
@@ -348,6 +399,7 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Value, int]:
 
 # Decoded map keys: few distinct names, decoded once.
 _KEY_TEXT: dict[bytes, str] = {}
+_KEY_CACHE_MAX = 4096
 
 
 def skip(data: bytes, pos: int) -> int:
