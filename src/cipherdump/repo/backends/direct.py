@@ -2,16 +2,17 @@
 
 Why: a backup writes every pack once and does not read it again, yet through the page
 cache each byte is copied into freshly allocated cache pages, written back, and then
-evicts something a server was using.  Written directly, from one reused aligned buffer,
-the same pack costs a tenth of the system time (measured: 0.06 s against 0.7 s of
-``sys`` per GiB on the benchmark machine) and leaves the page cache alone.
+evicts something a server was using.  Written directly, from a few reused aligned
+buffers, the same pack costs a tenth of the system time (measured: 0.06 s against
+0.7 s of ``sys`` per GiB on the benchmark machine) and leaves the page cache alone.
 
-``O_DIRECT`` needs buffer, offset and length aligned to the device's logical block
-size; :data:`ALIGN` (4 KiB) covers every common device.  Appends are gathered in an
-aligned buffer and written a segment at a time; the last, partial block is written
-padded with zeros and the file then cut to its true size.  Where the file system
-refuses ``O_DIRECT`` (tmpfs, some network file systems), the file is written through
-the page cache as any other.
+A direct write returns only once the device has the data, so segments are written by
+a thread of the file's own while the caller fills the next one (the GIL is let go
+during the write).  ``O_DIRECT`` needs buffer, offset and length aligned to the
+device's logical block size; :data:`ALIGN` (4 KiB) covers every common device.  The
+last, partial block is written padded with zeros and the file then cut to its true
+size.  Where the file system refuses ``O_DIRECT`` (tmpfs, some network file systems),
+the same segments are written through the page cache.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import queue
+import threading
 
 ALIGN = 4096
 SEGMENT = 1 << 20
+SEGMENTS = 4  # in all: one being filled, the others written or waiting to be
 
 
 class DirectAppendFile:
@@ -41,71 +45,68 @@ class DirectAppendFile:
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
-        self._stage = mmap.mmap(-1, 2 * SEGMENT)  # page-aligned
-        self._staged = 0  # bytes waiting in the stage
-        self._written = 0  # bytes in the file, a multiple of ALIGN while writing
+        self._segments = [mmap.mmap(-1, SEGMENT) for _ in range(SEGMENTS)]  # page-aligned
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for index in range(1, SEGMENTS):
+            self._free.put(index)
+        self._todo: queue.Queue[tuple[int, int] | None] = queue.Queue()
+        self._current = 0  # the segment being filled
+        self._filled = 0  # bytes in it
+        self._submitted = 0  # bytes handed to the writer thread (a multiple of SEGMENT)
+        self._written = 0  # bytes the thread has written
+        self._error: OSError | None = None
         self._finished = False
         self._pos = 0
+        self._thread = threading.Thread(target=self._run, name="pack-write", daemon=True)
+        self._thread.start()
 
     @property
     def size(self) -> int:
-        return self._written + self._staged
+        return self._submitted + self._filled
 
+    # -- the caller's side ---------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._finished:
             raise ValueError("write after flush")
         view = memoryview(data).cast("B")
         done, total = 0, len(view)
-        stage = self._stage
         while done < total:
-            take = min(total - done, len(stage) - self._staged)
-            stage[self._staged : self._staged + take] = view[done : done + take]
-            self._staged += take
+            segment = self._segments[self._current]
+            take = min(total - done, SEGMENT - self._filled)
+            segment[self._filled : self._filled + take] = view[done : done + take]
+            self._filled += take
             done += take
-            if self._staged >= SEGMENT:
-                self._drain(self._staged - self._staged % SEGMENT)
+            if self._filled == SEGMENT:
+                self._submit(SEGMENT)
         self._pos = self.size
         return total
 
-    def _drain(self, length: int) -> None:
-        """Write the first ``length`` staged bytes (aligned, unless padding the end)."""
-        view = memoryview(self._stage)[:length]
-        try:
-            if self._direct >= 0:
-                _write_all(self._direct, view)
-            else:
-                _write_all_at(self._fd, view, self._written)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL or self._direct < 0:
-                raise
-            # The file system took the open but not the write: do without O_DIRECT.
-            os.close(self._direct)
-            self._direct = -1
-            _write_all_at(self._fd, view, self._written)
-        finally:
-            view.release()
-        left = self._staged - length
-        self._stage.move(0, length, left)
-        self._staged = left
-        self._written += length
+    def _submit(self, length: int) -> None:
+        """Hand the current segment (``length`` bytes of it) to the writer thread and
+        take a free one."""
+        self._raise_if_failed()
+        self._todo.put((self._current, length))
+        self._submitted += self._filled
+        self._filled = 0
+        self._current = self._free.get()
 
     def flush(self) -> None:
-        """Write what is staged; the file then has its final size."""
+        """Write everything; the file then has its final size."""
         if self._finished:
             return
         self._finished = True
         size = self.size
-        if self._direct < 0:
-            if self._staged:
-                self._drain(self._staged)
-            return
-        padded = -(-self._staged // ALIGN) * ALIGN
-        if padded:
-            self._stage[self._staged : padded] = bytes(padded - self._staged)
-            self._staged = padded
-            self._drain(padded)
-        os.ftruncate(self._direct, size)
-        self._written = size
+        if self._filled:
+            length = self._filled
+            if self._direct >= 0:  # a direct write is of whole aligned blocks
+                length = -(-self._filled // ALIGN) * ALIGN
+                self._segments[self._current][self._filled : length] = bytes(length - self._filled)
+            self._todo.put((self._current, length))
+            self._submitted += self._filled
+            self._filled = 0
+        self._stop_thread()
+        self._raise_if_failed()
+        os.ftruncate(self._fd, size)  # the padding of the last block goes
 
     def fileno(self) -> int:
         return self._direct if self._direct >= 0 else self._fd
@@ -115,25 +116,71 @@ class DirectAppendFile:
         return self._pos
 
     def read(self, length: int) -> bytes:
-        """``length`` bytes from the position: from the file, then from the stage."""
+        """``length`` bytes from the position: from the file, then from the segment
+        being filled (waits for the segments in flight to be written)."""
+        self._todo.join()
+        self._raise_if_failed()
         out = b""
-        if self._pos < self._written:
-            out = os.pread(self._fd, min(length, self._written - self._pos), self._pos)
-        start = self._pos + len(out) - self._written
-        if len(out) < length and 0 <= start < self._staged:
-            out += self._stage[start : min(self._staged, start + length - len(out))]
+        if self._pos < self._submitted:
+            out = os.pread(self._fd, min(length, self._submitted - self._pos), self._pos)
+        start = self._pos + len(out) - self._submitted
+        if len(out) < length and 0 <= start < self._filled:
+            end = min(self._filled, start + length - len(out))
+            out += self._segments[self._current][start:end]
         self._pos += len(out)
         return out
 
     def close(self) -> None:
-        if self._direct >= 0:
+        self._stop_thread()
+        for fd in (self._direct, self._fd):
+            if fd >= 0:
+                os.close(fd)
+        self._direct = self._fd = -1
+        for segment in self._segments:
+            if not segment.closed:
+                segment.close()
+
+    def _stop_thread(self) -> None:
+        if self._thread.is_alive():
+            self._todo.put(None)
+            self._thread.join()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    # -- the writer thread -----------------------------------------------------------
+    def _run(self) -> None:
+        while (item := self._todo.get()) is not None:
+            index, length = item
+            try:
+                if self._error is None:
+                    self._write_segment(memoryview(self._segments[index])[:length])
+            except OSError as exc:
+                self._error = exc
+            finally:
+                self._free.put(index)
+                self._todo.task_done()
+        self._todo.task_done()
+
+    def _write_segment(self, view: memoryview) -> None:
+        length = len(view)
+        try:
+            if self._direct >= 0:
+                _write_all(self._direct, view)
+            else:
+                _write_all_at(self._fd, view, self._written)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or self._direct < 0:
+                raise
+            # The file system took the open but not the write: do without O_DIRECT
+            # (the whole segment again, at its place).
             os.close(self._direct)
             self._direct = -1
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        if not self._stage.closed:
-            self._stage.close()
+            _write_all_at(self._fd, view, self._written)
+        finally:
+            view.release()
+        self._written += length
 
 
 def _write_all(fd: int, view: memoryview) -> None:
