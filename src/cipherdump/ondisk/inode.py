@@ -221,23 +221,25 @@ def timestamp_ns(seconds: int, extra: int) -> int:
     return secs * 1_000_000_000 + (extra >> 2)
 
 
-def inode_csum(raw: bytes, ino_seed: int, inode_size: int, extra_isize: int) -> int:
-    """metadata_csum of an inode record given the inode's seed (ino + generation)."""
-    has_hi = inode_size > EXT4_GOOD_OLD_INODE_SIZE and _fits(extra_isize, _CSUM_HI_OFFSET, 2)
-    # The checksum fields count as zeros: checksum the pieces around them, no copy to edit.
-    if has_hi:
-        parts = (
+def _csum_pieces(raw: bytes, inode_size: int, extra_isize: int) -> tuple[list[bytes], bool]:
+    """The record with its checksum fields as zeros, in pieces (no copy to edit), and
+    whether it has the high 16 bits of the checksum."""
+    if inode_size > EXT4_GOOD_OLD_INODE_SIZE and _fits(extra_isize, _CSUM_HI_OFFSET, 2):
+        return [
             raw[:_CSUM_LO_OFFSET],
             _ZERO2,
             raw[_CSUM_LO_OFFSET + 2 : _CSUM_HI_OFFSET],
             _ZERO2,
             raw[_CSUM_HI_OFFSET + 2 : inode_size],
-        )
-        return crc32c_le(ino_seed, b"".join(parts))
-    crc = crc32c_le(
-        ino_seed, b"".join((raw[:_CSUM_LO_OFFSET], _ZERO2, raw[_CSUM_LO_OFFSET + 2 : inode_size]))
-    )
-    return crc & 0xFFFF
+        ], True
+    return [raw[:_CSUM_LO_OFFSET], _ZERO2, raw[_CSUM_LO_OFFSET + 2 : inode_size]], False
+
+
+def inode_csum(raw: bytes, ino_seed: int, inode_size: int, extra_isize: int) -> int:
+    """metadata_csum of an inode record given the inode's seed (ino + generation)."""
+    pieces, has_hi = _csum_pieces(raw, inode_size, extra_isize)
+    crc = crc32c_le(ino_seed, b"".join(pieces))
+    return crc if has_hi else crc & 0xFFFF
 
 
 def inode_record_csum(
@@ -247,22 +249,9 @@ def inode_record_csum(
     ``inode_csum(raw, inode_csum_seed(fs_seed, ino, generation), ...)``, in one CRC
     update (the per-inode seed is the CRC of the inode number and generation, and CRC
     updates chain)."""
-    head = _INO_GEN.pack(ino, generation)
-    if inode_size > EXT4_GOOD_OLD_INODE_SIZE and _fits(extra_isize, _CSUM_HI_OFFSET, 2):
-        parts = (
-            head,
-            raw[:_CSUM_LO_OFFSET],
-            _ZERO2,
-            raw[_CSUM_LO_OFFSET + 2 : _CSUM_HI_OFFSET],
-            _ZERO2,
-            raw[_CSUM_HI_OFFSET + 2 : inode_size],
-        )
-        return crc32c_le(fs_seed, b"".join(parts))
-    crc = crc32c_le(
-        fs_seed,
-        b"".join((head, raw[:_CSUM_LO_OFFSET], _ZERO2, raw[_CSUM_LO_OFFSET + 2 : inode_size])),
-    )
-    return crc & 0xFFFF
+    pieces, has_hi = _csum_pieces(raw, inode_size, extra_isize)
+    crc = crc32c_le(fs_seed, b"".join((_INO_GEN.pack(ino, generation), *pieces)))
+    return crc if has_hi else crc & 0xFFFF
 
 
 # -- encoding -----------------------------------------------------------------------------

@@ -238,6 +238,19 @@ _NAME_KEY_BYTES = _NAME_KEY + b"\x04"
 _new_span = tuple.__new__
 
 
+def _short_field(data: bytes, pos: int, key: bytes, what: str) -> tuple[bytes, int]:
+    """The value of the node field whose key and tag (``key``, 6 bytes) are at ``pos``
+    (bytes or a string), and where the next field starts."""
+    if not data.startswith(key, pos):
+        raise ValueError(f"bad node {what}")
+    n = data[pos + 6]
+    if n < 0x80:
+        at = pos + 7
+    else:
+        n, at = codec.read_count(data, pos + 6)
+    return data[at : at + n], at + n
+
+
 def _split_tree(data: bytes, want: frozenset[bytes]) -> list[NodeSpan]:
     """The walk of :func:`split_tree`.  A node's keys are known (in byte order: attrs,
     content if any, kind, name, subtree if any), so only the attrs are walked item by
@@ -306,24 +319,8 @@ def _split_tree(data: bytes, want: frozenset[bytes]) -> list[NodeSpan]:
                 end = codec.skip(data, pos + len(_CONTENT_KEY))
             pos = end
             fields -= 1
-        if not startswith(_KIND_KEY_STR, pos):
-            raise ValueError("bad node kind")
-        n = data[pos + 6]
-        if n < 0x80:
-            at = pos + 7
-        else:
-            n, at = read_count(data, pos + 6)
-        pos = at + n
-        kind = data[at:pos]
-        if not startswith(_NAME_KEY_BYTES, pos):
-            raise ValueError("bad node name")
-        n = data[pos + 6]
-        if n < 0x80:
-            at = pos + 7
-        else:
-            n, at = read_count(data, pos + 6)
-        pos = at + n
-        name = data[at:pos]
+        kind, pos = _short_field(data, pos, _KIND_KEY_STR, "kind")
+        name, pos = _short_field(data, pos, _NAME_KEY_BYTES, "name")
         if fields == 4:
             if not startswith(_SUBTREE_KEY_AND_HEAD, pos):
                 raise ValueError("bad node subtree")
