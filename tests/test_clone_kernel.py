@@ -165,3 +165,30 @@ def test_clone_refuses_target_without_encrypt(
     assert result.exit_code != 0 and "lacks the encrypt feature" in result.output
     ok, report = e2fsck_clean(target)
     assert ok, report
+
+
+def test_clone_reports_progress_towards_its_plan(
+    kernel_image_v2: kernelfs.KernelImage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[dict[str, int]] = []
+    summary = clone_image(
+        str(kernel_image_v2.image), str(tmp_path / "c.img"), on_progress=events.append
+    )
+    assert events, "no progress event"
+    last = events[-1]
+    assert last["inodes"] == last["inodes_total"]  # the last event is the finished state
+    assert last["blocks"] == last["blocks_total"] > 0
+    assert all(
+        e["inodes"] <= e["inodes_total"] and e["blocks"] <= e["blocks_total"] for e in events
+    )
+    assert summary["files"] > 0
+
+    # On a terminal the same events drive a progress bar on stderr.
+    from cipherdump.cli import render
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    on_event, bar = render.image_progress_bar("clone")
+    assert on_event is not None
+    with bar:
+        for event in events:
+            on_event(event)

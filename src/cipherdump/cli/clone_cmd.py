@@ -36,7 +36,11 @@ def clone_cmd(source: str, out: str, size: str | None, as_json: bool) -> None:
     from cipherdump.engine.restore_image import clone_image
 
     image, path = split_source(source)
-    summary = clone_image(image, out, path=path, size=render.parse_size(size))
+    on_progress, bar = render.image_progress_bar("clone")
+    with bar:
+        summary = clone_image(
+            image, out, path=path, size=render.parse_size(size), on_progress=on_progress
+        )
     if as_json:
         click.echo(render.dumps(summary))
     else:

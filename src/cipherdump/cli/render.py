@@ -5,6 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import stat
+import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import click
@@ -127,3 +130,57 @@ def parse_size(text: str | None) -> int | None:
         return int(float(t) * mult)
     except ValueError:
         raise click.UsageError(f"--size: cannot read {text!r} as a size") from None
+
+
+ProgressUpdate = Callable[[int, int | None, int], None]
+
+
+def progress_bar(description: str) -> tuple[ProgressUpdate | None, AbstractContextManager[Any]]:
+    """A rich progress bar on stderr (bytes, rate, time left, inodes) when stderr is a
+    terminal; ``(None, a do-nothing context)`` otherwise.  The update takes
+    ``(bytes done, bytes in all or None, inodes done)``."""
+    if not sys.stderr.isatty():
+        return None, nullcontext()
+    # Imported here: rich takes a tenth of a second to import, and most runs have no bar.
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[inodes]} inodes"),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task(description, total=None, inodes=0)
+
+    def update(done: int, total: int | None, inodes: int) -> None:
+        bar.update(task, completed=done, total=total or None, inodes=inodes)
+
+    return update, bar
+
+
+def image_progress_bar(
+    description: str,
+) -> tuple[Callable[[dict[str, Any]], None] | None, AbstractContextManager[Any]]:
+    """A progress bar for writing an image (``restore --to-image``, ``clone``)."""
+    update, bar = progress_bar(description)
+    if update is None:
+        return None, bar
+    show = update
+
+    def on_event(event: dict[str, Any]) -> None:
+        bs = int(event.get("block_size", 1))
+        show(int(event["blocks"]) * bs, int(event["blocks_total"]) * bs, int(event["inodes"]))
+
+    return on_event, bar

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -178,40 +178,16 @@ def init(repo: str | None, password_file: str | None, pack_size: int, as_json: b
 
 
 def _progress_bar() -> tuple[Callable[[BackupProgress], None] | None, AbstractContextManager[Any]]:
-    """A rich progress bar on stderr when it is a terminal; nothing otherwise."""
-    if not sys.stderr.isatty():
-        return None, nullcontext()
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+    """The backup's progress bar on stderr when it is a terminal; nothing otherwise."""
+    update, bar = render.progress_bar("backup")
+    if update is None:
+        return None, bar
+    show = update
 
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[inodes]} inodes"),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    task = bar.add_task("backup", total=None, inodes=0)
+    def on_event(event: BackupProgress) -> None:
+        show(event.bytes_done, event.bytes_total, event.inodes_done)
 
-    def update(event: BackupProgress) -> None:
-        bar.update(
-            task,
-            completed=event.bytes_done,
-            total=event.bytes_total or None,
-            inodes=event.inodes_done,
-        )
-
-    return update, bar
+    return on_event, bar
 
 
 def _backup_summary(result: BackupResult, source: str) -> dict[str, Any]:

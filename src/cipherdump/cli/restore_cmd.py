@@ -198,7 +198,8 @@ def _restore_to_image(
     restore_to_image = getattr(module, "restore_to_image", None)
     if restore_to_image is None:
         raise InputError("restore --to-image is not implemented yet")
-    with repo_cmds.open_repository(repo, password_file, lock=False) as repository:
+    on_progress, bar = render.image_progress_bar("restore")
+    with repo_cmds.open_repository(repo, password_file, lock=False) as repository, bar:
         snap_id, snap = repository.find_snapshot(snapshot)
         wanted = os.fsencode(path)
         report = restore_to_image(
@@ -208,6 +209,7 @@ def _restore_to_image(
             out,
             path=None if wanted in (b"/", b"") else wanted,
             size=render.parse_size(size),
+            on_progress=on_progress,
         )
     if as_json:
         rec = dict(report) if isinstance(report, Mapping) else {"result": report}

@@ -46,7 +46,10 @@ from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_SYSTEM
 from cipherdump.repo import BlobType, Id, Repository, Snapshot
 from cipherdump.repo.codec import Value
 
+# Called with {"inodes", "inodes_total", "blocks", "blocks_total", "block_size"} at most
+# every _PROGRESS_EVERY_S seconds and once at the end; the totals are the plan's estimate.
 Progress = Callable[[dict[str, Any]], None]
+_PROGRESS_EVERY_S = 0.1
 
 # Features that describe a filesystem's state, not its format, or that a fresh image
 # must not get (quota: the usage e2fsck expects would not match what is written).
@@ -224,9 +227,26 @@ def _populate(
         if created:
             w.set_hash_params(facts.hash_seed, facts.def_hash_version, facts.s_flags)
 
-        def progress(stats: PopulateStats, name: bytes) -> None:
-            if on_progress is not None:
-                on_progress({"inodes": stats.inodes, "blocks": stats.blocks})
+        inodes_total = len(plan.inos)
+        blocks_total = plan.blocks(w.block_size)
+        last = [0.0]
+
+        def progress(stats: PopulateStats, name: bytes, *, force: bool = False) -> None:
+            now = time.monotonic()
+            if on_progress is None or (not force and now - last[0] < _PROGRESS_EVERY_S):
+                return
+            last[0] = now
+            # The plan's totals are estimates (the root is there already, directory
+            # blocks are guessed); the final event says what was done.
+            on_progress(
+                {
+                    "inodes": stats.inodes,
+                    "inodes_total": stats.inodes if force else max(inodes_total, stats.inodes),
+                    "blocks": stats.blocks,
+                    "blocks_total": stats.blocks if force else max(blocks_total, stats.blocks),
+                    "block_size": w.block_size,
+                }
+            )
 
         pop = Populator(w, tree, require_inos=ties, on_progress=progress)
         pop.reserve(plan)
@@ -237,6 +257,7 @@ def _populate(
             if not created:
                 pop.undo()
             raise
+        progress(stats, b"", force=True)
         w.flush()
     return stats
 
