@@ -1174,9 +1174,8 @@ class _Backup:
                 setattr(self.stats, name, getattr(self.stats, name) + value)
             for key, n in end.census.items():
                 self.total_census[key] = self.total_census.get(key, 0) + n
-            for i, byte in enumerate(end.seen):
-                if byte:
-                    self.seen[i] |= byte
+            either = int.from_bytes(self.seen, "little") | int.from_bytes(end.seen, "little")
+            self.seen[:] = either.to_bytes(len(self.seen), "little")
             self.seen_dirs.update(end.seen_dirs)
             if self.parent is not None:
                 self.parent.merge_loaded(end.loaded)
