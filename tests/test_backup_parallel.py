@@ -192,3 +192,18 @@ def test_a_repository_in_memory_is_backed_up_in_one_process(wide_image: Path) ->
     repo = Repository.init(MemoryBackend(), b"pw", kdf=KdfParams.insecure_for_tests())
     result = _backup(repo, wide_image, jobs=4)
     assert result.stats.errors == 0 and result.stats.dirs_new > LEAVES
+
+
+def test_workers_reading_a_block_device_make_the_same_snapshot(
+    wide_image: Path, tmp_path: Path
+) -> None:
+    """Devices are read with O_DIRECT through a bounce buffer: each process must read
+    into a buffer of its own (a shared one mixed the workers' blocks up)."""
+    repo = _repo(tmp_path)
+    from_image = _backup(repo, wide_image, jobs=1, no_parent=True)
+    with kernelfs.loop_device(wide_image, readonly=True) as device:
+        with open_filesystem(device) as fs:
+            from_device = backup(repo, fs, BackupOptions(jobs=3, no_parent=True))
+    assert from_device.stats.errors == 0
+    assert from_device.snapshot.tree == from_image.snapshot.tree
+    repo.close()

@@ -126,7 +126,9 @@ class DirectDeviceSource(Closable):
         self._fd = _open_readonly(path, os.O_DIRECT)
         self._size = os.lseek(self._fd, 0, os.SEEK_END)
         self._buf_len = 1 << 20
-        self._buf = mmap.mmap(-1, self._buf_len)  # page-aligned, as O_DIRECT needs
+        # Page-aligned, as O_DIRECT needs; private, so that a forked process (a backup
+        # worker) reading at the same time gets a buffer of its own, not this one.
+        self._buf = mmap.mmap(-1, self._buf_len, flags=mmap.MAP_PRIVATE)
 
     @property
     def size(self) -> int:

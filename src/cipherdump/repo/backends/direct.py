@@ -45,7 +45,8 @@ class DirectAppendFile:
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
-        self._segments = [mmap.mmap(-1, SEGMENT) for _ in range(SEGMENTS)]  # page-aligned
+        # Page-aligned; private, never shared with a forked process.
+        self._segments = [mmap.mmap(-1, SEGMENT, flags=mmap.MAP_PRIVATE) for _ in range(SEGMENTS)]
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for index in range(1, SEGMENTS):
             self._free.put(index)
