@@ -201,9 +201,11 @@ def test_workers_reading_a_block_device_make_the_same_snapshot(
     into a buffer of its own (a shared one mixed the workers' blocks up)."""
     repo = _repo(tmp_path)
     from_image = _backup(repo, wide_image, jobs=1, no_parent=True)
-    with kernelfs.loop_device(wide_image, readonly=True) as device:
-        with open_filesystem(device) as fs:
-            from_device = backup(repo, fs, BackupOptions(jobs=3, no_parent=True))
+    with (
+        kernelfs.loop_device(wide_image, readonly=True) as device,
+        open_filesystem(device) as fs,
+    ):
+        from_device = backup(repo, fs, BackupOptions(jobs=3, no_parent=True))
     assert from_device.stats.errors == 0
     assert from_device.snapshot.tree == from_image.snapshot.tree
     repo.close()
