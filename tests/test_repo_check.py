@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -171,3 +172,14 @@ def test_a_blob_stored_by_two_processes_of_one_writer_checks_clean(tmp_path: Pat
         assert repo.load_blob(BlobType.DATA, blob_id) == data
         report = repo.check(read_data=True)
         assert report.ok, report.text()
+
+
+def test_read_data_reports_progress_pack_by_pack(tmp_path: Path) -> None:
+    backend = _build(tmp_path / "repo")
+    total = sum(info.size for info in backend.list(FileType.PACK))
+    events: list[tuple[int, int]] = []
+    with Repository.open(backend, b"pw") as repo:
+        assert repo.check(read_data=True, on_progress=lambda d, t: events.append((d, t))).ok
+        assert repo.check(on_progress=lambda d, t: events.append((-1, -1))).ok  # none without
+    assert events[0] == (0, total) and events[-1] == (total, total)
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(events))

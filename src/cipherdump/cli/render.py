@@ -135,10 +135,12 @@ def parse_size(text: str | None) -> int | None:
 ProgressUpdate = Callable[[int, int | None, int], None]
 
 
-def progress_bar(description: str) -> tuple[ProgressUpdate | None, AbstractContextManager[Any]]:
-    """A rich progress bar on stderr (bytes, rate, time left, inodes) when stderr is a
-    terminal; ``(None, a do-nothing context)`` otherwise.  The update takes
-    ``(bytes done, bytes in all or None, inodes done)``."""
+def progress_bar(
+    description: str, *, count_inodes: bool = True
+) -> tuple[ProgressUpdate | None, AbstractContextManager[Any]]:
+    """A rich progress bar on stderr (bytes, rate, time left, and inodes if
+    ``count_inodes``) when stderr is a terminal; ``(None, a do-nothing context)``
+    otherwise.  The update takes ``(bytes done, bytes in all or None, inodes done)``."""
     if not sys.stderr.isatty():
         return None, nullcontext()
     # Imported here: rich takes a tenth of a second to import, and most runs have no bar.
@@ -152,16 +154,16 @@ def progress_bar(description: str) -> tuple[ProgressUpdate | None, AbstractConte
         TransferSpeedColumn,
     )
 
-    bar = Progress(
+    columns = [
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[inodes]} inodes"),
-        console=Console(stderr=True),
-        transient=True,
-    )
+    ]
+    if count_inodes:
+        columns.append(TextColumn("{task.fields[inodes]} inodes"))
+    bar = Progress(*columns, console=Console(stderr=True), transient=True)
     task = bar.add_task(description, total=None, inodes=0)
 
     def update(done: int, total: int | None, inodes: int) -> None:

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -456,8 +456,17 @@ def diff(
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def check(read_data: bool, repo: str | None, password_file: str | None, as_json: bool) -> None:
     """Verify the repository; exit code 5 names damage if any is found."""
-    with open_repository(repo, password_file, lock=False) as repository:
-        report = repository.check(read_data=read_data)
+    update, bar = (
+        render.progress_bar("check", count_inodes=False) if read_data else (None, nullcontext())
+    )
+    show = update
+
+    def on_progress(done: int, total: int) -> None:
+        if show is not None:
+            show(done, total, 0)
+
+    with open_repository(repo, password_file, lock=False) as repository, bar:
+        report = repository.check(read_data=read_data, on_progress=on_progress)
     if as_json:
         click.echo(
             render.dumps(

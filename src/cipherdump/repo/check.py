@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cipherdump.errors import CipherdumpError
@@ -65,8 +66,16 @@ class CheckReport:
 
 class Checker:
     def __init__(
-        self, backend: Backend, key: MasterKey, *, read_data: bool, own_lock: str | None = None
+        self,
+        backend: Backend,
+        key: MasterKey,
+        *,
+        read_data: bool,
+        own_lock: str | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
+        """``on_progress(bytes read, bytes to read)`` follows ``read_data`` pack by pack."""
+        self.on_progress = on_progress
         self.backend = backend
         self.key = key
         self.read_data = read_data
@@ -90,8 +99,14 @@ class Checker:
         used = bytearray(len(self.index))
         self._check_snapshots(used)
         if self.read_data:
+            total, done = sum(packs.values()), 0
             for name in sorted(packs):
+                if self.on_progress is not None:
+                    self.on_progress(done, total)
                 self._read_pack(name)
+                done += packs[name]
+            if self.on_progress is not None:
+                self.on_progress(done, total)
         unused = len(used) - sum(used)
         if unused:
             self.info(f"{unused} indexed blobs are used by no snapshot")

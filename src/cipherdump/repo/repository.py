@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -215,9 +216,15 @@ class Repository:
 
     # Maintenance ----------------------------------------------------------------------
 
-    def check(self, *, read_data: bool = False) -> CheckReport:
+    def check(
+        self, *, read_data: bool = False, on_progress: Callable[[int, int], None] | None = None
+    ) -> CheckReport:
+        """``on_progress(bytes read, bytes to read)`` follows ``read_data``."""
         own = self._lock.name if self._lock is not None else None
-        return Checker(self.backend, self._key, read_data=read_data, own_lock=own).run()
+        checker = Checker(
+            self.backend, self._key, read_data=read_data, own_lock=own, on_progress=on_progress
+        )
+        return checker.run()
 
     def unlock(self, *, all_locks: bool = False) -> list[str]:
         """Remove stale locks (or every lock but ours); returns the names removed."""
