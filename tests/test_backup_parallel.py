@@ -209,3 +209,35 @@ def test_workers_reading_a_block_device_make_the_same_snapshot(
     assert from_device.stats.errors == 0
     assert from_device.snapshot.tree == from_image.snapshot.tree
     repo.close()
+
+
+def test_a_directory_that_cannot_be_opened_is_one_problem_either_way(
+    wide_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leaf directory whose own inode cannot be described is reported and left out,
+    by a worker as by the one process, and the backup goes on."""
+    attrs_of = backup_module._Backup.attrs_of
+
+    def bad_leaf(self: backup_module._Backup, kid, order, census):  # type: ignore[no-untyped-def]
+        if kid.raw_name == b"leaf-1" and kid.inode.is_dir:
+            raise CorruptError("made up for the test", structure="inode", location="inode 2")
+        return attrs_of(self, kid, order, census)
+
+    monkeypatch.setattr(backup_module._Backup, "attrs_of", bad_leaf)
+    repo = _repo(tmp_path)
+    results = []
+    for jobs in (1, 3):
+        seen: list[bytes] = []
+
+        def on_problem(path: bytes, err: CipherdumpError, seen: list[bytes] = seen) -> None:
+            seen.append(path)
+
+        with open_filesystem(str(wide_image)) as fs:
+            options = BackupOptions(jobs=jobs, no_parent=True, force_reread=True)
+            results.append(backup(repo, fs, options, on_problem=on_problem))
+        # (the encrypted tree's leaf-1 has a ciphertext name, so only this one fails)
+        assert seen == [b"/plain-leaves/leaf-1"]
+    one, three = results
+    assert three.stats.errors == one.stats.errors == 1
+    assert three.snapshot.tree == one.snapshot.tree
+    repo.close()

@@ -241,7 +241,7 @@ class _DirDone:
     """A worker's answer to a :class:`_DirJob`."""
 
     number: int
-    tree: bytes
+    tree: bytes | None  # None: the directory could not be opened (a problem was sent)
     attrs: dict[str, Value]
     errors: int
     census: Census  # the directory's own context, to count in its parent's census
@@ -1127,6 +1127,9 @@ class _Backup:
                 frame.census[key] = frame.census.get(key, 0) + n
             if done.errors:
                 frame.errors += 1
+            if done.tree is None:
+                del frame.nodes[name]  # as the walk leaves out an entry it cannot open
+                continue
             frame.nodes[name] = Node(name, "dir", subtree=Id(done.tree), attrs=done.attrs)
             self.dir_records.extend(done.records)
         frame.pending.clear()
@@ -1239,7 +1242,11 @@ class _Backup:
             job.stored_hash,
         )
         census: Census = {}
-        first = self.open_dir(node, job.order, job.depth, census if job.count_census else None)
+        try:
+            first = self.open_dir(node, job.order, job.depth, census if job.count_census else None)
+        except CipherdumpError as err:  # as the walk takes it: a problem of this entry
+            self.problem(job.path, err)
+            return _DirDone(job.number, None, {}, 1, census, [])
         tree_id, frame = self.walk(first)
         records, self.dir_records = self.dir_records, []
         return _DirDone(job.number, tree_id.raw, frame.attrs, frame.errors, census, records)
