@@ -41,15 +41,29 @@ _PAIRED = re.compile(r"^([0-9A-Fa-f]{16}):(.+)$", re.DOTALL)
 
 
 def key_options(fn: F) -> F:
-    """Add ``--key FILE`` (repeatable) and ``--key-dir DIR`` to a command."""
-    fn = click.option(
+    """Add ``--key FILE`` (repeatable), ``--key-dir DIR`` and the secret options (see
+    :func:`secret_options`); the command gets them as one ``keying``
+    (:class:`KeyOptions`)."""
+
+    @functools.wraps(fn)
+    def wrapper(
+        *args: Any,
+        keys: tuple[str, ...],
+        key_dirs: tuple[str, ...],
+        secrets: SecretOptions,
+        **kwargs: Any,
+    ) -> Any:
+        return fn(*args, keying=KeyOptions(keys, key_dirs, secrets), **kwargs)
+
+    out: Any = secret_options(wrapper)
+    out = click.option(
         "--key-dir",
         "key_dirs",
         multiple=True,
         type=click.Path(file_okay=False, exists=True, path_type=str),
         help="Load every file in DIR as a master key (repeatable).",
-    )(fn)
-    fn = click.option(
+    )(out)
+    out = click.option(
         "--key",
         "keys",
         multiple=True,
@@ -58,8 +72,8 @@ def key_options(fn: F) -> F:
             "Master key file: raw bytes or hex (repeatable).  For a v1 policy whose "
             "descriptor is not derived from the key, pair them: --key DESCRIPTOR:FILE."
         ),
-    )(fn)
-    return fn
+    )(out)
+    return out  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -323,8 +337,27 @@ def add_image_secrets(loaded: LoadedKeys, secrets: SecretOptions, fs: Filesystem
     )
 
 
-def no_secrets_for_snapshots(secrets: SecretOptions) -> None:
-    if secrets:
-        raise click.UsageError(
-            "--passphrase and --protector-key with a snapshot work for cat and restore only"
-        )
+@dataclass(frozen=True)
+class KeyOptions:
+    """What a command was given to unlock encrypted files: master keys and the secrets
+    that unlock master keys (see :func:`key_options`)."""
+
+    keys: tuple[str, ...] = ()
+    key_dirs: tuple[str, ...] = ()
+    secrets: SecretOptions = SecretOptions()
+
+    def __bool__(self) -> bool:
+        return bool(self.keys or self.key_dirs or self.secrets)
+
+    def load(self) -> LoadedKeys:
+        """The master keys given directly (secrets are unlocked against a source)."""
+        return load_keys(self.keys, self.key_dirs)
+
+    def refuse_for_snapshots(self) -> None:
+        """For the commands that read a snapshot without keys (``ls``, ``stat``)."""
+        if self.keys or self.key_dirs:
+            raise click.UsageError("--key is not supported with a snapshot (a repository is given)")
+        if self.secrets:
+            raise click.UsageError(
+                "--passphrase and --protector-key with a snapshot work for cat and restore only"
+            )

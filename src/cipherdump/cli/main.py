@@ -149,7 +149,6 @@ def info(image: str, as_json: bool) -> None:
 @click.option("-R", "recursive", is_flag=True, help="List subdirectories recursively.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @keyopts.key_options
-@keyopts.secret_options
 @repo_cmds.snapshot_options
 @one_line_errors
 def ls(
@@ -158,9 +157,7 @@ def ls(
     long: bool,
     recursive: bool,
     as_json: bool,
-    keys: tuple[str, ...],
-    key_dirs: tuple[str, ...],
-    secrets: keyopts.SecretOptions,
+    keying: keyopts.KeyOptions,
     repo: str | None,
     password_file: str | None,
 ) -> None:
@@ -174,16 +171,15 @@ def ls(
     prefix or "latest"), listed exactly as its image was.
     """
     if repo:
-        repo_cmds.no_keys_for_snapshots(keys, key_dirs)
-        keyopts.no_secrets_for_snapshots(secrets)
+        keying.refuse_for_snapshots()
         return repo_cmds.ls_snapshot(repo, password_file, image, path, long, recursive, as_json)
     from cipherdump.engine.describe import node_record
     from cipherdump.engine.namespace import Problem
 
     problems = 0
-    loaded = keyopts.load_keys(keys, key_dirs)
+    loaded = keying.load()
     with _open(image) as fs:
-        keyopts.add_image_secrets(loaded, secrets, fs)
+        keyopts.add_image_secrets(loaded, keying.secrets, fs)
         ns = keyopts.namespace(fs, loaded)
         top = ns.resolve(_path_arg(path))
         if not top.inode.is_dir:
@@ -219,16 +215,13 @@ def ls(
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @keyopts.key_options
-@keyopts.secret_options
 @repo_cmds.snapshot_options
 @one_line_errors
 def stat_cmd(
     image: str,
     path: str,
     as_json: bool,
-    keys: tuple[str, ...],
-    key_dirs: tuple[str, ...],
-    secrets: keyopts.SecretOptions,
+    keying: keyopts.KeyOptions,
     repo: str | None,
     password_file: str | None,
 ) -> None:
@@ -238,14 +231,13 @@ def stat_cmd(
     With a repository (-r/--repo or CIPHERDUMP_REPOSITORY), IMAGE is a snapshot.
     """
     if repo:
-        repo_cmds.no_keys_for_snapshots(keys, key_dirs)
-        keyopts.no_secrets_for_snapshots(secrets)
+        keying.refuse_for_snapshots()
         return repo_cmds.stat_snapshot(repo, password_file, image, path, as_json)
     from cipherdump.engine.describe import stat_record
 
-    loaded = keyopts.load_keys(keys, key_dirs)
+    loaded = keying.load()
     with _open(image) as fs:
-        keyopts.add_image_secrets(loaded, secrets, fs)
+        keyopts.add_image_secrets(loaded, keying.secrets, fs)
         ns = keyopts.namespace(fs, loaded)
         node = ns.resolve(_path_arg(path))
         rec = stat_record(ns, node)
@@ -266,16 +258,13 @@ def stat_cmd(
     help="Write the stored bytes in whole data units (ciphertext of encrypted files).",
 )
 @keyopts.key_options
-@keyopts.secret_options
 @repo_cmds.snapshot_options
 @one_line_errors
 def cat(
     image: str,
     path: str,
     ciphertext: bool,
-    keys: tuple[str, ...],
-    key_dirs: tuple[str, ...],
-    secrets: keyopts.SecretOptions,
+    keying: keyopts.KeyOptions,
     repo: str | None,
     password_file: str | None,
 ) -> None:
@@ -288,17 +277,15 @@ def cat(
     snapshot.
     """
     if repo:
-        if not ciphertext and (keys or key_dirs or secrets):
-            return restore_cmd.cat_snapshot_keyed(
-                repo, password_file, image, path, keys, key_dirs, secrets
-            )
+        if not ciphertext and keying:
+            return restore_cmd.cat_snapshot_keyed(repo, password_file, image, path, keying)
         return repo_cmds.cat_snapshot(repo, password_file, image, path, ciphertext)
     from cipherdump.engine.describe import data_unit_size, iter_ciphertext
     from cipherdump.ext4.inode import FileType
 
-    loaded = keyopts.load_keys(keys, key_dirs)
+    loaded = keying.load()
     with _open(image) as fs:
-        keyopts.add_image_secrets(loaded, secrets, fs)
+        keyopts.add_image_secrets(loaded, keying.secrets, fs)
         ns = keyopts.namespace(fs, loaded)
         node = ns.resolve(_path_arg(path))
         inode = node.inode
@@ -348,7 +335,6 @@ _ZEROS = bytes(1 << 20)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary object.")
 @click.option("-v", "--verbose", is_flag=True, help="Print each path as it is written.")
 @keyopts.key_options
-@keyopts.secret_options
 @one_line_errors
 def extract_cmd(
     image: str,
@@ -356,9 +342,7 @@ def extract_cmd(
     dest: str,
     as_json: bool,
     verbose: bool,
-    keys: tuple[str, ...],
-    key_dirs: tuple[str, ...],
-    secrets: keyopts.SecretOptions,
+    keying: keyopts.KeyOptions,
 ) -> None:
     """Write a plaintext copy of PATH of IMAGE to DEST, decrypting with --key.
 
@@ -371,14 +355,14 @@ def extract_cmd(
     from cipherdump.engine.extract import extract
     from cipherdump.engine.keyed import KeyedNamespace
 
-    loaded = keyopts.load_keys(keys, key_dirs)
+    loaded = keying.load()
 
     def show(ev: ExtractEvent) -> None:
         if verbose and ev.kind != "problem":
             click.echo(render.show_bytes(ev.path), err=as_json)
 
     with _open(image) as fs:
-        keyopts.add_image_secrets(loaded, secrets, fs)
+        keyopts.add_image_secrets(loaded, keying.secrets, fs)
         ns = keyopts.namespace(fs, loaded)
         if not isinstance(ns, KeyedNamespace):
             ns = KeyedNamespace(fs, loaded.ring)

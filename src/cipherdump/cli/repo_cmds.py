@@ -68,11 +68,6 @@ def snapshot_options(fn: F) -> F:
     return repo_option(password_option(fn))
 
 
-def no_keys_for_snapshots(keys: tuple[str, ...], key_dirs: tuple[str, ...]) -> None:
-    if keys or key_dirs:
-        raise click.UsageError("--key is not supported with a snapshot (a repository is given)")
-
-
 def _warn(message: str) -> None:
     click.echo(f"cipherdump: warning: {message}", err=True)
 

@@ -39,9 +39,7 @@ EXIT_UNUSABLE = 3
 
 def snapshot_keys(
     view: SnapshotView,
-    keys: tuple[str, ...],
-    key_dirs: tuple[str, ...],
-    secrets: keyopts.SecretOptions,
+    keying: keyopts.KeyOptions,
 ) -> KeyRing:
     """Every master key the options give, with passphrases unlocked against the
     snapshot's own ``.fscrypt`` (and ``--fscrypt-metadata``)."""
@@ -51,13 +49,13 @@ def snapshot_keys(
 
         return metadata_from_snapshot(view)
 
-    loaded = keyopts.load_keys(keys, key_dirs)
+    loaded = keying.load()
     for w in loaded.warnings:
         click.echo(f"cipherdump: warning: {w}", err=True)
     salt = view.facts.get("encrypt_pw_salt")
     keyopts.add_secret_keys(
         loaded,
-        secrets,
+        keying.secrets,
         own_metadata,
         e4crypt_salt=salt if isinstance(salt, bytes) else None,
     )
@@ -99,7 +97,6 @@ def _why(err: BaseException) -> str:
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON summary object.")
 @click.option("-v", "--verbose", is_flag=True, help="Print each path as it is written.")
 @keyopts.key_options
-@keyopts.secret_options
 @repo_cmds.snapshot_options
 def restore_cmd(
     snapshot: str,
@@ -109,9 +106,7 @@ def restore_cmd(
     path: str,
     as_json: bool,
     verbose: bool,
-    keys: tuple[str, ...],
-    key_dirs: tuple[str, ...],
-    secrets: keyopts.SecretOptions,
+    keying: keyopts.KeyOptions,
     repo: str | None,
     password_file: str | None,
 ) -> None:
@@ -128,7 +123,7 @@ def restore_cmd(
     if (target is None) == (to_image is None):
         raise click.UsageError("give exactly one of --target DIR or --to-image OUT.img")
     if to_image is not None:
-        if keys or key_dirs or secrets:
+        if keying:
             raise click.UsageError("--to-image restores ciphertext; it takes no key")
         _restore_to_image(repo, password_file, snapshot, to_image, path, size, as_json)
         return
@@ -138,7 +133,7 @@ def restore_cmd(
     from cipherdump.engine.restore_plain import restore_plain
     from cipherdump.engine.snapshot_view import SnapshotView
 
-    if not (keys or key_dirs or secrets):
+    if not keying:
         click.echo(
             "cipherdump: warning: no key or passphrase given: only unencrypted parts can be "
             "restored to plaintext",
@@ -152,7 +147,7 @@ def restore_cmd(
     with repo_cmds.open_repository(repo, password_file, lock=False) as repository:
         snap_id, snap = repository.find_snapshot(snapshot)
         view = SnapshotView(repository, snap_id, snap)
-        ring = snapshot_keys(view, keys, key_dirs, secrets)
+        ring = snapshot_keys(view, keying)
         result, source = restore_plain(view, ring, target, path=os.fsencode(path), on_event=show)
         for p in result.problems:
             click.echo(f"cipherdump: error: {render.show_bytes(p.path)}: {_why(p.error)}", err=True)
@@ -224,9 +219,7 @@ def cat_snapshot_keyed(
     password_file: str | None,
     snapshot: str,
     path: str,
-    keys: tuple[str, ...],
-    key_dirs: tuple[str, ...],
-    secrets: keyopts.SecretOptions,
+    keying: keyopts.KeyOptions,
 ) -> None:
     """``cat --key/--passphrase`` of a file in a snapshot: its plaintext."""
     from cipherdump.engine.restore_plain import SnapshotSource
@@ -235,7 +228,7 @@ def cat_snapshot_keyed(
     with repo_cmds.open_repository(repo, password_file, lock=False) as repository:
         snap_id, snap = repository.find_snapshot(snapshot)
         view = SnapshotView(repository, snap_id, snap)
-        ring = snapshot_keys(view, keys, key_dirs, secrets)
+        ring = snapshot_keys(view, keying)
         source = SnapshotSource(view, ring)
         node = source.resolve(os.fsencode(path))
         if node.snap.kind != "file":
