@@ -454,11 +454,10 @@ def check(read_data: bool, repo: str | None, password_file: str | None, as_json:
     update, bar = (
         render.progress_bar("check", count_inodes=False) if read_data else (None, nullcontext())
     )
-    show = update
 
     def on_progress(done: int, total: int) -> None:
-        if show is not None:
-            show(done, total, 0)
+        if update is not None:
+            update(done, total, 0)
 
     with open_repository(repo, password_file, lock=False) as repository, bar:
         report = repository.check(read_data=read_data, on_progress=on_progress)

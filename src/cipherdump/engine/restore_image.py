@@ -203,6 +203,24 @@ def _open_target(
     return True
 
 
+def _plan_and_write(
+    out_path: str,
+    root: SrcNode,
+    source: Any,
+    facts: TargetFacts,
+    size: int | None,
+    on_progress: Progress | None,
+) -> tuple[PopulateStats, bool, bool]:
+    """Plan the tree, make (or open) the target and write it: (stats, whether the target
+    was created, whether inode numbers are kept)."""
+    plan = plan_tree(source, root, inode_size=facts.inode_size)
+    ties = _ties(plan.contexts)
+    created = _open_target(out_path, facts, size, ties, plan)
+    stats = _write(out_path, root, source, plan, facts, created=created, ties=ties,
+                   on_progress=on_progress)  # fmt: skip
+    return stats, created, ties
+
+
 def _write(
     out_path: str, root: SrcNode, tree: Any, plan: Plan, facts: TargetFacts, *, created: bool,
     ties: bool,
@@ -349,12 +367,9 @@ def clone_image(
                 raise NotFoundError(f"{path!r}: no such directory entry in {image}")
             chain[node.ino] = kid
             node = kid
-        source = _ChainTree(tree, chain)
-        plan = plan_tree(source, root, inode_size=facts.inode_size)
-        ties = _ties(plan.contexts)
-        created = _open_target(out_path, facts, size, ties, plan)
-        stats = _write(out_path, root, source, plan, facts, created=created, ties=ties,
-                       on_progress=on_progress)  # fmt: skip
+        stats, created, ties = _plan_and_write(
+            out_path, root, _ChainTree(tree, chain), facts, size, on_progress
+        )
     return _summary(stats, out_path, started, source=image, created=created,
                     keeps_inode_numbers=ties)  # fmt: skip
 
@@ -499,11 +514,8 @@ def restore_to_image(
         kid = tree.node(snap)
         chain[node.ino] = kid
         node = kid
-    source = _ChainTree(tree, chain)
-    plan = plan_tree(source, root, inode_size=facts.inode_size)
-    ties = _ties(plan.contexts)
-    created = _open_target(out_path, facts, size, ties, plan)
-    stats = _write(out_path, root, source, plan, facts, created=created, ties=ties,
-                   on_progress=on_progress)  # fmt: skip
+    stats, created, ties = _plan_and_write(
+        out_path, root, _ChainTree(tree, chain), facts, size, on_progress
+    )
     return _summary(stats, out_path, started, snapshot=snapshot_id.hex, created=created,
                     path=os.fsdecode(path or b"/"), keeps_inode_numbers=ties)  # fmt: skip
