@@ -16,8 +16,10 @@ Figures are best of ``--repeat`` passes over all nodes, in µs per node:
 * ``encode_attrs``: :func:`codec.encode` of every node's attrs;
 * ``join_nodes``, ``join_spans``: a tree's plaintext from its nodes, or from their
   encodings (what an incremental backup reuses);
-* ``split_tree``, ``split+attr``: :func:`split_tree` of every tree, then (as the engine
-  does) the ``source``, ``order`` and ``context`` attrs of every span;
+* ``join_located``: a version-2 tree (with its layout) from its nodes, as a backup
+  saves every tree;
+* ``spans``, ``spans+attr``: :func:`tree_spans` of every version-2 tree, then (as the
+  engine does) the ``source``, ``order`` and ``context`` attrs of every span;
 * ``decode``: :func:`codec.decode` of every tree.
 
 ``digest`` hashes every byte produced, so equal digests mean byte-identical output.
@@ -51,7 +53,7 @@ ATTR_ORDER = [
     *("name_encrypted", "display", "hash", "context", "xattrs", "rdev", "inline", "symlink"),
     *("extents", "ls_error", "target", "ls", "source", "chunk_size", "chunks"),
 ]
-SPAN_ATTRS = frozenset({b"source", b"context", b"order"})
+LOCATED = ("context", "order", "source")
 
 # A node as plain data: (name, kind, subtree raw id or None, content raw ids, attrs).
 RawNode = tuple[bytes, str, bytes | None, tuple[bytes, ...], dict[str, Any]]
@@ -180,7 +182,7 @@ def run(fixture: Path, repeat: int) -> dict[str, Any]:
     import cipherdump.repo.tree as tree_mod
     from cipherdump.repo import codec
     from cipherdump.repo.ids import Id
-    from cipherdump.repo.tree import Node, join_nodes, split_tree
+    from cipherdump.repo.tree import Node, join_nodes, tree_spans
 
     raw_trees: list[list[RawNode]] = pickle.loads(fixture.read_bytes())
     trees = [
@@ -201,8 +203,12 @@ def run(fixture: Path, repeat: int) -> dict[str, Any]:
     n_nodes = len(all_nodes)
     encode, decode, encode_node = codec.encode, codec.decode, tree_mod.encode_node
     plain = [join_nodes([(n.name, n) for n in nodes]) for nodes in trees]
-    spans_of = [split_tree(p, SPAN_ATTRS) for p in plain]
-    encoded_pairs = [[(s.name, s.data) for s in spans] for spans in spans_of]
+    located = [join_nodes([(n.name, n) for n in nodes], LOCATED) for nodes in trees]
+    spans_of = [tree_spans(p) or [] for p in located]
+    encoded_pairs = [
+        [(n.name, s.data) for n, s in zip(nodes, spans, strict=True)]
+        for nodes, spans in zip(trees, spans_of, strict=True)
+    ]
 
     digest = hashlib.sha256()
     for n in all_nodes:
@@ -211,13 +217,15 @@ def run(fixture: Path, repeat: int) -> dict[str, Any]:
         digest.update(encode(a))
     for p in plain:
         digest.update(p)
+    for p in located:
+        digest.update(p)
     for spans in spans_of:
         for s in spans:
-            digest.update(s.name + b"|" + s.kind + b"|" + s.data)
-            for k in sorted(SPAN_ATTRS):
-                digest.update(k + b"=" + (s.attr(k) or b"-"))
-            if s.attr(b"order") is not None:
-                digest.update(s.with_attr(b"order", encode(7)))
+            digest.update(s.data)
+            for k in LOCATED:
+                digest.update(k.encode() + b"=" + (s.attr(k) or b"-"))
+            if s.attr("order") is not None:
+                digest.update(s.with_attr("order", encode(7)).data)
     for p in plain:
         digest.update(repr(decode(p)).encode())
 
@@ -243,17 +251,21 @@ def run(fixture: Path, repeat: int) -> dict[str, Any]:
         for pairs in encoded_pairs:
             join_nodes(pairs)
 
-    def t_split() -> None:
-        for p in plain:
-            split_tree(p, SPAN_ATTRS)
+    def t_join_located() -> None:
+        for nodes in trees:
+            join_nodes([(n.name, n) for n in nodes], LOCATED)
 
-    def t_split_use() -> None:
-        # What the incremental backup does with each split node.
-        for p in plain:
-            for s in split_tree(p, SPAN_ATTRS):
-                s.attr(b"source")
-                s.attr(b"order")
-                s.attr(b"context")
+    def t_spans() -> None:
+        for p in located:
+            tree_spans(p)
+
+    def t_spans_use() -> None:
+        # What the incremental backup does with each node of a changed directory.
+        for p in located:
+            for s in tree_spans(p) or ():
+                s.attr("source")
+                s.attr("order")
+                s.attr("context")
 
     def t_decode() -> None:
         for p in plain:
@@ -266,8 +278,9 @@ def run(fixture: Path, repeat: int) -> dict[str, Any]:
         ("encode_attrs", t_encode_attrs),
         ("join_nodes", t_join_nodes),
         ("join_spans", t_join_spans),
-        ("split_tree", t_split),
-        ("split+attr", t_split_use),
+        ("join_located", t_join_located),
+        ("spans", t_spans),
+        ("spans+attr", t_spans_use),
         ("decode", t_decode),
     ]:
         results[label] = best(fn, repeat) / n_nodes * 1e6

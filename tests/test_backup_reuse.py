@@ -15,11 +15,11 @@ import pytest
 
 from cipherdump.engine import backup as backup_mod
 from cipherdump.engine.backup import BackupOptions, backup
-from cipherdump.engine.parent import DirRecord, ParentIndex
+from cipherdump.engine.parent import LOCATED_ATTRS, DirRecord, ParentIndex
 from cipherdump.ext4 import Filesystem, open_filesystem
-from cipherdump.repo import KdfParams, MemoryBackend, Repository, codec
+from cipherdump.repo import BlobType, KdfParams, MemoryBackend, Repository, codec
 from cipherdump.repo.ids import Id
-from cipherdump.repo.tree import Node, Tree, decode_tree, encode_tree, join_nodes, split_tree
+from cipherdump.repo.tree import Node, Tree, decode_tree, encode_tree, join_nodes, tree_spans
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.img"
 
@@ -55,17 +55,16 @@ def test_join_nodes_equals_encode_tree() -> None:
         join_nodes([(b"a", NODES[0]), (b"a", NODES[1])])
 
 
-def test_split_tree_spans_rebuild_the_tree() -> None:
-    tree = encode_tree(Tree.of(NODES))
-    spans = split_tree(tree, frozenset({b"order", b"source", b"big"}))
-    assert [s.name for s in spans] == [b"a", b"b", b"c"]
-    assert [s.kind for s in spans] == [b"dir", b"file", b"symlink"]
-    assert join_nodes((s.name, s.data) for s in spans) == tree
-    assert spans[1].attr(b"source") == codec.encode(b"k" * 16)
-    assert spans[2].attr(b"order") == codec.encode(70)
-    assert spans[0].attr(b"order") is None
-    patched = spans[2].with_attr(b"order", codec.encode(1 << 40))
-    again = decode_tree(join_nodes([(b"c", patched)]))
+def test_tree_spans_rebuild_the_tree() -> None:
+    tree = encode_tree(Tree.of(NODES), LOCATED_ATTRS)
+    spans = tree_spans(tree)
+    assert spans is not None
+    assert join_nodes(zip((b"a", b"b", b"c"), spans, strict=True), LOCATED_ATTRS) == tree
+    assert spans[1].attr("source") == codec.encode(b"k" * 16)
+    assert spans[2].attr("order") == codec.encode(70)
+    assert spans[0].attr("order") is None
+    patched = spans[2].with_attr("order", codec.encode(1 << 40))
+    again = decode_tree(join_nodes([(b"c", patched)], LOCATED_ATTRS))
     assert again.nodes[0].attrs["order"] == 1 << 40
     assert again.nodes[0].attrs["big"] == b"q" * 300
 
@@ -85,7 +84,7 @@ def test_every_directory_changed_but_no_entry(
 
     def counting(
         self: backup_mod._Backup, kid: backup_mod._Same, order: int, frame: object
-    ) -> bytes:
+    ) -> object:
         reused.append(kid.raw_name)
         return real_reuse(self, kid, order, frame)  # type: ignore[arg-type]
 
@@ -100,3 +99,39 @@ def test_every_directory_changed_but_no_entry(
     assert s.bytes_read == 0 and s.bytes_added == 0
     assert second.policies == first.policies
     assert second.snapshot.attrs["dir_census"] == first.snapshot.attrs["dir_census"]
+
+
+def test_a_parent_of_version_1_trees_still_spares_reading(
+    repo: Repository, fs: Filesystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trees without a layout (written before version 2) cannot lend encoded nodes, but
+    their files' chunks are still reused, and the new trees hold the same nodes."""
+    with monkeypatch.context() as m:
+        m.setattr(backup_mod, "LOCATED_ATTRS", ())
+        first = backup(repo, fs, BackupOptions())
+    assert tree_spans(repo.load_blob(BlobType.TREE, first.snapshot.tree)) is None
+    real = ParentIndex.dir_record
+
+    def changed(self: ParentIndex, ino: int, generation: int) -> DirRecord | None:
+        rec = real(self, ino, generation)
+        return None if rec is None else dataclasses.replace(rec, key=b"\0" * 16)
+
+    # (An unchanged directory keeps its version-1 tree; a changed one is rebuilt.)
+    monkeypatch.setattr(ParentIndex, "dir_record", changed)
+    second = backup(repo, fs, BackupOptions())
+    s = second.stats
+    assert (s.files_new, s.files_changed, s.files_removed) == (0, 0, 0)
+    assert s.bytes_read == 0 and s.files_unchanged == first.stats.files_new
+
+    def same(old: Id, new: Id) -> None:
+        a, b = repo.load_tree(old), repo.load_tree(new)
+        assert encode_tree(Tree(tuple(n for n in a.nodes if n.kind != "dir"))) == encode_tree(
+            Tree(tuple(n for n in b.nodes if n.kind != "dir"))
+        )
+        dirs = [(x, y) for x, y in zip(a.nodes, b.nodes, strict=True) if x.kind == "dir"]
+        for x, y in dirs:
+            assert x.attrs == y.attrs and x.subtree is not None and y.subtree is not None
+            same(x.subtree, y.subtree)
+
+    same(first.snapshot.tree, second.snapshot.tree)
+    assert tree_spans(repo.load_blob(BlobType.TREE, second.snapshot.tree)) is not None

@@ -1,5 +1,6 @@
-"""Tree encoding and splitting: the same bytes as the codec's plain encoding of the tree
-map, and spans that are exactly the nodes, with the wanted attrs where they are."""
+"""Tree encoding and layouts: the same bytes as the codec's plain encoding of the tree
+map (with, in version 2, a layout computed here independently), and spans that are
+exactly the nodes, with the located attrs where they are."""
 
 from __future__ import annotations
 
@@ -21,12 +22,12 @@ from cipherdump.repo.tree import (
     encode_node,
     encode_tree,
     join_nodes,
-    split_tree,
+    tree_spans,
 )
 from test_repo_codec import INTS, reference_encode
 
 LONG_KEY = "w" * 130
-WANT = frozenset({b"source", b"order", b"context", b"v" * 100, LONG_KEY.encode()})
+LOCATE = ("context", "order", "source", "v" * 100, LONG_KEY)
 
 
 def node_value(node: Node) -> dict[str, Value]:
@@ -44,8 +45,7 @@ def reference_tree(nodes: list[Node]) -> bytes:
     return reference_encode({"v": 1, "nodes": [node_value(n) for n in ordered]})
 
 
-# Values the split patterns cover (short scalars, short lists of ints, lists of those)
-# and values they leave to the slow walk (long bytes, long lists, maps, strings).
+# Short and long values of every kind.
 covered: st.SearchStrategy[Value] = (
     INTS
     | st.booleans()
@@ -78,22 +78,59 @@ nodes_strategy = st.builds(
 trees_strategy = st.lists(nodes_strategy, max_size=5, unique_by=lambda n: n.name)
 
 
+def reference_layout_tree(nodes: list[Node], locate: tuple[str, ...]) -> bytes:
+    """A version-2 tree as docs/repository-format.md describes it, offsets computed
+    from the reference encoding of each piece."""
+    ordered = sorted(nodes, key=lambda n: n.name)
+    words: list[int] = []
+    pos = 0
+    for node in ordered:
+        encoded = reference_encode(node_value(node))
+        words.append(pos)
+        # The node map's head, its first key "attrs", then the attrs map's head.
+        at = 1 + len(codec.varint(len(node_value(node)))) + len(b"\x05attrs")
+        at += 1 + len(codec.varint(len(node.attrs)))
+        offsets: dict[str, tuple[int, int]] = {}
+        for key in sorted(node.attrs, key=lambda k: k.encode()):
+            raw = key.encode()
+            at += len(codec.varint(len(raw))) + len(raw)
+            value = reference_encode(node.attrs[key])
+            offsets[key] = (at, len(value))
+            at += len(value)
+        for key in locate:
+            words += offsets.get(key, (0, 0))
+        pos += len(encoded)
+    layout = b"".join(w.to_bytes(4, "little") for w in words)
+    return reference_encode(
+        {
+            "v": 2,
+            "layout": layout,
+            "located": list(locate),
+            "nodes": [node_value(n) for n in ordered],
+        }
+    )
+
+
 def check_spans(data: bytes, nodes: list[Node]) -> None:
     ordered = sorted(nodes, key=lambda n: n.name)
-    spans = split_tree(data, WANT)
-    assert join_nodes((s.name, s.data) for s in spans) == data
-    assert [s.name for s in spans] == [n.name for n in ordered]
-    assert [s.kind for s in spans] == [n.kind.encode() for n in ordered]
+    spans = tree_spans(data)
+    assert spans is not None
+    assert join_nodes(zip([n.name for n in ordered], spans, strict=True), LOCATE) == data
+    assert (
+        join_nodes(((n.name, s.data) for n, s in zip(ordered, spans, strict=True)), LOCATE) == data
+    )
     for span, node in zip(spans, ordered, strict=True):
         assert span.data == encode_node(node)
-        present = {k.encode() for k in node.attrs} & WANT
+        present = set(node.attrs) & set(LOCATE)
         assert set(span.found) == present
         for key in present:
-            value = node.attrs[key.decode()]
-            assert span.attr(key) == reference_encode(value)
-            patched = decode_tree(join_nodes([(span.name, span.with_attr(key, codec.encode(7)))]))
-            assert codec.encode(patched.nodes[0].attrs) == codec.encode(
-                {**node.attrs, key.decode(): 7}
+            assert span.attr(key) == reference_encode(node.attrs[key])
+            patched_span = span.with_attr(key, codec.encode(1 << 40))
+            patched = join_nodes([(node.name, patched_span)], LOCATE)
+            again = tree_spans(patched)
+            assert again is not None and again[0] == patched_span
+            assert codec.encode(decode_tree(patched).nodes[0].attrs) == codec.encode(
+                {**node.attrs, key: 1 << 40}
             )
 
 
@@ -104,14 +141,20 @@ def test_trees_encode_as_the_reference_and_split_back(nodes: list[Node]) -> None
     assert encode_tree(Tree.of(nodes)) == data
     assert join_nodes((n.name, n) for n in nodes) == data
     assert join_nodes((n.name, encode_node(n)) for n in nodes) == data
+    assert tree_spans(data) is None  # version 1: no layout
     for node in nodes:
         assert encode_node(node) == reference_encode(node_value(node))
-    check_spans(data, nodes)
+    located = reference_layout_tree(nodes, LOCATE)
+    assert encode_tree(Tree.of(nodes), LOCATE) == located
+    assert join_nodes(((n.name, n) for n in nodes), LOCATE) == located
+    assert join_nodes(((n.name, encode_node(n)) for n in nodes), LOCATE) == located
+    assert encode_tree(decode_tree(located)) == data
+    check_spans(located, nodes)
 
 
-def test_split_finds_wanted_attrs_wherever_they_are() -> None:
-    """Wanted keys together in one run of four attrs, apart, first, last, alone, next
-    to attrs the patterns do not cover, and keys that only look like them."""
+def test_layout_finds_located_attrs_wherever_they_are() -> None:
+    """Located keys together, apart, first, last, alone, next to long values, and keys
+    that only look like them."""
     wanted = {"context": b"c" * 40, "order": 70, "source": b"s" * 16}
     layouts: list[Mapping[str, Value]] = [
         wanted,
@@ -124,6 +167,7 @@ def test_split_finds_wanted_attrs_wherever_they_are() -> None:
         {f"k{i:02}": i for i in range(40)} | {"source": b"x", "k39": b"y" * 300},
         {LONG_KEY: 5, "order": 2, "v" * 100: b"v", "k" * 63: 1, "k" * 64: 2},
         {f"k{i:03}": [i] for i in range(130)} | {"order": 2, "source": b"x"},
+        {"inline": b"\x06source\x04\x10" + b"s" * 16, "source": b"t" * 16},
         {},
     ]
     nodes = [
@@ -134,25 +178,42 @@ def test_split_finds_wanted_attrs_wherever_they_are() -> None:
         Node(b"n" * 300, "k" * 140, subtree=Id(b"t" * 32), content=many, attrs={"order": 1}),
         Node(b"m" * 200, "dir", subtree=Id(b"t" * 32), attrs=layouts[0]),
     ]
-    data = encode_tree(Tree.of(nodes))
-    assert data == reference_tree(nodes)
+    data = encode_tree(Tree.of(nodes), LOCATE)
+    assert data == reference_layout_tree(nodes, LOCATE)
     check_spans(data, nodes)
 
 
-def test_split_refuses_what_is_not_a_tree() -> None:
-    good = encode_tree(Tree.of([Node(b"a", "file", attrs={"order": 1})]))
-    bad_field = reference_encode(
-        {"v": 1, "nodes": [{"name": b"a", "kind": "file", "attrs": {}, "zz": 1}]}
-    )
-    for data in [good[:-1], good[:20] + good[21:], bad_field, good + b"\x00"]:
+def test_spans_of_another_layout_are_located_again() -> None:
+    nodes = [Node(b"a", "file", attrs={"order": 1, "source": b"s" * 16, "x": 2})]
+    spans = tree_spans(encode_tree(Tree.of(nodes), ("x",)))
+    assert spans is not None and spans[0].located == ("x",)
+    assert join_nodes([(b"a", spans[0])], LOCATE) == encode_tree(Tree.of(nodes), LOCATE)
+
+
+def test_layouts_that_do_not_match_their_nodes_are_refused() -> None:
+    nodes = [
+        Node(b"a", "file", attrs={"order": 1, "source": b"s" * 16}),
+        Node(b"b", "file", attrs={"order": 2}),
+    ]
+    good = encode_tree(Tree.of(nodes), LOCATE)
+    layout_at = good.index(b"\x06layout") + len(b"\x06layout") + 2
+    for at in range(layout_at, layout_at + 4 * 11 * 2):
+        bad = bytearray(good)
+        bad[at] ^= 0x01
         with pytest.raises(CorruptError):
-            split_tree(data, WANT)
+            decode_tree(bytes(bad))
+    with pytest.raises(CorruptError):
+        tree_spans(good[:-1])
+    with pytest.raises(CorruptError):
+        tree_spans(good[:30] + good[31:])
 
 
 @settings(max_examples=150, deadline=None)
 @given(trees_strategy, st.integers(min_value=0), st.integers(min_value=0, max_value=255))
 def test_damaged_trees_split_or_raise_corrupt_error(nodes: list[Node], at: int, byte: int) -> None:
-    data = bytearray(reference_tree(nodes))
+    data = bytearray(reference_layout_tree(nodes, LOCATE))
     data[at % len(data)] = byte
     with contextlib.suppress(CorruptError):
-        split_tree(bytes(data), WANT)
+        tree_spans(bytes(data))
+    with contextlib.suppress(CorruptError):
+        decode_tree(bytes(data))

@@ -44,7 +44,13 @@ from cipherdump.engine.describe import node_record
 from cipherdump.engine.namespace import MAX_DEPTH, Namespace, Problem
 from cipherdump.engine.namespace import Node as NsNode
 from cipherdump.engine.nodeattrs import NODE_ATTRS_VERSION, derived_record, fingerprint, int_attr
-from cipherdump.engine.parent import Census, DirRecord, ParentIndex, encode_dir_table
+from cipherdump.engine.parent import (
+    LOCATED_ATTRS,
+    Census,
+    DirRecord,
+    ParentIndex,
+    encode_dir_table,
+)
 from cipherdump.engine.policies import PolicyCensus, uuid_text
 from cipherdump.engine.workers import WorkerDied, WorkerPool
 from cipherdump.errors import CipherdumpError, CorruptError, InputError
@@ -304,11 +310,11 @@ class _Frame:
     key: bytes | None = None
     reuse: DirRecord | None = None
     orders: dict[bytes, int] = field(default_factory=dict)
-    nodes: dict[bytes, Node | bytes] = field(default_factory=dict)
+    nodes: dict[bytes, Node | NodeSpan] = field(default_factory=dict)
     # Per entry position, the source key of its node (see entries_key); empty if the
     # entries could not all be read.
     sources: list[bytes] = field(default_factory=list)
-    # Encoded nodes of the parent's tree whose source key is unchanged, by name.
+    # Encoded nodes of the parent's tree whose source key is unchanged, by source key.
     reusable: dict[bytes, NodeSpan] = field(default_factory=dict)
     census: Census = field(default_factory=dict)
     files: int = 0
@@ -628,7 +634,7 @@ class _Backup:
         self.progress(kid.path)
         return Node(kid.raw_name, ino.type.value, content=content, attrs=attrs)
 
-    def reuse_node(self, kid: _Same, order: int, frame: _Frame) -> bytes:
+    def reuse_node(self, kid: _Same, order: int, frame: _Frame) -> NodeSpan:
         """The parent's encoded node of an entry whose source key is unchanged: the node
         made now would be byte for byte the same but for its position (``order``), so
         only that is patched and the counts kept."""
@@ -642,14 +648,14 @@ class _Backup:
                 self._bytes_done += stored
             if child.links > 1 and child.is_file:
                 self.remember_links(child.ino, span)
-        context = span.attr(b"context")
+        context = span.attr("context")
         if context is not None and child.is_encrypted:
             self.count_context(frame.census, context)
         self.progress(frame.node.path)
         position = encode(order)
-        if span.attr(b"order") == position:
-            return span.data
-        return span.with_attr(b"order", position)
+        if span.attr("order") == position:
+            return span
+        return span.with_attr("order", position)
 
     def remember_links(self, ino: int, span: NodeSpan) -> None:
         """Keep the chunks of a hard-linked file whose node was reused, as file_data
@@ -687,8 +693,8 @@ class _Backup:
                 self._policy_keys[encoded[:-16]] = key
         census[key] = census.get(key, 0) + 1
 
-    def save_tree(self, nodes: Iterable[tuple[bytes, Node | bytes]]) -> Id:
-        data = join_nodes(nodes)
+    def save_tree(self, nodes: Iterable[tuple[bytes, Node | NodeSpan]]) -> Id:
+        data = join_nodes(nodes, LOCATED_ATTRS)
         tree_id, new = self.repo.add_blob(BlobType.TREE, data, compress=True)
         if new:
             self.stats.bytes_added += len(data)
@@ -795,21 +801,20 @@ class _Backup:
             parent.index_spans(spans)  # another directory under the same number
             return
         wanted = {
-            e.name: source
+            source
             for (e, child), source in zip(kids, frame.sources, strict=True)
             if not child.is_dir
         }
         others: list[NodeSpan] = []
         for span in spans:
-            source = span.attr(b"source")
+            source = span.attr("source")
             if (
                 source is not None
-                and span.kind != b"dir"
-                and source[2:] == wanted.get(span.name)
+                and source[2:] in wanted
                 and source[:2] == b"\x04\x10"
-                and span.attr(b"order") is not None
+                and "order" in span.found
             ):
-                frame.reusable[span.name] = span
+                frame.reusable[source[2:]] = span
             else:
                 others.append(span)
         parent.index_spans(others)
@@ -828,11 +833,12 @@ class _Backup:
         parent = self.parent
         bs = self.fs.block_size
         budget = _PREFETCH_BYTES
-        for e, child in kids:
+        reused = frame.reusable
+        for (_, child), source in zip(kids, frame.sources, strict=True):
             if (
                 not child.is_file
                 or child.has_inline_data
-                or e.name in frame.reusable
+                or source in reused
                 or (parent is not None and parent.file(child.ino, child.generation) is not None)
             ):
                 continue
@@ -860,8 +866,8 @@ class _Backup:
         out: list[NsNode | Problem | _Same] = []
         directory = frame.node.inode
         reusable = frame.reusable
-        for e, child in kids:
-            span = reusable.get(e.name)
+        for (e, child), source in zip(kids, frame.sources, strict=True):
+            span = reusable.get(source)
             if span is not None and not child.is_dir:
                 out.append(_Same(e, child, span))
                 continue

@@ -9,8 +9,9 @@ Two levels, so that an unchanged directory costs neither decoding nor encoding a
   raw entries, every child's whole raw inode, xattr block and symlink block, the bits
   of the directory that decide no-key names).  An equal key means an equal tree,
   up to the subtrees of child directories.
-* **Trees of changed directories**, split into encoded nodes when the walk reaches
-  them.  A node whose ``source`` attr (the hash of the entry and of every on-disk byte
+* **Trees of changed directories**, split into encoded nodes by their layout (see
+  :func:`~cipherdump.repo.tree.tree_spans`) when the walk reaches them.  A node whose
+  ``source`` attr (the hash of the entry and of every on-disk byte
   its node is made from, see :mod:`cipherdump.engine.nodeattrs`) equals the one
   computed now is reused as encoded, without decoding it or describing the inode
   again.  The other nodes are decoded and indexed by inode number: a file whose
@@ -29,7 +30,7 @@ from cipherdump.engine.nodeattrs import fingerprint, int_attr, pack_refs, unpack
 from cipherdump.errors import CipherdumpError
 from cipherdump.repo import BlobType, Id, Repository, Snapshot
 from cipherdump.repo.codec import Value, decode, expect_map
-from cipherdump.repo.tree import NodeSpan, split_tree
+from cipherdump.repo.tree import NodeSpan, tree_spans
 
 # ino, generation, files, own fingerprint, entries key, tree id
 _DIR = struct.Struct("<III16s16s32s")
@@ -38,8 +39,9 @@ _DIR_FLAG = b"d"
 _FILE_FLAG = b"-"
 
 Census = dict[bytes | str, int]
-# The attrs an incremental backup needs of a parent node it may reuse as encoded.
-_SPAN_ATTRS = frozenset({b"source", b"context", b"order"})
+# The attrs every tree's layout locates: what an incremental backup needs of a parent
+# node it may reuse as encoded.
+LOCATED_ATTRS = ("context", "order", "source")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +119,9 @@ class ParentIndex:
 
     def split_dir(self, ino: int) -> list[NodeSpan] | None:
         """The parent's tree of directory ``ino`` as encoded nodes, each with its
-        ``source``, ``context`` and ``order`` attrs located (see :func:`split_tree`); None if
-        there is no such tree, it was already loaded, or it cannot be split.
+        ``source``, ``context`` and ``order`` attrs located (see :func:`tree_spans`);
+        None if there is no such tree, it was already loaded, or it has no layout (a
+        version-1 tree: :meth:`load_dir` it instead).
 
         Nothing is indexed: the caller reuses the nodes of unchanged entries as they
         are and hands the others to :meth:`index_spans`.
@@ -127,9 +130,10 @@ class ParentIndex:
         if rec is None or rec.tree in self._loaded:
             return None
         try:
-            data = self._repo.load_blob(BlobType.TREE, rec.tree)
-            spans = split_tree(data, _SPAN_ATTRS)
+            spans = tree_spans(self._repo.load_blob(BlobType.TREE, rec.tree))
         except CipherdumpError:
+            return None
+        if spans is None or (spans and spans[0].located != LOCATED_ATTRS):
             return None
         self._loaded.add(rec.tree)
         return spans
@@ -137,11 +141,11 @@ class ParentIndex:
     def index_spans(self, spans: Iterable[NodeSpan]) -> None:
         """Index the files among ``spans`` as :meth:`load_dir` indexes a whole tree."""
         for span in spans:
-            if span.kind == b"dir":
-                continue
             try:
                 node = expect_map(decode(span.data, "tree node"), "tree node")
             except CipherdumpError:
+                continue
+            if node.get("kind") == "dir":
                 continue
             attrs = node.get("attrs")
             content = node.get("content", ())

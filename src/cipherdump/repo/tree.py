@@ -13,14 +13,22 @@ Plaintext (the codec, :mod:`cipherdump.repo.codec`) before zstd and sealing::
 
 Nodes are sorted by name as bytes, names unique, so equal directories encode equally
 and get equal ids: unchanged subtrees are shared between snapshots.
+
+A version-2 tree adds a *layout*: ``{"layout": bytes, "located": [str, ...], "nodes":
+[...], "v": 2}``, where the layout holds, per node, u32 little-endian words: the node's
+offset from the first node, then for each located attr key the offset of its value's
+encoding in the node and its length (0, 0 if absent).  It is what lets an incremental
+backup find and reuse the encoded nodes of unchanged entries without decoding a tree
+(see :func:`tree_spans`); readers that do not need it decode the tree as before.
 """
 
 from __future__ import annotations
 
 import itertools
 import operator
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import sys
+from array import array
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -29,7 +37,7 @@ from cipherdump.repo import codec
 from cipherdump.repo.codec import Value
 from cipherdump.repo.ids import Id
 
-TREE_VERSION = 1
+TREE_VERSION = 2  # the newest version read and written (1 is read and written too)
 _NODE_KEYS = frozenset({"name", "kind", "attrs", "subtree", "content"})
 
 
@@ -117,8 +125,9 @@ def _node_parts(node: Node, parts: list[bytes]) -> None:
         parts += (_SUBTREE_KEY_AND_HEAD, subtree.raw)
 
 
-def encode_tree(tree: Tree) -> bytes:
-    return _join(tree.nodes)
+def encode_tree(tree: Tree, locate: Sequence[str] = ()) -> bytes:
+    """A version-1 tree, or version 2 locating the attrs ``locate`` (see :func:`join_nodes`)."""
+    return _join_located(tree.nodes, tuple(locate)) if locate else _join(tree.nodes)
 
 
 def encode_node(node: Node) -> bytes:
@@ -128,29 +137,56 @@ def encode_node(node: Node) -> bytes:
     return b"".join(parts)
 
 
-# The codec frames a tree as {"nodes": [node, ...], "v": 1}: keys in byte order.
+# Version 1 frames a tree as {"nodes": [node, ...], "v": 1}; version 2 as
+# {"layout": bytes, "located": [str, ...], "nodes": [node, ...], "v": 2} (keys in byte
+# order), the layout saying where each node, and each located attr of it, is.
 _TREE_HEAD = b"\x07\x02\x05nodes\x06"
-_TREE_TAIL = b"\x01v" + codec.encode(TREE_VERSION)
+_TREE_TAIL_1 = b"\x01v" + codec.encode(1)
+_TREE_HEAD_2 = b"\x07\x04\x06layout"
+_LOCATED_KEY = b"\x07located"
+_NODES_KEY_AND_TAG = b"\x05nodes\x06"
+_TREE_TAIL_2 = b"\x01v" + codec.encode(2)
+_STR_TAG = 0x05
+_LIST_TAG = 0x06
 
 
-def _join(nodes: Sequence[Node | bytes]) -> bytes:
-    parts = [_TREE_HEAD, codec.varint(len(nodes))]
-    for node in nodes:
-        if isinstance(node, Node):
-            _node_parts(node, parts)
-        else:
-            parts.append(node)
-    parts.append(_TREE_TAIL)
-    return b"".join(parts)
+class NodeSpan(NamedTuple):
+    """One node's encoding, and where in it the values of its ``located`` attrs are
+    (``found``: key -> (start, stop) of the value's encoding; a located key missing
+    from ``found`` is not in the node)."""
+
+    data: bytes
+    found: dict[str, tuple[int, int]]
+    located: tuple[str, ...]
+
+    def attr(self, key: str) -> bytes | None:
+        """The encoded value of attr ``key``, if it is located and present."""
+        at = self.found.get(key)
+        return None if at is None else self.data[at[0] : at[1]]
+
+    def with_attr(self, key: str, encoded: bytes) -> NodeSpan:
+        """The node with the value of its present, located attr ``key`` replaced."""
+        start, stop = self.found[key]
+        shift = len(encoded) - (stop - start)
+        found = {
+            k: (a + shift, b + shift) if a >= stop else (a, b) for k, (a, b) in self.found.items()
+        }
+        found[key] = (start, start + len(encoded))
+        data = b"".join((self.data[:start], encoded, self.data[stop:]))
+        return NodeSpan(data, found, self.located)
 
 
-def join_nodes(encoded: Iterable[tuple[bytes, Node | bytes]]) -> bytes:
+def join_nodes(
+    encoded: Iterable[tuple[bytes, Node | NodeSpan | bytes]], locate: Sequence[str] = ()
+) -> bytes:
     """The plaintext of the tree of these ``(name, node)`` pairs, each node a
-    :class:`Node` or its encoding (:func:`encode_node`, or a span from
-    :func:`split_tree`).  Equal to :func:`encode_tree` of the same nodes.
+    :class:`Node`, a :class:`NodeSpan` or a node's encoding (:func:`encode_node`).
+    Equal to :func:`encode_tree` of the same nodes.
 
-    Reusing encoded nodes is what lets an incremental backup rebuild a changed
-    directory without decoding and re-encoding its unchanged entries.
+    With ``locate`` (attr keys), the tree is a version-2 tree whose layout locates each
+    node and those attrs in it (see :func:`tree_spans`).  Reusing encoded nodes is what
+    lets an incremental backup rebuild a changed directory without decoding and
+    re-encoding its unchanged entries, and the layout is how it finds them.
     """
     pairs = sorted(encoded, key=_name_of)
     names = list(map(_name_of, pairs))
@@ -158,11 +194,192 @@ def join_nodes(encoded: Iterable[tuple[bytes, Node | bytes]]) -> bytes:
         for a, b in itertools.pairwise(names):
             if not a < b:
                 raise ValueError(f"tree nodes not sorted and unique at {b!r}")
-    return _join(list(map(_node_of, pairs)))
+    nodes = list(map(_node_of, pairs))
+    if locate:
+        return _join_located(nodes, tuple(locate))
+    return _join(nodes)
 
 
 _name_of = operator.itemgetter(0)
 _node_of = operator.itemgetter(1)
+
+
+def _join(nodes: Sequence[Node | NodeSpan | bytes]) -> bytes:
+    parts = [_TREE_HEAD, codec.varint(len(nodes))]
+    for node in nodes:
+        if isinstance(node, Node):
+            _node_parts(node, parts)
+        else:
+            parts.append(node.data if isinstance(node, NodeSpan) else node)
+    parts.append(_TREE_TAIL_1)
+    return b"".join(parts)
+
+
+def _join_located(nodes: Sequence[Node | NodeSpan | bytes], locate: tuple[str, ...]) -> bytes:
+    datas: list[bytes] = []
+    layout = array("I")
+    width = 1 + 2 * len(locate)
+    pos = 0
+    for node in nodes:
+        if type(node) is Node and type(node.attrs) is dict:
+            data, row = _encode_located(node, locate)
+        else:
+            if isinstance(node, NodeSpan):
+                data = node.data
+                found = node.found if node.located == locate else _locate(data, locate)
+            else:
+                data = encode_node(node) if isinstance(node, Node) else node
+                found = _locate(data, locate)
+            row = []
+            for key in locate:
+                at = found.get(key)
+                row += (0, 0) if at is None else (at[0], at[1] - at[0])
+        layout.append(pos)
+        layout.extend(row)
+        datas.append(data)
+        pos += len(data)
+    assert len(layout) == width * len(nodes)
+    if sys.byteorder != "little":
+        layout.byteswap()
+    table = layout.tobytes()
+    return b"".join(
+        (
+            _TREE_HEAD_2,
+            codec.bytes_head(len(table)),
+            table,
+            _LOCATED_KEY,
+            codec.encode(list(locate)),
+            _NODES_KEY_AND_TAG,
+            codec.varint(len(nodes)),
+            *datas,
+            _TREE_TAIL_2,
+        )
+    )
+
+
+# Per tuple of attr keys (in the attrs' own order) and keys to locate: for each located
+# key present, in byte order, its index in ``locate``, the index of its value among the
+# pieces :func:`_node_parts` makes, and the length of the pieces before that value
+# which do not depend on the values (the heads, and the keys up to its own).
+_Plan = tuple[tuple[int, int, int], ...]
+_PLANS: dict[tuple[tuple[str, ...], tuple[str, ...]], _Plan] = {}
+_PLANS_MAX = 1024
+
+
+def _plan(keys: tuple[str, ...], locate: tuple[str, ...]) -> _Plan:
+    plan = _PLANS.get((keys, locate))
+    if plan is None:
+        ordered = sorted(k.encode("utf-8") for k in keys)
+        # The node's head and its first key (``_NODE_HEADS``), then the attrs map's head.
+        fixed = len(_NODE_HEADS[0]) + len(codec.varint(len(keys))) + 1
+        steps = []
+        for j, raw in enumerate(ordered):
+            fixed += len(codec.varint(len(raw))) + len(raw)
+            key = raw.decode("utf-8")
+            if key in locate:
+                steps.append((locate.index(key), 3 + 2 * j, fixed))
+        plan = tuple(steps)
+        if len(_PLANS) < _PLANS_MAX:
+            _PLANS[(keys, locate)] = plan
+    return plan
+
+
+def _encode_located(node: Node, locate: tuple[str, ...]) -> tuple[bytes, list[int]]:
+    """(encoding, layout row but its start) of a node whose attrs are a plain dict: the
+    codec encodes such a map as its head, then key and value pieces in key order (see
+    :func:`codec.encode_into`), so value ``j`` is piece ``3 + 2j`` of the node's."""
+    parts: list[bytes] = []
+    _node_parts(node, parts)
+    row = [0] * (2 * len(locate))
+    values = 0  # the length of the values before the one located
+    previous = 3
+    for i, piece, fixed in _plan(tuple(node.attrs), locate):
+        values += sum(map(len, parts[previous:piece:2]))
+        previous = piece
+        row[2 * i] = fixed + values
+        row[2 * i + 1] = len(parts[piece])
+    return b"".join(parts), row
+
+
+def _locate(data: bytes, locate: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """Where the values of the ``locate`` attrs are in a node's encoding, found by
+    walking it (for nodes given encoded, without a layout of their own)."""
+    wanted = {k.encode("utf-8"): k for k in locate}
+    if not data.startswith(b"\x05attrs", 2) or data[0] != 0x07:
+        raise ValueError("a node is a map starting with attrs")
+    n, pos = codec.read_count(data, 9)
+    found: dict[str, tuple[int, int]] = {}
+    for _ in range(n):
+        key, at = codec.read_map_key(data, pos)
+        pos = codec.skip(data, at)
+        if key in wanted:
+            found[wanted[key]] = (at, pos)
+    return found
+
+
+def tree_spans(data: bytes) -> list[NodeSpan] | None:
+    """The nodes of a version-2 tree's plaintext, by its layout, without decoding them;
+    None for a version-1 tree.  For a tree this program wrote and authenticated: the
+    layout is checked to be consistent, not to match the nodes (:func:`decode_tree`
+    does that).  Raises CorruptError if it is not consistent."""
+    if not data.startswith(_TREE_HEAD_2):
+        return None
+    try:
+        return _tree_spans(data)
+    except (IndexError, ValueError, UnicodeDecodeError) as exc:
+        raise CorruptError(f"bad layout: {exc}", structure="tree") from None
+
+
+def _tree_spans(data: bytes) -> list[NodeSpan]:
+    read_count = codec.read_count
+    n, pos = read_count(data, len(_TREE_HEAD_2) + 1)
+    table = data[pos : pos + n]
+    pos += n
+    if not data.startswith(_LOCATED_KEY, pos) or data[pos + len(_LOCATED_KEY)] != _LIST_TAG:
+        raise ValueError("no located keys")
+    k, pos = read_count(data, pos + len(_LOCATED_KEY) + 1)
+    keys: list[str] = []
+    for _ in range(k):
+        if data[pos] != _STR_TAG:
+            raise ValueError("a located key is not a string")
+        n, pos = read_count(data, pos + 1)
+        keys.append(data[pos : pos + n].decode("utf-8"))
+        pos += n
+    if not data.startswith(_NODES_KEY_AND_TAG, pos):
+        raise ValueError("no nodes")
+    count, base = read_count(data, pos + len(_NODES_KEY_AND_TAG))
+    if not data.endswith(_TREE_TAIL_2):
+        raise ValueError("not a version 2 tree")
+    end_of_nodes = len(data) - len(_TREE_TAIL_2)
+    width = 1 + 2 * k
+    if len(table) != 4 * width * count:
+        raise ValueError("layout size does not match the nodes")
+    layout = array("I")
+    layout.frombytes(table)
+    if sys.byteorder != "little":
+        layout.byteswap()
+    starts = [base + s for s in layout[::width]]
+    starts.append(end_of_nodes)
+    if count and starts[0] != base:
+        raise ValueError("the first node is not first")
+    located = tuple(keys)
+    spans: list[NodeSpan] = []
+    append = spans.append
+    for i in range(count):
+        start, stop = starts[i], starts[i + 1]
+        size = stop - start
+        if size <= 0:
+            raise ValueError("nodes out of order")
+        row = layout[i * width + 1 : (i + 1) * width]
+        found: dict[str, tuple[int, int]] = {}
+        for j, key in enumerate(keys):
+            at, length = row[2 * j], row[2 * j + 1]
+            if length:
+                if at + length > size:
+                    raise ValueError("a located attr is outside its node")
+                found[key] = (at, at + length)
+        append(NodeSpan(data[start:stop], found, located))
+    return spans
 
 
 def decode_tree(data: bytes, what: str = "tree") -> Tree:
@@ -170,7 +387,8 @@ def decode_tree(data: bytes, what: str = "tree") -> Tree:
     version = codec.get_int(top, "v", what)
     if version > TREE_VERSION:
         raise UnsupportedError(f"{what}: tree version {version} is newer than this program")
-    if version != TREE_VERSION or set(top) != {"v", "nodes"}:
+    fields = {"v", "nodes"} if version == 1 else {"v", "nodes", "layout", "located"}
+    if version < 1 or set(top) != fields:
         raise CorruptError("bad tree header", structure=what)
     nodes = []
     for item in codec.get_list(top, "nodes", what):
@@ -194,219 +412,19 @@ def decode_tree(data: bytes, what: str = "tree") -> Tree:
             )
         )
     try:
-        return Tree(tuple(nodes))
+        tree = Tree(tuple(nodes))
     except ValueError as exc:
         raise CorruptError(str(exc), structure=what) from None
-
-
-class NodeSpan(NamedTuple):
-    """One node of an encoded tree, found without decoding it: its name and kind (as
-    UTF-8 bytes), its own encoding, and where in it the ``attrs`` values asked for are
-    (encoded)."""
-
-    name: bytes
-    kind: bytes
-    data: bytes
-    found: dict[bytes, tuple[int, int]]
-
-    def attr(self, key: bytes) -> bytes | None:
-        """The encoded value of attr ``key``, if it was asked for and is present."""
-        at = self.found.get(key)
-        return None if at is None else self.data[at[0] : at[1]]
-
-    def with_attr(self, key: bytes, encoded: bytes) -> bytes:
-        """The node's encoding with the value of the present attr ``key`` replaced."""
-        start, stop = self.found[key]
-        return b"".join((self.data[:start], encoded, self.data[stop:]))
-
-
-def split_tree(data: bytes, want: frozenset[bytes]) -> list[NodeSpan]:
-    """The nodes of a tree's plaintext, for a tree this program wrote and authenticated.
-
-    ``want`` names the ``attrs`` keys to locate.  Raises CorruptError if the plaintext
-    is not shaped like a version-1 tree.
-    """
-    try:
-        return _split_tree(data, want)
-    except (IndexError, ValueError) as exc:
-        raise CorruptError(f"cannot split: {exc}", structure="tree") from None
-
-
-# A node's keys after "attrs" (see _NODE_HEADS), with the tag of their value.
-_KIND_KEY_STR = _KIND_KEY + b"\x05"
-_NAME_KEY_BYTES = _NAME_KEY + b"\x04"
-_new_span = tuple.__new__
-
-
-def _short_field(data: bytes, pos: int, key: bytes, what: str) -> tuple[bytes, int]:
-    """The value of the node field whose key and tag (``key``, 6 bytes) are at ``pos``
-    (bytes or a string), and where the next field starts."""
-    if not data.startswith(key, pos):
-        raise ValueError(f"bad node {what}")
-    n = data[pos + 6]
-    if n < 0x80:
-        at = pos + 7
-    else:
-        n, at = codec.read_count(data, pos + 6)
-    return data[at : at + n], at + n
-
-
-def _split_tree(data: bytes, want: frozenset[bytes]) -> list[NodeSpan]:
-    """The walk of :func:`split_tree`.  A node's keys are known (in byte order: attrs,
-    content if any, kind, name, subtree if any), so only the attrs are walked item by
-    item, by regular expressions (see :func:`_attr_patterns`), four at a time: this
-    runs for every attr of every node of every changed directory."""
-    if not data.startswith(_TREE_HEAD) or not data.endswith(_TREE_TAIL):
-        raise ValueError("not a version 1 tree")
-    count, pos = codec.read_count(data, len(_TREE_HEAD))
-    read_count, startswith = codec.read_count, data.startswith
-    one, four, keys = _attr_patterns(want)
-    match_one, match_four = one.match, four.match
-    out: list[NodeSpan] = []
-    append = out.append
-    for _ in range(count):
-        start = pos
-        if data[pos : pos + 9] not in _NODE_STARTS:
-            raise ValueError("node is not a map starting with attrs")
-        fields = data[pos + 1]
-        n = data[pos + 9]
-        if n < 0x80:
-            pos += 10
-        else:
-            n, pos = read_count(data, pos + 9)
-        found: dict[bytes, tuple[int, int]] = {}
-        if n >= 4:  # four attrs at a time
-            chunk = pos
-            for _ in range(n >> 2):
-                m = match_four(data, chunk)
-                if m is None:
-                    break
-                g = m.lastindex
-                if g:
-                    # The wanted keys are groups in key order, as in the map: the last
-                    # one matched is the last wanted key among these four attrs, and
-                    # only keys before it, not found yet, can be among them too.
-                    while g:
-                        at = m.start(g) if keys[g] not in found else -1
-                        if at >= 0 and (item := match_one(data, at)) is not None:
-                            found[keys[g]] = (item.end(g) - start, item.end() - start)
-                        g -= 1
-                chunk = m.end()
-            else:
-                pos = chunk
-                n &= 3
-        for _ in range(n):
-            m = match_one(data, pos)
-            if m is None:
-                break
-            g = m.lastindex
-            if g:
-                at = m.end(g)
-                found[keys[g]] = (at - start, m.end() - start)
-            pos = m.end()
-            n -= 1
-        if n:  # attrs the patterns do not cover: walk them all again
-            pos, found = _walk_attrs(data, start, want, match_one, keys)
-        if startswith(_CONTENT_KEY, pos):
-            n = data[pos + 9]  # a list of ids (with a one-byte count): 34 bytes each
-            end = pos + 10 + 34 * n
-            if (
-                data[pos + 8] != 0x06
-                or n >= 0x80
-                or data[pos + 10 : end : 34] != b"\x04" * n
-                or data[pos + 11 : end : 34] != b"\x20" * n
-            ):
-                end = codec.skip(data, pos + len(_CONTENT_KEY))
-            pos = end
-            fields -= 1
-        kind, pos = _short_field(data, pos, _KIND_KEY_STR, "kind")
-        name, pos = _short_field(data, pos, _NAME_KEY_BYTES, "name")
-        if fields == 4:
-            if not startswith(_SUBTREE_KEY_AND_HEAD, pos):
-                raise ValueError("bad node subtree")
-            pos += len(_SUBTREE_KEY_AND_HEAD) + 32
-        elif fields != 3:
-            raise ValueError("unknown node fields")
-        if pos > len(data):
-            raise ValueError("truncated")
-        append(_new_span(NodeSpan, (name, kind, data[start:pos], found)))
-    if pos + len(_TREE_TAIL) != len(data):
-        raise ValueError("trailing bytes")
-    return out
-
-
-def _walk_attrs(
-    data: bytes,
-    start: int,
-    want: frozenset[bytes],
-    match_one: Callable[[bytes, int], re.Match[bytes] | None],
-    keys: list[bytes],
-) -> tuple[int, dict[bytes, tuple[int, int]]]:
-    """(position after, wanted attrs found) of the attrs of the node at ``start``: each
-    by the pattern of one attr if it covers it, else by :func:`codec.skip`."""
-    n, pos = codec.read_count(data, start + 9)
-    found: dict[bytes, tuple[int, int]] = {}
-    for _ in range(n):
-        m = match_one(data, pos)
-        if m is not None:
-            g = m.lastindex
-            if g:
-                at = m.end(g)
-                found[keys[g]] = (at - start, m.end() - start)
-            pos = m.end()
-            continue
-        key, at = codec.read_map_key(data, pos)
-        pos = codec.skip(data, at)
-        if key in want:
-            found[key] = (at - start, pos - start)
-    return pos, found
-
-
-def _one_byte_length(limit: int) -> bytes:
-    """A pattern of a one-byte length n < ``limit``, then n bytes."""
-    return b"(?:%s)" % b"|".join(re.escape(bytes((n,))) + b".{%d}" % n for n in range(limit))
-
-
-_NODE_STARTS = frozenset(b"\x07" + codec.varint(n) + b"\x05attrs\x07" for n in (3, 4, 5))
-_Patterns = tuple[re.Pattern[bytes], re.Pattern[bytes], list[bytes]]
-_ATTR_PATTERNS: dict[frozenset[bytes], _Patterns] = {}
-
-
-def _attr_patterns(want: frozenset[bytes]) -> _Patterns:
-    """The compiled patterns of one attr and of four attrs for these wanted keys, and
-    the wanted key of each group.  Compiled on first use (some 10 ms), as few programs
-    split trees.
-
-    An attr is a key shorter than 64 bytes (those in ``want`` are groups, in key order,
-    with their length byte) and one of the common values: ints, bools and None, bytes
-    and strings shorter than 128 bytes, lists of up to 8 ints or bools, and lists of up
-    to 4 ints, bools or lists of up to 4 of those (such as extents).  A value's encoding
-    delimits itself, so the pattern matches exactly one whole value or nothing, and
-    only where a value starts.  Other attrs (and longer wanted keys) are left to
-    :func:`_walk_attrs`.
-    """
-    patterns = _ATTR_PATTERNS.get(want)
-    if patterns is None:
-        small = rb"\x03[\x80-\xff]*[\x00-\x7f]|[\x00-\x02]"  # an int, a bool or None
-
-        def counted(item: bytes, most: int) -> bytes:  # a list of up to ``most`` items
-            counts = (re.escape(bytes((n,))) + b"(?:%s){%d}" % (item, n) for n in range(most + 1))
-            return rb"\x06(?:%s)" % b"|".join(counts)
-
-        value = b"(?:%s|[\\x04\\x05]%s|%s|%s)" % (
-            small,
-            _one_byte_length(0x80),
-            counted(small, 8),
-            counted(small + b"|" + counted(small, 4), 4),
-        )
-        keys = sorted(k for k in want if len(k) < 0x40)
-        wanted = b"".join(b"(" + re.escape(bytes((len(k),)) + k) + b")|" for k in keys)
-        attr = b"(?:" + wanted + _one_byte_length(0x40) + b")" + value
-        patterns = (
-            re.compile(attr, re.DOTALL),
-            re.compile(b"(?:" + attr + b"){4}", re.DOTALL),
-            [b"", *keys],
-        )
-        if len(_ATTR_PATTERNS) < 16:
-            _ATTR_PATTERNS[want] = patterns
-    return patterns
+    if version == 2:
+        # The layout must be the one the nodes make: an incremental backup trusts it.
+        located = codec.get_list(top, "located", what)
+        if not all(isinstance(k, str) for k in located) or not located:
+            raise CorruptError("bad located keys", structure=what)
+        keys = [k for k in located if isinstance(k, str)]
+        try:
+            again = join_nodes(((n.name, n) for n in tree.nodes), keys)
+        except ValueError:
+            again = b""
+        if again != data:
+            raise CorruptError("tree layout does not match its nodes", structure=what)
+    return tree
