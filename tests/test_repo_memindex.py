@@ -51,3 +51,20 @@ def test_memory_per_blob_is_small() -> None:
         tracemalloc.stop()
     assert len(index) == n
     assert current / n < 100, f"{current / n:.0f} bytes per blob"
+
+
+def test_a_blob_twice_in_one_pack_keeps_its_first_entry() -> None:
+    index = MemoryIndex()
+    entries = _entries(3000)
+    again = PackEntry(BlobType.DATA, 1, 7, 70, 50, entries[10].id)
+    raw = _raw(entries[:2000]) + again.encode() + _raw(entries[2000:])
+    assert index.add_pack(Id(b"\x01" * 32), 1 << 20, raw) == 3000
+    assert len(index) == 3000
+    for e in entries:
+        assert index.lookup(BlobType.DATA, e.id) == (Id(b"\x01" * 32), e)
+    later = _entries(3000)  # grows the table: every row is placed again
+    assert index.add_pack(Id(b"\x02" * 32), 1 << 20, _raw(later + entries[:5])) == 3000
+    assert [row for row, _, _ in index.iter_rows()] == list(range(6000))
+    for e in entries + later:
+        found = index.lookup(BlobType.DATA, e.id)
+        assert found is not None and found[1] == e

@@ -9,13 +9,15 @@ first eight bytes are the hash.
 
 from __future__ import annotations
 
+import sys
 from array import array
 from collections.abc import Iterator
 
 from cipherdump.repo.ids import ID_SIZE, BlobType, Id
-from cipherdump.repo.pack import ENTRY, PackEntry
+from cipherdump.repo.pack import ENTRY_SIZE, PackEntry
 
 _MIN_SLOTS = 1024
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
 class MemoryIndex:
@@ -50,7 +52,9 @@ class MemoryIndex:
     def add_pack(self, pack_id: Id, size: int, raw_entries: bytes) -> int:
         """Add a pack's 48-byte entries (already validated); returns how many were new.
 
-        A blob already indexed in another pack keeps its first location.
+        A blob already indexed in another pack keeps its first location.  Every
+        incremental backup loads the whole index first, so only the hashing is done
+        entry by entry; the columns are filled by slicing the entries as arrays.
         """
         number = self._pack_numbers.get(pack_id)
         if number is None:
@@ -58,23 +62,48 @@ class MemoryIndex:
             self._packs.append(pack_id)
             self._pack_sizes.append(size)
             self._pack_numbers[pack_id] = number
-        self._reserve(len(self) + len(raw_entries) // ENTRY.size)
-        added = 0
-        for type_, flags, _, offset, length, raw_length, raw_id in ENTRY.iter_unpack(raw_entries):
-            slot = self._find_slot(type_, raw_id)
-            if self._slots[slot]:
-                continue
-            row = len(self._type)
-            self._ids += raw_id
-            self._type.append(type_)
-            self._flags.append(flags)
-            self._pack.append(number)
-            self._offset.append(offset)
-            self._length.append(length)
-            self._raw_length.append(raw_length)
-            self._slots[slot] = row + 1
-            added += 1
-        return added
+        count = len(raw_entries) // ENTRY_SIZE
+        raw = bytes(raw_entries[: count * ENTRY_SIZE])
+        self._reserve(len(self) + count)
+        # An entry is 12 u32 words: type|flags|reserved, offset, length, raw length, id.
+        words = array("I", raw)
+        if _BIG_ENDIAN:
+            words.byteswap()
+        slots, mask, ids, types = self._slots, self._mask, self._ids, self._type
+        row = len(types)
+        new: list[int] = []
+        hashes = array("Q", raw)[2::6]  # the ids' first eight bytes
+        if _BIG_ENDIAN:
+            hashes.byteswap()
+        for i, hashed in enumerate(hashes):
+            slot = hashed & mask
+            at = i * ENTRY_SIZE
+            while value := slots[slot]:
+                start = (value - 1) * ID_SIZE
+                if (
+                    types[value - 1] == raw[at]
+                    and ids[start : start + ID_SIZE] == raw[at + 16 : at + 48]
+                ):
+                    break  # indexed already (here or in this very pack)
+                slot = (slot + 1) & mask
+            else:
+                row += 1
+                slots[slot] = row
+                ids += raw[at + 16 : at + 48]
+                types.append(raw[at])
+                new.append(i)
+        if len(new) == count:
+            self._flags += raw[1::ENTRY_SIZE]
+            self._offset.extend(words[1::12])
+            self._length.extend(words[2::12])
+            self._raw_length.extend(words[3::12])
+        else:
+            self._flags += bytes(raw[i * ENTRY_SIZE + 1] for i in new)
+            self._offset.extend(words[i * 12 + 1] for i in new)
+            self._length.extend(words[i * 12 + 2] for i in new)
+            self._raw_length.extend(words[i * 12 + 3] for i in new)
+        self._pack.extend(array("I", [number]) * len(new))
+        return len(new)
 
     def row(self, blob_type: BlobType, blob_id: Id) -> int:
         """The blob's row number, or -1.  Rows number blobs densely from 0."""
@@ -127,13 +156,15 @@ class MemoryIndex:
             size *= 2
         self._slots = array("I", bytes(4 * size))
         self._mask = size - 1
-        slots, mask, ids = self._slots, self._mask, self._ids
-        for row in range(len(self._type)):
-            start = row * ID_SIZE
-            slot = int.from_bytes(ids[start : start + 8], "little") & mask
+        slots, mask = self._slots, self._mask
+        hashes = array("Q", bytes(self._ids))[::4]
+        if _BIG_ENDIAN:
+            hashes.byteswap()
+        for row, hashed in enumerate(hashes, 1):
+            slot = hashed & mask
             while slots[slot]:
                 slot = (slot + 1) & mask
-            slots[slot] = row + 1
+            slots[slot] = row
 
     def rows_per_pack(self) -> dict[Id, int]:
         """How many indexed blobs each pack holds."""
