@@ -41,6 +41,7 @@ from cipherdump import __version__
 from cipherdump.engine.chunker import DEFAULT_CHUNK_SIZE, check_chunk_size, iter_chunks
 from cipherdump.engine.chunker import stored_length as stored_length_of
 from cipherdump.engine.describe import node_record
+from cipherdump.engine.gctune import few_collections
 from cipherdump.engine.namespace import MAX_DEPTH, Namespace, Problem
 from cipherdump.engine.namespace import Node as NsNode
 from cipherdump.engine.nodeattrs import NODE_ATTRS_VERSION, derived_record, fingerprint, int_attr
@@ -1298,7 +1299,8 @@ def backup(
     if parent is not None:
         job.parent = ParentIndex(repo, parent[1])
     job.progress(top.path, force=True)
-    tree_id, top_attrs = job.run_walk(top)
+    with few_collections():
+        tree_id, top_attrs = job.run_walk(top)
     if job.parent is not None:
         files, dirs = job.parent.removed(job.seen, job.seen_dirs, job.unmatched)
         job.stats.files_removed += files

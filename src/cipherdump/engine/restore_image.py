@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cipherdump.blockio.mounts import find_mounts
+from cipherdump.engine.gctune import few_collections
 from cipherdump.engine.nodeattrs import bytes_attr, int_attr, list_attr
 from cipherdump.engine.snapshot_view import SnapNode, SnapshotView
 from cipherdump.errors import CipherdumpError, InputError, NotExt4Error, NotFoundError
@@ -213,11 +214,12 @@ def _plan_and_write(
 ) -> tuple[PopulateStats, bool, bool]:
     """Plan the tree, make (or open) the target and write it: (stats, whether the target
     was created, whether inode numbers are kept)."""
-    plan = plan_tree(source, root, inode_size=facts.inode_size)
-    ties = _ties(plan.contexts)
-    created = _open_target(out_path, facts, size, ties, plan)
-    stats = _write(out_path, root, source, plan, facts, created=created, ties=ties,
-                   on_progress=on_progress)  # fmt: skip
+    with few_collections():
+        plan = plan_tree(source, root, inode_size=facts.inode_size)
+        ties = _ties(plan.contexts)
+        created = _open_target(out_path, facts, size, ties, plan)
+        stats = _write(out_path, root, source, plan, facts, created=created, ties=ties,
+                       on_progress=on_progress)  # fmt: skip
     return stats, created, ties
 
 

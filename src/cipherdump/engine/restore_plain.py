@@ -25,6 +25,7 @@ import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from cipherdump.engine.gctune import few_collections
 from cipherdump.engine.keyed import Segment, invalid_name_reason
 from cipherdump.engine.namespace import Problem
 from cipherdump.engine.nodeattrs import bytes_attr, int_attr, list_attr
@@ -357,7 +358,8 @@ def restore_plain(
     if top.snap.is_dir:
         # The restore target stands for the top directory; its name does not matter.
         top = PlainNode(top.snap, top.name if top.name != b"/" else b".", top.path)
-    result = write_tree(source, top, target, on_event=on_event, resume=True)
+    with few_collections():
+        result = write_tree(source, top, target, on_event=on_event, resume=True)
     return result, source
 
 
