@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,14 +22,16 @@ from cipherdump.repo import (
     Snapshot,
     Tree,
 )
+from repo_formats import VERSIONS, init_repository
 
 KDF = KdfParams.insecure_for_tests()
 
 
-def _build(root: Path) -> LocalBackend:
-    """A small repository with every kind of file: 2 keys, several packs and indexes."""
+def _build(root: Path, version: int = 2) -> LocalBackend:
+    """A small repository with every kind of file: 2 keys, several packs and indexes;
+    of format ``version`` (see repo_formats)."""
     backend = LocalBackend.create(root)
-    with Repository.init(backend, b"pw", kdf=KDF, pack_size=4096) as repo:
+    with init_repository(backend, b"pw", version=version, kdf=KDF, pack_size=4096) as repo:
         repo.add_key(b"pw2", KDF)
         for round_ in range(2):
             ids = [repo.save_blob(BlobType.DATA, os.urandom(900)) for _ in range(8)]
@@ -54,8 +58,9 @@ def _findings(backend: LocalBackend) -> str:
     return report.text() if report.errors else ""
 
 
-def test_clean_repository_passes(tmp_path: Path) -> None:
-    backend = _build(tmp_path / "repo")
+@pytest.mark.parametrize("version", VERSIONS)
+def test_clean_repository_passes(tmp_path: Path, version: int) -> None:
+    backend = _build(tmp_path / "repo", version)
     with Repository.open(backend, b"pw") as repo:
         for read_data in (False, True):
             report = repo.check(read_data=read_data)
@@ -65,9 +70,10 @@ def test_clean_repository_passes(tmp_path: Path) -> None:
         assert not any("unreferenced" in str(f) for f in report.infos)
 
 
-def test_every_flipped_byte_is_found_and_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_flipped_byte_is_found_and_named(tmp_path: Path, version: int) -> None:
     root = tmp_path / "repo"
-    backend = _build(root)
+    backend = _build(root, version)
     files = _files(root)
     kinds = {p.relative_to(root).parts[0] for p in files}
     assert kinds == {"config", "keys", "snapshots", "index", "data"}
@@ -87,6 +93,68 @@ def test_every_flipped_byte_is_found_and_named(tmp_path: Path) -> None:
             assert text, f"flipping byte {offset} of {rel} went unnoticed"
             assert rel in text, f"flip at {offset} of {rel} not named:\n{text}"
     assert _findings(backend) == ""
+
+
+def _pack_parts(data: bytes) -> tuple[int, int]:
+    """(start of the sealed header, start of the trailer) of a pack."""
+    (header_len,) = struct.unpack_from("<I", data, len(data) - 12)
+    return len(data) - 12 - header_len, len(data) - 12
+
+
+def _flip(at: Callable[[bytes], int]) -> Callable[[bytes], bytes]:
+    def damage(data: bytes) -> bytes:
+        out = bytearray(data)
+        out[at(data)] ^= 0x10
+        return bytes(out)
+
+    return damage
+
+
+# Each damage to a pack, where a version-2 pack's name (BLAKE3 of header and trailer)
+# does not cover the byte, or covers it: every one must be found and the pack named.
+PACK_DAMAGE: dict[str, Callable[[bytes], bytes]] = {
+    "first blob byte": _flip(lambda d: 0),
+    "blob middle": _flip(lambda d: _pack_parts(d)[0] // 2),
+    "last blob byte": _flip(lambda d: _pack_parts(d)[0] - 1),
+    "header nonce": _flip(lambda d: _pack_parts(d)[0]),
+    "header middle": _flip(lambda d: sum(_pack_parts(d)) // 2),
+    "header tag": _flip(lambda d: _pack_parts(d)[1] - 1),
+    "trailer length": _flip(lambda d: len(d) - 12),
+    "trailer magic": _flip(lambda d: len(d) - 7),
+    "trailer version": _flip(lambda d: len(d) - 4),
+    "trailer reserved": _flip(lambda d: len(d) - 1),
+    "truncated by one": lambda d: d[:-1],
+    "truncated to the blobs": lambda d: d[: _pack_parts(d)[0]],
+    "one byte appended": lambda d: d + b"\0",
+    "blob bytes appended": lambda d: d[: _pack_parts(d)[0]] + d[:41] + d[_pack_parts(d)[0] :],
+}
+
+
+@pytest.mark.parametrize("damage", list(PACK_DAMAGE))
+@pytest.mark.parametrize("version", VERSIONS)
+def test_damaged_packs_are_named(tmp_path: Path, version: int, damage: str) -> None:
+    root = tmp_path / "repo"
+    backend = _build(root, version)
+    # An unreferenced pack too: only reading the data can vouch for it.
+    with Repository.open(backend, b"pw") as repo:
+        repo.save_blob(BlobType.DATA, os.urandom(900))
+        repo.save_blob(BlobType.DATA, os.urandom(900))
+        repo._store._flush_pack(BlobType.DATA)
+        repo._store._unindexed.clear()
+    packs = sorted(p for p in (root / "data").rglob("*") if p.is_file())
+    assert len(packs) > 2 and _findings(backend) == ""
+    # The orphan is of version 2 whatever the repository's: so are all packs written now.
+    assert {p.read_bytes()[-4] for p in packs} == {version, 2}
+    for path in packs:
+        rel = str(path.relative_to(root))
+        original = path.read_bytes()
+        path.write_bytes(PACK_DAMAGE[damage](original))
+        try:
+            text = _findings(backend)
+        finally:
+            path.write_bytes(original)
+        assert rel in text, f"{damage} in {rel} went unnoticed or unnamed:\n{text}"
+        assert "damaged" in text or "bytes, index/" in text, text
 
 
 def test_damaged_blob_is_named(tmp_path: Path) -> None:

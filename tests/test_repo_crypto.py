@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import os
+
 import blake3
 import pytest
+from cryptography.exceptions import InvalidTag
 
-from cipherdump.errors import CorruptError, IntegrityError, KeyProblem
+from cipherdump.errors import CorruptError, IntegrityError, KeyProblem, UnsupportedError
 from cipherdump.repo.crypto import (
     INSECURE_KDF_ENV,
     SEAL_OVERHEAD,
+    Cipher,
     KdfParams,
     MasterKey,
     derive_wrapping_key,
 )
 from cipherdump.repo.keyfile import KEY_FILE_SIZE, encode_key_file, unwrap_key_file
+from repo_formats import open_sealed
 
 KDF = KdfParams.insecure_for_tests()
 
@@ -33,6 +38,52 @@ def test_seal_open_and_tamper() -> None:
             key.open(bytes(damaged), b"aad", "x")
     with pytest.raises(IntegrityError):
         MasterKey.generate().open(sealed, b"aad", "x")
+
+
+@pytest.mark.parametrize(
+    ("cipher", "aead", "other"),
+    [
+        (Cipher.CHACHA20_POLY1305, "chacha20-poly1305", "aes-256-gcm"),
+        (Cipher.AES_256_GCM, "aes-256-gcm", "chacha20-poly1305"),
+    ],
+)
+def test_sealing_follows_the_contract_for_each_cipher(
+    cipher: Cipher, aead: str, other: str
+) -> None:
+    """§4.2, checked with cryptography and blake3 directly: the per-message key is
+    BLAKE3-keyed(K_enc, N[0:16]) and the AEAD's nonce 00 00 00 00 || N[16:24]."""
+    key = MasterKey(bytes(range(32)), cipher)
+    for plaintext in (b"", b"secret", os.urandom(70_000)):
+        sealed = key.seal(plaintext, b"aad")
+        assert len(sealed) == len(plaintext) + SEAL_OVERHEAD
+        assert open_sealed(aead, key.material, sealed, b"aad") == plaintext
+        with pytest.raises(InvalidTag):
+            open_sealed(other, key.material, sealed, b"aad")
+        buffer = bytearray(len(sealed) + 2)
+        key.seal_into(plaintext, b"aad", memoryview(buffer)[1:-1])
+        assert buffer[0] == buffer[-1] == 0
+        assert open_sealed(aead, key.material, bytes(buffer[1:-1]), b"aad") == plaintext
+        assert key.open(bytes(buffer[1:-1]), b"aad", "x") == plaintext
+    with pytest.raises(ValueError):
+        key.seal_into(b"abc", b"aad", memoryview(bytearray(42)))
+    with pytest.raises(IntegrityError):
+        key.with_cipher(Cipher(3 - cipher)).open(key.seal(b"x", b"aad"), b"aad", "x")
+
+
+def test_cipher_ids() -> None:
+    assert [(c.name, c.value) for c in Cipher] == [
+        ("CHACHA20_POLY1305", 1),
+        ("AES_256_GCM", 2),
+    ]
+    assert Cipher.from_id(2, "config") is Cipher.AES_256_GCM
+    with pytest.raises(UnsupportedError, match=r"^config: cipher id 0 is unknown"):
+        Cipher.from_id(0, "config")
+    key = MasterKey.generate()
+    assert key.cipher is Cipher.CHACHA20_POLY1305  # what key files and the config use
+    assert key.with_cipher(Cipher.CHACHA20_POLY1305) is key
+    aes = key.with_cipher(Cipher.AES_256_GCM)
+    assert aes.material == key.material and aes.blob_id(b"x") == key.blob_id(b"x")
+    assert "AES_256_GCM" in repr(aes) and aes.material.hex() not in repr(aes)
 
 
 def test_blob_ids_are_keyed() -> None:

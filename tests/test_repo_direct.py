@@ -77,3 +77,70 @@ def test_nothing_may_be_written_after_flush(tmp_path: Path) -> None:
         f.write(b"more")
     f.close()
     assert (tmp_path / "pack").read_bytes() == b"abc"
+
+
+def test_data_made_in_place_is_written_in_order(tmp_path: Path) -> None:
+    """reserve/advance: a writer makes its bytes in the segment being filled when they
+    fit in the rest of it; mixed with ordinary writes, the file holds them in order."""
+    path = tmp_path / "pack"
+    f = _open(path)
+    rng = random.Random(7)
+    expected = bytearray()
+    in_place = 0
+    try:
+        while len(expected) < 3 * direct.SEGMENT + 12345:
+            piece = rng.randbytes(rng.choice([40, 4096, 70_000, 1 << 20, (1 << 20) + 40]))
+            view = f.reserve(len(piece))
+            if view is None:
+                assert len(piece) > direct.SEGMENT - f.size % direct.SEGMENT
+                f.write(piece)
+            else:
+                view[:] = piece
+                view.release()
+                f.advance(len(piece))
+                in_place += 1
+            expected += piece
+        assert in_place > 3
+        with pytest.raises(ValueError):
+            f.advance(direct.SEGMENT + 1)
+        f.seek(len(expected) - 100)
+        assert f.read(100) == expected[-100:]
+        f.flush()
+        with pytest.raises(ValueError):
+            f.reserve(1)
+    finally:
+        f.close()
+    assert path.read_bytes() == expected
+
+
+def test_segments_are_reused_by_the_next_file(tmp_path: Path) -> None:
+    """A closed file's segments serve the next one (no new pages to fault in), and what
+    the first file held never shows in the second."""
+    first = _open(tmp_path / "a")
+    first.write(b"\xaa" * (direct.SEGMENT + 5000))
+    first.flush()
+    segments = {id(s) for s in first._segments}
+    first.close()
+    second = _open(tmp_path / "b")
+    try:
+        assert {id(s) for s in second._segments} == segments
+        second.write(b"b" * 10)
+        second.seek(0)
+        assert second.read(1 << 20) == b"b" * 10
+        second.flush()
+    finally:
+        second.close()
+    assert (tmp_path / "b").read_bytes() == b"b" * 10
+
+
+def test_a_forked_child_starts_with_no_spare_segments(tmp_path: Path) -> None:
+    f = _open(tmp_path / "a")
+    f.write(b"x")
+    f.flush()
+    f.close()
+    assert direct._POOL._free  # the parent keeps them
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if direct._POOL._free == [] else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -5,10 +5,11 @@ and authenticated (names are the BLAKE3 of contents); every pack an index names 
 with the size the index says; every tree reachable from a snapshot is loaded and
 verified, and every blob it references is indexed.
 
-With ``read_data`` every pack is read whole: its BLAKE3 must equal its name, its header
-must authenticate and agree with the index, and every blob must authenticate and
-hash to its id.  Packs no index names (left by interrupted runs) and blobs no
-snapshot uses are reported as information, not as errors.
+With ``read_data`` every pack is read whole: its name must be the BLAKE3 of all its bytes
+(version 1) or of its header and trailer (version 2), its header must authenticate and
+agree with the index, and every blob must authenticate and hash to its id.  Together
+these pin every byte of a pack of either version.  Packs no index names (left by
+interrupted runs) and blobs no snapshot uses are reported as information, not as errors.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from cipherdump.repo.index import IndexFile
 from cipherdump.repo.keyfile import decode_key_params
 from cipherdump.repo.lock import is_stale, read_lock
 from cipherdump.repo.memindex import MemoryIndex
-from cipherdump.repo.pack import iter_pack, open_blob
+from cipherdump.repo.pack import iter_pack, open_blob, pack_name
 from cipherdump.repo.snapshot import decode_snapshot
 from cipherdump.repo.tree import decode_tree
 
@@ -246,8 +247,12 @@ class Checker:
             self.error(f"unreadable: {exc}", where)
             return
         self.report.packs_read += 1
-        if file_id(data).hex != name:
-            self.error("damaged: content does not match its name", where)
+        try:
+            if pack_name(data, where).hex != name:
+                self.error("damaged: content does not match its name", where)
+        except CipherdumpError as exc:
+            self.error(f"damaged: {exc}", where)
+            return
         pack_id = Id.from_hex(name)
         if self._rows_per_pack is None:
             self._rows_per_pack = self.index.rows_per_pack()

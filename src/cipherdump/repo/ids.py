@@ -15,8 +15,9 @@ _HEX = frozenset("0123456789abcdef")
 class Id:
     """A 32-byte identifier, shown as 64 lowercase hex digits.
 
-    Blob ids are keyed BLAKE3 of the blob's plaintext; file ids (pack, index,
-    snapshot, key, lock names) are unkeyed BLAKE3 of the stored file bytes.
+    Blob ids are keyed BLAKE3 of the blob's plaintext; file ids (index, snapshot,
+    key, lock names) are unkeyed BLAKE3 of the stored file bytes, and pack ids that
+    of all a pack's bytes (version 1) or of its header and trailer (version 2).
     """
 
     raw: bytes

@@ -17,7 +17,14 @@ Entry (48 bytes, little-endian), shared with index files::
     16 32 blob id
 
 Blob aad: ``"CDbl" | type u8 | blob id (32)``, which binds each sealed blob to its id.
-A pack is named by the unkeyed BLAKE3 of all its bytes.
+
+A version-2 pack is named by the unkeyed BLAKE3 of its sealed header and trailer only.
+That still pins every byte, given the key: the trailer is the header's aad, the header
+lists every blob's type, id, offset and length, the entries must tile the pack, and
+each blob is sealed with its type and id as aad.  Hashing every byte again, as the
+name of a version-1 pack does (BLAKE3 of all its bytes), would cost as much CPU as
+sealing with AES-GCM does.  Writers write version 2; version-1 packs are still read
+and checked, and one repository may hold both.
 """
 
 from __future__ import annotations
@@ -26,14 +33,16 @@ import struct
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, runtime_checkable
 
 import zstandard
 
 from cipherdump.errors import CorruptError, IntegrityError
-from cipherdump.repo.crypto import SEAL_OVERHEAD, FileHasher, MasterKey
+from cipherdump.repo.crypto import SEAL_OVERHEAD, FileHasher, MasterKey, file_id
 from cipherdump.repo.envelope import HEADER_SIZE, Magic, decode_header, encode_header
 from cipherdump.repo.ids import BlobType, Id
+
+PACK_VERSION = 2
 
 ENTRY = struct.Struct("<BBHIII32s")
 ENTRY_SIZE = ENTRY.size
@@ -73,24 +82,17 @@ def blob_aad(blob_type: BlobType, blob_id: Id) -> bytes:
     return b"CDbl" + bytes([blob_type]) + blob_id.raw
 
 
-def seal_blob(
-    key: MasterKey,
-    blob_type: BlobType,
-    blob_id: Id,
-    plaintext: bytes,
-    compress: bool,
-    compressor: zstandard.ZstdCompressor | None = None,
-) -> tuple[int, bytes, bytes]:
-    """(flags, nonce, rest of the sealed bytes) for one blob.  Compression is kept only
-    if it helps; ``compressor`` (level 3) saves making one per blob."""
-    flags, body = 0, plaintext
+def compress_blob(
+    plaintext: bytes, compress: bool, compressor: zstandard.ZstdCompressor | None = None
+) -> tuple[int, bytes]:
+    """(flags, body to seal) for one blob.  Compression is kept only if it helps;
+    ``compressor`` (level 3) saves making one per blob."""
     if compress:
         zstd = compressor or zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
         packed = zstd.compress(plaintext)
         if len(packed) < len(plaintext):
-            flags, body = FLAG_ZSTD, packed
-    nonce, sealed = key.seal_parts(body, blob_aad(blob_type, blob_id))
-    return flags, nonce, sealed
+            return FLAG_ZSTD, packed
+    return 0, plaintext
 
 
 def open_blob(key: MasterKey, entry: PackEntry, sealed: bytes | memoryview, where: str) -> bytes:
@@ -109,8 +111,22 @@ def open_blob(key: MasterKey, entry: PackEntry, sealed: bytes | memoryview, wher
     return body
 
 
+@runtime_checkable
+class InPlaceFile(Protocol):
+    """What a pack's file may offer so that blobs are sealed straight into its buffers
+    (see :class:`~cipherdump.repo.backends.direct.DirectAppendFile`)."""
+
+    def reserve(self, length: int) -> memoryview | None:
+        """A writable view of the file's next ``length`` bytes, or None."""
+        ...
+
+    def advance(self, length: int) -> None:
+        """Make the ``length`` bytes just filled in part of the file."""
+        ...
+
+
 class PackWriter:
-    """Assembles one pack in a temporary file, hashing it as it grows.
+    """Assembles one pack in a temporary file (hashing it as it grows, if version 1).
 
     Only one copy of the pack is ever assembled: in a file the backend keeps in place
     (a spool, on the local backend), or in a temporary file that :meth:`finish` hands
@@ -118,15 +134,25 @@ class PackWriter:
     """
 
     def __init__(
-        self, key: MasterKey, spool_dir: str | None = None, file: BinaryIO | None = None
+        self,
+        key: MasterKey,
+        spool_dir: str | None = None,
+        file: BinaryIO | None = None,
+        *,
+        version: int = PACK_VERSION,
     ) -> None:
         """``file``: an empty file to assemble the pack in (a backend's spool), else a
-        temporary file in ``spool_dir``."""
+        temporary file in ``spool_dir``.  ``version`` 1 only to make the packs of the
+        first writers (tests, benchmarks)."""
+        if version not in (1, PACK_VERSION):
+            raise ValueError(f"no pack version {version}")
         self._key = key
+        self._version = version
         self._file: BinaryIO = (
             file if file is not None else tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115
         )
-        self._hasher = FileHasher()
+        self._in_place = self._file if isinstance(self._file, InPlaceFile) else None
+        self._hasher = FileHasher() if version == 1 else None
         self._entries: list[PackEntry] = []
         self._by_id: dict[Id, PackEntry] = {}
         self._zstd = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
@@ -138,15 +164,33 @@ class PackWriter:
     def add(self, blob_type: BlobType, blob_id: Id, plaintext: bytes, compress: bool) -> None:
         if len(plaintext) > MAX_BLOB_SIZE:
             raise ValueError(f"blob of {len(plaintext)} bytes exceeds {MAX_BLOB_SIZE}")
-        flags, nonce, sealed = seal_blob(
-            self._key, blob_type, blob_id, plaintext, compress, self._zstd
-        )
-        length = len(nonce) + len(sealed)
-        entry = PackEntry(blob_type, flags, self.size, length, len(plaintext), blob_id)
-        self._write(nonce)
-        self._write(sealed)
+        flags, body = compress_blob(plaintext, compress, self._zstd)
+        length = len(body) + SEAL_OVERHEAD
+        aad = blob_aad(blob_type, blob_id)
+        if not self._seal_in_place(body, aad, length):
+            nonce, sealed = self._key.seal_parts(body, aad)
+            self._write(nonce)
+            self._write(sealed)
+        entry = PackEntry(blob_type, flags, self.size - length, length, len(plaintext), blob_id)
         self._entries.append(entry)
         self._by_id[blob_id] = entry
+
+    def _seal_in_place(self, body: bytes, aad: bytes, length: int) -> bool:
+        """Seal straight into the file's buffer if the file has ``length`` bytes of room
+        there (no sealed copy to allocate and copy in); False if it has not."""
+        in_place = self._in_place
+        view = in_place.reserve(length) if in_place is not None else None
+        if in_place is None or view is None:
+            return False
+        try:
+            self._key.seal_into(body, aad, view)
+            if self._hasher is not None:
+                self._hasher.update(view)
+        finally:
+            view.release()
+        in_place.advance(length)
+        self.size += length
+        return True
 
     def get(self, blob_id: Id) -> PackEntry | None:
         return self._by_id.get(blob_id)
@@ -162,33 +206,44 @@ class PackWriter:
         """Append header and trailer; return (pack id, file at offset 0, entries)."""
         header = b"".join(e.encode() for e in self._entries)
         trailer_len = struct.pack("<I", len(header) + SEAL_OVERHEAD)
-        trailer = trailer_len + encode_header(Magic.PACK)
-        self._write(self._key.seal(header, trailer))
-        self._write(trailer)
+        trailer = trailer_len + encode_header(Magic.PACK, self._version)
+        tail = self._key.seal(header, trailer) + trailer
+        self._write(tail)
         self._file.flush()
         self._file.seek(0)
-        return self._hasher.id(), self._file, self._entries
+        pack_id = self._hasher.id() if self._hasher is not None else file_id(tail)
+        return pack_id, self._file, self._entries
 
     def close(self) -> None:
         self._file.close()
 
     def _write(self, data: bytes) -> None:
         self._file.write(data)
-        self._hasher.update(data)
+        if self._hasher is not None:
+            self._hasher.update(data)
         self.size += len(data)
 
 
-def decode_trailer(trailer: bytes, pack_size: int, what: str) -> int:
-    """The sealed header's length, from the last 12 bytes of a pack."""
+def pack_name(data: bytes, what: str) -> Id:
+    """The name a whole pack's bytes must have: by the trailer's version, the BLAKE3
+    of all of them (version 1) or of its sealed header and trailer (version 2)."""
+    header_len, version = decode_trailer(data[-TRAILER_SIZE:], len(data), what)
+    if version == 1:
+        return file_id(data)
+    return file_id(memoryview(data)[len(data) - TRAILER_SIZE - header_len :])
+
+
+def decode_trailer(trailer: bytes, pack_size: int, what: str) -> tuple[int, int]:
+    """(sealed header's length, pack version) from the last 12 bytes of a pack."""
     if len(trailer) != TRAILER_SIZE:
         raise CorruptError("pack too short for its trailer", structure=what)
-    decode_header(trailer[4:], Magic.PACK, what)
+    version = decode_header(trailer[4:], Magic.PACK, what, PACK_VERSION)
     (header_len,) = struct.unpack_from("<I", trailer)
     if not SEAL_OVERHEAD <= header_len <= pack_size - TRAILER_SIZE:
         raise CorruptError(f"bad pack header length {header_len}", structure=what)
     if (header_len - SEAL_OVERHEAD) % ENTRY_SIZE:
         raise CorruptError(f"pack header length {header_len} is not whole entries", structure=what)
-    return int(header_len)
+    return int(header_len), version
 
 
 def decode_pack_header(
@@ -210,7 +265,7 @@ def decode_pack_header(
 def iter_pack(key: MasterKey, data: bytes, what: str) -> Iterator[tuple[PackEntry, memoryview]]:
     """Parse a whole pack held in memory: (entry, sealed blob) for each blob."""
     view = memoryview(data)
-    header_len = decode_trailer(data[-TRAILER_SIZE:], len(data), what)
+    header_len, _ = decode_trailer(data[-TRAILER_SIZE:], len(data), what)
     end = len(data) - TRAILER_SIZE
     entries = decode_pack_header(
         key, view[end - header_len : end], data[-TRAILER_SIZE:], len(data), what

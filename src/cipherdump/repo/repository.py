@@ -22,6 +22,7 @@ from cipherdump.repo.crypto import KdfParams, MasterKey, file_id
 from cipherdump.repo.ids import BlobType, Id, is_hex_id
 from cipherdump.repo.keyfile import encode_key_file, unwrap_key_file
 from cipherdump.repo.lock import Lock, remove_locks
+from cipherdump.repo.pack import PACK_VERSION
 from cipherdump.repo.snapshot import Snapshot, decode_snapshot, encode_snapshot
 from cipherdump.repo.tree import Tree, decode_tree, encode_tree
 
@@ -43,9 +44,14 @@ class Repository:
         lock: bool,
         index_every_packs: int = INDEX_EVERY_PACKS,
         spool_dir: str | None = None,
+        pack_version: int = PACK_VERSION,
     ) -> None:
+        """``pack_version``: of the packs it writes; tests write version 1, as the first
+        writers did."""
         self.backend = backend
         self.config = config
+        # Everything but key files and the config is sealed with the config's cipher.
+        key = key.with_cipher(config.cipher)
         self._key = key
         self._lock = Lock.acquire(backend, key) if lock else None
         if self._lock is not None:
@@ -57,6 +63,7 @@ class Repository:
             backend,
             key,
             config.pack_size,
+            pack_version=pack_version,
             index_every_packs=index_every_packs,
             spool_dir=spool_dir,
         )
@@ -73,7 +80,9 @@ class Repository:
         pack_size: int = DEFAULT_PACK_SIZE,
         lock: bool = True,
     ) -> Repository:
-        """Create a repository in an empty backend; the key file is written before config."""
+        """Create a repository in an empty backend; the key file is written before config.
+
+        It has the current format: objects sealed with AES-256-GCM, version-2 packs."""
         if any(True for _ in backend.list(FileType.CONFIG)):
             raise BackendError(f"{backend.location} already holds a repository")
         key = MasterKey.generate()

@@ -17,7 +17,7 @@ from cipherdump.repo.crypto import MasterKey, file_id
 from cipherdump.repo.ids import BlobType, Id
 from cipherdump.repo.index import IndexFile, PackRecord, decode_index, encode_index
 from cipherdump.repo.memindex import MemoryIndex
-from cipherdump.repo.pack import PackWriter, open_blob
+from cipherdump.repo.pack import PACK_VERSION, PackWriter, open_blob
 
 INDEX_EVERY_PACKS = 16
 INDEX_MAX_ENTRIES = 65536
@@ -50,6 +50,7 @@ class BlobStore:
         key: MasterKey,
         pack_size: int,
         *,
+        pack_version: int = PACK_VERSION,
         index_every_packs: int = INDEX_EVERY_PACKS,
         index_max_entries: int = INDEX_MAX_ENTRIES,
         spool_dir: str | None = None,
@@ -57,6 +58,7 @@ class BlobStore:
         self._backend = backend
         self._key = key
         self._pack_size = pack_size
+        self._pack_version = pack_version
         self._index_every_packs = index_every_packs
         self._index_max_entries = index_max_entries
         self._spool_dir = spool_dir
@@ -111,9 +113,9 @@ class BlobStore:
     def _new_writer(self, blob_type: BlobType) -> PackWriter:
         spool = open_spool(self._backend, FileType.PACK) if self._spool_dir is None else None
         if spool is None:
-            writer = PackWriter(self._key, self._spool_dir)
+            writer = PackWriter(self._key, self._spool_dir, version=self._pack_version)
         else:
-            writer = PackWriter(self._key, file=spool.file)
+            writer = PackWriter(self._key, file=spool.file, version=self._pack_version)
             self._spools[blob_type] = spool
         self._writers[blob_type] = writer
         return writer
