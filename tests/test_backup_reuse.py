@@ -135,3 +135,33 @@ def test_a_parent_of_version_1_trees_still_spares_reading(
 
     same(first.snapshot.tree, second.snapshot.tree)
     assert tree_spans(repo.load_blob(BlobType.TREE, second.snapshot.tree)) is not None
+
+
+def test_a_damaged_inode_in_a_changed_directory_is_one_problem_as_without_a_parent(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """Unchanged entries are not decoded again; an entry whose inode now fails its
+    checksum must still be found, and the directory come out as a backup without a
+    parent makes it."""
+    image = tmp_path / "damaged.img"
+    image.write_bytes(SAMPLE.read_bytes())
+    with open_filesystem(str(image)) as f:
+        first = backup(repo, f, BackupOptions())
+        # /public/hello.txt: its directory changes with it, its other entries do not.
+        bad = f.inode(14)
+        assert bad.is_file and f.sb.metadata_csum
+        group, index = divmod(14 - 1, f.sb.s_inodes_per_group)
+        at = f.groups[group].bg_inode_table * f.block_size + index * f.sb.inode_size
+    with open(image, "r+b") as out:
+        out.seek(at + 0x7C)  # i_checksum_lo
+        out.write(bytes(b ^ 0xFF for b in out.read(1)))
+    problems: list[bytes] = []
+    alone: list[bytes] = []
+    with open_filesystem(str(image)) as f:
+        second = backup(repo, f, BackupOptions(), on_problem=lambda p, e: problems.append(p))
+        fresh = backup(
+            repo, f, BackupOptions(no_parent=True), on_problem=lambda p, e: alone.append(p)
+        )
+    assert problems == alone == [b"/public/hello.txt"]
+    assert second.snapshot.tree == fresh.snapshot.tree != first.snapshot.tree
+    assert second.stats.files_unchanged == first.stats.files_new - 1

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
 from cipherdump import __version__
 from cipherdump.engine.chunker import DEFAULT_CHUNK_SIZE, check_chunk_size, iter_chunks
@@ -63,6 +63,7 @@ from cipherdump.ondisk.inode import (
     EXT4_ENCRYPT_FL,
     EXT4_INDEX_FL,
     EXT4_INLINE_DATA_FL,
+    InodePeek,
 )
 from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_ENCRYPTION
 from cipherdump.repo import BlobType, Id, Node, Repository, Snapshot
@@ -220,8 +221,9 @@ def find_parent(
 
 # Bits of a directory's i_flags that decide how its entries are shown (no-key names).
 _NAME_FLAGS = EXT4_ENCRYPT_FL | EXT4_INDEX_FL | EXT4_INLINE_DATA_FL | EXT4_CASEFOLD_FL
-# 2: the entries key hashes each entry's source key (see entries_key).
-_KEY_VERSION = 2
+# 2: the entries key hashes each entry's source key (see entries_key); 3: source keys
+# depend on the checksum seed, as unchanged records are no longer checked again.
+_KEY_VERSION = 3
 _ENTRY = struct.Struct("<IIBB")
 _HASH = struct.Struct("<II")
 
@@ -285,15 +287,24 @@ def _picklable(err: CipherdumpError) -> CipherdumpError:
 
 @dataclass(frozen=True, slots=True)
 class _Same:
-    """An entry of a changed directory whose node is the parent's, reused as encoded."""
+    """An entry of a changed directory whose node is the parent's, reused as encoded;
+    its inode's record is the one that node was made from, so it is not decoded."""
 
     entry: Entry
-    inode: Inode
+    inode: InodePeek
     span: NodeSpan
 
     @property
     def raw_name(self) -> bytes:
         return self.entry.name
+
+
+class _Listed(NamedTuple):
+    """A directory entry and its inode's record, read but not decoded (see entries_key)."""
+
+    entry: Entry
+    raw: bytes
+    peek: InodePeek
 
 
 @dataclass(slots=True)
@@ -434,6 +445,9 @@ class _Backup:
                     sb.s_feature_ro_compat,
                     sb.s_encoding,
                     sb.s_encoding_flags,
+                    # An unchanged record passed its checksum check when its node was
+                    # made; with the same seed it passes it again (see entries_key).
+                    fs.csum_seed,
                 )
             ).encode(),
             digest_size=16,
@@ -640,7 +654,7 @@ class _Backup:
         made now would be byte for byte the same but for its position (``order``), so
         only that is patched and the counts kept."""
         child, span = kid.inode, kid.span
-        if self.first_visit(child.ino):
+        if self.first_visit(kid.entry.ino):
             self.stats.files_unchanged += 1
             if child.is_file and not child.has_inline_data:
                 bs = self.fs.block_size
@@ -648,7 +662,7 @@ class _Backup:
                 self.stats.bytes_reused += stored
                 self._bytes_done += stored
             if child.links > 1 and child.is_file:
-                self.remember_links(child.ino, span)
+                self.remember_links(kid.entry.ino, span)
         context = span.attr("context")
         if context is not None and child.is_encrypted:
             self.count_context(frame.census, context)
@@ -703,8 +717,8 @@ class _Backup:
         return tree_id
 
     # -- directories --------------------------------------------------------------------
-    def entries_key(self, directory: Inode) -> tuple[bytes, list[tuple[Entry, Inode]], list[bytes]]:
-        """(entries key, entries with their inodes, source key of each entry).
+    def entries_key(self, directory: Inode) -> tuple[bytes, list[_Listed], list[bytes]]:
+        """(entries key, entries with their inodes' records, source key of each entry).
 
         An entry's *source key* hashes every on-disk byte its node is made from: the
         entry, the child's raw inode, xattr block and symlink block, the
@@ -713,6 +727,10 @@ class _Backup:
         the position (``order``) and a directory's subtree.  The entries key
         (everything the directory's tree is made of but child subtrees) hashes the
         directory's facts and every source key in entry order.
+
+        Inodes are read as records, not decoded: an entry whose source key is the
+        parent's needs nothing more (its record is the very one, checksum and all,
+        that was decoded and checked when its node was made).
         """
         fs = self.fs
         dx = dx_hash_version(directory, fs.sb.s_def_hash_version) if directory.is_indexed_dir else 0
@@ -721,27 +739,28 @@ class _Backup:
         h = hashlib.blake2b(repr(facts).encode(), digest_size=16)
         base = self._source_base.copy()
         base.update(repr((flags, directory.size == fs.block_size, dx)).encode())
-        kids: list[tuple[Entry, Inode]] = []
+        listed: list[_Listed] = []
         sources: list[bytes] = []
-        pack_entry, pack_hash = _ENTRY.pack, _HASH.pack
+        pack_entry, pack_hash, record = _ENTRY.pack, _HASH.pack, fs.inode_record
         for e in directory.entries():
-            child = fs.inode(e.ino)
+            raw, peek = record(e.ino)
             stored = e.hash or (0, 0)
             k = base.copy()
             k.update(pack_entry(e.ino, len(e.name), e.file_type, e.hash is not None))
             k.update(e.name)
             k.update(pack_hash(*stored))
-            raw = child.raw
-            k.update(raw.raw)
-            if raw.i_file_acl:
-                k.update(fs.read_block(raw.i_file_acl))
-            if child.is_symlink and not child.is_fast_symlink and not child.has_inline_data:
-                k.update(child.symlink_storage())
+            k.update(raw)
+            if peek.file_acl:
+                k.update(fs.read_block(peek.file_acl))
+            if peek.is_symlink:
+                child = fs.inode(e.ino)
+                if not child.is_fast_symlink and not child.has_inline_data:
+                    k.update(child.symlink_storage())
             source = k.digest()
             h.update(source)
             sources.append(source)
-            kids.append((e, child))
-        return h.digest(), kids, sources
+            listed.append(_Listed(e, raw, peek))
+        return h.digest(), listed, sources
 
     def open_dir(self, node: NsNode, order: int, depth: int, census: Census | None) -> _Frame:
         """``census``: where the directory's own context is counted (None in a reused
@@ -764,31 +783,29 @@ class _Backup:
         self.seen_dirs.add(ino.ino)
         try:
             # Kept for the next run even when not compared now (first or forced run).
-            frame.key, kids, frame.sources = self.entries_key(ino)
+            frame.key, listed, frame.sources = self.entries_key(ino)
         except CipherdumpError:
-            frame.key, kids = None, []  # listed below, one problem per bad entry
+            frame.key, listed = None, []  # listed below, one problem per bad entry
         parent = self.parent
         if frame.key is not None and parent is not None and not self.options.force_reread:
             rec = parent.dir_record(ino.ino, ino.generation)
             if rec is not None and rec.key == frame.key:
-                self.reuse_dir(frame, rec, kids)
+                self.reuse_dir(frame, rec, listed)
                 return frame
         try:
             if parent is not None:
-                self.load_parent_dir(parent, frame, kids)
+                self.load_parent_dir(parent, frame, listed)
             if frame.reusable:
-                frame.kids = self.list_with_reuse(frame, kids)
+                frame.kids = self.list_with_reuse(frame, listed)
             else:
                 frame.kids = list(self.ns.iter_children(node))
-            self.prefetch_data(frame, kids)
+            self.prefetch_data(frame)
         except CipherdumpError as err:
             attrs["list_error"] = str(err)
             self.problem(node.path, err, frame)
         return frame
 
-    def load_parent_dir(
-        self, parent: ParentIndex, frame: _Frame, kids: list[tuple[Entry, Inode]]
-    ) -> None:
+    def load_parent_dir(self, parent: ParentIndex, frame: _Frame, listed: list[_Listed]) -> None:
         """Find the parent's nodes of a changed directory: those of unchanged entries
         to reuse as encoded, the others indexed for the per-file comparison."""
         ino = frame.node.inode
@@ -803,8 +820,8 @@ class _Backup:
             return
         wanted = {
             source
-            for (e, child), source in zip(kids, frame.sources, strict=True)
-            if not child.is_dir
+            for item, source in zip(listed, frame.sources, strict=True)
+            if not item.peek.is_dir
         }
         others: list[NodeSpan] = []
         for span in spans:
@@ -820,7 +837,7 @@ class _Backup:
                 others.append(span)
         parent.index_spans(others)
 
-    def prefetch_data(self, frame: _Frame, kids: list[tuple[Entry, Inode]]) -> None:
+    def prefetch_data(self, frame: _Frame) -> None:
         """Have the kernel start reading the data this directory's files will need, so
         that reading it overlaps describing, hashing and sealing what comes before.
 
@@ -834,12 +851,13 @@ class _Backup:
         parent = self.parent
         bs = self.fs.block_size
         budget = _PREFETCH_BYTES
-        reused = frame.reusable
-        for (_, child), source in zip(kids, frame.sources, strict=True):
+        for kid in frame.kids:
+            if not isinstance(kid, NsNode):
+                continue  # a problem, or a reused node
+            child = kid.inode
             if (
                 not child.is_file
                 or child.has_inline_data
-                or source in reused
                 or (parent is not None and parent.file(child.ino, child.generation) is not None)
             ):
                 continue
@@ -860,20 +878,32 @@ class _Backup:
         self._prefetcher.put(_merge_ranges(wanted, _PREFETCH_GAP))
 
     def list_with_reuse(
-        self, frame: _Frame, kids: list[tuple[Entry, Inode]]
+        self, frame: _Frame, listed: list[_Listed]
     ) -> list[NsNode | Problem | _Same]:
         """The entries as :meth:`Namespace.iter_children` lists them, but those with a
-        reusable node as :class:`_Same`, which needs no display name."""
+        reusable node as :class:`_Same`, which needs no display name nor decoded inode.
+
+        If the inode of another entry cannot be read, the directory is listed as
+        :meth:`Namespace.iter_children` lists it (one problem per bad entry) and
+        nothing is reused, as in a backup without a parent."""
         out: list[NsNode | Problem | _Same] = []
-        directory = frame.node.inode
+        node = frame.node
+        directory = node.inode
         reusable = frame.reusable
-        for (e, child), source in zip(kids, frame.sources, strict=True):
+        for (e, _, peek), source in zip(listed, frame.sources, strict=True):
             span = reusable.get(source)
-            if span is not None and not child.is_dir:
-                out.append(_Same(e, child, span))
+            if span is not None and not peek.is_dir:
+                out.append(_Same(e, peek, span))
                 continue
+            try:
+                child = self.fs.inode(e.ino)
+            except CipherdumpError:
+                assert self.parent is not None
+                self.parent.index_spans(reusable.values())
+                reusable.clear()
+                return list(self.ns.iter_children(node))
             name = self.ns.display_name(directory, e)
-            path = posixpath.join(frame.node.path, name)
+            path = posixpath.join(node.path, name)
             if not directory.is_encrypted and (b"/" in e.name or b"\0" in e.name):
                 # As iter_children: no path can hold such a name.
                 err = CorruptError(
@@ -886,13 +916,14 @@ class _Backup:
             out.append(NsNode(path, name, e.name, child, directory.is_encrypted, e.hash))
         return out
 
-    def reuse_dir(self, frame: _Frame, rec: DirRecord, kids: list[tuple[Entry, Inode]]) -> None:
+    def reuse_dir(self, frame: _Frame, rec: DirRecord, listed: list[_Listed]) -> None:
         """Take an unchanged directory's entries as they were; walk only its subdirs."""
         frame.reuse = rec
         frame.census = dict(rec.census)
         directory = frame.node.inode
-        for position, (e, child) in enumerate(kids):
-            if child.is_dir:
+        bs = self.fs.block_size
+        for position, (e, _, peek) in enumerate(listed):
+            if peek.is_dir:
                 frame.orders[e.name] = position
                 name = self.ns.display_name(directory, e)
                 frame.kids.append(
@@ -900,18 +931,17 @@ class _Backup:
                         posixpath.join(frame.node.path, name),
                         name,
                         e.name,
-                        child,
+                        self.fs.inode(e.ino),
                         directory.is_encrypted,
                         e.hash,
                     )
                 )
                 continue
             frame.files += 1
-            if self.first_visit(child.ino):
+            if self.first_visit(e.ino):
                 self.stats.files_unchanged += 1
-                if child.is_file and not child.has_inline_data:
-                    bs = self.fs.block_size
-                    stored = -(-child.size // bs) * bs  # what stored_length gives, bar oddities
+                if peek.is_file and not peek.has_inline_data:
+                    stored = -(-peek.size // bs) * bs  # what stored_length gives, bar oddities
                     self.stats.bytes_reused += stored
                     self._bytes_done += stored
         self.progress(frame.node.path)

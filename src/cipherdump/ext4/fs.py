@@ -15,7 +15,7 @@ from cipherdump.ondisk.groupdesc import (
     decode_group_desc,
     group_desc_csum,
 )
-from cipherdump.ondisk.inode import decode_inode, inode_record_csum
+from cipherdump.ondisk.inode import InodePeek, decode_inode, inode_record_csum, peek_inode
 from cipherdump.ondisk.superblock import (
     SUPERBLOCK_OFFSET,
     SUPERBLOCK_SIZE,
@@ -243,7 +243,15 @@ class Filesystem(Closable):
             cache.popitem(last=False)
         return node
 
-    def _load_inode(self, ino: int) -> Inode:
+    def inode_record(self, ino: int) -> tuple[bytes, InodePeek]:
+        """Inode ``ino``'s on-disk record and the few fields :func:`peek_inode` reads
+        of it, neither decoded nor checked: for a walk that compares records with
+        ones seen before and decodes (:meth:`inode`) only those that differ.  Raises
+        CorruptError for an invalid number or a record beyond the image."""
+        raw = self._record(ino)
+        return raw, peek_inode(raw, hurd=self._hurd)
+
+    def _record(self, ino: int) -> bytes:
         sb = self.sb
         if ino < 1 or ino > sb.s_inodes_count:
             raise CorruptError(
@@ -253,15 +261,19 @@ class Filesystem(Closable):
         gd = self.groups[group]
         isz = self._inode_size
         if gd.bg_flags & EXT4_BG_INODE_UNINIT and self._uninit_bg:
-            raw = bytes(isz)  # never initialised: reads as a free inode
-        else:
-            raw = self._read_inode_record(gd.bg_inode_table * self.block_size + index * isz)
-            if len(raw) != isz:
-                raise CorruptError(
-                    "inode lies beyond the end of the image",
-                    structure="inode",
-                    location=f"inode {ino}",
-                )
+            return bytes(isz)  # never initialised: reads as a free inode
+        raw = self._read_inode_record(gd.bg_inode_table * self.block_size + index * isz)
+        if len(raw) != isz:
+            raise CorruptError(
+                "inode lies beyond the end of the image",
+                structure="inode",
+                location=f"inode {ino}",
+            )
+        return raw
+
+    def _load_inode(self, ino: int) -> Inode:
+        isz = self._inode_size
+        raw = self._record(ino)
         rec = decode_inode(raw, isz, hurd=self._hurd)
         if self._metadata_csum and any(raw):
             want = inode_record_csum(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from cipherdump.ondisk.csum import crc32c_le
 from cipherdump.ondisk.records import record_maker
@@ -56,6 +57,12 @@ _ALL_EXTRA: dict[str, bool] = {
 }
 _ZERO2 = bytes(2)
 _U16 = struct.Struct("<H")
+# i_mode, i_size_lo, i_links_count, i_flags; i_file_acl_lo, i_size_high; acl_high.
+_PEEK_A = struct.Struct("<H2xI18xH4xI")
+_PEEK_B = struct.Struct("<II")
+_PEEK_B_OFFSET = 0x68
+_PEEK_ACL_HI_OFFSET = 0x76
+_S_IFMT = 0o170000
 _INO_GEN = struct.Struct("<II")  # the inode number and generation that seed its checksum
 
 
@@ -363,3 +370,43 @@ def inode_csum_set(buf: bytearray, ino_seed: int, inode_size: int) -> None:
     struct.pack_into("<H", buf, _CSUM_LO_OFFSET, crc & 0xFFFF)
     if inode_size > EXT4_GOOD_OLD_INODE_SIZE and _fits(extra, _CSUM_HI_OFFSET, 2):
         struct.pack_into("<H", buf, _CSUM_HI_OFFSET, crc >> 16)
+
+
+class InodePeek(NamedTuple):
+    """The few fields of an inode record a walk needs before deciding whether to decode
+    it at all (see :func:`peek_inode`)."""
+
+    mode: int
+    flags: int
+    size: int
+    links: int
+    file_acl: int
+
+    @property
+    def is_dir(self) -> bool:
+        return self.mode & _S_IFMT == 0o040000
+
+    @property
+    def is_file(self) -> bool:
+        return self.mode & _S_IFMT == 0o100000
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.mode & _S_IFMT == 0o120000
+
+    @property
+    def has_inline_data(self) -> bool:
+        return bool(self.flags & EXT4_INLINE_DATA_FL)
+
+    @property
+    def is_encrypted(self) -> bool:
+        return bool(self.flags & EXT4_ENCRYPT_FL)
+
+
+def peek_inode(raw: bytes, *, hurd: bool = False) -> InodePeek:
+    """Mode, flags, size, link count and xattr block of a whole inode record, read as
+    :func:`decode_inode` reads them, without decoding or checking the rest."""
+    mode, size_lo, links, flags = _PEEK_A.unpack_from(raw, 0)
+    acl_lo, size_hi = _PEEK_B.unpack_from(raw, _PEEK_B_OFFSET)
+    acl_hi = 0 if hurd else _U16.unpack_from(raw, _PEEK_ACL_HI_OFFSET)[0]
+    return InodePeek(mode, flags, size_lo | size_hi << 32, links, acl_lo | acl_hi << 32)
