@@ -22,6 +22,7 @@ from cipherdump.repo import (
     Snapshot,
     Tree,
 )
+from cipherdump.repo.tree import decode_tree, encode_tree
 from repo_formats import VERSIONS, init_repository
 
 KDF = KdfParams.insecure_for_tests()
@@ -251,3 +252,25 @@ def test_read_data_reports_progress_pack_by_pack(tmp_path: Path) -> None:
         assert repo.check(on_progress=lambda d, t: events.append((-1, -1))).ok  # none without
     assert events[0] == (0, total) and events[-1] == (total, total)
     assert all(a[0] <= b[0] for a, b in itertools.pairwise(events))
+
+
+def test_a_tree_layout_that_does_not_match_its_nodes_is_an_error(tmp_path: Path) -> None:
+    """Incremental backups trust a tree's layout to find the nodes they reuse, so
+    check re-derives it (other readers do not need it)."""
+    nodes = [
+        Node(b"a", "file", attrs={"order": 0, "source": b"s" * 16}),
+        Node(b"b", "file", attrs={"order": 1, "source": b"t" * 16}),
+    ]
+    good = encode_tree(Tree.of(nodes), ("order", "source"))
+    at = good.index(b"\x06layout") + len(b"\x06layout") + 2 + 4  # node 0, order offset
+    bad = good[:at] + bytes([good[at] + 1]) + good[at + 1 :]
+    assert decode_tree(bad) == decode_tree(good)  # readers that ignore layouts are fine
+    backend = LocalBackend.create(tmp_path / "repo")
+    with Repository.init(backend, b"pw", kdf=KDF) as repo:
+        tree = repo.save_blob(BlobType.TREE, bad, compress=True)
+        repo.save_snapshot(Snapshot(tree, time_ns=1))
+        report = repo.check(read_data=False)
+    assert not report.ok
+    assert any(f.blob == tree and "layout does not match" in f.message for f in report.errors), (
+        report.text()
+    )

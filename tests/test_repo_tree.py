@@ -149,6 +149,7 @@ def test_trees_encode_as_the_reference_and_split_back(nodes: list[Node]) -> None
     assert join_nodes(((n.name, n) for n in nodes), LOCATE) == located
     assert join_nodes(((n.name, encode_node(n)) for n in nodes), LOCATE) == located
     assert encode_tree(decode_tree(located)) == data
+    assert encode_tree(decode_tree(located, check_layout=True)) == data
     check_spans(located, nodes)
 
 
@@ -201,7 +202,7 @@ def test_layouts_that_do_not_match_their_nodes_are_refused() -> None:
         bad = bytearray(good)
         bad[at] ^= 0x01
         with pytest.raises(CorruptError):
-            decode_tree(bytes(bad))
+            decode_tree(bytes(bad), check_layout=True)
     with pytest.raises(CorruptError):
         tree_spans(good[:-1])
     with pytest.raises(CorruptError):
@@ -216,4 +217,4 @@ def test_damaged_trees_split_or_raise_corrupt_error(nodes: list[Node], at: int, 
     with contextlib.suppress(CorruptError):
         tree_spans(bytes(data))
     with contextlib.suppress(CorruptError):
-        decode_tree(bytes(data))
+        decode_tree(bytes(data), check_layout=True)

@@ -199,7 +199,7 @@ class Checker:
             if tree_data is None:
                 continue
             try:
-                tree = decode_tree(tree_data, f"tree {tree_id}")
+                tree = decode_tree(tree_data, f"tree {tree_id}", check_layout=True)
             except CipherdumpError as exc:
                 self.error(f"undecodable tree: {exc}", blob=tree_id)
                 continue

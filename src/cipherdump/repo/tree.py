@@ -382,7 +382,11 @@ def _tree_spans(data: bytes) -> list[NodeSpan]:
     return spans
 
 
-def decode_tree(data: bytes, what: str = "tree") -> Tree:
+def decode_tree(data: bytes, what: str = "tree", *, check_layout: bool = False) -> Tree:
+    """The tree of a plaintext.  ``check_layout`` also checks that a version-2 tree's
+    layout is exactly the one its nodes make (what ``check`` does: an incremental
+    backup trusts layouts, and nothing else reads them).  Re-deriving it costs about
+    half as much again as decoding."""
     top = codec.expect_map(codec.decode(data, what), what)
     version = codec.get_int(top, "v", what)
     if version > TREE_VERSION:
@@ -415,8 +419,7 @@ def decode_tree(data: bytes, what: str = "tree") -> Tree:
         tree = Tree(tuple(nodes))
     except ValueError as exc:
         raise CorruptError(str(exc), structure=what) from None
-    if version == 2:
-        # The layout must be the one the nodes make: an incremental backup trusts it.
+    if version == 2 and check_layout:
         located = codec.get_list(top, "located", what)
         if not all(isinstance(k, str) for k in located) or not located:
             raise CorruptError("bad located keys", structure=what)
