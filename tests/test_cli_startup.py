@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from cipherdump.cli.main import cli
@@ -121,3 +122,21 @@ def test_init_pack_size_default_is_the_format_default(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     with Repository.open(LocalBackend(str(tmp_path / "r")), b"pw", lock=False) as repo:
         assert repo.config.pack_size == DEFAULT_PACK_SIZE
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [([], "AES_256_GCM"), (["--cipher", "chacha20-poly1305"], "CHACHA20_POLY1305")],
+)
+def test_init_cipher_is_recorded_and_used(tmp_path: Path, option: list[str], expected: str) -> None:
+    from cipherdump.repo import Cipher, LocalBackend, Repository
+
+    env = {"CIPHERDUMP_INSECURE_TEST_KDF": "1", "CIPHERDUMP_PASSWORD": "pw"}
+    path = str(tmp_path / "r")
+    result = CliRunner().invoke(cli, ["init", "-r", path, "--json", *option], env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["cipher"] == (option[1] if option else "aes-256-gcm")
+    with Repository.open(LocalBackend(path), b"pw", lock=False) as repo:
+        assert repo.config.cipher is Cipher[expected]
+    bad = CliRunner().invoke(cli, ["init", "-r", path + "2", "--cipher", "rot13"], env=env)
+    assert bad.exit_code == 2 and "rot13" in bad.output

@@ -18,7 +18,7 @@ from cipherdump.repo.backends.base import Backend, FileInfo, FileType, Handle, O
 from cipherdump.repo.backends.local import LocalBackend
 from cipherdump.repo.backends.memory import MemoryBackend
 from cipherdump.repo.check import CheckReport, Finding
-from cipherdump.repo.crypto import KdfParams
+from cipherdump.repo.crypto import Cipher, KdfParams
 from cipherdump.repo.ids import BlobType, Id
 from cipherdump.repo.lock import LockedError
 from cipherdump.repo.password import resolve_password
@@ -30,6 +30,7 @@ __all__ = [
     "Backend",
     "BlobType",
     "CheckReport",
+    "Cipher",
     "FileInfo",
     "FileType",
     "Finding",

@@ -17,8 +17,14 @@ from cipherdump.errors import (
 from cipherdump.repo.backends.base import Backend, FileType, Handle, ObjectMissing
 from cipherdump.repo.blobs.store import INDEX_EVERY_PACKS, BlobStore
 from cipherdump.repo.check import Checker, CheckReport
-from cipherdump.repo.config import DEFAULT_PACK_SIZE, RepoConfig, decode_config, encode_config
-from cipherdump.repo.crypto import KdfParams, MasterKey, file_id
+from cipherdump.repo.config import (
+    DEFAULT_CIPHER,
+    DEFAULT_PACK_SIZE,
+    RepoConfig,
+    decode_config,
+    encode_config,
+)
+from cipherdump.repo.crypto import Cipher, KdfParams, MasterKey, file_id
 from cipherdump.repo.ids import BlobType, Id, is_hex_id
 from cipherdump.repo.keyfile import encode_key_file, unwrap_key_file
 from cipherdump.repo.lock import Lock, remove_locks
@@ -78,15 +84,17 @@ class Repository:
         *,
         kdf: KdfParams | None = None,
         pack_size: int = DEFAULT_PACK_SIZE,
+        cipher: Cipher = DEFAULT_CIPHER,
         lock: bool = True,
     ) -> Repository:
         """Create a repository in an empty backend; the key file is written before config.
 
-        It has the current format: objects sealed with AES-256-GCM, version-2 packs."""
+        It has the current format: objects sealed with ``cipher`` (AES-256-GCM unless
+        asked otherwise), version-2 packs."""
         if any(True for _ in backend.list(FileType.CONFIG)):
             raise BackendError(f"{backend.location} already holds a repository")
         key = MasterKey.generate()
-        config = RepoConfig.new(pack_size)
+        config = RepoConfig.new(pack_size, cipher)
         _save(backend, FileType.KEY, encode_key_file(key, password, kdf or KdfParams.default()))
         backend.save(Handle(FileType.CONFIG), io.BytesIO(encode_config(key, config)))
         return cls(backend, key, config, lock=lock)
