@@ -378,15 +378,18 @@ def _tree_spans(data: bytes) -> list[NodeSpan]:
                 if at + length > size:
                     raise ValueError("a located attr is outside its node")
                 found[key] = (at, at + length)
+            elif at:
+                raise ValueError("an absent attr has an offset")
         append(NodeSpan(data[start:stop], found, located))
     return spans
 
 
 def decode_tree(data: bytes, what: str = "tree", *, check_layout: bool = False) -> Tree:
     """The tree of a plaintext.  ``check_layout`` also checks that a version-2 tree's
-    layout is exactly the one its nodes make (what ``check`` does: an incremental
-    backup trusts layouts, and nothing else reads them).  Re-deriving it costs about
-    half as much again as decoding."""
+    layout is the one its nodes make (what ``check`` does: an incremental backup trusts
+    layouts, and nothing else reads them)."""
+    if check_layout and data.startswith(_TREE_HEAD_2):
+        return _decode_checking_layout(data, what)
     top = codec.expect_map(codec.decode(data, what), what)
     version = codec.get_int(top, "v", what)
     if version > TREE_VERSION:
@@ -394,40 +397,61 @@ def decode_tree(data: bytes, what: str = "tree", *, check_layout: bool = False) 
     fields = {"v", "nodes"} if version == 1 else {"v", "nodes", "layout", "located"}
     if version < 1 or set(top) != fields:
         raise CorruptError("bad tree header", structure=what)
-    nodes = []
-    for item in codec.get_list(top, "nodes", what):
-        m = codec.expect_map(item, what)
-        if not set(m) <= _NODE_KEYS:
-            raise CorruptError(f"unknown node fields {sorted(set(m) - _NODE_KEYS)}", structure=what)
-        subtree = Id(codec.get_bytes(m, "subtree", what)) if "subtree" in m else None
-        content: tuple[Id, ...] = ()
-        if "content" in m:
-            refs = codec.get_list(m, "content", what)
-            if not refs or not all(isinstance(r, bytes) and len(r) == 32 for r in refs):
-                raise CorruptError("bad content list", structure=what)
-            content = tuple(Id(r) for r in refs if isinstance(r, bytes))
-        nodes.append(
-            Node(
-                name=codec.get_bytes(m, "name", what),
-                kind=codec.get_str(m, "kind", what),
-                subtree=subtree,
-                content=content,
-                attrs=codec.get_map(m, "attrs", what),
-            )
-        )
+    return _tree([_node(item, what) for item in codec.get_list(top, "nodes", what)], what)
+
+
+def _decode_checking_layout(data: bytes, what: str) -> Tree:
+    """A version-2 tree decoded node by node where its layout says the nodes are: each
+    piece must be exactly one node, and each located attr's value must be where the
+    layout says, right after its key (or absent on both counts)."""
+    spans = tree_spans(data)
+    if spans is None or (spans and not spans[0].located):
+        raise CorruptError("bad layout", structure=what)
+    nodes: list[Node] = []
+    keys: dict[str, bytes] = {}
+    for span in spans:
+        node = _node(codec.decode(span.data, what), what)
+        for key in span.located:
+            if key not in keys:
+                raw = key.encode("utf-8")
+                keys[key] = codec.varint(len(raw)) + raw
+            at = span.found.get(key)
+            if key not in node.attrs:
+                ok = at is None
+            else:
+                ok = (
+                    at is not None
+                    and span.data[at[0] : at[1]] == codec.encode(node.attrs[key])
+                    and span.data.endswith(keys[key], 0, at[0])
+                )
+            if not ok:
+                raise CorruptError("tree layout does not match its nodes", structure=what)
+        nodes.append(node)
+    return _tree(nodes, what)
+
+
+def _node(item: Value, what: str) -> Node:
+    m = codec.expect_map(item, what)
+    if not set(m) <= _NODE_KEYS:
+        raise CorruptError(f"unknown node fields {sorted(set(m) - _NODE_KEYS)}", structure=what)
+    subtree = Id(codec.get_bytes(m, "subtree", what)) if "subtree" in m else None
+    content: tuple[Id, ...] = ()
+    if "content" in m:
+        refs = codec.get_list(m, "content", what)
+        if not refs or not all(isinstance(r, bytes) and len(r) == 32 for r in refs):
+            raise CorruptError("bad content list", structure=what)
+        content = tuple(Id(r) for r in refs if isinstance(r, bytes))
+    return Node(
+        name=codec.get_bytes(m, "name", what),
+        kind=codec.get_str(m, "kind", what),
+        subtree=subtree,
+        content=content,
+        attrs=codec.get_map(m, "attrs", what),
+    )
+
+
+def _tree(nodes: list[Node], what: str) -> Tree:
     try:
-        tree = Tree(tuple(nodes))
+        return Tree(tuple(nodes))
     except ValueError as exc:
         raise CorruptError(str(exc), structure=what) from None
-    if version == 2 and check_layout:
-        located = codec.get_list(top, "located", what)
-        if not all(isinstance(k, str) for k in located) or not located:
-            raise CorruptError("bad located keys", structure=what)
-        keys = [k for k in located if isinstance(k, str)]
-        try:
-            again = join_nodes(((n.name, n) for n in tree.nodes), keys)
-        except ValueError:
-            again = b""
-        if again != data:
-            raise CorruptError("tree layout does not match its nodes", structure=what)
-    return tree
