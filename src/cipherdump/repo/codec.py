@@ -344,22 +344,7 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Value, int]:
         n = data[pos]
         pos += 1
     else:
-        # A longer varint (the ints of times, sizes and block numbers), inlined: trees
-        # are full of them, and a call per int was a fifth of decoding a tree.
-        n = shift = 0
-        while True:
-            if pos >= end:
-                raise _Fail("truncated", pos)
-            b = data[pos]
-            pos += 1
-            n |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
-            if shift >= 7 * _MAX_VARINT_BYTES:
-                raise _Fail("varint too long", pos)
-        if b == 0:
-            raise _Fail("overlong varint", pos)
+        n, pos = _varint_at(data, pos)
     if tag == _INT:
         if n >= 1 << INT_BITS:
             raise _Fail("integer out of range", pos)
@@ -414,8 +399,9 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Value, int]:
                 _KEY_TEXT[raw_key] = key
         previous = raw_key
         if pos < end and data[pos] == _INT:
-            # An int value (most of a tree's attrs), decoded here: a call per value
-            # was a third of decoding a tree.  As in _decode, canonical varints only.
+            # An int value (most of a tree's attrs, many of them times of ten bytes),
+            # decoded here: a call per value, and one per varint, cost a tenth of
+            # decoding a tree.  Canonical varints only, as _varint_at reads them.
             pos += 1
             z = shift = 0
             while True:
