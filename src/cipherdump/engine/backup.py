@@ -300,10 +300,10 @@ class _Same:
 
 
 class _Listed(NamedTuple):
-    """A directory entry and its inode's record, read but not decoded (see entries_key)."""
+    """A directory entry and what entries_key peeked at of its inode's record (the
+    record itself is hashed, not decoded)."""
 
     entry: Entry
-    raw: bytes
     peek: InodePeek
 
 
@@ -759,7 +759,7 @@ class _Backup:
             source = k.digest()
             h.update(source)
             sources.append(source)
-            listed.append(_Listed(e, raw, peek))
+            listed.append(_Listed(e, peek))
         return h.digest(), listed, sources
 
     def open_dir(self, node: NsNode, order: int, depth: int, census: Census | None) -> _Frame:
@@ -890,7 +890,7 @@ class _Backup:
         node = frame.node
         directory = node.inode
         reusable = frame.reusable
-        for (e, _, peek), source in zip(listed, frame.sources, strict=True):
+        for (e, peek), source in zip(listed, frame.sources, strict=True):
             span = reusable.get(source)
             if span is not None and not peek.is_dir:
                 out.append(_Same(e, peek, span))
@@ -922,7 +922,7 @@ class _Backup:
         frame.census = dict(rec.census)
         directory = frame.node.inode
         bs = self.fs.block_size
-        for position, (e, _, peek) in enumerate(listed):
+        for position, (e, peek) in enumerate(listed):
             if peek.is_dir:
                 frame.orders[e.name] = position
                 name = self.ns.display_name(directory, e)
