@@ -4,6 +4,7 @@ the backup with one error and leaves the repository as it was."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import signal
@@ -241,3 +242,20 @@ def test_a_directory_that_cannot_be_opened_is_one_problem_either_way(
     assert three.stats.errors == one.stats.errors == 1
     assert three.snapshot.tree == one.snapshot.tree
     repo.close()
+
+
+def test_warnings_met_by_workers_reach_the_snapshot(tmp_path: Path) -> None:
+    """Damaged htree indexes are warnings met while reading directories; a worker that
+    reads one sends it back, so the snapshot keeps it as a one-process backup does."""
+    corpus = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "e2fsprogs"
+    image = tmp_path / "htree.img"
+    image.write_bytes(gzip.decompress((corpus / "f_htree_bad_csum" / "image.gz").read_bytes()))
+    results = []
+    for jobs in (1, 3):
+        with open_filesystem(str(image)) as fs:
+            results.append(backup(_repo(tmp_path / f"r{jobs}"), fs, BackupOptions(jobs=jobs)))
+    one, many = results
+    htree = [w for w in one.warnings if "htree" in w]
+    assert len(htree) == 5
+    assert sorted(w for w in many.warnings if "htree" in w) == sorted(htree)
+    assert many.snapshot.attrs["warnings"] == many.warnings

@@ -721,3 +721,33 @@ def test_view_rs_journal_disk_needs_recovery(view_rs_image: Callable[[str], Path
     assert rc == 0, err
     assert re.search(r"^State:\s+dirty \(journal needs recovery\)$", out, re.M), out
     assert "cipherdump: warning: the journal needs recovery" in err
+
+
+# e2fsck's own findings (expect.1 of each image) about htree roots and index blocks that
+# a reader checks: checksums, and roots not laid out as roots.
+_HTREE_FINDING = re.compile(
+    rb"HTREE directory inode (\d+)(?:: (?:root|internal) node fails checksum| has an invalid "
+    rb"root node)"
+)
+
+
+@pytest.mark.parametrize(
+    "name", ["f_htree_bad_csum", "f_preen_htree_csum", "f_h_badroot", "f_h_normal"]
+)
+def test_damaged_htree_indexes_are_warnings_as_e2fsck_finds_them(
+    name: str, corpus_image: Callable[[str], Path]
+) -> None:
+    """A full listing does not need the index, so a damaged one is a warning naming the
+    directory, exactly the directories e2fsck names, and the listing is complete."""
+    expect = (CORPUS / name / "expect.1").read_bytes()
+    wanted = {int(m.group(1)) for m in _HTREE_FINDING.finditer(expect)}
+    with open_image(corpus_image(name)) as fs:
+        walked = walk_everything(fs)
+        warned = {
+            int(m.group(1)) for w in fs.warnings if (m := re.match(r"directory inode (\d+)", w))
+        }
+    assert warned == wanted, fs.warnings
+    assert walked.nodes
+    result = CliRunner().invoke(cli, ["ls", "-R", str(corpus_image(name))])
+    for ino in wanted:
+        assert f"warning: directory inode {ino} block" in result.output

@@ -63,3 +63,16 @@ def test_a_missing_name_falls_back_to_the_scan(kernel_image: KernelImage) -> Non
         with pytest.raises(NotFoundError):
             ns.resolve(big + b"/" + missing)
         assert node.inode.entries_loaded  # the scan settled it
+
+
+@pytest.mark.parametrize("kernel_image", BIGDIR_CONFIGS, indirect=True)
+def test_the_kernels_htree_index_checksums_verify(kernel_image: KernelImage) -> None:
+    """Listing reads every index block of the 10,000-entry directory and checks its
+    dx_tail checksum when the filesystem has metadata_csum: the kernel's all match."""
+    ki = kernel_image
+    with open_filesystem(str(ki.image)) as fs:
+        ns = Namespace(fs)
+        directory = ns.resolve(_big_dir_path(ki)).inode
+        assert directory.is_indexed_dir and fs.sb.metadata_csum
+        assert len(ns.children(ns.resolve(_big_dir_path(ki)))) == ki.config.tree.big_dir_entries
+        assert [w for w in fs.warnings if "htree" in w] == []

@@ -8,10 +8,11 @@ Exit codes (documented in the README):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
@@ -75,13 +76,21 @@ def one_line_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def _open(image: str) -> Filesystem:
+@contextlib.contextmanager
+def _open(image: str) -> Iterator[Filesystem]:
+    """The filesystem of ``image``; its warnings go to stderr as they are known: those
+    of opening it first, those met while reading (damaged htree indexes, say) last."""
     from cipherdump.ext4 import open_filesystem
 
-    fs = open_filesystem(image)
-    for w in fs.warnings:
-        click.echo(f"cipherdump: warning: {w}", err=True)
-    return fs
+    with open_filesystem(image) as fs:
+        for w in fs.warnings:
+            click.echo(f"cipherdump: warning: {w}", err=True)
+        shown = len(fs.warnings)
+        try:
+            yield fs
+        finally:
+            for w in fs.warnings[shown:]:
+                click.echo(f"cipherdump: warning: {w}", err=True)
 
 
 def _path_arg(path: str) -> bytes:

@@ -299,6 +299,7 @@ def backup_cmd(
     try:
         for w in fs.warnings:
             _warn(w)
+        shown = len(fs.warnings)
         repository = open_repository(repo, password_file, lock=True)
         try:
             options = BackupOptions(
@@ -317,6 +318,8 @@ def backup_cmd(
                 )
         finally:
             repository.close()
+        for w in fs.warnings[shown:]:  # met while reading (damaged htree indexes, say)
+            _warn(w)
     finally:
         fs.close()
     summary = _backup_summary(result, source)

@@ -267,6 +267,7 @@ class _WorkerEnd:
     seen_dirs: set[int]
     loaded: dict[int, int]  # the parent's files it looked at: number -> generation
     unmatched: dict[int, int]  # see _Backup.unmatched
+    warnings: list[str]  # the filesystem's (see Filesystem.warn)
 
 
 class _WorkerFailed(Exception):
@@ -1220,6 +1221,8 @@ class _Backup:
             if self.parent is not None:
                 self.parent.merge_loaded(end.loaded)
             self.unmatched.update(end.unmatched)
+            for warning in end.warnings:
+                self.fs.warn(warning)
         self._ends.clear()
 
     # In a worker process (a forked copy of the parent's _Backup):
@@ -1261,6 +1264,7 @@ class _Backup:
                 self.seen_dirs,
                 loaded,
                 self.unmatched,
+                self.fs.warnings,
             )
             conn.send(("end", end))
         except CipherdumpError as err:

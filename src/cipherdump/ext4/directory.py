@@ -15,8 +15,11 @@ from cipherdump.errors import ChecksumError, CipherdumpError, CorruptError
 from cipherdump.ondisk.csum import crc32c_le, inode_csum_seed
 from cipherdump.ondisk.dirent import (
     DIRENT_TAIL_SIZE,
+    DX_NODE_COUNT_OFFSET,
+    DX_ROOT_COUNT_OFFSET,
     DirentTuple,
     decode_dx_root,
+    dx_csum_check,
     has_csum_tail,
     rec_len_from_disk,
     scan_dirents,
@@ -26,6 +29,7 @@ from cipherdump.ondisk.records import record_maker
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from cipherdump.ext4.fs import Filesystem
     from cipherdump.ext4.inode import Inode
 
 # Bound on directory size in blocks; a real directory of millions of entries stays far
@@ -104,12 +108,16 @@ def read_entries(dir_inode: Inode) -> list[Entry]:
             block = fs.read_block(run.pblk + k)
             at = f"{where} block {lblk}"
             if _is_dx_node(block, bs, lblk, dir_inode.is_indexed_dir):
+                if seed is not None:
+                    _check_dx(fs, block, DX_NODE_COUNT_OFFSET, seed, at)
                 continue
             if lblk == 0 and dir_inode.is_indexed_dir:
                 # Block 0 of an htree holds '.', '..' and the dx_root behind '..'; the
-                # rest of the block may be stale bytes from before indexing.  Index
-                # blocks are not needed for a full scan, so their checksums (dx_tail)
-                # are not verified here.
+                # rest of the block may be stale bytes from before indexing.
+                if not _is_dx_root(block, bs):
+                    fs.warn(f"{at}: not laid out as an htree root (entries read in full)")
+                elif seed is not None:
+                    _check_dx(fs, block, DX_ROOT_COUNT_OFFSET, seed, at)
                 continue
             out += _leaf_entries(block, bs, seed, at, filetype, hashed, lblk * bs)
     return _public(out)
@@ -151,6 +159,29 @@ def _leaf_entries(
         hashed=hashed,
         base=base,
     )
+
+
+def _check_dx(fs: Filesystem, block: bytes, count_offset: int, seed: int, at: str) -> None:
+    """Verify an htree index block's checksum.  A full scan does not need the index, so
+    a mismatch stops nothing: it is a warning (the kernel would refuse lookups in the
+    directory until e2fsck rebuilds the index)."""
+    found = dx_csum_check(block, count_offset, seed)
+    if found is None:
+        fs.warn(f"{at}: htree index has no room for its checksum (entries read in full)")
+    elif found[0] != found[1]:
+        fs.warn(
+            f"{at}: htree index checksum 0x{found[0]:08x} != computed 0x{found[1]:08x} "
+            "(entries read in full)"
+        )
+
+
+def _is_dx_root(block: bytes, bs: int) -> bool:
+    """Block 0 laid out as an htree root: '.' of 12 bytes, then '..' spanning the rest
+    of the block with an 8-byte dx_root_info behind it (get_dx_countlimit)."""
+    dot = rec_len_from_disk(struct.unpack_from("<H", block, 4)[0], bs)
+    dotdot = rec_len_from_disk(struct.unpack_from("<H", block, 16)[0], bs)
+    reserved_zero = struct.unpack_from("<I", block, 0x18)[0]
+    return dot == 12 and dotdot == bs - 12 and not reserved_zero and block[0x1D] == 8
 
 
 def _is_dx_node(block: bytes, bs: int, lblk: int, indexed: bool) -> bool:

@@ -27,6 +27,8 @@ from cipherdump.ondisk.superblock import (
 ROOT_INO = 2
 EXT4_OS_HURD = 1  # s_creator_os
 _INODE_CACHE_SIZE = 4096
+_MAX_WARNINGS = 100
+_MORE_WARNINGS = "more warnings like these were not kept"
 # Inode-table reads: 64 KiB each (a multiple of every block size), at most 8 MiB kept.
 _ITABLE_SPAN = 64 << 10
 _ITABLE_CACHE_SPANS = 128
@@ -73,6 +75,16 @@ class Filesystem(Closable):
         self._hurd = sb.s_creator_os == EXT4_OS_HURD
 
     # -- lifecycle -------------------------------------------------------------------
+    def warn(self, message: str) -> None:
+        """Note a condition met while reading that stops nothing (see ``warnings``), once;
+        past :data:`_MAX_WARNINGS` only that there were more."""
+        if message in self.warnings:
+            return
+        if len(self.warnings) < _MAX_WARNINGS:
+            self.warnings.append(message)
+        elif self.warnings[-1] != _MORE_WARNINGS:
+            self.warnings.append(_MORE_WARNINGS)
+
     def close(self) -> None:
         if self._owns_source:
             self.source.close()

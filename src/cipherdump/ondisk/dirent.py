@@ -212,9 +212,26 @@ def encode_dx_root_info(block: bytearray, hash_version: int, indirect_levels: in
 
 def dx_csum_set(block: bytearray, count_offset: int, seed: int) -> None:
     """Store the ``dx_tail`` checksum of an index block (after ``limit`` entries)."""
+    tail, crc = _dx_csum(bytes(block), count_offset, seed)
+    struct.pack_into("<I", block, tail + 4, crc)
+
+
+def dx_csum_check(block: bytes, count_offset: int, seed: int) -> tuple[int, int] | None:
+    """(stored, computed) ``dx_tail`` checksum of an index block, or None if its limit
+    and count leave no room for the tail (as ext4_dx_csum_verify, a failure too)."""
+    limit, count = struct.unpack_from("<HH", block, count_offset)
+    if count > limit or count_offset + 8 * limit + DX_TAIL_SIZE > len(block):
+        return None
+    tail, crc = _dx_csum(block, count_offset, seed)
+    (stored,) = struct.unpack_from("<I", block, tail + 4)
+    return stored, crc
+
+
+def _dx_csum(block: bytes, count_offset: int, seed: int) -> tuple[int, int]:
+    """(offset of the dx_tail, its checksum): the entries in use, then the tail's
+    reserved word, then a zero checksum (ext4_dx_csum)."""
     limit, count = struct.unpack_from("<HH", block, count_offset)
     tail = count_offset + 8 * limit
-    crc = crc32c_le(seed, bytes(block[: count_offset + 8 * count]))
-    crc = crc32c_le(crc, bytes(block[tail : tail + 4]))
-    crc = crc32c_le(crc, b"\0\0\0\0")
-    struct.pack_into("<I", block, tail + 4, crc)
+    crc = crc32c_le(seed, block[: count_offset + 8 * count])
+    crc = crc32c_le(crc, block[tail : tail + 4])
+    return tail, crc32c_le(crc, b"\0\0\0\0")
