@@ -76,8 +76,11 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def measure(argv: list[str], env: dict[str, str]) -> tuple[float, int, bytes]:
-    """(seconds, peak RSS bytes, stdout) of ``argv``.
+def measure(argv: list[str], env: dict[str, str]) -> tuple[float, int, bytes, float]:
+    """(seconds, peak RSS bytes, stdout, CPU seconds) of ``argv``.
+
+    CPU seconds are user plus system time of the child and of the worker processes it
+    waited for: on a machine whose speed drifts, they compare better than wall time.
 
     The peak RSS is the larger of the child's own ``ru_maxrss`` (from ``wait4``) and
     the largest sum of the resident sizes of the child and its worker processes,
@@ -105,7 +108,8 @@ def measure(argv: list[str], env: dict[str, str]) -> tuple[float, int, bytes]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"child failed ({proc.returncode}): {err.decode(errors='replace')}")
-    return seconds, max(usage.ru_maxrss * 1024, peak[0]), out
+    cpu = usage.ru_utime + usage.ru_stime
+    return seconds, max(usage.ru_maxrss * 1024, peak[0]), out, cpu
 
 
 def file_sizes(data_mib: int, files: int, rng: random.Random) -> list[int]:
@@ -237,17 +241,17 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=True)
 
     drop_caches()
-    dd_s, _, _ = measure(
+    dd_s, _, _, _ = measure(
         ["dd", f"if={image}", "iflag=direct", "bs=4M", "of=/dev/null", "status=none"], env
     )
     drop_caches()
-    full_s, full_rss, out = measure(
+    full_s, full_rss, out, full_cpu = measure(
         [*cli(args.profile, "full"), "backup", "--jobs", str(args.jobs), "--json", str(image)], env
     )
     full = json.loads(out)
     changed = change_one_percent(image, key, facts["data_bytes"])
     drop_caches()
-    inc_s, inc_rss, out = measure(
+    inc_s, inc_rss, out, inc_cpu = measure(
         [
             *cli(args.profile, "incremental"),
             "backup",
@@ -259,7 +263,7 @@ def main() -> None:
         env,
     )
     inc = json.loads(out)
-    check_s, _, _ = measure([*CLI, "check"], env)
+    check_s, _, _, _ = measure([*CLI, "check"], env)
 
     figures = {
         "kernel": os.uname().release,
@@ -272,11 +276,13 @@ def main() -> None:
         "dd_s": round(dd_s, 3),
         "full_s": round(full_s, 3),
         "full_over_dd": round(full_s / dd_s, 2),
+        "full_cpu_s": round(full_cpu, 2),
         "full_peak_rss_mib": round(full_rss / MiB, 1),
         "full_bytes_read_mib": round(full["bytes_read"] / MiB, 1),
         "changed_mib": round(changed / MiB, 2),
         "incremental_s": round(inc_s, 3),
         "incremental_over_full": round(inc_s / full_s, 3),
+        "incremental_cpu_s": round(inc_cpu, 2),
         "incremental_peak_rss_mib": round(inc_rss / MiB, 1),
         "incremental": {
             k: inc[k]
