@@ -92,6 +92,8 @@ def test_backup_loads_neither_the_keyed_engine_nor_rich(tmp_path: Path) -> None:
     mods = modules_after_cli("backup", "-r", str(repo), str(SAMPLE), tmp_path=tmp_path)
     assert "cipherdump.engine.backup" in mods
     assert "rich" not in top_level(mods)  # the progress bar is only for a terminal
+    # crc32c's compiled function is loaded without its package __init__ (see ondisk.csum).
+    assert "importlib.metadata" not in mods
     for lazy in (
         "cipherdump.engine.keyed",
         "cipherdump.engine.fscrypt_meta",
@@ -100,6 +102,18 @@ def test_backup_loads_neither_the_keyed_engine_nor_rich(tmp_path: Path) -> None:
         "cipherdump.fscrypt.keys",
     ):
         assert lazy not in mods
+
+
+def test_crc32c_loaded_around_its_package_is_the_package_function() -> None:
+    import crc32c
+
+    from cipherdump.ondisk.csum import _crc32c, crc32c_le
+
+    assert _crc32c.__name__ == "crc32c" and _crc32c.__module__ != __name__
+    for data, value in [(b"", 0), (b"123456789", 0), (bytes(range(256)) * 3, 0x1234ABCD)]:
+        assert _crc32c(data, value) == crc32c.crc32c(data, value)
+    # The check value of CRC-32C (RFC 3720, B.4), through ext4's uninverted update.
+    assert crc32c_le(0xFFFFFFFF, b"123456789") ^ 0xFFFFFFFF == 0xE3069283
 
 
 def test_help_lists_every_command() -> None:
