@@ -17,6 +17,8 @@ from cipherdump.engine import backup as backup_mod
 from cipherdump.engine.backup import BackupOptions, backup
 from cipherdump.engine.parent import LOCATED_ATTRS, DirRecord, ParentIndex
 from cipherdump.ext4 import Filesystem, open_filesystem
+from cipherdump.ondisk.csum import inode_csum_seed
+from cipherdump.ondisk.dirent import dirblock_csum_set
 from cipherdump.repo import BlobType, KdfParams, MemoryBackend, Repository, codec
 from cipherdump.repo.ids import Id
 from cipherdump.repo.tree import Node, Tree, decode_tree, encode_tree, join_nodes, tree_spans
@@ -82,11 +84,9 @@ def test_every_directory_changed_but_no_entry(
     reused = []
     real_reuse = backup_mod._Backup.reuse_node
 
-    def counting(
-        self: backup_mod._Backup, kid: backup_mod._Same, order: int, frame: object
-    ) -> object:
-        reused.append(kid.raw_name)
-        return real_reuse(self, kid, order, frame)  # type: ignore[arg-type]
+    def counting(self: backup_mod._Backup, ino: int, *args: object, **kwargs: object) -> object:
+        reused.append(ino)
+        return real_reuse(self, ino, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ParentIndex, "dir_record", changed)
     monkeypatch.setattr(backup_mod._Backup, "reuse_node", counting)
@@ -165,3 +165,68 @@ def test_a_damaged_inode_in_a_changed_directory_is_one_problem_as_without_a_pare
     assert problems == alone == [b"/public/hello.txt"]
     assert second.snapshot.tree == fresh.snapshot.tree != first.snapshot.tree
     assert second.stats.files_unchanged == first.stats.files_new - 1
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "twice", "reused"),
+    [
+        # The first entry is reused (in a batch), the second now has its name.
+        (b"numbers.csv", b"hello.txt", b"/public/hello.txt", ("reuse_node", 14)),
+        # The third could be reused but an entry before it now has its name.
+        (b"hello.txt", b"latest", b"/public/latest", ("walk_same", 16)),
+    ],
+)
+def test_a_second_entry_of_a_name_is_one_problem_as_without_a_parent(
+    repo: Repository,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    old: bytes,
+    new: bytes,
+    twice: bytes,
+    reused: tuple[str, int],
+) -> None:
+    """Which of two entries of one name is kept, and which reported, follows the order
+    of the entries, whether or not the node of either is reused as encoded."""
+    image = tmp_path / "twice.img"
+    image.write_bytes(SAMPLE.read_bytes())
+    with open_filesystem(str(image)) as f:
+        first = backup(repo, f, BackupOptions())
+        public = f.inode(13)  # /public: hello.txt, numbers.csv, latest, one block
+        (run,) = public.runs
+        assert run.pblk is not None and not public.is_indexed_dir
+        at = run.pblk * f.block_size
+        block = bytearray(f.read_block(run.pblk))
+        seed = inode_csum_seed(f.csum_seed, public.ino, public.generation)
+    pos = block.index(old)
+    assert block[pos - 2] == len(old) and len(new) <= len(old)
+    block[pos - 2] = len(new)
+    block[pos : pos + len(old)] = new.ljust(len(old), b"\0")
+    dirblock_csum_set(block, seed)
+    with open(image, "r+b") as out:
+        out.seek(at)
+        out.write(block)
+    problems: list[bytes] = []
+    alone: list[bytes] = []
+    tried: list[tuple[str, int]] = []
+    real_reuse, real_same = backup_mod._Backup.reuse_node, backup_mod._Backup.walk_same
+
+    def reuse_spy(self: backup_mod._Backup, ino: int, *args: object) -> object:
+        tried.append(("reuse_node", ino))
+        return real_reuse(self, ino, *args)  # type: ignore[arg-type]
+
+    def same_spy(self: backup_mod._Backup, kid: backup_mod._Same, *args: object) -> None:
+        tried.append(("walk_same", kid.entry.ino))
+        real_same(self, kid, *args)  # type: ignore[arg-type]
+
+    with open_filesystem(str(image)) as f:
+        with monkeypatch.context() as m:
+            m.setattr(backup_mod._Backup, "reuse_node", reuse_spy)
+            m.setattr(backup_mod._Backup, "walk_same", same_spy)
+            second = backup(repo, f, BackupOptions(), on_problem=lambda p, e: problems.append(p))
+        fresh = backup(
+            repo, f, BackupOptions(no_parent=True), on_problem=lambda p, e: alone.append(p)
+        )
+    assert reused in tried  # the path meant
+    assert problems == alone == [twice]
+    assert second.snapshot.tree == fresh.snapshot.tree != first.snapshot.tree
+    assert second.stats.errors == fresh.stats.errors == 1

@@ -82,6 +82,8 @@ _AUTO_MAX_JOBS = 4
 # Directories a worker holds at once: one being backed up, one waiting, so it never idles.
 _JOBS_PER_WORKER = 2
 _WAIT_S = 0.2
+# The encoded ``order`` attrs of the first entries of a directory, to patch reused nodes.
+_ORDERS = tuple(encode(i) for i in range(4096))
 
 
 # -- options, results, events -------------------------------------------------------------
@@ -319,7 +321,7 @@ class _Frame:
 
     node: NsNode
     attrs: dict[str, Value]
-    kids: list[NsNode | Problem | _Same]
+    kids: list[NsNode | Problem | _Same | None]
     key: bytes | None = None
     reuse: DirRecord | None = None
     orders: dict[bytes, int] = field(default_factory=dict)
@@ -650,12 +652,13 @@ class _Backup:
         self.progress(kid.path)
         return Node(kid.raw_name, ino.type.value, content=content, attrs=attrs)
 
-    def reuse_node(self, kid: _Same, order: int, frame: _Frame) -> NodeSpan:
+    def reuse_node(
+        self, ino: int, child: InodePeek, span: NodeSpan, order: int, frame: _Frame
+    ) -> NodeSpan:
         """The parent's encoded node of an entry whose source key is unchanged: the node
         made now would be byte for byte the same but for its position (``order``), so
         only that is patched and the counts kept."""
-        child, span = kid.inode, kid.span
-        if self.first_visit(kid.entry.ino):
+        if self.first_visit(ino):
             self.stats.files_unchanged += 1
             if child.is_file and not child.has_inline_data:
                 bs = self.fs.block_size
@@ -663,12 +666,11 @@ class _Backup:
                 self.stats.bytes_reused += stored
                 self._bytes_done += stored
             if child.links > 1 and child.is_file:
-                self.remember_links(kid.entry.ino, span)
+                self.remember_links(ino, span)
         context = span.attr("context")
         if context is not None and child.is_encrypted:
             self.count_context(frame.census, context)
-        self.progress(frame.node.path)
-        position = encode(order)
+        position = _ORDERS[order] if order < len(_ORDERS) else encode(order)
         if span.attr("order") == position:
             return span
         return span.with_attr("order", position)
@@ -880,22 +882,34 @@ class _Backup:
 
     def list_with_reuse(
         self, frame: _Frame, listed: list[_Listed]
-    ) -> list[NsNode | Problem | _Same]:
+    ) -> list[NsNode | Problem | _Same | None]:
         """The entries as :meth:`Namespace.iter_children` lists them, but those with a
-        reusable node as :class:`_Same`, which needs no display name nor decoded inode.
+        reusable node put in ``frame.nodes`` at once, in one batch, without a display
+        name nor a decoded inode (None holds their place in the list: an entry's
+        position is its ``order``).
 
-        If the inode of another entry cannot be read, the directory is listed as
+        An entry with the name of an earlier one is left to the walk as :class:`_Same`,
+        which reports it in its turn, as a directory listed without reuse would.  If
+        the inode of another entry cannot be read, the directory is listed as
         :meth:`Namespace.iter_children` lists it (one problem per bad entry) and
         nothing is reused, as in a backup without a parent."""
-        out: list[NsNode | Problem | _Same] = []
+        out: list[NsNode | Problem | _Same | None] = []
         node = frame.node
         directory = node.inode
         reusable = frame.reusable
-        for (e, peek), source in zip(listed, frame.sources, strict=True):
+        names: set[bytes] = set()
+        batch: list[tuple[int, Entry, InodePeek, NodeSpan]] = []
+        for order, ((e, peek), source) in enumerate(zip(listed, frame.sources, strict=True)):
             span = reusable.get(source)
             if span is not None and not peek.is_dir:
-                out.append(_Same(e, peek, span))
+                if e.name in names:
+                    out.append(_Same(e, peek, span))
+                else:
+                    names.add(e.name)
+                    batch.append((order, e, peek, span))
+                    out.append(None)
                 continue
+            names.add(e.name)
             try:
                 child = self.fs.inode(e.ino)
             except CipherdumpError:
@@ -915,6 +929,16 @@ class _Backup:
                 out.append(Problem(path, err))
                 continue
             out.append(NsNode(path, name, e.name, child, directory.is_encrypted, e.hash))
+        # Reused in one go: the walk would spend more on each than the reuse costs.
+        nodes, reuse = frame.nodes, self.reuse_node
+        frame.files += len(batch)
+        for order, e, peek, span in batch:
+            try:
+                nodes[e.name] = reuse(e.ino, peek, span, order, frame)
+            except CipherdumpError as err:
+                name = self.ns.display_name(directory, e)
+                out[order] = Problem(posixpath.join(node.path, name), err)
+        self.progress(node.path)
         return out
 
     def reuse_dir(self, frame: _Frame, rec: DirRecord, listed: list[_Listed]) -> None:
@@ -1036,6 +1060,8 @@ class _Backup:
                 order = frame.pos
                 kid = frame.kids[order]
                 frame.pos += 1
+                if kid is None:
+                    continue  # reused by list_with_reuse
                 if isinstance(kid, Problem):
                     self.problem(kid.path, kid.error, frame)
                     continue
@@ -1077,7 +1103,8 @@ class _Backup:
             self.progress(frame.node.path)
 
     def walk_same(self, kid: _Same, order: int, frame: _Frame) -> None:
-        """:meth:`run_walk`'s step for an entry whose node is reused as encoded."""
+        """:meth:`run_walk`'s step for an entry whose node is reused as encoded, when
+        :meth:`list_with_reuse` left it to the walk (see there)."""
         err: CipherdumpError
         if kid.raw_name in frame.nodes:
             err = CorruptError(
@@ -1088,7 +1115,10 @@ class _Backup:
         else:
             frame.files += 1
             try:
-                frame.nodes[kid.raw_name] = self.reuse_node(kid, order, frame)
+                frame.nodes[kid.raw_name] = self.reuse_node(
+                    kid.entry.ino, kid.inode, kid.span, order, frame
+                )
+                self.progress(frame.node.path)
                 return
             except CipherdumpError as caught:
                 err = caught
