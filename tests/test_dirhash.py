@@ -42,6 +42,7 @@ from cipherdump.ondisk.dirhash import (
     EXT2_FLAGS_UNSIGNED_HASH,
     effective_hash_version,
     ext4_dirhash,
+    ext4_dirhashes,
     hash_version_name,
     is_signed_filesystem,
 )
@@ -196,6 +197,7 @@ def test_eof_fixup(word: int, expected: int) -> None:
     # so the seed steers the raw hash onto the end-of-directory value.
     md4_seed = (1).to_bytes(4, "little") + word.to_bytes(4, "little") + bytes(8)
     assert ext4_dirhash(b"", DX_HASH_HALF_MD4, md4_seed, True) == (expected, 0)
+    assert ext4_dirhashes([b""] * 9, DX_HASH_HALF_MD4, md4_seed, True) == [(expected, 0)] * 9
     tea_seed = word.to_bytes(4, "little") + (5).to_bytes(4, "little") + bytes(8)
     assert ext4_dirhash(b"", DX_HASH_TEA, tea_seed, True) == (expected, 5)
 
@@ -229,10 +231,13 @@ def test_kernel_htree_hashes(scenario: Path) -> None:
         # Policies the kernel refused, or could set but not use (ENOPKG): nothing to hash.
         assert not data["set_policy"]["ok"] or set(data["errors_creating"].values()) == {"ENOPKG"}
         return
-    for entry in entries:
-        ct = bytes.fromhex(entry["ciphertext_hex"])
+    cts = [bytes.fromhex(entry["ciphertext_hex"]) for entry in entries]
+    together = ext4_dirhashes(cts, version, seed, signed)  # the way a listing hashes
+    for entry, ct, batched in zip(entries, cts, together, strict=True):
         computed = ext4_dirhash(ct, version, seed, signed)
-        assert computed == _pair(entry["ext4_half_md4_of_ciphertext"]), entry["plaintext"]
+        assert computed == batched == _pair(entry["ext4_half_md4_of_ciphertext"]), entry[
+            "plaintext"
+        ]
         if isinstance(entry["nokey_dirhash"], list):
             kernel = _pair(entry["nokey_dirhash"])
         else:
@@ -398,6 +403,47 @@ def _model(name: bytes, seed: bytes, signed: bool) -> tuple[int, int]:
 )
 def test_half_md4_matches_reference_model(name: bytes, seed: bytes, signed: bool) -> None:
     assert ext4_dirhash(name, DX_HASH_HALF_MD4, seed, signed) == _model(name, seed, signed)
+
+
+@settings(max_examples=200)
+@given(
+    names=st.lists(
+        st.one_of(st.binary(max_size=100), st.binary(min_size=32, max_size=32)), max_size=40
+    ),
+    seed=st.one_of(st.just(ZERO_SEED), st.binary(min_size=16, max_size=16)),
+    signed=st.booleans(),
+)
+def test_names_hashed_together_match_the_reference_model(
+    names: list[bytes], seed: bytes, signed: bool
+) -> None:
+    """Many names hashed at once (SWAR lanes, see ext4_dirhashes) as one by one."""
+    assert ext4_dirhashes(names, DX_HASH_HALF_MD4, seed, signed) == [
+        _model(name, seed, signed) for name in names
+    ]
+
+
+@settings(max_examples=100)
+@given(
+    names=st.lists(st.binary(max_size=70), min_size=8, max_size=20),
+    version=st.integers(min_value=0, max_value=5),
+    seed=st.binary(min_size=16, max_size=16),
+    signed=st.booleans(),
+)
+def test_names_hashed_together_equal_names_hashed_alone(
+    names: list[bytes], version: int, seed: bytes, signed: bool
+) -> None:
+    assert ext4_dirhashes(names, version, seed, signed) == [
+        ext4_dirhash(name, version, seed, signed) for name in names
+    ]
+
+
+def test_many_names_hashed_together_in_several_batches() -> None:
+    rng = random.Random(7)
+    names = [rng.randbytes(rng.choice((16, 32, 48, 255))) for _ in range(700)]
+    seed = rng.randbytes(16)
+    assert ext4_dirhashes(names, DX_HASH_HALF_MD4, seed, True) == [
+        ext4_dirhash(name, DX_HASH_HALF_MD4, seed, True) for name in names
+    ]
 
 
 @settings(max_examples=300)

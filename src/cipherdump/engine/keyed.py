@@ -20,7 +20,7 @@ Key bytes stay inside the fscrypt key objects; this module sees identifiers only
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from cipherdump.engine.namespace import Namespace, Node, Problem
@@ -290,6 +290,11 @@ class KeyedNamespace(Namespace):
         if directory.is_encrypted and self.names_decrypted(directory):
             return self.decrypt_entry_name(directory, entry)
         return super().display_name(directory, entry)
+
+    def display_names(self, directory: Inode, entries: Sequence[Entry]) -> list[bytes]:
+        if directory.is_encrypted and self.names_decrypted(directory):
+            return [self.decrypt_entry_name(directory, e) for e in entries]
+        return super().display_names(directory, entries)
 
     def symlink_target(self, inode: Inode) -> bytes:
         """``readlink`` with the key: plaintext; the no-key form where no key matches."""

@@ -9,7 +9,7 @@ computed here, where the ext4 facts and the fscrypt encoding meet.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from cipherdump.engine.paths import resolve_path
@@ -18,7 +18,7 @@ from cipherdump.ext4 import Filesystem, Inode
 from cipherdump.ext4.directory import Entry, dx_hash_version, htree_find
 from cipherdump.fscrypt.nokey import decode_nokey_name, encode_nokey_name, encode_nokey_symlink
 from cipherdump.fscrypt.symlink import decode_encrypted_symlink
-from cipherdump.ondisk.dirhash import ext4_dirhash, is_signed_filesystem
+from cipherdump.ondisk.dirhash import ext4_dirhash, ext4_dirhashes, is_signed_filesystem
 
 # Deeper than any real tree; stops walks through directory hard-link cycles early
 # even when cycle detection by inode number is fooled by corruption.
@@ -95,6 +95,27 @@ class Namespace:
             return entry.name
         return encode_nokey_name(entry.name, self.dirhash_for(directory, entry))
 
+    def display_names(self, directory: Inode, entries: Sequence[Entry]) -> list[bytes]:
+        """:meth:`display_name` of each of ``entries``, their hashes computed together
+        (see :func:`~cipherdump.ondisk.dirhash.ext4_dirhashes`): listing a directory
+        costs a sixth of what hashing name after name does."""
+        if not directory.is_encrypted:
+            return [e.name for e in entries]
+        versions = self._name_hash_versions
+        ino = directory.ino
+        if ino in versions:
+            version = versions[ino]
+        else:
+            version = versions[ino] = self._name_hash_version(directory)
+        if version is None:
+            return [encode_nokey_name(e.name, e.hash) for e in entries]
+        unstored = [e.name for e in entries if e.hash is None]
+        hashes = iter(ext4_dirhashes(unstored, version, self._seed, self._signed))
+        return [
+            encode_nokey_name(e.name, e.hash if e.hash is not None else next(hashes))
+            for e in entries
+        ]
+
     def symlink_target(self, inode: Inode) -> bytes:
         """The target as ``readlink`` shows it without the key."""
         if not inode.is_encrypted:
@@ -128,8 +149,13 @@ class Namespace:
         """
         directory = node.inode
         base = node.path
-        for e in directory.entries():
-            name = self.display_name(directory, e)
+        entries = directory.entries()
+        try:
+            names: list[bytes] | None = self.display_names(directory, entries)
+        except CipherdumpError:
+            names = None  # name by name below, so that the listing stops where it did
+        for i, e in enumerate(entries):
+            name = names[i] if names is not None else self.display_name(directory, e)
             path = posixpath.join(base, name)
             if not directory.is_encrypted and (b"/" in e.name or b"\0" in e.name):
                 # No path can hold such a name (e2fsck: "illegal characters"); listing
