@@ -41,10 +41,17 @@ from cipherdump import __version__
 from cipherdump.engine.chunker import DEFAULT_CHUNK_SIZE, check_chunk_size, iter_chunks
 from cipherdump.engine.chunker import stored_length as stored_length_of
 from cipherdump.engine.describe import node_record
+from cipherdump.engine.filenode import file_context, file_node
 from cipherdump.engine.gctune import few_collections
 from cipherdump.engine.namespace import MAX_DEPTH, Namespace, Problem
 from cipherdump.engine.namespace import Node as NsNode
-from cipherdump.engine.nodeattrs import NODE_ATTRS_VERSION, derived_record, fingerprint, int_attr
+from cipherdump.engine.nodeattrs import (
+    NODE_ATTRS_VERSION,
+    derived_record,
+    file_fingerprint,
+    fingerprint,
+    int_attr,
+)
 from cipherdump.engine.parent import (
     LOCATED_ATTRS,
     Census,
@@ -564,8 +571,9 @@ class _Backup:
         self._inodes_done += 1
         return True
 
-    def classify_file(self, ino: Inode, attrs: Mapping[str, Value]) -> bool:
-        """Count a non-directory as new, changed or unchanged; True if unchanged."""
+    def classify_file(self, ino: Inode, fp: Callable[[], bytes]) -> bool:
+        """Count a non-directory as new, changed or unchanged; True if unchanged.
+        ``fp`` makes its fingerprint (only needed if the parent has the file)."""
         s = self.stats
         parent = self.parent
         before = parent.file(ino.ino, ino.generation) if parent is not None else None
@@ -577,7 +585,7 @@ class _Backup:
                     self.unmatched[ino.ino] = ino.generation & 0xFFFFFFFF
             s.files_new += 1
             return False
-        if before[0] == fingerprint(attrs):
+        if before[0] == fp():
             s.files_unchanged += 1
             return True
         s.files_changed += 1
@@ -635,14 +643,17 @@ class _Backup:
             self._links[ino.ino] = refs
         return refs
 
-    def make_node(self, kid: NsNode, order: int, frame: _Frame) -> Node:
+    def make_node(self, kid: NsNode, order: int, frame: _Frame) -> Node | NodeSpan:
         """A non-directory's node (directories get theirs when their tree is done)."""
+        ino = kid.inode
+        plain, context = file_context(ino)
+        if plain:
+            return self.make_file_node(kid, order, frame, context)
         attrs = self.attrs_of(kid, order, frame.census)
         if order < len(frame.sources):
             attrs["source"] = frame.sources[order]
-        ino = kid.inode
         first = self.first_visit(ino.ino)
-        unchanged = self.classify_file(ino, attrs) if first else False
+        unchanged = self.classify_file(ino, lambda: fingerprint(attrs)) if first else False
         content: tuple[Id, ...] = ()
         if ino.type is FileType.FILE and not ino.has_inline_data:
             chunks, content = self.file_data(kid, unchanged, first)
@@ -651,6 +662,41 @@ class _Backup:
                 attrs["chunks"] = list(chunks)
         self.progress(kid.path)
         return Node(kid.raw_name, ino.type.value, content=content, attrs=attrs)
+
+    def make_file_node(
+        self, kid: NsNode, order: int, frame: _Frame, context: bytes | None
+    ) -> NodeSpan:
+        """:meth:`make_node` of a regular file of the shape :mod:`.filenode` encodes:
+        the same counts and the same node, without an attrs dict."""
+        ino = kid.inode
+        if context is not None and ino.is_encrypted and frame.census is not None:
+            self.census.add(frame.census, context)
+        extents = [(r.lblk, r.length, r.pblk, r.unwritten) for r in ino.runs if r.pblk is not None]
+        first = self.first_visit(ino.ino)
+        unchanged = False
+        if first:
+            raw = ino.raw
+
+            def fp() -> bytes:
+                runs = tuple(extents)
+                return file_fingerprint(
+                    ino.ino, raw.i_generation, ino.ctime_ns, ino.mtime_ns, raw.i_size, runs
+                )
+
+            unchanged = self.classify_file(ino, fp)
+        chunks, content = self.file_data(kid, unchanged, first)
+        self.progress(kid.path)
+        return file_node(
+            kid,
+            order,
+            LOCATED_ATTRS,
+            context=context,
+            extents=extents,
+            source=frame.sources[order] if order < len(frame.sources) else None,
+            chunk_size=self.chunk_size,
+            chunks=chunks,
+            content=content,
+        )
 
     def reuse_node(
         self, ino: int, child: InodePeek, span: NodeSpan, order: int, frame: _Frame

@@ -75,7 +75,7 @@ def fingerprint(attrs: Mapping[str, Value]) -> bytes:
     """
     extents = attrs.get("extents", ())
     runs = tuple(tuple(e) for e in extents) if isinstance(extents, tuple | list) else ()
-    key = (
+    return file_fingerprint(
         attrs.get("ino"),
         attrs.get("generation"),
         attrs.get("ctime_ns"),
@@ -83,6 +83,14 @@ def fingerprint(attrs: Mapping[str, Value]) -> bytes:
         attrs.get("size"),
         runs,
     )
+
+
+def file_fingerprint(
+    ino: Value, generation: Value, ctime_ns: Value, mtime_ns: Value, size: Value, runs: Value
+) -> bytes:
+    """:func:`fingerprint` of attrs with these values (``runs``: the extents as a tuple
+    of tuples)."""
+    key = (ino, generation, ctime_ns, mtime_ns, size, runs)
     return hashlib.blake2b(repr(key).encode(), digest_size=16).digest()
 
 

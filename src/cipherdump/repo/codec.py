@@ -70,6 +70,28 @@ def list_head(n: int) -> bytes:
     return _LIST_HEAD[n] if 0 <= n < 0x80 else bytes((_LIST,)) + varint(n)
 
 
+def map_head(n: int) -> bytes:
+    """The tag and count of a map of ``n`` entries."""
+    return bytes((_MAP,)) + varint(n)
+
+
+def map_key(key: str) -> bytes:
+    """A map key as the encoding of a map holds it (length, UTF-8 bytes)."""
+    raw = key.encode("utf-8")
+    return varint(len(raw)) + raw
+
+
+def int_value(n: int) -> bytes:
+    """The encoding of the int ``n`` (``encode(n)``, remembered for repeated values)."""
+    return _cached_int(n) or _int(n)
+
+
+def bytes_value(raw: bytes) -> bytes:
+    """The encoding of the bytes ``raw`` (``encode(raw)``)."""
+    n = len(raw)
+    return (_BYTES_HEAD[n] if n < 0x80 else bytes_head(n)) + raw
+
+
 def encode_varint(n: int, out: bytearray) -> None:
     """Append the varint of ``n`` >= 0 to ``out``."""
     out += varint(n)

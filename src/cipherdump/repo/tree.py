@@ -137,6 +137,25 @@ def encode_node(node: Node) -> bytes:
     return b"".join(parts)
 
 
+def node_frame(name: bytes, kind: str, content: tuple[Id, ...] = ()) -> tuple[bytes, bytes]:
+    """(head, tail) of the encoding of ``Node(name, kind, content=content, attrs=a)``
+    (no subtree): the node is ``head + encode(a) + tail``, whatever the attrs ``a``.
+    For writers that encode attrs themselves (see ``engine.filenode``)."""
+    n = len(content)
+    tail: list[bytes] = []
+    if n:
+        tail.append(_CONTENT_HEADS[n] if n < 0x80 else _CONTENT_KEY + codec.list_head(n))
+        for blob_id in content:
+            tail += (_ID_HEAD, blob_id.raw)
+    n = len(name)
+    tail += (
+        (_KINDS.get(kind) if type(kind) is str else None) or _kind(kind),
+        _NAME_HEADS[n] if n < 0x100 else _NAME_KEY + codec.bytes_head(n),
+        name,
+    )
+    return _NODE_HEADS[len(content) > 0], b"".join(tail)
+
+
 # Version 1 frames a tree as {"nodes": [node, ...], "v": 1}; version 2 as
 # {"layout": bytes, "located": [str, ...], "nodes": [node, ...], "v": 2} (keys in byte
 # order), the layout saying where each node, and each located attr of it, is.

@@ -1,0 +1,134 @@
+"""The encoded tree node of a regular file, made straight from its inode.
+
+A backup describes every file it reads; through the general path (an attrs dict, a
+:class:`~cipherdump.repo.Node`, the codec's generic map encoding, then the tree's
+layout) that costs about 17 µs a file, a fifth of the per-file work of a full backup
+(measured on the benchmark, 30,000 files).  Most files have the same shape: extents
+or no blocks, a birth time, no xattr but an encryption context kept in the inode.  For
+them this module writes the node's encoding key by key in the codec's canonical order,
+noting where the attrs a tree's layout locates are: the very bytes the general path
+makes (tests compare whole snapshots made both ways), in about half the time.
+
+Anything else (symlinks, devices, inline data, other xattrs, no birth time) is left to
+the general path: :func:`file_context` says which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cipherdump.engine.namespace import Node as NsNode
+from cipherdump.ext4 import Inode
+from cipherdump.ext4.inode import FileType
+from cipherdump.ondisk.inode import EXT4_INLINE_DATA_FL
+from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_ENCRYPTION
+from cipherdump.repo import Id, codec
+from cipherdump.repo.tree import NodeSpan, node_frame
+
+# Each key as the codec writes a map key, in the codec's order (UTF-8 bytes).
+(
+    _ATIME, _BLOCKS, _CHUNK_SIZE, _CHUNKS, _CONTEXT, _CRTIME, _CTIME, _DISPLAY, _EXTENTS,
+    _FLAGS, _GENERATION, _GID, _HASH, _INO, _LINKS, _MODE, _MTIME, _NAME_ENCRYPTED, _ORDER,
+    _PROJECT_ID, _SIZE, _SOURCE, _UID, _VERSION,
+) = map(codec.map_key, (
+    "atime_ns", "blocks", "chunk_size", "chunks", "context", "crtime_ns", "ctime_ns",
+    "display", "extents", "flags", "generation", "gid", "hash", "ino", "links", "mode",
+    "mtime_ns", "name_encrypted", "order", "project_id", "size", "source", "uid", "version",
+))  # fmt: skip
+# Keys every such node has: all those above but chunk_size, chunks, context, display,
+# extents, hash, name_encrypted and source.
+_ALWAYS = 16
+_TRUE = codec.encode(True)
+_EXTENT_HEAD = codec.list_head(4)
+_BOOLS = (codec.encode(False), _TRUE)
+
+
+def file_context(inode: Inode) -> tuple[bool, bytes | None]:
+    """(whether :func:`file_node` can describe ``inode``, its encryption context)."""
+    raw = inode.raw
+    if (
+        inode.type is not FileType.FILE
+        or raw.i_flags & EXT4_INLINE_DATA_FL
+        or not raw.has_extra["crtime"]
+    ):
+        return False, None
+    xattrs = inode.xattrs
+    if not xattrs:
+        return True, None
+    if len(xattrs) > 1:
+        return False, None
+    (x,) = xattrs
+    if x.index != EXT4_XATTR_INDEX_ENCRYPTION or x.name != b"c":
+        return False, None
+    return True, x.value
+
+
+def file_node(
+    kid: NsNode,
+    order: int,
+    located: tuple[str, ...],
+    *,
+    context: bytes | None,
+    extents: Sequence[tuple[int, int, int, bool]],
+    source: bytes | None,
+    chunk_size: int,
+    chunks: Sequence[int],
+    content: tuple[Id, ...],
+) -> NodeSpan:
+    """The node the general path makes of the regular file ``kid`` (see
+    ``_Backup.attrs_of`` and ``make_node``), for an inode :func:`file_context` accepts:
+    ``extents`` its mapped runs, ``source`` its source key, ``chunks`` and ``content``
+    its data.  ``located``: the keys a tree's layout locates (``context``, ``order``
+    and ``source`` are)."""
+    ino = kid.inode
+    raw = ino.raw
+    enc = codec.int_value
+    encrypted_name = kid.name_encrypted
+    stored_hash = kid.stored_hash
+    count = _ALWAYS + 2 * (bool(content) + encrypted_name) + bool(extents)
+    count += (context is not None) + (stored_hash is not None) + (source is not None)
+    head, tail = node_frame(kid.raw_name, "file", content)
+    parts = [head, codec.map_head(count), _ATIME, enc(ino.atime_ns), _BLOCKS, enc(ino.blocks_512)]
+    if content:
+        parts += (_CHUNK_SIZE, enc(chunk_size), _CHUNKS, codec.list_head(len(chunks)))
+        parts += map(enc, chunks)
+    # The node is joined piece by piece at each located value, whose place is then
+    # the length so far: cheaper than summing the lengths of the pieces.
+    found: dict[str, tuple[int, int]] = {}
+    if context is not None:
+        parts.append(_CONTEXT)
+        done = b"".join(parts)
+        value = codec.bytes_value(context)
+        found["context"] = (len(done), len(done) + len(value))
+        parts = [done, value]
+    parts += (_CRTIME, enc(ino.crtime_ns or 0), _CTIME, enc(ino.ctime_ns))
+    if encrypted_name:
+        parts += (_DISPLAY, codec.bytes_value(kid.name))
+    if extents:
+        parts += (_EXTENTS, codec.list_head(len(extents)))
+        for lblk, length, pblk, unwritten in extents:
+            parts += (_EXTENT_HEAD, enc(lblk), enc(length), enc(pblk), _BOOLS[unwritten])
+    parts += (
+        _FLAGS, enc(raw.i_flags), _GENERATION, enc(raw.i_generation), _GID, enc(raw.i_gid)
+    )  # fmt: skip
+    if stored_hash is not None:
+        parts += (_HASH, codec.list_head(2), enc(stored_hash[0]), enc(stored_hash[1]))
+    parts += (
+        _INO, enc(ino.ino), _LINKS, enc(raw.i_links_count), _MODE, enc(raw.i_mode),
+        _MTIME, enc(ino.mtime_ns),
+    )  # fmt: skip
+    if encrypted_name:
+        parts += (_NAME_ENCRYPTED, _TRUE)
+    parts.append(_ORDER)
+    done = b"".join(parts)
+    value = enc(order)
+    found["order"] = (len(done), len(done) + len(value))
+    parts = [done, value, _PROJECT_ID, enc(raw.i_projid), _SIZE, enc(raw.i_size)]
+    if source is not None:
+        parts.append(_SOURCE)
+        done = b"".join(parts)
+        value = codec.bytes_value(source)
+        found["source"] = (len(done), len(done) + len(value))
+        parts = [done, value]
+    parts += (_UID, enc(raw.i_uid), _VERSION, enc(raw.i_version), tail)
+    return NodeSpan(b"".join(parts), found, located)
