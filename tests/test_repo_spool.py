@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from cipherdump.errors import BackendError
 from cipherdump.repo import BlobType, FileType, KdfParams, LocalBackend, Repository
+from cipherdump.repo.backends.direct import DirectAppendFile
 from cipherdump.repo.backends.local import LocalSpool
 
 
@@ -46,5 +48,29 @@ def test_a_failed_commit_stops_the_writer_before_any_index(
     with pytest.raises(BackendError):
         repo.save_blob(BlobType.DATA, os.urandom(3000))
     assert not list(repo.backend.list(FileType.INDEX))
+    repo.close()
+    assert not list((tmp_path / "repo").rglob(".tmp-*"))
+
+
+def test_a_failed_pack_write_stops_the_writer_before_any_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pack's last writes are waited for by the commit thread, not by the writer; a
+    write that fails there (a full disk) still fails the backup before any index."""
+    repo = make_repo(tmp_path)
+
+    def fail(self: DirectAppendFile, view: memoryview) -> None:
+        view.release()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(DirectAppendFile, "_write_segment", fail)
+    for _ in range(3):
+        repo.save_blob(BlobType.DATA, os.urandom(3000))
+    with pytest.raises(BackendError, match="No space left"):
+        repo.flush()
+    with pytest.raises(BackendError):
+        repo.save_blob(BlobType.DATA, os.urandom(3000))
+    assert not list(repo.backend.list(FileType.INDEX))
+    assert not list(repo.backend.list(FileType.PACK))
     repo.close()
     assert not list((tmp_path / "repo").rglob(".tmp-*"))
