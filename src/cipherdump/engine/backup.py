@@ -62,7 +62,7 @@ from cipherdump.engine.parent import (
 from cipherdump.engine.policies import PolicyCensus, uuid_text
 from cipherdump.engine.workers import WorkerDied, WorkerPool
 from cipherdump.errors import CipherdumpError, CorruptError, InputError
-from cipherdump.ext4 import Filesystem, Inode
+from cipherdump.ext4 import Filesystem, Inode, Run
 from cipherdump.ext4.directory import Entry, dx_hash_version
 from cipherdump.ext4.inode import FileType
 from cipherdump.ondisk.inode import (
@@ -611,7 +611,22 @@ class _Backup:
         ino = kid.inode
         if not first and ino.ino in self._links:
             return self._links[ino.ino]
-        length = stored_length_of(ino)
+        # Most files are one run from block 0, within one chunk: their one chunk is the
+        # run (what iter_chunks finds, without its bookkeeping).
+        runs = ino.runs
+        whole: Run | None = runs[0] if len(runs) == 1 else None
+        bs = self.fs.block_size
+        if (
+            whole is not None
+            and whole.lblk == 0
+            and whole.pblk is not None
+            and not whole.unwritten
+            and whole.length * bs <= self.chunk_size
+        ):
+            length = whole.length * bs
+        else:
+            whole = None
+            length = stored_length_of(ino)
         refs: tuple[tuple[int, ...], tuple[Id, ...]] | None = None
         if unchanged and not self.options.force_reread and self.parent is not None:
             before = self.parent.file(ino.ino, ino.generation)
@@ -626,7 +641,12 @@ class _Backup:
         if refs is None:
             chunks: list[int] = []
             ids: list[Id] = []
-            for index, data in iter_chunks(ino, self.chunk_size):
+            pieces: Iterable[tuple[int, bytes]] = (
+                iter_chunks(ino, self.chunk_size)
+                if whole is None or whole.pblk is None
+                else ((0, self.fs.read_block(whole.pblk, whole.length)),)
+            )
+            for index, data in pieces:
                 blob_id, new = self.repo.add_blob(
                     BlobType.DATA, data, compress=not ino.is_encrypted
                 )
