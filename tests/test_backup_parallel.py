@@ -259,3 +259,30 @@ def test_warnings_met_by_workers_reach_the_snapshot(tmp_path: Path) -> None:
     assert len(htree) == 5
     assert sorted(w for w in many.warnings if "htree" in w) == sorted(htree)
     assert many.snapshot.attrs["warnings"] == many.warnings
+
+
+@pytest.mark.parametrize(
+    ("cpus", "jobs", "inodes", "workers"),
+    [
+        (1, 0, 50_000, 0),  # one CPU: nothing to share it with
+        (2, 0, 50_000, 2),  # one worker per CPU; this process walks and hands out
+        (16, 0, 50_000, 4),  # at most four
+        (8, 0, 100, 0),  # too small to pay for workers
+        (8, 1, 50_000, 0),
+        (1, 3, 50_000, 2),  # asked for: as many as asked
+    ],
+)
+def test_worker_count(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cpus: int,
+    jobs: int,
+    inodes: int,
+    workers: int,
+) -> None:
+    sample = Path(__file__).resolve().parents[1] / "examples" / "sample.img"
+    monkeypatch.setattr(backup_module.os, "cpu_count", lambda: cpus)
+    with open_filesystem(str(sample)) as fs:
+        run = backup_module._Backup(_repo(tmp_path), fs, BackupOptions(jobs=jobs), None, None)
+        run._inodes_total = inodes
+        assert run.worker_count() == workers

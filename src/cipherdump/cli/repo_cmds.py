@@ -241,8 +241,9 @@ def _backup_summary(result: BackupResult, source: str) -> dict[str, Any]:
     type=click.IntRange(min=0),
     default=0,
     metavar="N",
-    help="Processes sharing the work: 1 backs up in this process alone; 0 (the default) "
-    "one per CPU, at most 4, when the filesystem has more than 2,000 inodes in use.",
+    help="Processes sharing the work: 1 backs up in this process alone; N > 1 starts N-1 "
+    "workers; 0 (the default) one worker per CPU (at most 4), when there are two or more "
+    "and the filesystem has more than 2,000 inodes in use.",
 )
 @click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
 @click.option(
