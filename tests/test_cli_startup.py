@@ -94,6 +94,8 @@ def test_backup_loads_neither_the_keyed_engine_nor_rich(tmp_path: Path) -> None:
     assert "rich" not in top_level(mods)  # the progress bar is only for a terminal
     # crc32c's compiled function is loaded without its package __init__ (see ondisk.csum).
     assert "importlib.metadata" not in mods
+    # Nor OpenSSL's libcrypto through hashlib: BLAKE2b comes from _blake2 (engine.nodeattrs).
+    assert "_hashlib" not in mods
     for lazy in (
         "cipherdump.engine.keyed",
         "cipherdump.engine.fscrypt_meta",

@@ -23,7 +23,6 @@ The engine never prints: progress and per-object problems go to callbacks.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import posixpath
@@ -47,6 +46,7 @@ from cipherdump.engine.namespace import MAX_DEPTH, Namespace, Problem
 from cipherdump.engine.namespace import Node as NsNode
 from cipherdump.engine.nodeattrs import (
     NODE_ATTRS_VERSION,
+    blake2b,
     derived_record,
     file_fingerprint,
     fingerprint,
@@ -440,7 +440,7 @@ class _Backup:
         self._ended: set[int] = set()
         # What every source key starts from: the facts of this run and filesystem that
         # change how any inode is described.
-        self._source_base = hashlib.blake2b(
+        self._source_base = blake2b(
             repr(
                 (
                     _KEY_VERSION,
@@ -806,7 +806,7 @@ class _Backup:
         dx = dx_hash_version(directory, fs.sb.s_def_hash_version) if directory.is_indexed_dir else 0
         flags = directory.flags & _NAME_FLAGS
         facts = (_KEY_VERSION, self.chunk_size, flags, directory.size, dx)
-        h = hashlib.blake2b(repr(facts).encode(), digest_size=16)
+        h = blake2b(repr(facts).encode(), digest_size=16)
         base = self._source_base.copy()
         base.update(repr((flags, directory.size == fs.block_size, dx)).encode())
         listed: list[_Listed] = []

@@ -50,10 +50,17 @@ map (codec values; keys absent when they do not apply):
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+try:
+    # hashlib's own BLAKE2b.  Importing hashlib loads OpenSSL's libcrypto besides, 16 ms
+    # of every start of the program with a cold cache (measured), for nothing a backup
+    # uses: cryptography brings its own.
+    from _blake2 import blake2b as blake2b
+except ImportError:  # pragma: no cover - not CPython
+    from hashlib import blake2b as blake2b
 
 from cipherdump.ondisk.inode import EXT4_ENCRYPT_FL
 from cipherdump.repo import Id
@@ -91,7 +98,7 @@ def file_fingerprint(
     """:func:`fingerprint` of attrs with these values (``runs``: the extents as a tuple
     of tuples)."""
     key = (ino, generation, ctime_ns, mtime_ns, size, runs)
-    return hashlib.blake2b(repr(key).encode(), digest_size=16).digest()
+    return blake2b(repr(key).encode(), digest_size=16).digest()
 
 
 def pack_refs(chunks: Sequence[int], content: Sequence[Id]) -> bytes:

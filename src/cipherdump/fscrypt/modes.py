@@ -7,7 +7,6 @@ from a mode number and its derived key (see :mod:`cipherdump.fscrypt.kdf`).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -97,6 +96,8 @@ class _EssivContents:
 
     def __init__(self, key: bytes) -> None:
         self._algorithm = algorithms.AES(key)
+        import hashlib  # only here: it loads OpenSSL's libcrypto (see fscrypt.nokey)
+
         self._essiv = algorithms.AES(hashlib.sha256(key).digest())
 
     def __repr__(self) -> str:

@@ -24,7 +24,6 @@ handled here.
 from __future__ import annotations
 
 import base64
-import hashlib
 import struct
 from dataclasses import dataclass
 from typing import Final
@@ -48,6 +47,15 @@ _HASHES: Final = struct.Struct("<II")
 _ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _DECODE: Final = tuple(_ALPHABET.find(bytes([b])) for b in range(256))
 _DOT_NAMES: Final = (b".", b"..")
+
+
+def _sha256(data: bytes) -> bytes:
+    """SHA-256, for names too long to show whole.  hashlib is imported only then: it
+    loads OpenSSL's libcrypto (16 ms of a start with a cold cache), which listing and
+    backing up other names never need."""
+    import hashlib
+
+    return hashlib.sha256(data).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +135,7 @@ class NoKeyName:
             return False
         if ciphertext[:NOKEY_PREFIX_SIZE] != self.ciphertext_prefix:
             return False
-        return hashlib.sha256(ciphertext[NOKEY_PREFIX_SIZE:]).digest() == self.long_digest
+        return _sha256(ciphertext[NOKEY_PREFIX_SIZE:]) == self.long_digest
 
 
 def _b64url(raw: bytes) -> bytes:
@@ -159,7 +167,7 @@ def nokey_name_of(ciphertext: bytes, dirhash: tuple[int, int] | None = None) -> 
         hash_,
         minor_hash,
         bytes(ciphertext[:NOKEY_PREFIX_SIZE]),
-        hashlib.sha256(ciphertext[NOKEY_PREFIX_SIZE:]).digest(),
+        _sha256(ciphertext[NOKEY_PREFIX_SIZE:]),
     )
 
 

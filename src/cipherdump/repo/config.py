@@ -16,7 +16,7 @@ keeps doing so.  A version-2 config names its repository's cipher.
 
 from __future__ import annotations
 
-import secrets
+import os
 import struct
 from dataclasses import dataclass
 
@@ -53,7 +53,7 @@ class RepoConfig:
 
     @classmethod
     def new(cls, pack_size: int = DEFAULT_PACK_SIZE, cipher: Cipher = DEFAULT_CIPHER) -> RepoConfig:
-        return cls(Id(secrets.token_bytes(32)), pack_size, cipher)
+        return cls(Id(os.urandom(32)), pack_size, cipher)
 
 
 def encode_config(key: MasterKey, config: RepoConfig) -> bytes:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import enum
 import os
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -145,7 +144,7 @@ def seal_parts_with(
 ) -> tuple[bytes, bytes]:
     """:func:`seal_with` as (nonce, ciphertext || tag), for writers that append the two
     to a file and need not copy the ciphertext once more to join them."""
-    nonce = secrets.token_bytes(NONCE_SIZE)
+    nonce = os.urandom(NONCE_SIZE)
     aead, short_nonce = _message_aead(key, nonce, cipher)
     return nonce, aead.encrypt(short_nonce, plaintext, aad)
 
@@ -159,7 +158,7 @@ def seal_into_with(
         raise ValueError(
             f"sealing {len(plaintext)} bytes needs {SEAL_OVERHEAD} more, not {len(out)}"
         )
-    nonce = secrets.token_bytes(NONCE_SIZE)
+    nonce = os.urandom(NONCE_SIZE)
     aead, short_nonce = _message_aead(key, nonce, cipher)
     out[:NONCE_SIZE] = nonce
     aead.encrypt_into(short_nonce, plaintext, aad, out[NONCE_SIZE:])
@@ -202,7 +201,7 @@ class MasterKey:
 
     @classmethod
     def generate(cls, cipher: Cipher = BOOTSTRAP_CIPHER) -> MasterKey:
-        return cls(secrets.token_bytes(KEY_SIZE), cipher)
+        return cls(os.urandom(KEY_SIZE), cipher)
 
     def with_cipher(self, cipher: Cipher) -> MasterKey:
         """The same key, sealing and opening with ``cipher``."""

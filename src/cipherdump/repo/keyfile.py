@@ -16,7 +16,7 @@ The file's name is the unkeyed BLAKE3 of its 112 bytes.
 
 from __future__ import annotations
 
-import secrets
+import os
 import struct
 
 from cipherdump.errors import CorruptError, IntegrityError, KeyProblem
@@ -39,7 +39,7 @@ KEY_FILE_SIZE = _PREFIX_SIZE + KEY_SIZE + SEAL_OVERHEAD
 
 
 def encode_key_file(master: MasterKey, password: bytes, params: KdfParams) -> bytes:
-    salt = secrets.token_bytes(SALT_SIZE)
+    salt = os.urandom(SALT_SIZE)
     prefix = encode_header(Magic.KEY) + _PARAMS.pack(
         KDF_ARGON2ID, params.time_cost, params.memory_kib, params.parallelism, salt
     )

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -56,7 +55,7 @@ def encode_lock(key: MasterKey, info: LockInfo) -> bytes:
         "hostname": info.hostname,
         "pid": info.pid,
         "exclusive": True,
-        "nonce": secrets.token_bytes(16),
+        "nonce": os.urandom(16),
     }
     return seal_file(key, Magic.LOCK, codec.encode(body))
 

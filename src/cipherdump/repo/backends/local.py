@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -101,7 +100,7 @@ class LocalBackend:
         try:
             if handle.type is FileType.PACK:
                 _mkdir(directory)
-            tmp = directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+            tmp = directory / f"{TEMP_PREFIX}{os.urandom(8).hex()}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
             try:
                 os.fchmod(fd, FILE_MODE)
@@ -122,7 +121,7 @@ class LocalBackend:
     def open_spool(self, file_type: FileType) -> LocalSpool:
         """A new ``.tmp-*`` file in ``file_type``'s directory, to be renamed into place."""
         directory = self.root / file_type.value
-        tmp = directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        tmp = directory / f"{TEMP_PREFIX}{os.urandom(8).hex()}"
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         except OSError as exc:
