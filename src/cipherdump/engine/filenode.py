@@ -2,12 +2,12 @@
 
 A backup describes every file it reads; through the general path (an attrs dict, a
 :class:`~cipherdump.repo.Node`, the codec's generic map encoding, then the tree's
-layout) that costs about 17 µs a file, a fifth of the per-file work of a full backup
+layout) that costs about 17 µs a file, a sixth of the per-file work of a full backup
 (measured on the benchmark, 30,000 files).  Most files have the same shape: extents
 or no blocks, a birth time, no xattr but an encryption context kept in the inode.  For
 them this module writes the node's encoding key by key in the codec's canonical order,
 noting where the attrs a tree's layout locates are: the very bytes the general path
-makes (tests compare whole snapshots made both ways), in about half the time.
+makes (tests compare whole snapshots made both ways), in two thirds of the time.
 
 Anything else (symlinks, devices, inline data, other xattrs, no birth time) is left to
 the general path: :func:`file_context` says which.
