@@ -92,15 +92,9 @@ def file_node(
     if content:
         parts += (_CHUNK_SIZE, enc(chunk_size), _CHUNKS, codec.list_head(len(chunks)))
         parts += map(enc, chunks)
-    # The node is joined piece by piece at each located value, whose place is then
-    # the length so far: cheaper than summing the lengths of the pieces.
     found: dict[str, tuple[int, int]] = {}
     if context is not None:
-        parts.append(_CONTEXT)
-        done = b"".join(parts)
-        value = codec.bytes_value(context)
-        found["context"] = (len(done), len(done) + len(value))
-        parts = [done, value]
+        parts = _located(parts, _CONTEXT, codec.bytes_value(context), "context", found)
     parts += (_CRTIME, enc(ino.crtime_ns or 0), _CTIME, enc(ino.ctime_ns))
     if encrypted_name:
         parts += (_DISPLAY, codec.bytes_value(kid.name))
@@ -119,16 +113,21 @@ def file_node(
     )  # fmt: skip
     if encrypted_name:
         parts += (_NAME_ENCRYPTED, _TRUE)
-    parts.append(_ORDER)
-    done = b"".join(parts)
-    value = enc(order)
-    found["order"] = (len(done), len(done) + len(value))
-    parts = [done, value, _PROJECT_ID, enc(raw.i_projid), _SIZE, enc(raw.i_size)]
+    parts = _located(parts, _ORDER, enc(order), "order", found)
+    parts += (_PROJECT_ID, enc(raw.i_projid), _SIZE, enc(raw.i_size))
     if source is not None:
-        parts.append(_SOURCE)
-        done = b"".join(parts)
-        value = codec.bytes_value(source)
-        found["source"] = (len(done), len(done) + len(value))
-        parts = [done, value]
+        parts = _located(parts, _SOURCE, codec.bytes_value(source), "source", found)
     parts += (_UID, enc(raw.i_uid), _VERSION, enc(raw.i_version), tail)
     return NodeSpan(b"".join(parts), found, located)
+
+
+def _located(
+    parts: list[bytes], key: bytes, value: bytes, name: str, found: dict[str, tuple[int, int]]
+) -> list[bytes]:
+    """``parts`` with ``key`` and ``value`` appended, joined so far, and where ``value``
+    is noted in ``found`` under ``name``: joining at each located value and taking the
+    length is cheaper than summing the lengths of the pieces."""
+    parts.append(key)
+    done = b"".join(parts)
+    found[name] = (len(done), len(done) + len(value))
+    return [done, value]

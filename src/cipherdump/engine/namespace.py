@@ -80,15 +80,19 @@ class Namespace:
         """The dirhash the kernel puts into a no-key name of ``entry``."""
         if entry.hash is not None:
             return entry.hash  # casefold+encrypt: the stored hash
-        versions = self._name_hash_versions
-        ino = directory.ino
-        if ino in versions:
-            version = versions[ino]
-        else:
-            version = versions[ino] = self._name_hash_version(directory)
+        version = self._hash_version_of(directory)
         if version is None:
             return None
         return ext4_dirhash(entry.name, version, self._seed, self._signed)
+
+    def _hash_version_of(self, directory: Inode) -> int | None:
+        """:meth:`_name_hash_version`, worked out once per directory."""
+        versions = self._name_hash_versions
+        ino = directory.ino
+        if ino in versions:
+            return versions[ino]
+        version = versions[ino] = self._name_hash_version(directory)
+        return version
 
     def display_name(self, directory: Inode, entry: Entry) -> bytes:
         if not directory.is_encrypted:
@@ -101,12 +105,7 @@ class Namespace:
         costs a sixth of what hashing name after name does."""
         if not directory.is_encrypted:
             return [e.name for e in entries]
-        versions = self._name_hash_versions
-        ino = directory.ino
-        if ino in versions:
-            version = versions[ino]
-        else:
-            version = versions[ino] = self._name_hash_version(directory)
+        version = self._hash_version_of(directory)
         if version is None:
             return [encode_nokey_name(e.name, e.hash) for e in entries]
         unstored = [e.name for e in entries if e.hash is None]

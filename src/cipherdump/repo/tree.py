@@ -107,9 +107,16 @@ def _kind(kind: str) -> bytes:
 
 def _node_parts(node: Node, parts: list[bytes]) -> None:
     """Append the pieces of ``node``'s encoding to ``parts``."""
-    content, subtree, name, kind = node.content, node.subtree, node.name, node.kind
+    content, subtree = node.content, node.subtree
     parts.append(_NODE_HEADS[(subtree is not None) * 2 + (len(content) > 0)])
     codec.encode_into(node.attrs, parts, _ATTRS_DEPTH)
+    _tail_parts(node.name, node.kind, content, parts)
+    if subtree is not None:
+        parts += (_SUBTREE_KEY_AND_HEAD, subtree.raw)
+
+
+def _tail_parts(name: bytes, kind: str, content: tuple[Id, ...], parts: list[bytes]) -> None:
+    """Append what follows a node's attrs up to its subtree: content, kind and name."""
     if content:
         n = len(content)
         parts.append(_CONTENT_HEADS[n] if n < 0x80 else _CONTENT_KEY + codec.list_head(n))
@@ -121,8 +128,6 @@ def _node_parts(node: Node, parts: list[bytes]) -> None:
         _NAME_HEADS[n] if n < 0x100 else _NAME_KEY + codec.bytes_head(n),
         name,
     )
-    if subtree is not None:
-        parts += (_SUBTREE_KEY_AND_HEAD, subtree.raw)
 
 
 def encode_tree(tree: Tree, locate: Sequence[str] = ()) -> bytes:
@@ -141,18 +146,8 @@ def node_frame(name: bytes, kind: str, content: tuple[Id, ...] = ()) -> tuple[by
     """(head, tail) of the encoding of ``Node(name, kind, content=content, attrs=a)``
     (no subtree): the node is ``head + encode(a) + tail``, whatever the attrs ``a``.
     For writers that encode attrs themselves (see ``engine.filenode``)."""
-    n = len(content)
     tail: list[bytes] = []
-    if n:
-        tail.append(_CONTENT_HEADS[n] if n < 0x80 else _CONTENT_KEY + codec.list_head(n))
-        for blob_id in content:
-            tail += (_ID_HEAD, blob_id.raw)
-    n = len(name)
-    tail += (
-        (_KINDS.get(kind) if type(kind) is str else None) or _kind(kind),
-        _NAME_HEADS[n] if n < 0x100 else _NAME_KEY + codec.bytes_head(n),
-        name,
-    )
+    _tail_parts(name, kind, content, tail)
     return _NODE_HEADS[len(content) > 0], b"".join(tail)
 
 
