@@ -168,8 +168,9 @@ def test_a_worker_that_cannot_save_stops_the_backup(
     repo.close()
 
 
+@pytest.mark.parametrize("jobs", [2, 3])  # the main process sharing the work, or waiting
 def test_a_worker_that_dies_stops_the_backup(
-    wide_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    wide_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int
 ) -> None:
     parent_pid = os.getpid()
 
@@ -180,11 +181,11 @@ def test_a_worker_that_dies_stops_the_backup(
     monkeypatch.setattr(backup_module._Backup, "run_job", die)
     repo = _repo(tmp_path)
     with pytest.raises(WorkerDied, match="ended unexpectedly"):
-        _backup(repo, wide_image, jobs=2)
+        _backup(repo, wide_image, jobs=jobs)
     monkeypatch.undo()
     assert repo.list_snapshots() == []
     assert repo.check(read_data=True).ok
-    assert _backup(repo, wide_image, jobs=2).stats.errors == 0
+    assert _backup(repo, wide_image, jobs=jobs).stats.errors == 0
     repo.close()
 
 
