@@ -25,9 +25,9 @@ import argparse
 import os
 import random
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from bench_codec import best  # a sibling script: best of ``repeat`` timed calls
 
 from cipherdump.engine import backup as backup_mod
 from cipherdump.engine.filenode import file_context, file_node
@@ -40,15 +40,6 @@ from cipherdump.repo import Id, KdfParams, MemoryBackend, Repository
 from cipherdump.repo.tree import Node, join_nodes
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.img"
-
-
-def best(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def report(what: str, count: int, slow: float, fast: float) -> None:

@@ -15,7 +15,7 @@ Version 1 writers write a supersedes count of zero.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cipherdump.errors import CorruptError
@@ -43,10 +43,6 @@ class PackRecord:
     def entries(self, what: str = "index") -> Iterator[PackEntry]:
         for at in range(0, len(self.raw_entries), ENTRY_SIZE):
             yield PackEntry.decode(self.raw_entries, at, what)
-
-    @classmethod
-    def of(cls, pack_id: Id, size: int, entries: Sequence[PackEntry]) -> PackRecord:
-        return cls(pack_id, size, b"".join(e.encode() for e in entries))
 
 
 @dataclass(frozen=True, slots=True)

@@ -157,7 +157,6 @@ class PackWriter:
         self._by_id: dict[Id, PackEntry] = {}
         self._zstd = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
         self.size = 0
-        self.header = b""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -203,13 +202,13 @@ class PackWriter:
         self._file.seek(0, 2)
         return data
 
-    def finish(self, *, flush: bool = True) -> tuple[Id, BinaryIO, list[PackEntry]]:
-        """Append header and trailer; return (pack id, file at offset 0, entries).
+    def finish(self, *, flush: bool = True) -> tuple[Id, BinaryIO, bytes]:
+        """Append header and trailer; return (pack id, file at offset 0, the pack's
+        entries encoded as its header and index files hold them).
 
         ``flush=False`` leaves flushing the file to whoever takes it next (a spool's
         commit flushes it anyway): a file written around the page cache waits there for
-        its last writes, which a thread of the store's can do instead of the walk.
-        :attr:`header` is then the pack's entries, encoded as index files hold them."""
+        its last writes, which a thread of the store's can do instead of the walk."""
         header = b"".join(e.encode() for e in self._entries)
         trailer_len = struct.pack("<I", len(header) + SEAL_OVERHEAD)
         trailer = trailer_len + encode_header(Magic.PACK, self._version)
@@ -218,9 +217,8 @@ class PackWriter:
         if flush:
             self._file.flush()
         self._file.seek(0)
-        self.header = header
         pack_id = self._hasher.id() if self._hasher is not None else file_id(tail)
-        return pack_id, self._file, self._entries
+        return pack_id, self._file, header
 
     def close(self) -> None:
         self._file.close()

@@ -169,7 +169,7 @@ class BlobStore:
         try:
             if not len(writer):
                 return
-            pack_id, stream, _ = writer.finish(flush=spool is None)
+            pack_id, stream, entries = writer.finish(flush=spool is None)
             size = writer.size
             handle = Handle(FileType.PACK, pack_id.hex)
             if spool is not None:
@@ -186,7 +186,7 @@ class BlobStore:
                 writer.close()
                 if spool is not None:
                     spool.discard()
-        record = PackRecord(pack_id, size, writer.header)
+        record = PackRecord(pack_id, size, entries)
         self.index.add_pack(record.id, record.size, record.raw_entries)
         self._unindexed.append(record)
         pending = sum(r.count for r in self._unindexed)
