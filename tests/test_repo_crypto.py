@@ -11,6 +11,7 @@ from cryptography.exceptions import InvalidTag
 from cipherdump.errors import CorruptError, IntegrityError, KeyProblem, UnsupportedError
 from cipherdump.repo.crypto import (
     INSECURE_KDF_ENV,
+    NONCE_SIZE,
     SEAL_OVERHEAD,
     Cipher,
     KdfParams,
@@ -151,3 +152,25 @@ def test_blake3_modes_match_official_vectors() -> None:
     assert blake3.blake3(b"", derive_key_context=context).hexdigest() == (
         "2cc39783c223154fea8dfb7c1b1660f2ac2dcbd1c1de8277b0b0dd39b7e50d7d"
     )
+
+
+def test_sealed_objects_never_share_a_nonce_across_a_fork() -> None:
+    """Nonces come from a pool drawn from the kernel a few thousand at a time; a
+    forked backup worker must not inherit the rest of its parent's pool."""
+    key = MasterKey.generate()
+    parent_first = key.seal(b"x", b"")[:NONCE_SIZE]
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's result comes through the pipe
+        try:
+            os.write(write_end, b"".join(key.seal(b"x", b"")[:NONCE_SIZE] for _ in range(8)))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    parent = [key.seal(b"x", b"")[:NONCE_SIZE] for _ in range(8)]
+    child_nonces = {child[i : i + NONCE_SIZE] for i in range(0, len(child), NONCE_SIZE)}
+    assert len(child_nonces) == 8
+    assert not child_nonces & {parent_first, *parent}

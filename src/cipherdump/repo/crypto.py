@@ -44,6 +44,36 @@ _ID_CONTEXT = "cipherdump repository v1 blob id key"
 INSECURE_KDF_ENV = "CIPHERDUMP_INSECURE_TEST_KDF"
 
 
+class _NoncePool:
+    """Random nonces drawn from the kernel a few thousand at a time.
+
+    One ``getrandom`` call per sealed blob cost a system call and, since Python lets
+    other threads run during it, often a wait for the interpreter lock afterwards.  A
+    pool inherited through ``fork`` would hand parent and child the same nonces, so
+    the child empties it before anything else runs.
+    """
+
+    _BATCH = 4096
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._at = 0
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._buffer, self._at = b"", 0
+
+    def take(self) -> bytes:
+        at = self._at
+        if at + NONCE_SIZE > len(self._buffer):
+            self._buffer, at = os.urandom(NONCE_SIZE * self._BATCH), 0
+        self._at = at + NONCE_SIZE
+        return self._buffer[at : at + NONCE_SIZE]
+
+
+_new_nonce = _NoncePool().take
+
+
 class Cipher(enum.IntEnum):
     """The AEAD a repository seals its objects with; the value is its id in the config."""
 
@@ -144,7 +174,7 @@ def seal_parts_with(
 ) -> tuple[bytes, bytes]:
     """:func:`seal_with` as (nonce, ciphertext || tag), for writers that append the two
     to a file and need not copy the ciphertext once more to join them."""
-    nonce = os.urandom(NONCE_SIZE)
+    nonce = _new_nonce()
     aead, short_nonce = _message_aead(key, nonce, cipher)
     return nonce, aead.encrypt(short_nonce, plaintext, aad)
 
@@ -158,7 +188,7 @@ def seal_into_with(
         raise ValueError(
             f"sealing {len(plaintext)} bytes needs {SEAL_OVERHEAD} more, not {len(out)}"
         )
-    nonce = os.urandom(NONCE_SIZE)
+    nonce = _new_nonce()
     aead, short_nonce = _message_aead(key, nonce, cipher)
     out[:NONCE_SIZE] = nonce
     aead.encrypt_into(short_nonce, plaintext, aad, out[NONCE_SIZE:])
