@@ -319,11 +319,14 @@ def make_image(
 
 
 @contextlib.contextmanager
-def loop_device(image: Path, readonly: bool = False) -> Iterator[str]:
-    """Attach ``image`` to a free loop device; always detach it again."""
+def loop_device(image: Path, readonly: bool = False, direct_io: bool = False) -> Iterator[str]:
+    """Attach ``image`` to a free loop device; always detach it again.  ``direct_io``:
+    the device reads its file around the page cache, as a disk has none below it."""
     argv = ["losetup", "--find", "--show"]
     if readonly:
         argv.append("--read-only")
+    if direct_io:
+        argv.append("--direct-io=on")
     dev = _run([*argv, os.fspath(image)]).strip()
     live = _Live("loop", dev, os.path.realpath(image))
     _LIVE.append(live)

@@ -21,8 +21,10 @@ from click.testing import CliRunner
 import kernelfs
 from cipherdump.cli.main import cli
 from cipherdump.engine.backup import BackupOptions, BackupResult, backup
+from cipherdump.engine.chunker import iter_chunks, stored_length
+from cipherdump.engine.namespace import Namespace, Problem
 from cipherdump.engine.snapshot_view import SnapNode, SnapshotView
-from cipherdump.ext4 import open_filesystem
+from cipherdump.ext4 import Filesystem, open_filesystem
 from cipherdump.repo import Id, KdfParams, LocalBackend, Repository
 
 pytestmark = pytest.mark.kernel
@@ -208,3 +210,84 @@ def test_mounted_read_write_source_is_refused(
     with kernelfs.mounted(image, readonly=True):
         read_only = runner.invoke(cli, ["backup", str(image)], env=env)
         assert read_only.exit_code == 0, read_only.output
+
+
+@pytest.mark.parametrize("ahead_bytes", [8192, 1 << 20])
+def test_big_files_hint_their_next_reads_before_making_them(
+    kernel_image_v2: kernelfs.KernelImage, ahead_bytes: int
+) -> None:
+    """For a source without the kernel's read-ahead: every read of a file but its
+    first was hinted before it was made, hints never run more than ``ahead_bytes``
+    past the read at hand, and the chunks are those read without hints."""
+    with open_filesystem(str(kernel_image_v2.image)) as fs:
+        _check_read_ahead_hints(fs, ahead_bytes)
+
+
+def _check_read_ahead_hints(fs: Filesystem, ahead_bytes: int) -> None:
+    # Smaller than a real chunk (iter_chunks takes any multiple of the block size), so
+    # that the image's files of a few blocks have several chunks.
+    chunk = 2 * fs.block_size
+    reads: list[tuple[int, int]] = []
+    read_at = fs.source.read_at
+
+    def recording(offset: int, length: int) -> bytes:
+        reads.append((offset, length))
+        return read_at(offset, length)
+
+    hinted: list[tuple[int, int]] = []
+    done_then: list[int] = []  # bytes read when each hint was given
+
+    def ahead(batch: list[tuple[int, int]]) -> None:
+        hinted.extend(batch)
+        done_then.extend([sum(length for _, length in reads)] * len(batch))
+
+    checked = 0
+    ns = Namespace(fs)
+    for kid in ns.walk(ns.root_node(), recursive=True):
+        assert not isinstance(kid, Problem), kid
+        ino = kid.inode
+        if not ino.is_file or ino.has_inline_data or stored_length(ino) <= chunk:
+            continue
+        plain = list(iter_chunks(ino, chunk))
+        hinted.clear()
+        done_then.clear()
+        reads.clear()
+        fs.source.read_at = recording  # type: ignore[method-assign]
+        try:
+            hinted_chunks = list(iter_chunks(ino, chunk, ahead, ahead_bytes))
+        finally:
+            del fs.source.read_at
+        assert hinted_chunks == plain
+        assert hinted == reads[1:]  # in the order read
+        at = reads[0][1] if reads else 0  # where each hinted read starts, in bytes read
+        for (_, length), done in zip(hinted, done_then, strict=True):
+            # (from the read about to be made, of at most a chunk, on)
+            assert at - done < chunk + ahead_bytes
+            at += length
+        checked += len(reads) > 3
+    assert checked
+
+
+@pytest.mark.parametrize("kernel_image", ["4k-v2-pad32", "1k-v2-pad32-bigdir"], indirect=True)
+def test_a_block_device_backs_up_as_its_image_does(
+    kernel_image: kernelfs.KernelImage, tmp_path: Path
+) -> None:
+    """A device is read around the page cache, with read-ahead of our own (hinted for
+    each directory's files and ahead of each big file's chunks, here 64 KiB so that
+    files have several): the snapshot must be the image's, byte for byte.  (Workers
+    reading a device: ``test_backup_parallel``.)"""
+    repo = Repository.init(
+        LocalBackend.create(tmp_path / "repo"), b"pw", kdf=KdfParams.insecure_for_tests()
+    )
+    options = BackupOptions(no_parent=True, chunk_size=64 * 1024)
+    with open_filesystem(str(kernel_image.image)) as fs:
+        from_image = backup(repo, fs, options)
+    with (
+        kernelfs.loop_device(kernel_image.image, readonly=True) as device,
+        open_filesystem(device) as fs,
+    ):
+        from_device = backup(repo, fs, options)
+    assert from_device.stats.errors == 0
+    assert from_device.stats.bytes_read == from_image.stats.bytes_read > 0
+    assert from_device.snapshot.tree == from_image.snapshot.tree
+    repo.close()

@@ -1,8 +1,8 @@
 """Byte sources: ``read_at(offset, n)`` over an image file, a block device or memory.
 
-Owns: opening sources strictly read-only; ``O_DIRECT`` with aligned buffers for block
-devices so ciphertext never lands in the page cache.  Must not import anything above
-``cipherdump.errors``.
+Owns: opening sources strictly read-only; ``O_DIRECT`` for block devices, with
+read-ahead of our own into aligned buffers, so ciphertext never lands in the page cache
+(:mod:`cipherdump.blockio.direct`).  Must not import anything above ``cipherdump.errors``.
 """
 
 from cipherdump.blockio.sink import FileSink

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import mmap
 import os
 import stat
 from types import TracebackType
 from typing import Protocol, Self
 
+from cipherdump.blockio.direct import DirectReader
 from cipherdump.errors import InputError, NotFoundError
-
-# O_DIRECT needs buffers, offsets and lengths aligned to the logical sector size; 4 KiB
-# covers every device we meet and keeps the arithmetic simple.
-_DIRECT_ALIGN = 4096
 
 
 class ByteSource(Protocol):
@@ -115,20 +111,20 @@ class FileSource(Closable):
 
 
 class DirectDeviceSource(Closable):
-    """A block device read with ``O_DIRECT`` through an aligned bounce buffer.
+    """A block device read with ``O_DIRECT``, with read-ahead of our own (see
+    :mod:`cipherdump.blockio.direct`).
 
     The page cache is bypassed so an administrator's backup never leaves ciphertext
-    (or anything else) cached on the host on behalf of the user.
+    (or anything else) cached on the host on behalf of the user, and so that what is
+    read is what is on the device, not blocks the device's cache kept from before a
+    filesystem on it was mounted and written.
     """
 
     def __init__(self, path: str) -> None:
         self._name = path
         self._fd = _open_readonly(path, os.O_DIRECT)
         self._size = os.lseek(self._fd, 0, os.SEEK_END)
-        self._buf_len = 1 << 20
-        # Page-aligned, as O_DIRECT needs; private, so that a forked process (a backup
-        # worker) reading at the same time gets a buffer of its own, not this one.
-        self._buf = mmap.mmap(-1, self._buf_len, flags=mmap.MAP_PRIVATE)
+        self._reader = DirectReader(self._fd, self._size)
 
     @property
     def size(self) -> int:
@@ -139,37 +135,22 @@ class DirectDeviceSource(Closable):
         return self._name
 
     def read_at(self, offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0:
-            raise ValueError("negative offset or length")
-        end = min(offset + length, self._size)
-        if end <= offset:
-            return b""
-        start = offset - offset % _DIRECT_ALIGN
-        out = bytearray()
-        pos = start
-        while pos < end:
-            want = min(self._buf_len, _round_up(end - pos, _DIRECT_ALIGN))
-            got = (
-                os.preadv(self._fd, [self._buf], pos)
-                if want == self._buf_len
-                else (os.preadv(self._fd, [memoryview(self._buf)[:want]], pos))
-            )
-            if got <= 0:
-                break
-            out += self._buf[:got]
-            pos += got
-        skip = offset - start
-        return bytes(out[skip : skip + (end - offset)])
+        return self._reader.read_at(offset, length)
+
+    def prefetch(self, offset: int, length: int) -> None:
+        """Have ``[offset, offset + length)`` read ahead of the walk (a hint)."""
+        self._reader.prefetch(offset, length)
+
+    @property
+    def readahead_window(self) -> int:
+        """Bytes worth hinting ahead of the walk at one time."""
+        return self._reader.window
 
     def close(self) -> None:
         if self._fd >= 0:
+            self._reader.close()
             os.close(self._fd)
             self._fd = -1
-            self._buf.close()
-
-
-def _round_up(n: int, a: int) -> int:
-    return (n + a - 1) // a * a
 
 
 def _open_readonly(path: str, extra_flags: int) -> int:

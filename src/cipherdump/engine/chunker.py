@@ -15,7 +15,7 @@ beside the chunks says which they are.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from cipherdump.ext4 import Inode, Run
 
@@ -45,17 +45,25 @@ def stored_length(inode: Inode) -> int:
     return blocks * bs
 
 
-def iter_chunks(inode: Inode, chunk_size: int) -> Iterator[tuple[int, bytes]]:
+def iter_chunks(
+    inode: Inode,
+    chunk_size: int,
+    ahead: Callable[[list[tuple[int, int]]], None] | None = None,
+    ahead_bytes: int = 0,
+) -> Iterator[tuple[int, bytes]]:
     """``(chunk index, bytes)`` for every chunk holding at least one written block.
 
     Reads each written run once, in logical order, never more than one chunk at a time.
+    ``ahead``, if given, is told the byte ranges ``(offset, length)`` of the source
+    that the next ``ahead_bytes`` of reads will be, before they are read (a source
+    without read-ahead of its own can then have them read meanwhile).
     """
     fs = inode.fs
     bs = fs.block_size
     per_chunk = chunk_size // bs
     total = stored_length(inode)
-    current = -1
-    buf = bytearray()
+    # (chunk index, block offset in the chunk, physical block, blocks, chunk length)
+    reads: list[tuple[int, int, int, int, int]] = []
     for run in written_runs(inode):
         lblk, left = run.lblk, run.length
         pblk = run.pblk
@@ -64,23 +72,37 @@ def iter_chunks(inode: Inode, chunk_size: int) -> Iterator[tuple[int, bytes]]:
             index = lblk // per_chunk
             offset = lblk - index * per_chunk
             n = min(left, per_chunk - offset)
-            length = min(chunk_size, total - index * chunk_size)
-            if index != current:
-                if current >= 0:
-                    yield current, bytes(buf)
-                    current = -1
-                if offset == 0 and n * bs == length:
-                    # The common case: one run covers the whole chunk; no copying.
-                    yield index, fs.read_block(pblk, n)
-                    lblk += n
-                    pblk += n
-                    left -= n
-                    continue
-                current = index
-                buf = bytearray(length)
-            buf[offset * bs : (offset + n) * bs] = fs.read_block(pblk, n)
+            reads.append((index, offset, pblk, n, min(chunk_size, total - index * chunk_size)))
             lblk += n
             pblk += n
             left -= n
+    # Bytes of source read before each read (and in all, last), to measure read-ahead.
+    before = [0]
+    for read in reads:
+        before.append(before[-1] + read[3] * bs)
+    hinted = 0  # reads before this one have been hinted
+    current = -1
+    buf = bytearray()
+    for i, (index, offset, pblk, n, length) in enumerate(reads):
+        # The read at hand is made now anyway; those after it, up to ahead_bytes on,
+        # are hinted in batches whenever less than half of that is left hinted.
+        if ahead is not None and before[max(hinted, i + 1)] - before[i + 1] < ahead_bytes // 2:
+            stop = start = max(hinted, i + 1)
+            while stop < len(reads) and before[stop] - before[i + 1] < ahead_bytes:
+                stop += 1
+            if stop > start:
+                ahead([(reads[j][2] * bs, reads[j][3] * bs) for j in range(start, stop)])
+            hinted = stop
+        if index != current:
+            if current >= 0:
+                yield current, bytes(buf)
+                current = -1
+            if offset == 0 and n * bs == length:
+                # The common case: one run covers the whole chunk; no copying.
+                yield index, fs.read_block(pblk, n)
+                continue
+            current = index
+            buf = bytearray(length)
+        buf[offset * bs : (offset + n) * bs] = fs.read_block(pblk, n)
     if current >= 0:
         yield current, bytes(buf)
