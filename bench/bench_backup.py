@@ -17,6 +17,12 @@ Steps, all in one run so the ratios compare like with like on this machine:
    block in some large files, add and delete a few), then an incremental backup with a
    cold cache.
 5. Report: full / dd, incremental / full, and the peak RSS of each backup (``wait4``).
+6. The disk's floor for a backup into a repository on the same disk: dd reading the
+   image while another dd writes as many bytes as the full backup added next to the
+   repository (full / floor, floor / dd).
+7. Unless ``--no-device``: the (changed) image attached as a read-only loop device that
+   reads its file around the page cache, as a disk or an LVM snapshot is read: dd of
+   the device, then a full backup of it (device full / device dd).
 
 The aims (issue #4) are full / dd <= 1.5, incremental / full <= 0.25, peak RSS < 256 MiB.
 """
@@ -42,6 +48,7 @@ import kernelfs
 MiB = 1 << 20
 CLI = [sys.executable, "-c", "from cipherdump.cli.main import main; main()"]
 SMALL = {"data_mib": 200, "files": 5000}
+QUIET = ["status=none"]
 
 
 def cli(profile: Path | None, name: str) -> list[str]:
@@ -110,6 +117,53 @@ def measure(argv: list[str], env: dict[str, str]) -> tuple[float, int, bytes, fl
         raise SystemExit(f"child failed ({proc.returncode}): {err.decode(errors='replace')}")
     cpu = usage.ru_utime + usage.ru_stime
     return seconds, max(usage.ru_maxrss * 1024, peak[0]), out, cpu
+
+
+def disk_floor(image: Path, directory: Path, written: int) -> float:
+    """Seconds to read the image (as the dd baseline does) while writing ``written``
+    bytes into ``directory`` (as a backup writes its packs there), with a cold cache:
+    what the disk alone allows a backup into a repository on the same disk."""
+    target = directory / "floor.tmp"
+    drop_caches()
+    t0 = time.perf_counter()
+    reader = subprocess.Popen(
+        ["dd", f"if={image}", "iflag=direct", "bs=4M", "of=/dev/null", "status=none"]
+    )
+    count = max(-(-written // (4 * MiB)), 1)
+    subprocess.run(
+        ["dd", "if=/dev/zero", f"of={target}", "oflag=direct", "bs=4M", f"count={count}", *QUIET],
+        check=True,
+    )
+    reader.wait()
+    seconds = time.perf_counter() - t0
+    target.unlink()
+    return seconds
+
+
+def device_backup(image: Path, work: Path, jobs: int) -> dict[str, float]:
+    """The image attached as a read-only loop device (read around the host's cache, as
+    a disk or an LVM snapshot is): dd of it, then a full backup of it into a repository
+    of its own, both with a cold cache."""
+    repo = work / "repo-device"
+    shutil.rmtree(repo, ignore_errors=True)
+    env = dict(os.environ, CIPHERDUMP_PASSWORD="bench", CIPHERDUMP_REPOSITORY=str(repo))
+    env["CIPHERDUMP_INSECURE_TEST_KDF"] = "1"
+    subprocess.run([*CLI, "init"], env=env, check=True, capture_output=True)
+    with kernelfs.loop_device(image, readonly=True, direct_io=True) as device:
+        drop_caches()
+        dd_s, _, _, _ = measure(
+            ["dd", f"if={device}", "iflag=direct", "bs=4M", "of=/dev/null", "status=none"], env
+        )
+        drop_caches()
+        full_s, rss, _, cpu = measure([*CLI, "backup", "--jobs", str(jobs), "--json", device], env)
+    shutil.rmtree(repo, ignore_errors=True)
+    return {
+        "device_dd_s": round(dd_s, 3),
+        "device_full_s": round(full_s, 3),
+        "device_full_over_dd": round(full_s / dd_s, 2),
+        "device_full_cpu_s": round(cpu, 2),
+        "device_full_peak_rss_mib": round(rss / MiB, 1),
+    }
 
 
 def file_sizes(data_mib: int, files: int, rng: random.Random) -> list[int]:
@@ -204,6 +258,9 @@ def main() -> None:
         "--jobs", type=int, default=0, help="Passed to backup --jobs (default 0: automatic)."
     )
     parser.add_argument("--json", action="store_true", help="Print the figures as JSON.")
+    parser.add_argument(
+        "--no-device", action="store_true", help="Skip the backup of the image as a loop device."
+    )
     args = parser.parse_args()
     size = SMALL if args.small else {"data_mib": 1024, "files": 30000}
     args.data_mib = args.data_mib or size["data_mib"]
@@ -264,6 +321,8 @@ def main() -> None:
     )
     inc = json.loads(out)
     check_s, _, _, _ = measure([*CLI, "check"], env)
+    floor_s = disk_floor(image, repo.parent, full["bytes_added"])
+    device = None if args.no_device else device_backup(image, work, args.jobs)
 
     figures = {
         "kernel": os.uname().release,
@@ -297,8 +356,13 @@ def main() -> None:
             )
         },
         "check_s": round(check_s, 2),
+        "floor_s": round(floor_s, 3),
+        "full_over_floor": round(full_s / floor_s, 2),
+        "floor_over_dd": round(floor_s / dd_s, 2),
         "repo_mib": round(sum(p.stat().st_size for p in repo.rglob("*") if p.is_file()) / MiB, 1),
     }
+    if device is not None:
+        figures.update(device)
     if args.json:
         print(json.dumps(figures, indent=2))
         return
