@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cipherdump.blockio import direct as direct_module
+from cipherdump.blockio.aio import AioContext
 from cipherdump.blockio.direct import ALIGN, PIECE, DirectReader
 
 # Not a multiple of ALIGN, so the last direct read of the file is short.
@@ -34,10 +35,10 @@ def _open_direct(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def _reader(path: Path) -> Iterator[DirectReader]:
+def _reader(path: Path, aio: bool) -> Iterator[DirectReader]:
     fd = _open_direct(path)
-    # A ring of three pieces, so that hints wrap around it and push each other out.
-    r = DirectReader(fd, SIZE, ring=3 * PIECE, threads=3)
+    # Rings of a few pieces, so that hints wrap around them and push each other out.
+    r = DirectReader(fd, SIZE, ring=3 * PIECE, stream_ring=2 * PIECE, threads=3, aio=aio)
     try:
         yield r
     finally:
@@ -45,29 +46,36 @@ def _reader(path: Path) -> Iterator[DirectReader]:
         os.close(fd)
 
 
-@pytest.fixture
-def reader(data_file: Path) -> Iterator[DirectReader]:
-    with _reader(data_file) as r:
+@pytest.fixture(params=["aio", "threads"])
+def reader(data_file: Path, request: pytest.FixtureRequest) -> Iterator[DirectReader]:
+    """Read ahead with native AIO, and with the threads used where it is missing."""
+    with _reader(data_file, request.param == "aio") as r:
+        if request.param == "aio" and not r.uses_aio:
+            pytest.skip("no native AIO here")
         yield r
 
 
 offsets = st.integers(min_value=0, max_value=SIZE + 2 * ALIGN)
 lengths = st.integers(min_value=0, max_value=2 * PIECE + ALIGN)
 steps = st.lists(
-    st.tuples(st.sampled_from(["hint", "read"]), offsets, lengths), min_size=1, max_size=40
+    st.tuples(st.sampled_from(["hint", "stream", "read"]), offsets, lengths),
+    min_size=1,
+    max_size=40,
 )
 
 
 @settings(max_examples=60, deadline=None)
-@given(steps=steps)
+@given(steps=steps, aio=st.booleans())
 def test_reads_match_plain_reads_whatever_was_hinted(
-    data_file: Path, steps: list[tuple[str, int, int]]
+    data_file: Path, steps: list[tuple[str, int, int]], aio: bool
 ) -> None:
     data = data_file.read_bytes()
-    with _reader(data_file) as reader:
+    with _reader(data_file, aio) as reader:
         for what, offset, length in steps:
             if what == "hint":
                 reader.prefetch(offset, length)
+            elif what == "stream":
+                reader.prefetch_stream(offset, length)
             else:
                 assert reader.read_at(offset, length) == data[offset : offset + length]
 
@@ -88,21 +96,50 @@ def test_hinted_reads_are_served_from_the_read_ahead(
         assert reader.read_at(offset, length) == data[offset : offset + length]
 
 
+def test_streaming_a_big_file_leaves_the_small_files_hinted(
+    data_file: Path, reader: DirectReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big file read (and hinted ahead) between the small files of its directory goes
+    through a ring of its own: the small files' pieces after it are still there."""
+    data = data_file.read_bytes()
+    small = [(k * PIECE + 5 * ALIGN, 3 * ALIGN) for k in range(3)]
+    for offset, length in small:
+        reader.prefetch(offset, length)
+    for k in range(SIZE // PIECE):  # twice the stream ring, and more
+        reader.prefetch_stream(k * PIECE, PIECE)
+        assert reader.read_at(k * PIECE, PIECE) == data[k * PIECE : (k + 1) * PIECE]
+
+    def no_read_now(self: DirectReader, offset: int, end: int) -> bytes:
+        raise AssertionError(f"read {offset}..{end} again")
+
+    monkeypatch.setattr(DirectReader, "_read_now", no_read_now)
+    for offset, length in small:
+        assert reader.read_at(offset, length) == data[offset : offset + length]
+
+
 def test_a_failed_read_ahead_is_read_again(
     data_file: Path, reader: DirectReader, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = data_file.read_bytes()
-    real = os.preadv
+    real_preadv, real_submit = os.preadv, AioContext.submit_read
 
-    def failing(fd: int, buffers: list[memoryview], offset: int) -> int:
+    def failing_preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
         if offset == 3 * PIECE:
             raise OSError(5, "Input/output error")
-        return real(fd, buffers, offset)
+        return real_preadv(fd, buffers, offset)
 
-    monkeypatch.setattr(direct_module.os, "preadv", failing)
+    def failing_submit(self: AioContext, fd: int, address: int, n: int, at: int, tag: int) -> None:
+        if at == 3 * PIECE:
+            raise OSError(11, "Resource temporarily unavailable")
+        real_submit(self, fd, address, n, at, tag)
+
+    monkeypatch.setattr(direct_module.os, "preadv", failing_preadv)
+    monkeypatch.setattr(AioContext, "submit_read", failing_submit)
     reader.prefetch(3 * PIECE, 4 * ALIGN)
-    monkeypatch.setattr(direct_module.os, "preadv", real)
-    assert reader.read_at(3 * PIECE, 4 * ALIGN) == data[3 * PIECE : 3 * PIECE + 4 * ALIGN]
+    reader.prefetch(3 * PIECE + 8 * ALIGN, 4 * ALIGN)
+    monkeypatch.setattr(direct_module.os, "preadv", real_preadv)
+    for offset in (3 * PIECE, 3 * PIECE + 8 * ALIGN):
+        assert reader.read_at(offset, 4 * ALIGN) == data[offset : offset + 4 * ALIGN]
 
 
 def test_a_forked_child_starts_with_no_read_ahead(data_file: Path, reader: DirectReader) -> None:

@@ -1,35 +1,46 @@
 """``O_DIRECT`` reads with read-ahead of our own.
 
 Reading around the page cache spares the host a second copy of everything a backup
-reads, and spares the CPU the kernel's work of filling and freeing that cache: on the
-VMs we measure on, buffered reads of a 1.3 GB image cost 1 to 2.4 s of system time, and
-direct reads 0.1 s.  But direct reads get no read-ahead from the kernel, so each one
-would wait for the device.  :class:`DirectReader` therefore takes read-ahead hints
-(:meth:`DirectReader.prefetch`) and has a few threads of its own read the hinted
-ranges into a ring of aligned memory, from which :meth:`DirectReader.read_at` then
-copies what it is asked for; anything not hinted (or no longer held) is read at once.
+reads, and what is read is what is on the device, not blocks its cache kept from
+before.  But direct reads get no read-ahead from the kernel, so each one would wait
+for the device.  :class:`DirectReader` therefore takes read-ahead hints and has a few
+threads of its own read the hinted ranges into rings of aligned memory, from which
+:meth:`DirectReader.read_at` then copies what it is asked for; anything not hinted (or
+no longer held) is read at once.
 
-Hinted ranges are read in pieces of at most :data:`PIECE` bytes, allocated in the ring
+Hinted ranges are read in pieces of at most :data:`PIECE` bytes, allocated in a ring
 in the order they are hinted and freed in the same order.  A piece read through to the
-end of its hinted range is done with; the oldest pieces make room for new ones when the
-ring is full, read or not, so hints that were never followed cost a wasted read, never
-a stall.
+end of its hinted range is done with; the oldest pieces make room for new ones when
+the ring is full, read or not, so hints that were never followed cost a wasted read,
+never a stall.  There are two rings: one for the files of a directory
+(:meth:`DirectReader.prefetch`), one for the chunks ahead of a big file's reads
+(:meth:`DirectReader.prefetch_stream`), so that streaming a big file does not push
+out the pieces of the small files after it before they are read.
+
+The reads are queued with Linux native AIO (:mod:`cipherdump.blockio.aio`), so all of
+them are in flight at once whatever the walk is doing; where that is not available, a
+few threads make them instead (each needing the interpreter lock between two reads, so
+fewer are in flight while the walk computes).
 """
 
 from __future__ import annotations
 
 import bisect
 import collections
+import itertools
 import mmap
 import os
 import queue
 import threading
 
+from cipherdump.blockio.aio import AioContext, address_of, open_context
+
 # O_DIRECT needs buffers, offsets and lengths aligned to the logical sector size; 4 KiB
 # covers every device we meet and keeps the arithmetic simple.
 ALIGN = 4096
 PIECE = 1 << 20
-RING = 16 << 20
+RING = 16 << 20  # for the files of a directory
+STREAM_RING = 8 << 20  # ahead of a big file's reads
 THREADS = 8
 
 
@@ -42,15 +53,46 @@ def _up(n: int) -> int:
 
 
 class _Piece:
-    """Source bytes ``[start, end)`` (aligned), read into ``ring[at : at + end - start]``;
-    the hint wanted them up to ``wanted``."""
+    """Source bytes ``[start, end)`` (aligned), read into ``ring.memory[at : at + end -
+    start]``; the hint wanted them up to ``wanted``."""
 
-    __slots__ = ("at", "end", "got", "ready", "start", "wanted")
+    __slots__ = ("at", "done", "end", "got", "ring", "start", "wanted")
 
-    def __init__(self, start: int, end: int, wanted: int, at: int) -> None:
-        self.start, self.end, self.wanted, self.at = start, end, wanted, at
+    def __init__(self, start: int, end: int, wanted: int, ring: _Ring, at: int) -> None:
+        self.start, self.end, self.wanted, self.ring, self.at = start, end, wanted, ring, at
         self.got = 0  # bytes read; -1 if the read failed
-        self.ready = threading.Event()
+        self.done = False  # read (or failed)
+
+
+class _Ring:
+    """Aligned memory that pieces take in turn, the oldest giving way to the newest."""
+
+    def __init__(self, size: int) -> None:
+        # Anonymous mappings are page-aligned, as O_DIRECT needs; pages are only backed
+        # once read into.
+        self.memory = mmap.mmap(-1, size)
+        self.address = address_of(self.memory)
+        self.size = size
+        self.fifo: collections.deque[_Piece] = collections.deque()  # allocation order
+        self.head = 0  # where the next piece goes
+
+    def place(self, n: int) -> int | None:
+        """Where ``n`` bytes fit without dropping a piece, or None (the oldest must go)."""
+        if not self.fifo:
+            self.head = n
+            return 0
+        tail, head = self.fifo[0].at, self.head
+        if head > tail:
+            if n <= self.size - head:
+                self.head = head + n
+                return head
+            if n <= tail:
+                self.head = n
+                return 0
+        elif n <= tail - head:
+            self.head = head + n
+            return head
+        return None
 
 
 class DirectReader:
@@ -60,30 +102,50 @@ class DirectReader:
     another.  After a ``fork`` the child starts over with no pieces and no threads (its
     parent's threads do not exist in it)."""
 
-    def __init__(self, fd: int, size: int, *, ring: int = RING, threads: int = THREADS) -> None:
-        if ring < PIECE or ring % ALIGN:
-            raise ValueError(f"a ring of {ring} bytes cannot hold a {PIECE}-byte piece")
+    def __init__(
+        self,
+        fd: int,
+        size: int,
+        *,
+        ring: int = RING,
+        stream_ring: int = STREAM_RING,
+        threads: int = THREADS,
+        aio: bool = True,
+    ) -> None:
+        """``threads`` read where native AIO is not available (or ``aio`` is False)."""
+        if min(ring, stream_ring) < PIECE or ring % ALIGN or stream_ring % ALIGN:
+            raise ValueError(f"a ring must hold a {PIECE}-byte piece in whole pages")
         self._fd = fd
         self._size = size
-        self._ring_size = ring
+        self._ring_sizes = (ring, stream_ring)
         self._thread_count = threads
+        self._use_aio = aio
         self._start_over()
 
     def _start_over(self) -> None:
         self._pid = os.getpid()
-        # Anonymous mappings are page-aligned, as O_DIRECT needs; pages are only backed
-        # once read into.
-        self._ring = mmap.mmap(-1, self._ring_size)
+        self._files, self._stream = (_Ring(size) for size in self._ring_sizes)
         self._bounce = mmap.mmap(-1, PIECE)
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
-        self._fifo: collections.deque[_Piece] = collections.deque()  # allocation order
         self._starts: list[int] = []  # of the pieces still to be read from, sorted
         self._by_start: dict[int, _Piece] = {}
-        self._head = 0  # where the next piece goes in the ring
+        self._closed = False
+        self._broken = False  # collecting AIO results failed: no more read-ahead
+        # Native AIO: the context, the pieces in flight by tag, whether a thread is
+        # collecting results (one at a time; the others wait to be told).
+        depth = sum(self._ring_sizes) // ALIGN  # pieces are at least a page
+        self._aio: AioContext | None = open_context(depth) if self._use_aio else None
+        self._tags = itertools.count(1)
+        self._in_flight: dict[int, _Piece] = {}
+        self._reaping = False
+        # Or threads reading what is queued for them.
         self._todo: queue.SimpleQueue[_Piece | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._closed = False
+
+    @property
+    def uses_aio(self) -> bool:
+        return self._aio is not None
 
     # -- the walk's side ---------------------------------------------------------------
     def read_at(self, offset: int, length: int) -> bytes:
@@ -104,29 +166,57 @@ class DirectReader:
         """The bytes from read-ahead pieces that cover ``[offset, end)``, else None."""
         with self._lock:
             pieces = self._covering(offset, end)
-        if not pieces:
-            return None
-        for piece in pieces:
-            piece.ready.wait()
-            if piece.got < min(piece.end, self._size) - piece.start:
-                return None  # failed or short: read it now, and raise its error there
-        with self._lock:
-            # Copied under the lock: a piece dropped meanwhile may hold other bytes now.
+            if not pieces:
+                return None
+            for piece in pieces:
+                self._wait_for(piece)
+                if piece.got < min(piece.end, self._size) - piece.start:
+                    return None  # failed or short: read it now, and raise its error there
+            # A piece dropped while we waited may hold other bytes now.
             if any(self._by_start.get(piece.start) is not piece for piece in pieces):
                 return None
-            ring = self._ring
-            parts = [
-                ring[
-                    max(offset, piece.start) - piece.start + piece.at : min(end, piece.end)
-                    - piece.start
-                    + piece.at
-                ]
-                for piece in pieces
-            ]
+            parts = []
+            pos = offset  # pieces hinted twice may overlap: each byte from one of them
+            for piece in pieces:
+                stop = min(end, piece.end)
+                at = piece.at - piece.start
+                parts.append(piece.ring.memory[pos + at : stop + at])
+                pos = stop
             for piece in pieces:
                 if end >= piece.wanted:
                     self._forget(piece)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _wait_for(self, piece: _Piece) -> None:
+        """Until ``piece`` is read (under the lock, which waiting releases)."""
+        while not piece.done:
+            if self._aio is None or self._reaping:
+                self._room.wait()
+                continue
+            self._reaping = True
+            self._lock.release()
+            try:
+                finished = self._aio.reap(wait=True)
+            except OSError:
+                finished = None
+            finally:
+                self._lock.acquire()
+                self._reaping = False
+            if finished is None:
+                self._give_up()
+            else:
+                for tag, result in finished:
+                    done = self._in_flight.pop(tag)
+                    done.got, done.done = (result if result >= 0 else -1), True
+            self._room.notify_all()
+
+    def _give_up(self) -> None:
+        """Collecting AIO results failed (it should not): every piece counts as failed,
+        and no ring is written again, since the kernel may still read into them."""
+        self._broken = True
+        for piece in self._in_flight.values():
+            piece.got, piece.done = -1, True
+        self._in_flight.clear()
 
     def _covering(self, offset: int, end: int) -> list[_Piece]:
         """Pieces that together hold ``[offset, end)``, in order; empty if none do."""
@@ -172,69 +262,77 @@ class DirectReader:
     # -- hints ---------------------------------------------------------------------------
     @property
     def window(self) -> int:
-        """Bytes worth hinting ahead at one time: half the ring, so that the pieces of
-        one batch of hints are not dropped for those of the next before they are read."""
-        return self._ring_size // 2
+        """Bytes worth hinting with :meth:`prefetch` at one time: half its ring, so that
+        the pieces of one batch are not dropped for those of the next before they are
+        read."""
+        return self._files.size // 2
+
+    @property
+    def stream_window(self) -> int:
+        """Bytes worth hinting ahead of a big file's reads (:meth:`prefetch_stream`)."""
+        return self._stream.size // 2
 
     def prefetch(self, offset: int, length: int) -> None:
         """Read ``[offset, offset + length)`` ahead, in pieces; waits for room in the
         ring (read-ahead pieces being read) but never for the walk."""
+        self._hint(offset, length, stream=False)
+
+    def prefetch_stream(self, offset: int, length: int) -> None:
+        """:meth:`prefetch` for the reads ahead of a big file's, into a ring of their own."""
+        self._hint(offset, length, stream=True)
+
+    def _hint(self, offset: int, length: int, *, stream: bool) -> None:
         if length <= 0 or offset < 0:
             return
         if self._pid != os.getpid():
             self._start_over()
+        ring = self._stream if stream else self._files
         end = min(offset + length, self._size)
         pos = _down(offset)
         while pos < end:
             # Pieces end on PIECE boundaries of the source, so that the spans others
             # read (inode tables in aligned spans) never straddle two.
             piece_end = min(pos - pos % PIECE + PIECE, _up(end))
-            self._add_piece(pos, piece_end, min(end, piece_end))
+            self._add_piece(ring, pos, piece_end, min(end, piece_end))
             pos = piece_end
 
-    def _add_piece(self, start: int, end: int, wanted: int) -> None:
+    def _add_piece(self, ring: _Ring, start: int, end: int, wanted: int) -> None:
         with self._lock:
-            if self._closed or self._covering(start, end):
+            if self._closed or self._broken or self._covering(start, end):
                 return
-            at = self._allocate(end - start)
-            if self._closed:  # while waiting for room
+            at = self._allocate(ring, end - start)
+            if self._closed or self._broken:  # while waiting for room
                 return
-            piece = _Piece(start, end, wanted, at)
-            self._fifo.append(piece)
+            piece = _Piece(start, end, wanted, ring, at)
+            ring.fifo.append(piece)
             bisect.insort(self._starts, start)
             old = self._by_start.get(start)
             if old is not None:  # an older, shorter piece from the same offset
                 self._starts.remove(start)
             self._by_start[start] = piece
+            if self._aio is not None:
+                tag = next(self._tags)
+                try:
+                    self._aio.submit_read(self._fd, ring.address + at, end - start, start, tag)
+                except OSError:
+                    piece.got, piece.done = -1, True
+                else:
+                    self._in_flight[tag] = piece
+                return
             if not self._threads:
                 self._start_threads()
         self._todo.put(piece)
 
-    def _allocate(self, n: int) -> int:
-        """Where ``n`` bytes go in the ring; frees the oldest pieces to make room (under
+    def _allocate(self, ring: _Ring, n: int) -> int:
+        """Where ``n`` bytes go in ``ring``; drops its oldest pieces to make room (under
         the lock, which waiting for a piece still being read releases)."""
-        size = self._ring_size
-        while True:
-            if not self._fifo:
-                self._head = n
-                return 0
-            tail = self._fifo[0].at
-            head = self._head
-            if head > tail:
-                if n <= size - head:
-                    self._head = head + n
-                    return head
-                if n <= tail:
-                    self._head = n
-                    return 0
-            elif n <= tail - head:
-                self._head = head + n
-                return head
-            oldest = self._fifo[0]
-            while not oldest.ready.is_set():
-                self._room.wait()
-            self._fifo.popleft()
-            self._forget(oldest)
+        while (at := ring.place(n)) is None:
+            oldest = ring.fifo[0]
+            self._wait_for(oldest)
+            if ring.fifo and ring.fifo[0] is oldest:
+                ring.fifo.popleft()
+                self._forget(oldest)
+        return at
 
     def _forget(self, piece: _Piece) -> None:
         """Stop serving reads from ``piece`` (its room is reused when it is the oldest)."""
@@ -251,9 +349,8 @@ class DirectReader:
             self._threads.append(thread)
 
     def _run(self) -> None:
-        ring = self._ring
         while (piece := self._todo.get()) is not None:
-            view = memoryview(ring)[piece.at : piece.at + piece.end - piece.start]
+            view = memoryview(piece.ring.memory)[piece.at : piece.at + piece.end - piece.start]
             try:
                 piece.got = os.preadv(self._fd, [view], piece.start)
             except Exception:  # the walk reads it again itself, and meets the error there
@@ -261,19 +358,26 @@ class DirectReader:
             finally:
                 view.release()
             with self._lock:
-                piece.ready.set()
+                piece.done = True
                 self._room.notify_all()
 
     def close(self) -> None:
-        """Stop the threads (after the reads in flight); the descriptor is the caller's."""
+        """Stop reading ahead, once the reads in flight are done (the kernel would
+        otherwise read into freed memory); the descriptor is the caller's."""
         if self._pid != os.getpid():
             return
         with self._lock:
             self._closed = True
             threads, self._threads = self._threads, []
+            while self._in_flight and not self._broken:
+                self._wait_for(next(iter(self._in_flight.values())))
         for _ in threads:
             self._todo.put(None)
         for thread in threads:
             thread.join()
-        self._ring.close()
+        if self._aio is not None:
+            self._aio.close()  # waits for anything still in flight
+        if not self._broken:
+            self._files.memory.close()
+            self._stream.memory.close()
         self._bounce.close()

@@ -141,10 +141,19 @@ class DirectDeviceSource(Closable):
         """Have ``[offset, offset + length)`` read ahead of the walk (a hint)."""
         self._reader.prefetch(offset, length)
 
+    def prefetch_stream(self, offset: int, length: int) -> None:
+        """:meth:`prefetch` of what a big file's reads come to next."""
+        self._reader.prefetch_stream(offset, length)
+
     @property
     def readahead_window(self) -> int:
-        """Bytes worth hinting ahead of the walk at one time."""
+        """Bytes worth hinting with :meth:`prefetch` at one time."""
         return self._reader.window
+
+    @property
+    def stream_window(self) -> int:
+        """Bytes worth hinting with :meth:`prefetch_stream` ahead of a big file's reads."""
+        return self._reader.stream_window
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -82,8 +82,10 @@ SNAPSHOT_FORMAT = 1
 _PREFETCH_BYTES = 64 << 20
 # Read ahead of a big file's reads, for a source without the kernel's read-ahead.
 _STREAM_AHEAD = 4 << 20
-# Ranges to read ahead this close together are read as one (the gap with them).
+# Ranges to read ahead this close together are read as one (the gap with them), by the
+# kernel, or by a source reading ahead itself into a window of its own.
 _PREFETCH_GAP = 256 << 10
+_DIRECT_GAP = 32 << 10
 _PROGRESS_EVERY_S = 0.1
 # Below this many used inodes a backup is over before workers would pay off.
 _PARALLEL_MIN_INODES = 2000
@@ -369,19 +371,50 @@ def _merge_ranges(ranges: list[tuple[int, int]], gap: int) -> list[tuple[int, in
     return out
 
 
+def _merge_in_order(ranges: list[tuple[int, int]], gap: int) -> list[tuple[int, int]]:
+    """``(offset, length)`` ranges in their order, each merged into the one before it
+    where it starts at most ``gap`` bytes after that one's end (and not before its
+    start): the files of a directory in the order the walk reads them."""
+    out: list[tuple[int, int]] = []
+    start = end = -1
+    for offset, length in ranges:
+        if length <= 0:
+            continue
+        if start >= 0 and start <= offset <= end + gap:
+            end = max(end, offset + length)
+            continue
+        if start >= 0:
+            out.append((start, end - start))
+        start, end = offset, offset + length
+    if start >= 0:
+        out.append((start, end - start))
+    return out
+
+
 class _Prefetcher:
     """Passes read-ahead hints to the source from a thread of its own: the hint system
-    call costs tens of microseconds a file, and the walk need not wait for it."""
+    call costs tens of microseconds a file, and the walk need not wait for it.
 
-    def __init__(self, hint: Callable[[int, int], None]) -> None:
-        self._hint = hint
-        self._queue: queue.SimpleQueue[list[tuple[int, int]] | None] = queue.SimpleQueue()
+    ``stream_hint`` takes the hints ahead of a big file's reads, if the source keeps
+    them apart (see :mod:`cipherdump.blockio.direct`)."""
+
+    def __init__(
+        self, hint: Callable[[int, int], None], stream_hint: Callable[[int, int], None]
+    ) -> None:
+        self._hints = (hint, stream_hint)
+        self._queue: queue.SimpleQueue[tuple[list[tuple[int, int]], bool] | None] = (
+            queue.SimpleQueue()
+        )
         self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
         self._thread.start()
 
     def put(self, ranges: list[tuple[int, int]]) -> None:
         if ranges:
-            self._queue.put(ranges)
+            self._queue.put((ranges, False))
+
+    def put_stream(self, ranges: list[tuple[int, int]]) -> None:
+        if ranges:
+            self._queue.put((ranges, True))
 
     def close(self) -> None:
         """Stop after the hints already queued; returns once the thread is gone."""
@@ -389,9 +422,11 @@ class _Prefetcher:
         self._thread.join()
 
     def _run(self) -> None:
-        while (ranges := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
+            ranges, stream = item
+            hint = self._hints[stream]
             for offset, length in ranges:
-                self._hint(offset, length)
+                hint(offset, length)
 
 
 class _Backup:
@@ -648,7 +683,7 @@ class _Backup:
         if refs is None:
             chunks: list[int] = []
             ids: list[Id] = []
-            ahead = self._prefetcher.put if self._prefetcher and self._stream_ahead else None
+            ahead = self._prefetcher.put_stream if self._prefetcher and self._stream_ahead else None
             pieces: Iterable[tuple[int, bytes]] = (
                 iter_chunks(ino, self.chunk_size, ahead, self._stream_ahead)
                 if whole is None or whole.pblk is None
@@ -918,9 +953,12 @@ class _Backup:
         """Have the kernel start reading the data this directory's files will need, so
         that reading it overlaps describing, hashing and sealing what comes before.
 
-        Only files that will be read (new to the parent), and at most
-        :data:`_PREFETCH_BYTES` per directory (big files are read sequentially and get
-        the kernel's own readahead).
+        Only files that will be read (new to the parent), and at most the source's
+        window per directory (:data:`_PREFETCH_BYTES` for the page cache).  Big files
+        are read sequentially and get the kernel's own readahead, or, from a source
+        that reads ahead itself, hints ahead of their reads (see :func:`iter_chunks`):
+        of those only the start is hinted here, so that one big file does not take
+        the window of all the small ones after it.
         """
         if self._prefetcher is None:
             return
@@ -942,17 +980,25 @@ class _Backup:
                 runs = child.runs
             except CipherdumpError:
                 continue  # reported when the file is read
+            start = self._stream_ahead or budget  # of this file
             for run in runs:
                 if run.pblk is None or run.unwritten:
                     continue
-                length = min(run.length * bs, budget)
+                length = min(run.length * bs, budget, start)
                 wanted.append((run.pblk * bs, length))
                 budget -= length
-                if budget <= 0:
+                start -= length
+                if budget <= 0 or start <= 0:
                     break
             if budget <= 0:
                 break
-        self._prefetcher.put(_merge_ranges(wanted, _PREFETCH_GAP))
+        if self._stream_ahead:
+            # A source reading ahead itself keeps what it read in the order it was
+            # hinted, and makes room by dropping the oldest: hints in the walk's order,
+            # merged only where the bytes between are few (it reads what it is told).
+            self._prefetcher.put(_merge_in_order(wanted, _DIRECT_GAP))
+        else:
+            self._prefetcher.put(_merge_ranges(wanted, _PREFETCH_GAP))
 
     def list_with_reuse(
         self, frame: _Frame, listed: list[_Listed]
@@ -1120,12 +1166,14 @@ class _Backup:
         source = self.fs.source
         hint: Callable[[int, int], None] | None = getattr(source, "prefetch", None)
         if hint is not None:
-            self._prefetcher = _Prefetcher(hint)
+            stream_hint: Callable[[int, int], None] = getattr(source, "prefetch_stream", hint)
+            self._prefetcher = _Prefetcher(hint, stream_hint)
             # A source that reads ahead into memory of its own says how much it holds;
             # the kernel's page cache holds what it is told to.
             window: int | None = getattr(source, "readahead_window", None)
+            stream: int | None = getattr(source, "stream_window", window)
             self._prefetch_window = _PREFETCH_BYTES if window is None else window
-            self._stream_ahead = 0 if window is None else min(window // 2, _STREAM_AHEAD)
+            self._stream_ahead = 0 if stream is None else min(stream, _STREAM_AHEAD)
 
     def stop_prefetcher(self) -> None:
         if self._prefetcher is not None:
