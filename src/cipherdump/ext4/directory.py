@@ -53,6 +53,10 @@ class Entry:
 _make_entry = record_maker(Entry)
 
 
+# Blocks of a directory read at once (at most).
+_DIR_READ_BLOCKS = 64
+
+
 def read_entries(dir_inode: Inode) -> list[Entry]:
     if not dir_inode.is_dir:
         raise CorruptError(
@@ -98,6 +102,8 @@ def read_entries(dir_inode: Inode) -> list[Entry]:
             continue  # holes in directories read as nothing (the kernel skips them too)
         if run.unwritten:
             continue
+        span = b""  # blocks run.pblk + first .. of the run, read at once
+        first = 0
         for k in range(run.length):
             nblocks += 1
             if nblocks > _MAX_DIR_BLOCKS:
@@ -105,7 +111,13 @@ def read_entries(dir_inode: Inode) -> list[Entry]:
             lblk = run.lblk + k
             if lblk * bs >= dir_inode.size:
                 break
-            block = fs.read_block(run.pblk + k)
+            if (k - first + 1) * bs > len(span):
+                # One read for the rest of the run (within the size, a few at most):
+                # on a device each read waits for the disk.
+                first = k
+                count = min(run.length - k, _DIR_READ_BLOCKS, -(-dir_inode.size // bs) - lblk)
+                span = fs.read_block(run.pblk + k, count)
+            block = span[(k - first) * bs : (k - first + 1) * bs]
             at = f"{where} block {lblk}"
             if _is_dx_node(block, bs, lblk, dir_inode.is_indexed_dir):
                 if seed is not None:
