@@ -117,6 +117,22 @@ def test_streaming_a_big_file_leaves_the_small_files_hinted(
         assert reader.read_at(offset, length) == data[offset : offset + length]
 
 
+def test_more_hints_than_reads_in_flight_wait_for_room(
+    data_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With AIO, a context holds so many reads; hints beyond that wait for the oldest."""
+    monkeypatch.setattr(direct_module, "AIO_DEPTH", 2)
+    data = data_file.read_bytes()
+    with _reader(data_file, aio=True) as reader:
+        if not reader.uses_aio:
+            pytest.skip("no native AIO here")
+        ranges = [(k * 5 * ALIGN, 2 * ALIGN) for k in range(40)]
+        for offset, length in ranges:
+            reader.prefetch(offset, length)
+        for offset, length in ranges:
+            assert reader.read_at(offset, length) == data[offset : offset + length]
+
+
 def test_a_failed_read_ahead_is_read_again(
     data_file: Path, reader: DirectReader, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import errno
 import itertools
 import mmap
 import os
@@ -42,6 +43,9 @@ PIECE = 1 << 20
 RING = 16 << 20  # for the files of a directory
 STREAM_RING = 8 << 20  # ahead of a big file's reads
 THREADS = 8
+# Reads in flight at most with AIO (the kernel reserves room for twice as many events,
+# out of fs.aio-max-nr for the whole system).
+AIO_DEPTH = 512
 
 
 def _down(n: int) -> int:
@@ -134,7 +138,7 @@ class DirectReader:
         self._broken = False  # collecting AIO results failed: no more read-ahead
         # Native AIO: the context, the pieces in flight by tag, whether a thread is
         # collecting results (one at a time; the others wait to be told).
-        depth = sum(self._ring_sizes) // ALIGN  # pieces are at least a page
+        depth = min(sum(self._ring_sizes) // ALIGN, AIO_DEPTH)
         self._aio: AioContext | None = open_context(depth) if self._use_aio else None
         self._tags = itertools.count(1)
         self._in_flight: dict[int, _Piece] = {}
@@ -190,7 +194,9 @@ class DirectReader:
     def _wait_for(self, piece: _Piece) -> None:
         """Until ``piece`` is read (under the lock, which waiting releases)."""
         while not piece.done:
-            if self._aio is None or self._reaping:
+            if self._aio is None or self._reaping or not self._in_flight:
+                # Threads read it, another thread collects results, or it is not
+                # queued yet (its submitter waits for room): told when that changes.
                 self._room.wait()
                 continue
             self._reaping = True
@@ -206,8 +212,9 @@ class DirectReader:
                 self._give_up()
             else:
                 for tag, result in finished:
-                    done = self._in_flight.pop(tag)
-                    done.got, done.done = (result if result >= 0 else -1), True
+                    done = self._in_flight.pop(tag, None)
+                    if done is not None:
+                        done.got, done.done = (result if result >= 0 else -1), True
             self._room.notify_all()
 
     def _give_up(self) -> None:
@@ -311,17 +318,30 @@ class DirectReader:
                 self._starts.remove(start)
             self._by_start[start] = piece
             if self._aio is not None:
-                tag = next(self._tags)
-                try:
-                    self._aio.submit_read(self._fd, ring.address + at, end - start, start, tag)
-                except OSError:
-                    piece.got, piece.done = -1, True
-                else:
-                    self._in_flight[tag] = piece
+                self._submit(piece)
                 return
             if not self._threads:
                 self._start_threads()
         self._todo.put(piece)
+
+    def _submit(self, piece: _Piece) -> None:
+        """Queue the read of ``piece`` with AIO (under the lock); when the context is
+        full, once the oldest read in flight is done."""
+        assert self._aio is not None
+        tag = next(self._tags)
+        address = piece.ring.address + piece.at
+        while True:
+            try:
+                self._aio.submit_read(self._fd, address, piece.end - piece.start, piece.start, tag)
+            except OSError as exc:
+                if exc.errno == errno.EAGAIN and self._in_flight and not self._broken:
+                    self._wait_for(next(iter(self._in_flight.values())))
+                    continue
+                piece.got, piece.done = -1, True  # read again by the walk, if wanted
+            else:
+                self._in_flight[tag] = piece
+            self._room.notify_all()
+            return
 
     def _allocate(self, ring: _Ring, n: int) -> int:
         """Where ``n`` bytes go in ``ring``; drops its oldest pieces to make room (under
