@@ -168,7 +168,7 @@ def test_a_worker_that_cannot_save_stops_the_backup(
     repo.close()
 
 
-@pytest.mark.parametrize("jobs", [2, 3])  # the main process sharing the work, or waiting
+@pytest.mark.parametrize("jobs", [2, 3])  # one worker and the main process, or two workers
 def test_a_worker_that_dies_stops_the_backup(
     wide_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int
 ) -> None:
@@ -180,7 +180,8 @@ def test_a_worker_that_dies_stops_the_backup(
 
     monkeypatch.setattr(backup_module._Backup, "run_job", die)
     repo = _repo(tmp_path)
-    with pytest.raises(WorkerDied, match="ended unexpectedly"):
+    # Noticed as its pipe closing, or, if the next job is sent first, as the send failing.
+    with pytest.raises(WorkerDied, match="ended unexpectedly|is gone"):
         _backup(repo, wide_image, jobs=jobs)
     monkeypatch.undo()
     assert repo.list_snapshots() == []
