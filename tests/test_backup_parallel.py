@@ -181,7 +181,7 @@ def test_a_worker_that_dies_stops_the_backup(
     monkeypatch.setattr(backup_module._Backup, "run_job", die)
     repo = _repo(tmp_path)
     # Noticed as its pipe closing, or, if the next job is sent first, as the send failing.
-    with pytest.raises(WorkerDied, match="ended unexpectedly|is gone"):
+    with pytest.raises(WorkerDied, match=r"ended unexpectedly|is gone"):
         _backup(repo, wide_image, jobs=jobs)
     monkeypatch.undo()
     assert repo.list_snapshots() == []

@@ -179,9 +179,19 @@ def test_loop_backed_image_counts_as_mounted(tmp_path: Path) -> None:
 
 
 def test_read_ahead_ranges_are_sorted_and_merged_across_small_gaps() -> None:
-    from cipherdump.engine.backup import _merge_ranges
+    from cipherdump.engine.readahead import merge_ranges
 
-    assert _merge_ranges([], 10) == []
-    got = _merge_ranges([(100, 10), (0, 10), (15, 5), (200, 0), (300, 50), (305, 10)], 10)
+    assert merge_ranges([], 10) == []
+    got = merge_ranges([(100, 10), (0, 10), (15, 5), (200, 0), (300, 50), (305, 10)], 10)
     assert got == [(0, 20), (100, 10), (300, 50)]
-    assert _merge_ranges([(0, 100), (10, 5)], 0) == [(0, 100)]
+    assert merge_ranges([(0, 100), (10, 5)], 0) == [(0, 100)]
+
+
+def test_read_ahead_ranges_for_a_source_of_its_own_keep_the_walk_order() -> None:
+    from cipherdump.engine.readahead import merge_in_order
+
+    assert merge_in_order([], 10) == []
+    got = merge_in_order([(100, 10), (0, 10), (15, 5), (200, 0), (300, 50), (305, 10)], 10)
+    # (15, 5) follows (0, 10) within the gap; (305, 10) lies inside (300, 50).
+    assert got == [(100, 10), (0, 20), (300, 50)]
+    assert merge_in_order([(50, 10), (40, 5)], 100) == [(50, 10), (40, 5)]  # never backwards

@@ -3,8 +3,8 @@
 Reading around the page cache spares the host a second copy of everything a backup
 reads, and what is read is what is on the device, not blocks its cache kept from
 before.  But direct reads get no read-ahead from the kernel, so each one would wait
-for the device.  :class:`DirectReader` therefore takes read-ahead hints and has a few
-threads of its own read the hinted ranges into rings of aligned memory, from which
+for the device.  :class:`DirectReader` therefore takes read-ahead hints and has the
+hinted ranges read into rings of aligned memory, from which
 :meth:`DirectReader.read_at` then copies what it is asked for; anything not hinted (or
 no longer held) is read at once.
 
@@ -102,9 +102,10 @@ class _Ring:
 class DirectReader:
     """Direct reads of ``fd`` (opened with ``O_DIRECT``), ``size`` bytes long.
 
-    :meth:`read_at` is for one thread (the walk's); :meth:`prefetch` may be called from
-    another.  After a ``fork`` the child starts over with no pieces and no threads (its
-    parent's threads do not exist in it)."""
+    :meth:`read_at` is for one thread (the walk's); :meth:`prefetch` and
+    :meth:`prefetch_stream` may be called from another.  After a ``fork`` the child
+    starts over with rings, an AIO context and threads of its own (its parent's are not
+    its to use)."""
 
     def __init__(
         self,
