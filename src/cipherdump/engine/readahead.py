@@ -26,20 +26,7 @@ def merge_ranges(ranges: list[tuple[int, int]], gap: int) -> list[tuple[int, int
     """``(offset, length)`` ranges sorted and merged where at most ``gap`` bytes apart:
     one hint (and one read by the kernel) for a directory's files, which lie close
     together on disk but are listed in hash order."""
-    out: list[tuple[int, int]] = []
-    start = end = -1
-    for offset, length in sorted(ranges):
-        if length <= 0:
-            continue
-        if start >= 0 and offset <= end + gap:
-            end = max(end, offset + length)
-            continue
-        if start >= 0:
-            out.append((start, end - start))
-        start, end = offset, offset + length
-    if start >= 0:
-        out.append((start, end - start))
-    return out
+    return merge_in_order(sorted(ranges), gap)
 
 
 def merge_in_order(ranges: list[tuple[int, int]], gap: int) -> list[tuple[int, int]]:
