@@ -291,3 +291,59 @@ def test_a_block_device_backs_up_as_its_image_does(
     assert from_device.stats.bytes_read == from_image.stats.bytes_read > 0
     assert from_device.snapshot.tree == from_image.snapshot.tree
     repo.close()
+
+
+def test_a_bad_sector_on_a_device_is_one_problem(
+    kernel_image_v2: kernelfs.KernelImage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read ahead or read at once, a failed read of a device is the problem of the one
+    file it was for, named in one line, and the backup goes on."""
+    from cipherdump.blockio import direct as direct_module
+    from cipherdump.blockio.aio import AioContext
+
+    repo = Repository.init(
+        LocalBackend.create(tmp_path / "repo"), b"pw", kdf=KdfParams.insecure_for_tests()
+    )
+    with (
+        kernelfs.loop_device(kernel_image_v2.image, readonly=True) as device,
+        open_filesystem(device) as fs,
+    ):
+        ns = Namespace(fs)
+        victim = next(
+            kid
+            for kid in ns.walk(ns.root_node(), recursive=True)
+            if not isinstance(kid, Problem)
+            and kid.inode.is_file
+            and kid.inode.size > 0
+            and not kid.inode.has_inline_data
+        )
+        run = next(r for r in victim.inode.runs if r.pblk is not None)
+        bad = (run.pblk or 0) * fs.block_size
+        real_preadv, real_submit = os.preadv, AioContext.submit_read
+
+        def failing_preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+            if offset <= bad < offset + sum(len(b) for b in buffers):
+                raise OSError(5, "Input/output error")
+            return real_preadv(fd, buffers, offset)
+
+        def failing_submit(
+            self: AioContext, fd: int, address: int, n: int, at: int, tag: int
+        ) -> None:
+            if at <= bad < at + n:
+                raise OSError(5, "Input/output error")
+            real_submit(self, fd, address, n, at, tag)
+
+        monkeypatch.setattr(direct_module.os, "preadv", failing_preadv)
+        monkeypatch.setattr(AioContext, "submit_read", failing_submit)
+        problems: list[tuple[bytes, str]] = []
+        result = backup(
+            repo,
+            fs,
+            BackupOptions(no_parent=True),
+            on_problem=lambda path, err: problems.append((path, str(err))),
+        )
+    assert [path for path, _ in problems] == [victim.path]
+    assert problems[0][1].startswith(f"{device}: cannot read at byte ")
+    assert problems[0][1].endswith(": Input/output error")
+    assert result.stats.errors == 1 and result.stats.files_new > 1
+    repo.close()

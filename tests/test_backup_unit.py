@@ -8,6 +8,8 @@ the same image must reuse everything without reading data.
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +197,35 @@ def test_read_ahead_ranges_for_a_source_of_its_own_keep_the_walk_order() -> None
     # (15, 5) follows (0, 10) within the gap; (305, 10) lies inside (300, 50).
     assert got == [(100, 10), (0, 20), (300, 50)]
     assert merge_in_order([(50, 10), (40, 5)], 100) == [(50, 10), (40, 5)]  # never backwards
+
+
+def test_a_block_that_cannot_be_read_is_one_problem(
+    repo: Repository, fs: Filesystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad sector under one file (EIO from the source) is that file's problem, named
+    in one line: the backup goes on with everything else."""
+    from cipherdump.blockio import source as source_module
+
+    ns = Namespace(fs)
+    bad = ns.resolve(b"/public/hello.txt").inode
+    run = bad.runs[0]
+    assert run.pblk is not None
+    bad_offset = run.pblk * fs.block_size
+    real = os.pread
+
+    def failing(fd: int, length: int, offset: int) -> bytes:
+        if offset == bad_offset:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(fd, length, offset)
+
+    monkeypatch.setattr(source_module.os, "pread", failing)
+    problems: list[tuple[bytes, str]] = []
+    result = backup(
+        repo, fs, BackupOptions(), on_problem=lambda path, err: problems.append((path, str(err)))
+    )
+    assert problems == [
+        (b"/public/hello.txt", f"{SAMPLE}: cannot read at byte {bad_offset}: Input/output error")
+    ]
+    assert result.stats.errors == 1
+    listed = {r["path"] for r in snapshot_records(latest_view(repo))}
+    assert b"/public/numbers.csv" in listed and b"/public/hello.txt" not in listed

@@ -87,7 +87,10 @@ class FileSource(Closable):
             raise ValueError("negative offset or length")
         if length == 0 or offset >= self._size:
             return b""
-        return os.pread(self._fd, min(length, self._size - offset), offset)
+        try:
+            return os.pread(self._fd, min(length, self._size - offset), offset)
+        except OSError as exc:
+            raise read_error(self._name, offset, exc) from None
 
     def prefetch(self, offset: int, length: int) -> None:
         """Ask the kernel to start reading ``[offset, offset + length)`` now, so a
@@ -135,7 +138,10 @@ class DirectDeviceSource(Closable):
         return self._name
 
     def read_at(self, offset: int, length: int) -> bytes:
-        return self._reader.read_at(offset, length)
+        try:
+            return self._reader.read_at(offset, length)
+        except OSError as exc:
+            raise read_error(self._name, offset, exc) from None
 
     def prefetch(self, offset: int, length: int) -> None:
         """Have ``[offset, offset + length)`` read ahead of the walk (a hint)."""
@@ -160,6 +166,12 @@ class DirectDeviceSource(Closable):
             self._reader.close()
             os.close(self._fd)
             self._fd = -1
+
+
+def read_error(name: str, offset: int, exc: OSError) -> InputError:
+    """A failed read (a bad sector, a vanished device) as the error of the one object
+    being read, so that a backup reports it and goes on with the rest."""
+    return InputError(f"{name}: cannot read at byte {offset}: {exc.strerror or exc}")
 
 
 def _open_readonly(path: str, extra_flags: int) -> int:
