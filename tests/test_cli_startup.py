@@ -84,6 +84,8 @@ def test_keyless_ls_of_an_image_loads_no_repository_and_no_cipher(tmp_path: Path
     assert not any(m.startswith("cipherdump.repo") for m in mods)
     for lazy in ("cipherdump.engine.keyed", "cipherdump.fscrypt.keys", "cipherdump.fscrypt.modes"):
         assert lazy not in mods
+    # Nor the devices' read-ahead (native AIO through ctypes): an image needs none.
+    assert "cipherdump.blockio.direct" not in mods and "ctypes" not in mods
 
 
 def test_backup_loads_neither_the_keyed_engine_nor_rich(tmp_path: Path) -> None:

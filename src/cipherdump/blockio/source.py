@@ -7,10 +7,12 @@ import errno
 import os
 import stat
 from types import TracebackType
-from typing import Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self
 
-from cipherdump.blockio.direct import DirectReader
 from cipherdump.errors import InputError, NotFoundError
+
+if TYPE_CHECKING:
+    from cipherdump.blockio.direct import DirectReader
 
 
 class ByteSource(Protocol):
@@ -127,7 +129,10 @@ class DirectDeviceSource(Closable):
         self._name = path
         self._fd = _open_readonly(path, os.O_DIRECT)
         self._size = os.lseek(self._fd, 0, os.SEEK_END)
-        self._reader = DirectReader(self._fd, self._size)
+        # Imported here: images, the common source, need neither it nor ctypes.
+        from cipherdump.blockio.direct import DirectReader
+
+        self._reader: DirectReader = DirectReader(self._fd, self._size)
 
     @property
     def size(self) -> int:
