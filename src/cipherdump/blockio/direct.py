@@ -33,6 +33,7 @@ import mmap
 import os
 import queue
 import threading
+import weakref
 
 from cipherdump.blockio.aio import AioContext, address_of, open_context
 
@@ -126,8 +127,11 @@ class DirectReader:
         self._thread_count = threads
         self._use_aio = aio
         self._start_over()
+        _LIVE.add(self)
 
     def _start_over(self) -> None:
+        """Fresh state: at first, and in a forked child before any thread of its own
+        runs (see :func:`_after_fork`)."""
         self._pid = os.getpid()
         self._files, self._stream = (_Ring(size) for size in self._ring_sizes)
         self._bounce = mmap.mmap(-1, PIECE)
@@ -156,8 +160,6 @@ class DirectReader:
     def read_at(self, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0:
             raise ValueError("negative offset or length")
-        if self._pid != os.getpid():
-            self._start_over()
         end = min(offset + length, self._size)
         if end <= offset:
             return b""
@@ -292,8 +294,6 @@ class DirectReader:
     def _hint(self, offset: int, length: int, *, stream: bool) -> None:
         if length <= 0 or offset < 0:
             return
-        if self._pid != os.getpid():
-            self._start_over()
         ring = self._stream if stream else self._files
         end = min(offset + length, self._size)
         pos = _down(offset)
@@ -402,3 +402,16 @@ class DirectReader:
             self._files.memory.close()
             self._stream.memory.close()
         self._bounce.close()
+
+
+# Every reader alive, to start over in a forked child (a backup worker) before its
+# threads can use the parent's rings, AIO context or lock.
+_LIVE: weakref.WeakSet[DirectReader] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for reader in list(_LIVE):
+        reader._start_over()
+
+
+os.register_at_fork(after_in_child=_after_fork)
