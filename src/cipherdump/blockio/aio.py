@@ -128,7 +128,7 @@ def open_context(depth: int) -> AioContext | None:
         return None
     try:
         return AioContext(depth, calls)
-    except OSError:
+    except (OSError, AttributeError):  # refused, or a C library without syscall()
         return None
 
 
