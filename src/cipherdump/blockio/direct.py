@@ -387,6 +387,7 @@ class DirectReader:
         otherwise read into freed memory); the descriptor is the caller's."""
         if self._pid != os.getpid():
             return
+        _LIVE.discard(self)
         with self._lock:
             self._closed = True
             threads, self._threads = self._threads, []
@@ -404,7 +405,7 @@ class DirectReader:
         self._bounce.close()
 
 
-# Every reader alive, to start over in a forked child (a backup worker) before its
+# Every reader not closed, to start over in a forked child (a backup worker) before its
 # threads can use the parent's rings, AIO context or lock.
 _LIVE: weakref.WeakSet[DirectReader] = weakref.WeakSet()
 
