@@ -132,7 +132,6 @@ class DirectReader:
     def _start_over(self) -> None:
         """Fresh state: at first, and in a forked child before any thread of its own
         runs (see :func:`_after_fork`)."""
-        self._pid = os.getpid()
         self._files, self._stream = (_Ring(size) for size in self._ring_sizes)
         self._bounce = mmap.mmap(-1, PIECE)
         self._lock = threading.Lock()
@@ -313,10 +312,8 @@ class DirectReader:
                 return
             piece = _Piece(start, end, wanted, ring, at)
             ring.fifo.append(piece)
-            bisect.insort(self._starts, start)
-            old = self._by_start.get(start)
-            if old is not None:  # an older, shorter piece from the same offset
-                self._starts.remove(start)
+            if start not in self._by_start:  # else an older, shorter piece gives way
+                bisect.insort(self._starts, start)
             self._by_start[start] = piece
             if self._aio is not None:
                 self._submit(piece)
@@ -385,8 +382,6 @@ class DirectReader:
     def close(self) -> None:
         """Stop reading ahead, once the reads in flight are done (the kernel would
         otherwise read into freed memory); the descriptor is the caller's."""
-        if self._pid != os.getpid():
-            return
         _LIVE.discard(self)
         with self._lock:
             self._closed = True
