@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from cipherdump.errors import CipherdumpError
 from cipherdump.ext4 import Filesystem
-from cipherdump.fscrypt.context import decode_context, mode_name
-from cipherdump.fscrypt.modes import contents_mode_implemented, filenames_mode_implemented
+from cipherdump.fscrypt.context import (
+    contents_mode_implemented,
+    decode_context,
+    filenames_mode_implemented,
+    mode_name,
+)
 from cipherdump.repo.codec import Value
 
 

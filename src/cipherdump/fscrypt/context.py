@@ -58,6 +58,27 @@ def mode_name(mode: int) -> str:
     return MODE_NAMES.get(mode, f"mode-{mode}")
 
 
+# What :mod:`cipherdump.fscrypt.modes` has ciphers for.  Kept here, beside the mode
+# numbers, so that a key-less run can name what it could decrypt without loading the
+# ciphers (``modes`` imports every one of them).
+_CONTENTS_IMPLEMENTED = frozenset({Mode.AES_256_XTS, Mode.AES_128_CBC, Mode.ADIANTUM})
+_FILENAMES_IMPLEMENTED = frozenset(
+    {Mode.AES_256_CTS, Mode.AES_128_CTS, Mode.AES_256_HCTR2, Mode.ADIANTUM}
+)
+
+
+def contents_mode_implemented(mode: int) -> bool:
+    """Whether :func:`~cipherdump.fscrypt.modes.contents_cipher` can decrypt file
+    contents in ``mode``."""
+    return mode in _CONTENTS_IMPLEMENTED
+
+
+def filenames_mode_implemented(mode: int) -> bool:
+    """Whether :func:`~cipherdump.fscrypt.modes.names_cipher` can decrypt names and
+    symlink targets in ``mode``."""
+    return mode in _FILENAMES_IMPLEMENTED
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """An encryption policy: what every inode of one encrypted tree shares.

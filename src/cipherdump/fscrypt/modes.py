@@ -14,11 +14,23 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from cipherdump.errors import UnsupportedError
 from cipherdump.fscrypt.adiantum import Adiantum
-from cipherdump.fscrypt.context import Mode, mode_name
+from cipherdump.fscrypt.context import (
+    Mode,
+    contents_mode_implemented,
+    filenames_mode_implemented,
+    mode_name,
+)
 from cipherdump.fscrypt.cts import cts_cbc_decrypt, cts_cbc_encrypt
 from cipherdump.fscrypt.hctr2 import HCTR2
 
-__all__ = ["ContentsCipher", "NamesCipher", "contents_cipher", "names_cipher"]
+__all__ = [
+    "ContentsCipher",
+    "NamesCipher",
+    "contents_cipher",
+    "contents_mode_implemented",
+    "filenames_mode_implemented",
+    "names_cipher",
+]
 
 # XTS needs one cipher context per data unit.  ``Cipher(...)`` re-validates the
 # algorithm and mode in Python each time, which costs three times the AES work on a
@@ -175,13 +187,3 @@ def names_cipher(mode: int, key: bytes) -> NamesCipher:
     if mode == Mode.ADIANTUM:
         return Adiantum(key)
     raise UnsupportedError(f"filenames mode {mode_name(mode)} is not implemented")
-
-
-def contents_mode_implemented(mode: int) -> bool:
-    """Whether :func:`contents_cipher` can decrypt file contents in ``mode``."""
-    return mode in (Mode.AES_256_XTS, Mode.AES_128_CBC, Mode.ADIANTUM)
-
-
-def filenames_mode_implemented(mode: int) -> bool:
-    """Whether :func:`names_cipher` can decrypt names and symlink targets in ``mode``."""
-    return mode in (Mode.AES_256_CTS, Mode.AES_128_CTS, Mode.AES_256_HCTR2, Mode.ADIANTUM)
