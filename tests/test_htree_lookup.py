@@ -8,6 +8,8 @@ then says "no such file".
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 import kernelfs
@@ -76,3 +78,42 @@ def test_the_kernels_htree_index_checksums_verify(kernel_image: KernelImage) -> 
         assert directory.is_indexed_dir and fs.sb.metadata_csum
         assert len(ns.children(ns.resolve(_big_dir_path(ki)))) == ki.config.tree.big_dir_entries
         assert [w for w in fs.warnings if "htree" in w] == []
+
+
+@pytest.mark.parametrize("kernel_image", BIGDIR_CONFIGS, indirect=True)
+def test_the_htree_root_is_read_once_for_entries_and_hash_version(
+    kernel_image: KernelImage,
+) -> None:
+    """A backup lists an indexed directory, then asks for the hash version its root
+    records; on a block device every read of the root waits for the disk, so listing
+    keeps the version and asking for it reads nothing more.  Asked first, it reads the
+    root itself; either way it is the version a fresh read gives."""
+    from cipherdump.ext4.directory import dx_hash_version
+
+    ki = kernel_image
+    big = _big_dir_path(ki)
+    with open_filesystem(str(ki.image)) as fs:
+        fresh = Namespace(fs).resolve(big).inode
+        default = fs.sb.s_def_hash_version
+        expected = dx_hash_version(fresh, default ^ 0xFF)  # not the default: a real root
+        assert expected != default ^ 0xFF
+    for entries_first in (True, False):
+        with open_filesystem(str(ki.image)) as fs:
+            directory = Namespace(fs).resolve(big).inode
+            (root,) = [r.pblk for r in directory.runs if r.lblk == 0]
+            reads: list[int] = []
+            real = fs.read_block
+
+            def counting(
+                block: int, count: int = 1, reads: list[int] = reads, real: Any = real
+            ) -> bytes:
+                reads.extend(range(block, block + count))
+                return bytes(real(block, count))
+
+            fs.read_block = counting  # type: ignore[method-assign]
+            if entries_first:
+                directory.entries()
+            assert dx_hash_version(directory, default) == expected
+            directory.entries()
+            if entries_first:
+                assert reads.count(root) == 1

@@ -767,6 +767,7 @@ class _Backup:
         that was decoded and checked when its node was made).
         """
         fs = self.fs
+        entries = directory.entries()  # first: it keeps the htree root's hash version
         dx = dx_hash_version(directory, fs.sb.s_def_hash_version) if directory.is_indexed_dir else 0
         flags = directory.flags & _NAME_FLAGS
         facts = (_KEY_VERSION, self.chunk_size, flags, directory.size, dx)
@@ -776,7 +777,7 @@ class _Backup:
         listed: list[_Listed] = []
         sources: list[bytes] = []
         pack_entry, pack_hash, record = _ENTRY.pack, _HASH.pack, fs.inode_record
-        for e in directory.entries():
+        for e in entries:
             raw, peek = record(e.ino)
             stored = e.hash or (0, 0)
             k = base.copy()

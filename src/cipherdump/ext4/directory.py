@@ -126,6 +126,7 @@ def read_entries(dir_inode: Inode) -> list[Entry]:
             if lblk == 0 and dir_inode.is_indexed_dir:
                 # Block 0 of an htree holds '.', '..' and the dx_root behind '..'; the
                 # rest of the block may be stale bytes from before indexing.
+                _keep_dx_root(dir_inode, block)
                 if not _is_dx_root(block, bs):
                     fs.warn(f"{at}: not laid out as an htree root (entries read in full)")
                 elif seed is not None:
@@ -212,16 +213,23 @@ def _public(raw: list[DirentTuple]) -> list[Entry]:
     ]
 
 
+def _keep_dx_root(dir_inode: Inode, block: bytes) -> None:
+    root = decode_dx_root(block)
+    dir_inode.dx_root_hash = root.hash_version if root is not None else None
+
+
 def dx_hash_version(dir_inode: Inode, default: int) -> int:
     """The hash version recorded in an htree root, or ``default`` if it is unreadable."""
-    runs = [r for r in dir_inode.runs if r.lblk == 0 and r.pblk is not None]
-    if not runs or runs[0].pblk is None:
-        return default
-    try:
-        root = decode_dx_root(dir_inode.fs.read_block(runs[0].pblk))
-    except CorruptError:
-        return default
-    return root.hash_version if root is not None else default
+    if dir_inode.dx_root_hash == -1:
+        runs = [r for r in dir_inode.runs if r.lblk == 0 and r.pblk is not None]
+        if not runs or runs[0].pblk is None:
+            return default
+        try:
+            _keep_dx_root(dir_inode, dir_inode.fs.read_block(runs[0].pblk))
+        except CorruptError:
+            return default
+    version = dir_inode.dx_root_hash
+    return default if version is None else version
 
 
 # -- htree lookup -------------------------------------------------------------------------

@@ -70,6 +70,7 @@ class Inode:
         "_entries",
         "_runs",
         "_xattrs",
+        "dx_root_hash",
         "fs",
         "ino",
         "raw",
@@ -81,6 +82,11 @@ class Inode:
     raw: I.RawInode
     #: The file type, from the mode's format bits (``UNKNOWN`` for none of the seven).
     type: FileType
+    #: An indexed directory's hash version as its block 0 records it (None if that
+    #: block holds no htree root), kept by whichever read that block first
+    #: (:func:`~cipherdump.ext4.directory.read_entries` or ``dx_hash_version``); -1
+    #: until then.  On a block device each read of the block waits for the disk.
+    dx_root_hash: int | None
 
     def __init__(self, fs: Filesystem, ino: int, raw: I.RawInode) -> None:
         self.fs = fs
@@ -92,6 +98,7 @@ class Inode:
         self._runs: list[Run] | None = None
         self._entries: list[Entry] | None = None
         self._by_name: dict[bytes, Entry] | None = None
+        self.dx_root_hash = -1
 
     def __repr__(self) -> str:
         return f"<Inode {self.ino} {self.type.value} size={self.size}>"
