@@ -19,6 +19,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
+import json
 import posixpath
 import re
 import shutil
@@ -686,6 +687,76 @@ def test_cli_every_image(name: str, corpus_image: Callable[[str], Path]) -> None
         rc, out, err = _run_cli(*args)
         assert "Traceback" not in out + err
         assert rc in (0, 1, 3), (args, err)
+
+
+# -- backups of the corpus ------------------------------------------------------------
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.img"
+# The exit codes `backup` may give per expectation: a clean image is backed up whole; a
+# damaged one with its bad objects reported (1) or, if it cannot be opened, refused (3).
+BACKUP_CODES = {
+    OK: {0},
+    OK_PLUS: {0, 1},
+    KEYED: {0, 1},
+    REJECT: {3},
+    REJECT_OR_OK_PLUS: {0, 1, 3},
+    JOURNAL: {0, 1, 3},
+}
+
+
+def _backup_all_into_one_repository(
+    names: list[str], corpus_image: Callable[[str], Path], repo: Path
+) -> None:
+    """Back up every image of ``names`` into one repository, as a nightly job over many
+    sources would: each gets its documented exit code and, when refused, one line;
+    none leaves the repository damaged or unusable for the next source."""
+    env = {
+        "CIPHERDUMP_INSECURE_TEST_KDF": "1",
+        "CIPHERDUMP_PASSWORD": "pw",
+        "CIPHERDUMP_REPOSITORY": str(repo),
+    }
+
+    def run(*args: str) -> tuple[int, str, str]:
+        result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=True)
+        assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+            result.exception
+        )
+        assert "Traceback" not in result.stdout + result.stderr
+        assert "internal error" not in result.stderr
+        return result.exit_code, result.stdout, result.stderr
+
+    assert run("init")[0] == 0
+    backed_up = 0
+    for name in names:
+        with time_limit(TIME_LIMIT):
+            rc, out, err = run("backup", "--json", str(corpus_image(name)))
+        assert rc in BACKUP_CODES[EXPECTATIONS[name]], (name, rc, err)
+        if rc == 3:
+            assert not out and err.startswith("cipherdump: error: ") and err.count("\n") == 1
+        else:
+            summary = json.loads(out.splitlines()[-1])
+            assert len(summary["snapshot_id"]) == 64, name
+            backed_up += 1
+    rc, out, err = run("check", "--read-data", "--json")
+    assert rc == 0, out + err
+    rc, out, err = run("backup", "--json", str(SAMPLE))
+    assert rc == 0, err
+    snapshots = json.loads(run("snapshots", "--json")[1])
+    assert len(snapshots) == backed_up + 1
+
+
+def test_backups_of_some_damaged_images_keep_the_repository_sound(
+    corpus_image: Callable[[str], Path], tmp_path: Path
+) -> None:
+    names = [name for name, _ in CLI_CASES]
+    _backup_all_into_one_repository(names, corpus_image, tmp_path / "repo")
+
+
+@pytest.mark.slow
+def test_backups_of_every_image_keep_the_repository_sound(
+    corpus_image: Callable[[str], Path], tmp_path: Path
+) -> None:
+    _backup_all_into_one_repository(sorted(EXPECTATIONS), corpus_image, tmp_path / "repo")
 
 
 # -- ext4-view-rs test disks -----------------------------------------------------------
