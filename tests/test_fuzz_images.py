@@ -336,7 +336,7 @@ def test_extent_tree_reusing_blocks_is_refused(seeds: dict[str, bytes]) -> None:
 # -- backups of mutants ----------------------------------------------------------------
 
 
-def backup_twice(image: bytes) -> None:
+def back_up_three_ways(image: bytes) -> None:
     """Back a mutant up, then again with that snapshot as the parent, then again
     reading everything: only CipherdumpError may escape; what each run cannot read is a
     problem it reports, and the three snapshots have the same root tree (an incremental
@@ -364,16 +364,20 @@ def backup_twice(image: bytes) -> None:
     assert report.ok, report.errors
 
 
+def _back_up_a_mutant(name: str, seeds: dict[str, bytes], data: st.DataObject) -> None:
+    image, ranges = _seed(seeds, name)
+    edits = data.draw(mutations(ranges, len(image)), label="edits")
+    with time_limit(3 * TIME_LIMIT):  # three backups
+        back_up_three_ways(apply(image, edits))
+
+
 @pytest.mark.parametrize("name", SEED_NAMES)
 @settings(_FAST, max_examples=25)
 @given(data=st.data())
 def test_backups_of_a_mutated_image_agree(
     name: str, seeds: dict[str, bytes], data: st.DataObject
 ) -> None:
-    image, ranges = _seed(seeds, name)
-    edits = data.draw(mutations(ranges, len(image)), label="edits")
-    with time_limit(3 * TIME_LIMIT):
-        backup_twice(apply(image, edits))
+    _back_up_a_mutant(name, seeds, data)
 
 
 @pytest.mark.slow
@@ -383,7 +387,4 @@ def test_backups_of_a_mutated_image_agree(
 def test_backups_of_a_mutated_image_agree_many(
     name: str, seeds: dict[str, bytes], data: st.DataObject
 ) -> None:
-    image, ranges = _seed(seeds, name)
-    edits = data.draw(mutations(ranges, len(image)), label="edits")
-    with time_limit(3 * TIME_LIMIT):
-        backup_twice(apply(image, edits))
+    _back_up_a_mutant(name, seeds, data)
