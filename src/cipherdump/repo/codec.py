@@ -385,11 +385,14 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Value, int]:
     if n > end - pos:  # Every element takes at least one byte.
         raise _Fail("count exceeds data", pos)
     depth += 1
+    # Ints in the container are decoded here, not by a call each, unless they lie past
+    # the nesting limit (where the call refuses them, as the encoder never writes them).
+    inline = depth <= MAX_DEPTH
     if tag == _LIST:
         items: list[Value] = []
         for _ in range(n):
-            if data[pos] == _INT and pos + 1 < end and data[pos + 1] < 0x80:
-                z = data[pos + 1]  # a one-byte int (chunk numbers, extents), inline
+            if inline and pos + 1 < end and data[pos] == _INT and data[pos + 1] < 0x80:
+                z = data[pos + 1]  # a one-byte int (chunk numbers, extents)
                 items.append((z >> 1) ^ -(z & 1))
                 pos += 2
                 continue
@@ -420,7 +423,7 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Value, int]:
             if len(_KEY_TEXT) < _KEY_CACHE_MAX:
                 _KEY_TEXT[raw_key] = key
         previous = raw_key
-        if pos < end and data[pos] == _INT:
+        if inline and pos < end and data[pos] == _INT:
             # An int value (most of a tree's attrs, many of them times of ten bytes),
             # decoded here: a call per value, and one per varint, cost a tenth of
             # decoding a tree.  Canonical varints only, as _varint_at reads them.
