@@ -229,3 +229,70 @@ def test_a_block_that_cannot_be_read_is_one_problem(
     assert result.stats.errors == 1
     listed = {r["path"] for r in snapshot_records(latest_view(repo))}
     assert b"/public/numbers.csv" in listed and b"/public/hello.txt" not in listed
+
+
+def test_a_blob_over_the_limit_is_refused_with_a_cipherdump_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cipherdump.errors import UnsupportedError
+    from cipherdump.repo import BlobType, pack
+
+    monkeypatch.setattr(pack, "MAX_BLOB_SIZE", 100)
+    with Repository.init(MemoryBackend(), b"pw", kdf=KdfParams.insecure_for_tests()) as repo:
+        with pytest.raises(UnsupportedError, match="101 bytes is over the 100 bytes"):
+            repo.add_blob(BlobType.TREE, bytes(101))
+        assert repo.add_blob(BlobType.TREE, bytes(100))[1]  # at the limit: stored
+
+
+def test_a_directory_too_large_for_one_tree_is_one_problem(
+    repo: Repository, fs: Filesystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tree blob over the limit (a directory of some half a million entries; here
+    the limit is lowered for trees of the sample) fails that directory, not the backup:
+    it is reported, its node is kept and marked so that a listing says why it is
+    empty, everything else is stored, and the next backup does it again."""
+    from cipherdump.repo import BlobType, pack
+
+    limit = max(len(t) for t in _tree_sizes(fs)) - 1  # only the largest tree is over
+    real_add = pack.PackWriter.add
+
+    def add(self: pack.PackWriter, blob_type: BlobType, blob_id: Any, data: bytes, z: bool) -> None:
+        if blob_type is BlobType.TREE and len(data) > limit:
+            raise pack.BlobTooLargeError(f"a tree blob of {len(data)} bytes is over {limit}")
+        real_add(self, blob_type, blob_id, data, z)
+
+    monkeypatch.setattr(pack.PackWriter, "add", add)
+    for _ in range(2):
+        problems: list[tuple[bytes, str]] = []
+        result = backup(
+            repo,
+            fs,
+            BackupOptions(),
+            on_problem=lambda p, e, out=problems: out.append((p, str(e))),
+        )
+        assert len(problems) == 1 and result.stats.errors == 1
+        path, why = problems[0]
+        assert "its entries cannot be stored" in why
+        view = latest_view(repo)
+        listed = list(view.walk(view.root_node(), recursive=True))
+        recorded = [i for i in listed if isinstance(i, Problem)]
+        assert [(i.path, str(i.error)) for i in recorded] == [(path, why)]
+        stored = {view.record(i)["path"] for i in listed if not isinstance(i, Problem)}
+        on_disk = {r["path"] for r in image_records(fs)}
+        assert path in stored  # the directory itself
+        assert {p for p in on_disk if not p.startswith(path + b"/")} <= stored
+    assert repo.check(read_data=True).ok
+
+
+def _tree_sizes(fs: Filesystem) -> list[bytes]:
+    """The tree plaintexts of a backup of ``fs``."""
+    from cipherdump.repo import BlobType
+
+    repo = Repository.init(MemoryBackend(), b"pw", kdf=KdfParams.insecure_for_tests())
+    snap = backup(repo, fs, BackupOptions()).snapshot
+    out, todo = [], [snap.tree]
+    while todo:
+        tree_id = todo.pop()
+        out.append(repo.load_blob(BlobType.TREE, tree_id))
+        todo += [n.subtree for n in repo.load_tree(tree_id).nodes if n.subtree is not None]
+    return out

@@ -68,7 +68,7 @@ from cipherdump.engine.readahead import (
     merge_ranges,
 )
 from cipherdump.engine.workers import WorkerDied, WorkerPool
-from cipherdump.errors import CipherdumpError, CorruptError, InputError
+from cipherdump.errors import CipherdumpError, CorruptError, InputError, UnsupportedError
 from cipherdump.ext4 import Filesystem, Inode, Run
 from cipherdump.ext4.directory import Entry, dx_hash_version
 from cipherdump.ext4.inode import FileType
@@ -83,6 +83,7 @@ from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_ENCRYPTION
 from cipherdump.repo import BlobType, Id, Node, Repository, Snapshot
 from cipherdump.repo import FileType as RepoFileType
 from cipherdump.repo.codec import Value, decode, encode
+from cipherdump.repo.pack import BlobTooLargeError
 from cipherdump.repo.tree import NodeSpan, join_nodes
 
 SNAPSHOT_FORMAT = 1
@@ -1018,21 +1019,16 @@ class _Backup:
         """Save (or reuse) the directory's tree and record it in the directory table."""
         if frame.pending:
             self.collect(frame)
-        if frame.reuse is not None:
-            same = len(frame.nodes) == len(frame.kids) and all(
-                isinstance(n, Node)
-                and (rec := self.parent_dir(n)) is not None
-                and n.subtree == rec.tree
-                for n in frame.nodes.values()
-            )
-            if same:
-                tree_id = frame.reuse.tree
-            else:
-                # Only subtrees of child directories differ: patch the old tree.
-                old = self.repo.load_tree(frame.reuse.tree)
-                tree_id = self.save_tree((n.name, frame.nodes.get(n.name, n)) for n in old.nodes)
-        else:
-            tree_id = self.save_tree(frame.nodes.items())
+        try:
+            tree_id = self.tree_of(frame)
+        except BlobTooLargeError as err:
+            # The directory's own node is kept, marked, with an empty tree: the rest of
+            # the backup goes on, and a listing of the snapshot reports it.
+            why = UnsupportedError(f"its entries cannot be stored: {err}")
+            self.problem(frame.node.path, why, frame)
+            frame.attrs["list_error"] = str(why)
+            frame.census.clear()
+            tree_id = self.save_tree(())
         for key, n in frame.census.items():
             self.total_census[key] = self.total_census.get(key, 0) + n
         if frame.key is not None and not frame.errors:
@@ -1049,6 +1045,22 @@ class _Backup:
                 )
             )
         return tree_id
+
+    def tree_of(self, frame: _Frame) -> Id:
+        """The tree of a directory whose entries are all done: saved, or the parent's."""
+        if frame.reuse is None:
+            return self.save_tree(frame.nodes.items())
+        same = len(frame.nodes) == len(frame.kids) and all(
+            isinstance(n, Node)
+            and (rec := self.parent_dir(n)) is not None
+            and n.subtree == rec.tree
+            for n in frame.nodes.values()
+        )
+        if same:
+            return frame.reuse.tree
+        # Only subtrees of child directories differ: patch the old tree.
+        old = self.repo.load_tree(frame.reuse.tree)
+        return self.save_tree((n.name, frame.nodes.get(n.name, n)) for n in old.nodes)
 
     def parent_dir(self, node: Node) -> DirRecord | None:
         if self.parent is None:

@@ -37,7 +37,7 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 import zstandard
 
-from cipherdump.errors import CorruptError, IntegrityError
+from cipherdump.errors import CorruptError, IntegrityError, UnsupportedError
 from cipherdump.repo.crypto import SEAL_OVERHEAD, FileHasher, MasterKey, file_id
 from cipherdump.repo.envelope import HEADER_SIZE, Magic, decode_header, encode_header
 from cipherdump.repo.ids import BlobType, Id
@@ -52,6 +52,11 @@ MAX_BLOB_SIZE = 256 * 1024 * 1024
 # Trees (most of what is compressed) shrink to 0.379 of their size at level 1 and 0.378
 # at level 3, which takes 2.5 times as long (the benchmark's 198 trees: 24 against 59 ms).
 _ZSTD_LEVEL = 1
+
+
+class BlobTooLargeError(UnsupportedError):
+    """A blob over :data:`MAX_BLOB_SIZE`: in practice the tree of a directory of more
+    than about half a million entries (data chunks are far smaller)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +170,10 @@ class PackWriter:
 
     def add(self, blob_type: BlobType, blob_id: Id, plaintext: bytes, compress: bool) -> None:
         if len(plaintext) > MAX_BLOB_SIZE:
-            raise ValueError(f"blob of {len(plaintext)} bytes exceeds {MAX_BLOB_SIZE}")
+            raise BlobTooLargeError(
+                f"a {blob_type.name.lower()} blob of {len(plaintext)} bytes is over the "
+                f"{MAX_BLOB_SIZE} bytes one blob may hold"
+            )
         flags, body = compress_blob(plaintext, compress, self._zstd)
         length = len(body) + SEAL_OVERHEAD
         aad = blob_aad(blob_type, blob_id)
