@@ -1124,6 +1124,9 @@ class _Backup:
             if frame.pos < len(frame.kids):
                 order = frame.pos
                 kid = frame.kids[order]
+                # Let go of the entry's inode once it is done: a directory of many
+                # entries would otherwise hold every decoded inode until it closes.
+                frame.kids[order] = None
                 frame.pos += 1
                 if kid is None:
                     continue  # reused by list_with_reuse
