@@ -347,3 +347,45 @@ def test_a_bad_sector_on_a_device_is_one_problem(
     assert problems[0][1].endswith(": Input/output error")
     assert result.stats.errors == 1 and result.stats.files_new > 1
     repo.close()
+
+
+def test_a_full_repository_disk_is_one_line_and_harms_nothing(tmp_path: Path) -> None:
+    """The repository's disk fills up in the middle of a backup (a real ext4, so packs
+    are written with O_DIRECT as on any disk): one line and exit code 6, not an internal
+    error nor a problem per file; ``check`` passes; once there is room again, the next
+    backup works.  One process leaves no temporary file; workers are stopped as a
+    killed backup's are, and the next run removes what they were writing."""
+    files = tmp_path / "files"
+    files.mkdir()
+    for i in range(3):
+        (files / f"f{i}").write_bytes(os.urandom(4 * MiB))
+    source = kernelfs.make_image(
+        tmp_path / "source.img", 32, features=(), extra_mkfs_args=["-d", str(files)]
+    )
+    disk = kernelfs.make_image(tmp_path / "disk.img", 40, features=())
+    env = {"CIPHERDUMP_INSECURE_TEST_KDF": "1", "CIPHERDUMP_PASSWORD": "pw"}
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+    with kernelfs.mounted(disk) as mnt:
+        repo = mnt / "repo"
+        assert run("init", "-r", str(repo)).exit_code == 0
+        ballast = mnt / "ballast"
+        ballast.write_bytes(bytes(shutil.disk_usage(mnt).free - 3 * MiB))  # 3 MiB of room
+        for jobs in ("1", "3"):  # in this process, and in workers
+            full = run("backup", "-r", str(repo), "--jobs", jobs, str(source))
+            assert full.exit_code == 6, full.output
+            assert full.stderr.startswith("cipherdump: error: cannot write a pack in ")
+            assert full.stderr.endswith("No space left on device\n")
+            assert full.stderr.count("\n") == 1
+            if jobs == "1":
+                assert not list(repo.rglob(".tmp-*"))
+            assert run("check", "-r", str(repo)).exit_code == 0
+        ballast.unlink()
+        again = run("backup", "-r", str(repo), "--json", str(source))
+        assert again.exit_code == 0, again.output
+        assert not list(repo.rglob(".tmp-*"))
+        assert run("check", "-r", str(repo), "--read-data").exit_code == 0
+        listed = run("ls", "-r", str(repo), "latest", "/")
+        assert {"f0", "f1", "f2"} <= set(listed.output.split())

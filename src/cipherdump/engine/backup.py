@@ -836,7 +836,7 @@ class _Backup:
             else:
                 frame.kids = list(self.ns.iter_children(node))
             self.prefetch_data(frame)
-        except CipherdumpError as err:
+        except InputError as err:
             attrs["list_error"] = str(err)
             self.problem(node.path, err, frame)
         return frame
@@ -1156,7 +1156,7 @@ class _Backup:
                     else:
                         frame.files += 1
                         frame.nodes[kid.raw_name] = self.make_node(kid, order, frame)
-                except CipherdumpError as err:
+                except InputError as err:  # the source's: the repository's end the backup
                     self.problem(kid.path, err, frame)
                 continue
             stack.pop()
@@ -1188,7 +1188,7 @@ class _Backup:
                 )
                 self.progress(frame.node.path)
                 return
-            except CipherdumpError as caught:
+            except InputError as caught:
                 err = caught
         name = self.ns.display_name(frame.node.inode, kid.entry)
         self.problem(posixpath.join(frame.node.path, name), err, frame)
@@ -1396,7 +1396,7 @@ class _Backup:
         census: Census = {}
         try:
             first = self.open_dir(node, job.order, job.depth, census if job.count_census else None)
-        except CipherdumpError as err:  # as the walk takes it: a problem of this entry
+        except InputError as err:  # as the walk takes it: a problem of this entry
             self.problem(job.path, err)
             return _DirDone(job.number, None, {}, 1, census, [])
         tree_id, frame = self.walk(first)
