@@ -175,3 +175,18 @@ def test_the_cycle_collector_does_not_rescan_everything_at_exit() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() and proc.stderr == "frozen=True"
+
+
+def test_every_exit_code_is_in_the_readme_table() -> None:
+    """The README's table of exit codes is the contract scripts rely on: every error
+    class's code is in it, and nothing else is."""
+    import re
+
+    from cipherdump import errors
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("### Exit codes", 1)[1].split("\n\n", 2)[1]
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", table, re.MULTILINE)}
+    classes = [c for c in vars(errors).values() if isinstance(c, type)]
+    raised = {c.exit_code for c in classes if issubclass(c, errors.CipherdumpError)}
+    assert documented == raised | {0, 2, 70}  # success, usage (click), internal error

@@ -13,7 +13,8 @@ and pick an exit code without ever showing a traceback::
     │   └── NotFoundError        a path or inode that does not exist
     ├── KeyProblem               a key is missing, does not match, or is wrong
     ├── IntegrityError           a repository object fails authentication or its hash
-    └── BackendError             the storage under a repository failed
+    ├── BackendError             the storage under a repository failed
+    └── OutputError              what a restore or clone writes cannot be written
 
 Errors raised for one inode or one directory entry carry enough context
 (``structure`` and ``location``) for per-object reporting: a reader keeps going past
@@ -88,3 +89,11 @@ class BackendError(CipherdumpError):
     """The storage behind a repository failed."""
 
     exit_code = 6
+
+
+class OutputError(CipherdumpError):
+    """The output of a restore or clone (a directory, an image file) cannot be written:
+    its disk is full, read-only or failing.  Ends the run: every later write would fail
+    the same way."""
+
+    exit_code = 7

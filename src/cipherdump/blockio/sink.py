@@ -10,7 +10,7 @@ import os
 import stat
 
 from cipherdump.blockio.source import Closable
-from cipherdump.errors import InputError, NotFoundError
+from cipherdump.errors import InputError, NotFoundError, OutputError
 
 
 class FileSink(Closable):
@@ -41,18 +41,27 @@ class FileSink(Closable):
     def read_at(self, offset: int, length: int) -> bytes:
         if length <= 0 or offset >= self._size:
             return b""
-        return os.pread(self._fd, min(length, self._size - offset), offset)
+        try:
+            return os.pread(self._fd, min(length, self._size - offset), offset)
+        except OSError as e:
+            raise OutputError(f"{self._name}: cannot read at byte {offset}: {e.strerror}") from e
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
-        while view:
-            n = os.pwrite(self._fd, view, offset)
-            view = view[n:]
-            offset += n
+        try:
+            while view:
+                n = os.pwrite(self._fd, view, offset)
+                view = view[n:]
+                offset += n
+        except OSError as e:
+            raise OutputError(f"{self._name}: cannot write at byte {offset}: {e.strerror}") from e
         self._size = max(self._size, offset)
 
     def sync(self) -> None:
-        os.fsync(self._fd)
+        try:
+            os.fsync(self._fd)
+        except OSError as e:
+            raise OutputError(f"{self._name}: cannot sync: {e.strerror}") from e
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -38,7 +38,7 @@ from typing import Generic, Protocol, TypeVar
 
 from cipherdump.engine.keyed import Segment, invalid_name_reason
 from cipherdump.engine.namespace import MAX_DEPTH, Problem
-from cipherdump.errors import CipherdumpError, CorruptError, InputError
+from cipherdump.errors import CipherdumpError, CorruptError, InputError, OutputError
 from cipherdump.ondisk.acl import ext4_acl_to_xattr
 from cipherdump.ondisk.xattr import (
     EXT4_XATTR_INDEX_POSIX_ACL_ACCESS,
@@ -117,6 +117,10 @@ class TreeSource(Protocol[N]):
     def symlink_target(self, node: N) -> bytes: ...
 
 
+# Write errors of the destination as a whole, not of one object in it.
+_DESTINATION_GONE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
+
 @dataclass(frozen=True, slots=True)
 class WriteProblem:
     """An object that was not (completely) written; ``path`` is relative to the destination."""
@@ -189,6 +193,10 @@ class PlainWriter(Generic[N]):
 
     def problem(self, rel: tuple[bytes, ...], error: CipherdumpError | OSError) -> None:
         path = b"/".join(rel) or b"."
+        if isinstance(error, OSError) and error.errno in _DESTINATION_GONE:
+            # Every later write would fail the same way: one line, not one per file.
+            where = os.path.join(self.root_path, path).decode("utf-8", "backslashreplace")
+            raise OutputError(f"{where}: {error.strerror}") from error
         self.result.problems.append(WriteProblem(path, error))
         if self.on_event is not None:
             self.on_event(WriteEvent("problem", path))
