@@ -8,9 +8,7 @@ index names; they are ignored, and their blobs are written again by the next run
 
 from __future__ import annotations
 
-import contextlib
 import io
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from cipherdump.errors import BackendError, CorruptError, IntegrityError
@@ -104,25 +102,23 @@ class BlobStore:
         blob_id = self._key.blob_id(data)
         if self.has(blob_type, blob_id):
             return blob_id, False
-        with self._assembling():
+        try:  # (a try block costs nothing; a context manager per blob would)
             writer = self._writers.get(blob_type)
             if writer is None:
                 writer = self._new_writer(blob_type)
             writer.add(blob_type, blob_id, data, compress)
             if writer.size >= self._pack_size:
                 self._flush_pack(blob_type)
+        except OSError as exc:
+            raise self._pack_error(exc) from exc
         return blob_id, True
 
-    @contextlib.contextmanager
-    def _assembling(self) -> Iterator[None]:
+    def _pack_error(self, exc: OSError) -> BackendError:
         """A pack being assembled in its file is the backend's business: a full disk
         or an I/O error there is a BackendError, as any other write of the backend's."""
-        try:
-            yield
-        except OSError as exc:
-            raise BackendError(
-                f"cannot write a pack in {self._backend.location}: {exc.strerror or exc}"
-            ) from exc
+        return BackendError(
+            f"cannot write a pack in {self._backend.location}: {exc.strerror or exc}"
+        )
 
     def _new_writer(self, blob_type: BlobType) -> PackWriter:
         spool = open_spool(self._backend, FileType.PACK) if self._spool_dir is None else None
@@ -138,8 +134,10 @@ class BlobStore:
         writer = self._writers.get(blob_type)
         entry = writer.get(blob_id) if writer is not None else None
         if writer is not None and entry is not None:
-            with self._assembling():
+            try:
                 sealed = writer.read(entry)
+            except OSError as exc:
+                raise self._pack_error(exc) from exc
             return open_blob(self._key, entry, sealed, "the unfinished pack")
         found = self.index.lookup(blob_type, blob_id)
         if found is None:
@@ -152,10 +150,12 @@ class BlobStore:
 
     def flush(self) -> None:
         """Save every unfinished pack, data before trees, then the index delta."""
-        with self._assembling():
+        try:
             for blob_type in (BlobType.DATA, BlobType.TREE):
                 if blob_type in self._writers:
                     self._flush_pack(blob_type)
+        except OSError as exc:
+            raise self._pack_error(exc) from exc
         self._write_index()
 
     def close(self) -> None:
