@@ -145,3 +145,39 @@ def test_check_names_every_flipped_byte(repo_dir: Path, tmp_path: Path) -> None:
             rel,
             result.output,
         )
+
+
+def test_a_backup_after_packs_were_lost_stores_their_data_again(tmp_path: Path) -> None:
+    """Packs deleted outside cipherdump: the next backup warns, does not reuse the
+    parent (whose trees and chunk lists may name the lost blobs), and stores what is
+    gone again, so the new snapshot is whole, and so are the old snapshot's files that
+    are still on the source (blobs are named by their contents); ``check`` keeps
+    reporting the index files that name the lost packs."""
+    repo = tmp_path / "r"
+    assert run("init", "-r", str(repo)).exit_code == 0
+    first = json.loads(run("backup", "-r", str(repo), "--json", str(SAMPLE)).output)
+    lost = sorted((repo / "data").glob("*/*"))
+    assert lost
+    for pack in lost:
+        pack.unlink()
+    second = run("backup", "-r", str(repo), "--json", str(SAMPLE))
+    assert second.exit_code == 0, second.output
+    summary = json.loads(second.stdout)
+    assert summary["parent"] is None and summary["files_new"] == 11
+    assert summary["bytes_added"] > 0
+    (warning,) = summary["warnings"]
+    assert f"names {len(lost)} pack(s) the repository does not have" in warning
+    assert f"cipherdump: warning: {warning}" in second.stderr
+    for snap in (first["snapshot_id"], summary["snapshot_id"]):
+        listed = run("ls", "-r", str(repo), "-R", "--json", snap[:12], "/")
+        assert listed.exit_code == 0, listed.output
+        for rec in lines(listed):
+            if rec["type"] == "file":
+                cat = run("cat", "-r", str(repo), "--ciphertext", snap[:12], rec["path"])
+                assert cat.exit_code == 0, (rec["path"], cat.output)
+    check = run("check", "-r", str(repo))
+    assert check.exit_code == 5
+    errors = [line for line in check.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and all("missing, but index/" in line for line in errors), errors
+    third = json.loads(run("backup", "-r", str(repo), "--json", str(SAMPLE)).stdout)
+    assert third["bytes_read"] > 0 and third["bytes_added"] == 0 and third["warnings"]

@@ -321,6 +321,8 @@ def backup_cmd(
             repository.close()
         for w in fs.warnings[shown:]:  # met while reading (damaged htree indexes, say)
             _warn(w)
+        for w in result.repository_warnings:
+            _warn(w)
     finally:
         fs.close()
     summary = _backup_summary(result, source)

@@ -163,7 +163,8 @@ class BackupResult:
     parent_id: Id | None
     stats: BackupStats
     policies: list[dict[str, Value]]
-    warnings: list[str]
+    warnings: list[str]  # the source's, then the repository's
+    repository_warnings: list[str] = field(default_factory=list)
 
 
 ProgressFn = Callable[[BackupProgress], None]
@@ -1440,7 +1441,20 @@ def backup(
     if not top.inode.is_dir:
         raise InputError(f"{options.path.decode('utf-8', 'backslashreplace')}: not a directory")
     before = _repo_sizes(repo)
-    parent = None if options.no_parent else find_parent(repo, fs, top.path, options.parent)
+    warnings: list[str] = []
+    missing = repo.missing_packs()
+    if missing:
+        # Snapshots may name blobs of those packs, the parent too: reusing its trees or
+        # chunk lists would carry the loss into this snapshot.  Everything is read, and
+        # what is gone is stored again.
+        warnings.append(
+            f"the index names {len(missing)} pack(s) the repository does not have (the "
+            f"first: {missing[0].hex}): earlier snapshots may have lost data (run check); "
+            "this backup reads everything and stores it again"
+        )
+    parent = (
+        None if options.no_parent or missing else find_parent(repo, fs, top.path, options.parent)
+    )
     if parent is not None:
         job.parent = ParentIndex(repo, parent[1])
     job.progress(top.path, force=True)
@@ -1489,7 +1503,8 @@ def backup(
         parent_id=snapshot.parent,
         stats=job.stats,
         policies=policies,
-        warnings=list(fs.warnings),
+        warnings=[*fs.warnings, *warnings],
+        repository_warnings=warnings,
     )
 
 

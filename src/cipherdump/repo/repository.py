@@ -187,6 +187,12 @@ class Repository:
         self._store.stop_threads()
         _ = self._store.index
 
+    def missing_packs(self) -> list[Id]:
+        """Packs the index names that the backend does not have (deleted or lost
+        outside cipherdump).  They are left out of the index: see
+        :attr:`BlobStore.index`."""
+        return self._store.missing_packs
+
     def become_worker(self) -> None:
         """In a forked copy: the lock is the parent's; never refresh or release it."""
         self._lock = None

@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from cipherdump.errors import BackendError, CorruptError, IntegrityError
 from cipherdump.repo.backends.base import Backend, FileType, Handle, Spool, open_spool
 from cipherdump.repo.crypto import MasterKey, file_id
-from cipherdump.repo.ids import BlobType, Id
+from cipherdump.repo.ids import BlobType, Id, is_hex_id
 from cipherdump.repo.index import IndexFile, PackRecord, decode_index, encode_index
 from cipherdump.repo.memindex import MemoryIndex
 from cipherdump.repo.pack import PACK_VERSION, PackWriter, open_blob
@@ -71,10 +71,17 @@ class BlobStore:
         self._broken: BaseException | None = None
         self._unindexed: list[PackRecord] = []
         self._index: MemoryIndex | None = None
+        # Packs the index files name that the backend does not have.
+        self._missing: list[Id] = []
 
     @property
     def index(self) -> MemoryIndex:
-        """The index of every blob in an index file or a pack saved by this store."""
+        """The index of every blob in an index file or a pack saved by this store.
+
+        Packs an index file names but the backend does not have (deleted or lost
+        outside cipherdump) are left out (see :attr:`missing_packs`): their blobs count
+        as absent, so a backup stores them again, and a blob stored again is found
+        where it now is, not where it was."""
         if self._index is None:
             index = MemoryIndex()
             files = {
@@ -82,12 +89,24 @@ class BlobStore:
                 for info in self._backend.list(FileType.INDEX)
             }
             superseded = {i.hex for f in files.values() for i in f.supersedes}
+            listed = self._backend.list(FileType.PACK)
+            present = {Id.from_hex(i.name) for i in listed if is_hex_id(i.name)}
+            missing = []
             for name, index_file in files.items():
                 if name not in superseded:
                     for pack in index_file.packs:
-                        index.add_pack(pack.id, pack.size, pack.raw_entries)
-            self._index = index
+                        if pack.id in present:
+                            index.add_pack(pack.id, pack.size, pack.raw_entries)
+                        else:
+                            missing.append(pack.id)
+            self._index, self._missing = index, missing
         return self._index
+
+    @property
+    def missing_packs(self) -> list[Id]:
+        """The packs index files name that the backend does not have."""
+        _ = self.index
+        return list(self._missing)
 
     def has(self, blob_type: BlobType, blob_id: Id) -> bool:
         writer = self._writers.get(blob_type)
