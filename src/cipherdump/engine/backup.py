@@ -87,6 +87,7 @@ from cipherdump.repo.pack import BlobTooLargeError
 from cipherdump.repo.tree import NodeSpan, join_nodes
 
 SNAPSHOT_FORMAT = 1
+TREE = BlobType.TREE
 _PROGRESS_EVERY_S = 0.1
 # Below this many used inodes a backup is over before workers would pay off.
 _PARALLEL_MIN_INODES = 2000
@@ -826,7 +827,9 @@ class _Backup:
         parent = self.parent
         if frame.key is not None and parent is not None and not self.options.force_reread:
             rec = parent.dir_record(ino.ino, ino.generation)
-            if rec is not None and rec.key == frame.key:
+            # (Its tree must be indexed too: reusing one whose index file was lost
+            # would make a snapshot that cannot be read.)
+            if rec is not None and rec.key == frame.key and self.repo.has_blob(TREE, rec.tree):
                 self.reuse_dir(frame, rec, listed)
                 return frame
         try:
@@ -1455,6 +1458,12 @@ def backup(
     parent = (
         None if options.no_parent or missing else find_parent(repo, fs, top.path, options.parent)
     )
+    if parent is not None and not repo.has_blob(TREE, parent[1].tree):
+        warnings.append(
+            f"the parent snapshot {parent[0].hex[:8]} names trees the index does not have "
+            "(index files lost?): this backup reads everything; run check"
+        )
+        parent = None
     if parent is not None:
         job.parent = ParentIndex(repo, parent[1])
     job.progress(top.path, force=True)

@@ -113,7 +113,11 @@ class ParentIndex:
         if rec is None or rec.tree in self._loaded:
             return
         self._loaded.add(rec.tree)
-        for node in self._repo.load_tree(rec.tree).nodes:
+        try:
+            nodes = self._repo.load_tree(rec.tree).nodes
+        except CipherdumpError:
+            return  # lost or damaged (check says which): its files are read as new
+        for node in nodes:
             if node.kind != "dir":
                 self._index_file(node.attrs, node.content)
 
