@@ -209,3 +209,30 @@ def test_a_backup_after_the_index_was_lost_stores_everything_again(tmp_path: Pat
         for path in files:
             assert run("cat", "-r", str(repo), "--ciphertext", snap[:12], path).exit_code == 0
     assert run("check", "-r", str(repo)).exit_code == 0
+
+
+def test_a_damaged_snapshot_file_stops_neither_listing_nor_backups(tmp_path: Path) -> None:
+    """One snapshot file with a flipped byte: ``snapshots`` lists the others and names
+    it (exit code 5), ``backup`` passes over it (a warning) and takes an older parent,
+    and ``latest`` is the latest undamaged one."""
+    repo = tmp_path / "r"
+    assert run("init", "-r", str(repo)).exit_code == 0
+    first = json.loads(run("backup", "-r", str(repo), "--json", str(SAMPLE)).stdout)
+    second = json.loads(run("backup", "-r", str(repo), "--json", str(SAMPLE)).stdout)
+    bad = repo / "snapshots" / second["snapshot_id"]
+    data = bytearray(bad.read_bytes())
+    data[60] ^= 0x01
+    bad.write_bytes(bytes(data))
+    listed = run("snapshots", "-r", str(repo), "--json")
+    assert listed.exit_code == 5
+    assert [s["id"] for s in json.loads(listed.stdout)] == [first["snapshot_id"]]
+    assert f"cipherdump: error: snapshots/{second['snapshot_id']}: " in listed.stderr
+    third = run("backup", "-r", str(repo), "--json", str(SAMPLE))
+    assert third.exit_code == 0, third.output
+    summary = json.loads(third.stdout)
+    assert summary["parent"] == first["snapshot_id"] and summary["files_unchanged"] == 11
+    (warning,) = summary["warnings"]
+    assert f"snapshots/{second['snapshot_id']}" in warning and "passed over" in warning
+    latest = run("ls", "-r", str(repo), "--json", "latest", "/")
+    assert latest.exit_code == 0 and "passed over" in latest.stderr
+    assert run("check", "-r", str(repo)).exit_code == 5

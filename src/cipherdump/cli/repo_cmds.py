@@ -30,7 +30,7 @@ from cipherdump.errors import (
 if TYPE_CHECKING:
     from cipherdump.engine.backup import BackupProgress, BackupResult
     from cipherdump.engine.snapshot_view import SnapNode, SnapshotView
-    from cipherdump.repo import Repository
+    from cipherdump.repo import Id, Repository, Snapshot
 
 # The repository (cryptography, argon2, blake3, zstandard), the backup engine and the
 # ext4 reader are imported inside the commands that use them: `--help` and the image
@@ -109,8 +109,17 @@ def open_repository(repo: str | None, password_file: str | None, *, lock: bool) 
 def _find(repository: Repository, ref: str) -> SnapshotView:
     from cipherdump.engine.snapshot_view import SnapshotView
 
-    snap_id, snap = repository.find_snapshot(ref)
-    return SnapshotView(repository, snap_id, snap)
+    return SnapshotView(repository, *find_snapshot(repository, ref))
+
+
+def find_snapshot(repository: Repository, ref: str) -> tuple[Id, Snapshot]:
+    """The snapshot ``ref`` names; ``latest`` passes over damaged snapshot files, with
+    a warning for each."""
+    damaged: list[tuple[str, CipherdumpError]] = []
+    found = repository.find_snapshot(ref, damaged)
+    for _, err in damaged:
+        _warn(f"{err} (a damaged snapshot, passed over; run check)")
+    return found
 
 
 def _size(n: int) -> str:
@@ -362,8 +371,19 @@ def snapshots(repo: str | None, password_file: str | None, as_json: bool) -> Non
     """List the snapshots in the repository, oldest first."""
     from cipherdump.engine.backup import snapshot_summary
 
+    damaged: list[tuple[str, CipherdumpError]] = []
     with open_repository(repo, password_file, lock=False) as repository:
-        items = [snapshot_summary(i, s) for i, s in repository.list_snapshots()]
+        items = [snapshot_summary(i, s) for i, s in repository.list_snapshots(damaged)]
+    try:
+        _list_snapshots(items, as_json)
+    finally:
+        for _, err in damaged:
+            click.echo(f"cipherdump: error: {err}", err=True)
+    if damaged:
+        sys.exit(IntegrityError.exit_code)
+
+
+def _list_snapshots(items: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         click.echo(render.dumps(items))
         return

@@ -145,7 +145,7 @@ def restore_cmd(
             click.echo(render.show_bytes(ev.path), err=as_json)
 
     with repo_cmds.open_repository(repo, password_file, lock=False) as repository:
-        snap_id, snap = repository.find_snapshot(snapshot)
+        snap_id, snap = repo_cmds.find_snapshot(repository, snapshot)
         view = SnapshotView(repository, snap_id, snap)
         ring = snapshot_keys(view, keying)
         result, source = restore_plain(view, ring, target, path=os.fsencode(path), on_event=show)
@@ -195,7 +195,7 @@ def _restore_to_image(
         raise InputError("restore --to-image is not implemented yet")
     on_progress, bar = render.image_progress_bar("restore")
     with repo_cmds.open_repository(repo, password_file, lock=False) as repository, bar:
-        snap_id, snap = repository.find_snapshot(snapshot)
+        snap_id, snap = repo_cmds.find_snapshot(repository, snapshot)
         wanted = os.fsencode(path)
         report = restore_to_image(
             repository,
@@ -226,7 +226,7 @@ def cat_snapshot_keyed(
     from cipherdump.engine.snapshot_view import SnapshotView
 
     with repo_cmds.open_repository(repo, password_file, lock=False) as repository:
-        snap_id, snap = repository.find_snapshot(snapshot)
+        snap_id, snap = repo_cmds.find_snapshot(repository, snapshot)
         view = SnapshotView(repository, snap_id, snap)
         ring = snapshot_keys(view, keying)
         source = SnapshotSource(view, ring)

@@ -217,12 +217,22 @@ def filesystem_facts(fs: Filesystem) -> dict[str, Value]:
 
 
 def find_parent(
-    repo: Repository, fs: Filesystem, path: bytes, ref: str | None
+    repo: Repository,
+    fs: Filesystem,
+    path: bytes,
+    ref: str | None,
+    warnings: list[str] | None = None,
 ) -> tuple[Id, Snapshot] | None:
-    """The snapshot named by ``ref``, or the latest of the same filesystem UUID and path."""
+    """The snapshot named by ``ref``, or the latest of the same filesystem UUID and path
+    (damaged snapshot files are passed over, each with a line in ``warnings``)."""
     if ref is not None:
         return repo.find_snapshot(ref)
-    for snap_id, snap in reversed(repo.list_snapshots()):
+    damaged: list[tuple[str, CipherdumpError]] = []
+    snaps = repo.list_snapshots(damaged)
+    for _, err in damaged:
+        if warnings is not None:
+            warnings.append(f"{err} (a damaged snapshot, passed over; run check)")
+    for snap_id, snap in reversed(snaps):
         facts = snap.attrs.get("fs")
         if (
             isinstance(facts, Mapping)
@@ -1456,7 +1466,9 @@ def backup(
             "this backup reads everything and stores it again"
         )
     parent = (
-        None if options.no_parent or missing else find_parent(repo, fs, top.path, options.parent)
+        None
+        if options.no_parent or missing
+        else find_parent(repo, fs, top.path, options.parent, warnings)
     )
     if parent is not None and not repo.has_blob(TREE, parent[1].tree):
         warnings.append(

@@ -10,6 +10,7 @@ from typing import Self
 from cipherdump.errors import (
     BackendError,
     CipherdumpError,
+    CorruptError,
     IntegrityError,
     KeyProblem,
     NotFoundError,
@@ -211,19 +212,32 @@ class Repository:
             raise IntegrityError(f"{handle}: content does not match its name")
         return decode_snapshot(self._key, data, str(handle))
 
-    def list_snapshots(self) -> list[tuple[Id, Snapshot]]:
-        """Every snapshot, oldest first."""
-        snaps = [
-            (sid, self.load_snapshot(sid))
-            for sid in (Id.from_hex(i.name) for i in self.backend.list(FileType.SNAPSHOT))
-        ]
+    def list_snapshots(
+        self, damaged: list[tuple[str, CipherdumpError]] | None = None
+    ) -> list[tuple[Id, Snapshot]]:
+        """Every snapshot, oldest first.  Given ``damaged``, a snapshot file that fails
+        its hash, authentication or decoding is left out and noted there (its handle
+        and the error) instead of raising: one bad file must not stop every listing
+        and every backup (``check`` names it too)."""
+        snaps = []
+        for info in self.backend.list(FileType.SNAPSHOT):
+            sid = Id.from_hex(info.name)
+            try:
+                snaps.append((sid, self.load_snapshot(sid)))
+            except (IntegrityError, CorruptError) as err:
+                if damaged is None:
+                    raise
+                damaged.append((str(Handle(FileType.SNAPSHOT, info.name)), err))
         snaps.sort(key=lambda item: (item[1].time_ns, item[0]))
         return snaps
 
-    def find_snapshot(self, ref: str) -> tuple[Id, Snapshot]:
-        """A snapshot by unique hex prefix, full id, or ``"latest"``."""
+    def find_snapshot(
+        self, ref: str, damaged: list[tuple[str, CipherdumpError]] | None = None
+    ) -> tuple[Id, Snapshot]:
+        """A snapshot by unique hex prefix, full id, or ``"latest"`` (the latest
+        undamaged one if ``damaged`` is given: see :meth:`list_snapshots`)."""
         if ref == "latest":
-            snaps = self.list_snapshots()
+            snaps = self.list_snapshots(damaged)
             if not snaps:
                 raise NotFoundError(f"no snapshots in {self.backend.location}")
             return snaps[-1]
