@@ -124,7 +124,7 @@ def test_crc32c_loaded_around_its_package_is_the_package_function() -> None:
 def test_help_lists_every_command() -> None:
     out = CliRunner().invoke(cli, ["--help"]).output
     expected = {"backup", "cat", "check", "clone", "diff", "extract", "info", "init", "ls"}
-    expected |= {"restore", "snapshots", "stat"}
+    expected |= {"repair", "restore", "snapshots", "stat"}
     assert set(cli.commands) == expected
     for name in expected:
         assert f"  {name} " in out

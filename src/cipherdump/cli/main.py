@@ -400,6 +400,13 @@ for _command in repo_cmds.COMMANDS:
     _command.callback = one_line_errors(_command.callback)
     cli.add_command(_command)
 
+# repair index: the repository's own first aid.
+for _group in repo_cmds.GROUPS:
+    for _sub in _group.commands.values():
+        assert _sub.callback is not None
+        _sub.callback = one_line_errors(_sub.callback)
+    cli.add_command(_group)
+
 # restore: plaintext with keys (--target) or an image (--to-image).
 assert restore_cmd.restore_cmd.callback is not None
 restore_cmd.restore_cmd.callback = one_line_errors(restore_cmd.restore_cmd.callback)

@@ -531,6 +531,58 @@ def check(read_data: bool, repo: str | None, password_file: str | None, as_json:
         sys.exit(IntegrityError.exit_code)
 
 
+# -- repair -------------------------------------------------------------------------------------
+
+
+@click.group()
+def repair() -> None:
+    """Repair a damaged repository."""
+
+
+@repair.command(name="index")
+@repo_option
+@password_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def repair_index(repo: str | None, password_file: str | None, as_json: bool) -> None:
+    """Rebuild the index from the packs themselves.
+
+    For index files that were lost or damaged, or that name packs that are gone: every
+    pack's header is read and authenticated, one new index file lists every pack
+    found, and the old index files are removed.  A damaged pack is named (exit code
+    5) and keeps the entries an old index file gives it, else it is left out; run
+    `check` afterwards to see what the snapshots still lack.
+    """
+    update, bar = render.progress_bar("repair", count_inodes=False)
+
+    def on_progress(done: int, total: int) -> None:
+        if update is not None:
+            update(done, total, 0)
+
+    with open_repository(repo, password_file, lock=True) as repository, bar:
+        report = repository.repair_index(on_progress)
+    if as_json:
+        click.echo(
+            render.dumps(
+                {
+                    "index": report.index_id.hex if report.index_id else None,
+                    "packs": report.packs,
+                    "blobs": report.blobs,
+                    "replaced": report.replaced,
+                    "damaged": report.damaged,
+                }
+            )
+        )
+    else:
+        for why in report.damaged:
+            click.echo(f"error: {why}", err=True)
+        click.echo(
+            f"indexed {report.blobs} blobs in {report.packs} packs; "
+            f"{report.replaced} index files replaced"
+        )
+    if report.damaged:
+        sys.exit(IntegrityError.exit_code)
+
+
 # -- the snapshot side of ls, stat and cat -------------------------------------------------------
 
 
@@ -619,3 +671,4 @@ def cat_snapshot(
 
 
 COMMANDS = (init, backup_cmd, snapshots, diff, check)
+GROUPS = (repair,)

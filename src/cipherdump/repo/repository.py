@@ -30,6 +30,7 @@ from cipherdump.repo.ids import BlobType, Id, is_hex_id
 from cipherdump.repo.keyfile import encode_key_file, unwrap_key_file
 from cipherdump.repo.lock import Lock, remove_locks
 from cipherdump.repo.pack import PACK_VERSION
+from cipherdump.repo.repair import RepairReport, rebuild_index
 from cipherdump.repo.snapshot import Snapshot, decode_snapshot, encode_snapshot
 from cipherdump.repo.tree import Tree, decode_tree, encode_tree
 
@@ -262,6 +263,16 @@ class Repository:
             self.backend, self._key, read_data=read_data, own_lock=own, on_progress=on_progress
         )
         return checker.run()
+
+    def repair_index(self, on_progress: Callable[[int, int], None] | None = None) -> RepairReport:
+        """Rebuild the index from the packs' own headers (see :mod:`.repair`); needs
+        the lock.  Blobs added but not yet flushed are flushed first."""
+        if self._lock is None:
+            raise BackendError("repairing the index needs the repository's lock")
+        self._store.flush()
+        report = rebuild_index(self.backend, self._key, on_progress)
+        self._store.forget_index()
+        return report
 
     def unlock(self, *, all_locks: bool = False) -> list[str]:
         """Remove stale locks (or every lock but ours); returns the names removed."""

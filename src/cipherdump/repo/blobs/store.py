@@ -84,11 +84,17 @@ class BlobStore:
         where it now is, not where it was."""
         if self._index is None:
             index = MemoryIndex()
-            files = {
-                info.name: load_index_file(self._backend, self._key, info.name)
-                for info in self._backend.list(FileType.INDEX)
-            }
+            files: dict[str, IndexFile] = {}
+            damaged: dict[str, IntegrityError] = {}
+            for info in self._backend.list(FileType.INDEX):
+                try:
+                    files[info.name] = load_index_file(self._backend, self._key, info.name)
+                except IntegrityError as exc:
+                    damaged[info.name] = exc
             superseded = {i.hex for f in files.values() for i in f.supersedes}
+            for name, error in damaged.items():
+                if name not in superseded:  # (a repair left it superseded: no matter)
+                    raise error
             listed = self._backend.list(FileType.PACK)
             present = {Id.from_hex(i.name) for i in listed if is_hex_id(i.name)}
             missing = []
@@ -101,6 +107,10 @@ class BlobStore:
                             missing.append(pack.id)
             self._index, self._missing = index, missing
         return self._index
+
+    def forget_index(self) -> None:
+        """Read the index files again when next needed (they were rewritten)."""
+        self._index = None
 
     @property
     def missing_packs(self) -> list[Id]:

@@ -1,0 +1,102 @@
+"""Rebuilding the index from the packs themselves (``cipherdump repair index``).
+
+The index only repeats what every pack's own header says (format §7, §8).  When index
+files are lost or damaged, or name packs that are gone, it can be made again: each
+pack's sealed header is read and authenticated, and its name checked against it (the
+BLAKE3 of header and trailer in version 2, of the whole pack in version 1); then one
+new index file lists every pack found and supersedes every index file there was, and
+once it is saved those are removed.  Interrupted before that, the old files are
+superseded, and readers pass over them even where they are damaged.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cipherdump.errors import CorruptError, IntegrityError
+from cipherdump.repo.backends.base import Backend, FileInfo, FileType, Handle
+from cipherdump.repo.blobs.store import load_index_file
+from cipherdump.repo.crypto import MasterKey, file_id
+from cipherdump.repo.ids import Id, is_hex_id
+from cipherdump.repo.index import IndexFile, PackRecord, encode_index
+from cipherdump.repo.pack import TRAILER_SIZE, decode_pack_header, decode_trailer, pack_name
+
+
+@dataclass
+class RepairReport:
+    packs: int = 0  # indexed
+    blobs: int = 0  # indexed
+    damaged: list[str] = field(default_factory=list)  # one line per damaged pack (named)
+    replaced: int = 0  # index files superseded and removed
+    index_id: Id | None = None  # the new index file
+
+
+def rebuild_index(
+    backend: Backend, key: MasterKey, on_progress: Callable[[int, int], None] | None = None
+) -> RepairReport:
+    """Index every readable pack in one new index file that replaces all others.
+    ``on_progress(packs done, packs)``.  The caller holds the repository's lock."""
+    report = RepairReport()
+    old = [info.name for info in backend.list(FileType.INDEX)]
+    known = _indexed_packs(backend, key, old)
+    packs = [info for info in backend.list(FileType.PACK) if is_hex_id(info.name)]
+    records = []
+    for done, info in enumerate(packs, 1):
+        where = str(Handle(FileType.PACK, info.name))
+        try:
+            records.append(_pack_record(backend, key, info, where))
+        except (IntegrityError, CorruptError) as exc:
+            # (A backend error ends the repair before anything is written: a pack that
+            # cannot be read now is not damaged, and leaving it out would lose it.)
+            before = known.get(Id.from_hex(info.name))
+            if before is not None and before.size == info.size:
+                # Its blobs may well be whole: the old index still says where they are.
+                records.append(before)
+                report.damaged.append(f"{exc} (kept as the old index lists it)")
+            else:
+                report.damaged.append(f"{exc} (left out of the index)")
+        if on_progress is not None:
+            on_progress(done, len(packs))
+    supersedes = tuple(Id.from_hex(name) for name in old if is_hex_id(name))
+    data = encode_index(key, IndexFile(tuple(records), supersedes))
+    report.index_id = file_id(data)
+    backend.save(Handle(FileType.INDEX, report.index_id.hex), io.BytesIO(data))
+    for name in old:
+        if name != report.index_id.hex:
+            backend.remove(Handle(FileType.INDEX, name))
+            report.replaced += 1
+    report.packs = len(records)
+    report.blobs = sum(r.count for r in records)
+    return report
+
+
+def _indexed_packs(backend: Backend, key: MasterKey, names: list[str]) -> dict[Id, PackRecord]:
+    """What the index files that can still be read say of each pack."""
+    out: dict[Id, PackRecord] = {}
+    for name in names:
+        try:
+            index_file = load_index_file(backend, key, name)
+        except (IntegrityError, CorruptError):
+            continue
+        for pack in index_file.packs:
+            out.setdefault(pack.id, pack)
+    return out
+
+
+def _pack_record(backend: Backend, key: MasterKey, info: FileInfo, where: str) -> PackRecord:
+    handle = Handle(FileType.PACK, info.name)
+    trailer = backend.load(handle, max(info.size - TRAILER_SIZE, 0), min(info.size, TRAILER_SIZE))
+    header_len, version = decode_trailer(trailer, info.size, where)
+    if version == 1:
+        named = backend.load(handle)  # named by the BLAKE3 of all of it
+    else:
+        named = backend.load(handle, info.size - TRAILER_SIZE - header_len, header_len)
+        named += trailer
+    pack_id = Id.from_hex(info.name)
+    if pack_name(named, where) != pack_id:
+        raise IntegrityError(f"{where}: content does not match its name")
+    end = len(named) - TRAILER_SIZE
+    entries = decode_pack_header(key, named[end - header_len : end], trailer, info.size, where)
+    return PackRecord(pack_id, info.size, b"".join(e.encode() for e in entries))
