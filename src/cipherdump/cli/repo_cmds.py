@@ -115,9 +115,9 @@ def _find(repository: Repository, ref: str) -> SnapshotView:
 def find_snapshot(repository: Repository, ref: str) -> tuple[Id, Snapshot]:
     """The snapshot ``ref`` names; ``latest`` passes over damaged snapshot files, with
     a warning for each."""
-    damaged: list[tuple[str, CipherdumpError]] = []
+    damaged: list[CipherdumpError] = []
     found = repository.find_snapshot(ref, damaged)
-    for _, err in damaged:
+    for err in damaged:
         _warn(f"{err} (a damaged snapshot, passed over; run check)")
     return found
 
@@ -371,13 +371,13 @@ def snapshots(repo: str | None, password_file: str | None, as_json: bool) -> Non
     """List the snapshots in the repository, oldest first."""
     from cipherdump.engine.backup import snapshot_summary
 
-    damaged: list[tuple[str, CipherdumpError]] = []
+    damaged: list[CipherdumpError] = []
     with open_repository(repo, password_file, lock=False) as repository:
         items = [snapshot_summary(i, s) for i, s in repository.list_snapshots(damaged)]
     try:
         _list_snapshots(items, as_json)
     finally:
-        for _, err in damaged:
+        for err in damaged:
             click.echo(f"cipherdump: error: {err}", err=True)
     if damaged:
         sys.exit(IntegrityError.exit_code)

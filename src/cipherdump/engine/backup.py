@@ -227,11 +227,10 @@ def find_parent(
     (damaged snapshot files are passed over, each with a line in ``warnings``)."""
     if ref is not None:
         return repo.find_snapshot(ref)
-    damaged: list[tuple[str, CipherdumpError]] = []
+    damaged: list[CipherdumpError] = []
     snaps = repo.list_snapshots(damaged)
-    for _, err in damaged:
-        if warnings is not None:
-            warnings.append(f"{err} (a damaged snapshot, passed over; run check)")
+    if warnings is not None:
+        warnings += [f"{err} (a damaged snapshot, passed over; run check)" for err in damaged]
     for snap_id, snap in reversed(snaps):
         facts = snap.attrs.get("fs")
         if (

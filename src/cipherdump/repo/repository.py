@@ -214,11 +214,11 @@ class Repository:
         return decode_snapshot(self._key, data, str(handle))
 
     def list_snapshots(
-        self, damaged: list[tuple[str, CipherdumpError]] | None = None
+        self, damaged: list[CipherdumpError] | None = None
     ) -> list[tuple[Id, Snapshot]]:
         """Every snapshot, oldest first.  Given ``damaged``, a snapshot file that fails
-        its hash, authentication or decoding is left out and noted there (its handle
-        and the error) instead of raising: one bad file must not stop every listing
+        its hash, authentication or decoding is left out and its error (which names
+        it) noted there instead of raised: one bad file must not stop every listing
         and every backup (``check`` names it too)."""
         snaps = []
         for info in self.backend.list(FileType.SNAPSHOT):
@@ -228,12 +228,12 @@ class Repository:
             except (IntegrityError, CorruptError) as err:
                 if damaged is None:
                     raise
-                damaged.append((str(Handle(FileType.SNAPSHOT, info.name)), err))
+                damaged.append(err)
         snaps.sort(key=lambda item: (item[1].time_ns, item[0]))
         return snaps
 
     def find_snapshot(
-        self, ref: str, damaged: list[tuple[str, CipherdumpError]] | None = None
+        self, ref: str, damaged: list[CipherdumpError] | None = None
     ) -> tuple[Id, Snapshot]:
         """A snapshot by unique hex prefix, full id, or ``"latest"`` (the latest
         undamaged one if ``damaged`` is given: see :meth:`list_snapshots`)."""
