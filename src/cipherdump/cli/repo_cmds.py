@@ -374,11 +374,9 @@ def snapshots(repo: str | None, password_file: str | None, as_json: bool) -> Non
     damaged: list[CipherdumpError] = []
     with open_repository(repo, password_file, lock=False) as repository:
         items = [snapshot_summary(i, s) for i, s in repository.list_snapshots(damaged)]
-    try:
-        _list_snapshots(items, as_json)
-    finally:
-        for err in damaged:
-            click.echo(f"cipherdump: error: {err}", err=True)
+    _list_snapshots(items, as_json)
+    for err in damaged:
+        click.echo(f"cipherdump: error: {err}", err=True)
     if damaged:
         sys.exit(IntegrityError.exit_code)
 
