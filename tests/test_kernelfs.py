@@ -74,14 +74,14 @@ _MISSING = kernelfs.Caps(False, False, False, False, False, "test", ("not runnin
 
 
 def test_require_kernel_skips_with_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kernelfs, "kernel_capabilities", lambda: _MISSING)
+    monkeypatch.setattr(kernelfs.devices, "kernel_capabilities", lambda: _MISSING)
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match="not running as root"):
         kernelfs.require_kernel()
 
 
 def test_require_kernel_fails_on_ci(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kernelfs, "kernel_capabilities", lambda: _MISSING)
+    monkeypatch.setattr(kernelfs.devices, "kernel_capabilities", lambda: _MISSING)
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI=true"):
         kernelfs.require_kernel()
