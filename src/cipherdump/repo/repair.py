@@ -37,13 +37,15 @@ def rebuild_index(
     backend: Backend, key: MasterKey, on_progress: Callable[[int, int], None] | None = None
 ) -> RepairReport:
     """Index every readable pack in one new index file that replaces all others.
-    ``on_progress(packs done, packs)``.  The caller holds the repository's lock."""
+    ``on_progress(bytes of the packs done, bytes of all packs)``.  The caller holds
+    the repository's lock."""
     report = RepairReport()
     old = [info.name for info in backend.list(FileType.INDEX)]
     known = _indexed_packs(backend, key, old)
     packs = [info for info in backend.list(FileType.PACK) if is_hex_id(info.name)]
     records = []
-    for done, info in enumerate(packs, 1):
+    done, total = 0, sum(info.size for info in packs)
+    for info in packs:
         where = str(Handle(FileType.PACK, info.name))
         try:
             records.append(_pack_record(backend, key, info, where))
@@ -57,8 +59,9 @@ def rebuild_index(
                 report.damaged.append(f"{exc} (kept as the old index lists it)")
             else:
                 report.damaged.append(f"{exc} (left out of the index)")
+        done += info.size
         if on_progress is not None:
-            on_progress(done, len(packs))
+            on_progress(done, total)
     supersedes = tuple(Id.from_hex(name) for name in old if is_hex_id(name))
     data = encode_index(key, IndexFile(tuple(records), supersedes))
     report.index_id = file_id(data)
