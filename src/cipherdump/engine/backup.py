@@ -87,7 +87,6 @@ from cipherdump.repo.pack import BlobTooLargeError
 from cipherdump.repo.tree import NodeSpan, join_nodes
 
 SNAPSHOT_FORMAT = 1
-TREE = BlobType.TREE
 _PROGRESS_EVERY_S = 0.1
 # Below this many used inodes a backup is over before workers would pay off.
 _PARALLEL_MIN_INODES = 2000
@@ -838,7 +837,11 @@ class _Backup:
             rec = parent.dir_record(ino.ino, ino.generation)
             # (Its tree must be indexed too: reusing one whose index file was lost
             # would make a snapshot that cannot be read.)
-            if rec is not None and rec.key == frame.key and self.repo.has_blob(TREE, rec.tree):
+            if (
+                rec is not None
+                and rec.key == frame.key
+                and self.repo.has_blob(BlobType.TREE, rec.tree)
+            ):
                 self.reuse_dir(frame, rec, listed)
                 return frame
         try:
@@ -1469,7 +1472,7 @@ def backup(
         if options.no_parent or missing
         else find_parent(repo, fs, top.path, options.parent, warnings)
     )
-    if parent is not None and not repo.has_blob(TREE, parent[1].tree):
+    if parent is not None and not repo.has_blob(BlobType.TREE, parent[1].tree):
         warnings.append(
             f"the parent snapshot {parent[0].hex[:8]} names trees the index does not have "
             "(index files lost?): this backup reads everything; run check"
