@@ -103,7 +103,9 @@ def open_repository(repo: str | None, password_file: str | None, *, lock: bool) 
     path = _need_repo(repo)
     if not Path(path).is_dir():
         raise NotFoundError(f"no repository at {path}")
-    return Repository.open(LocalBackend(path), _password(password_file), lock=lock)
+    repository = Repository.open(LocalBackend(path), _password(password_file), lock=lock)
+    repository.set_warning_handler(_warn)
+    return repository
 
 
 def _find(repository: Repository, ref: str) -> SnapshotView:

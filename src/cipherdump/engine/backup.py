@@ -1467,9 +1467,15 @@ def backup(
             f"first: {missing[0].hex}): earlier snapshots may have lost data (run check); "
             "this backup reads everything and stores it again"
         )
+    # An index file passed over as damaged is as good as lost: a parent tree the index
+    # still has may name data blobs only that file listed.  (Its own warning is the
+    # repository's, given when the index loaded.)
+    lossy = bool(missing or repo.damaged_index_files())
+    if lossy and not missing:
+        warnings.append("this backup reads everything and stores it again (a damaged index)")
     parent = (
         None
-        if options.no_parent or missing
+        if options.no_parent or lossy
         else find_parent(repo, fs, top.path, options.parent, warnings)
     )
     if parent is not None and not repo.has_blob(BlobType.TREE, parent[1].tree):

@@ -195,6 +195,23 @@ class Repository:
         :attr:`BlobStore.index`."""
         return self._store.missing_packs
 
+    def damaged_index_files(self) -> list[str]:
+        """Index files passed over as damaged, by the errors that name them (their
+        blobs count as absent: see :attr:`BlobStore.index`)."""
+        return self._store.damaged_index_files
+
+    def set_warning_handler(self, on_warning: Callable[[str], None] | None) -> None:
+        """Have what the repository passes over (damaged index files) reported as it
+        is met, instead of kept for :meth:`take_warnings`."""
+        self._store.on_warning = on_warning
+
+    def take_warnings(self) -> list[str]:
+        """What the repository passed over since last asked (damaged index files), for
+        the caller to report."""
+        out = list(self._store.warnings)
+        self._store.warnings.clear()
+        return out
+
     def become_worker(self) -> None:
         """In a forked copy: the lock is the parent's; never refresh or release it."""
         self._lock = None

@@ -28,6 +28,7 @@ from cipherdump.repo.backends.base import (
     FileType,
     Handle,
     ObjectMissing,
+    ShortFile,
     check_range,
 )
 from cipherdump.repo.backends.direct import DirectAppendFile
@@ -149,7 +150,7 @@ class LocalBackend:
         except OSError as exc:
             raise BackendError(f"cannot read {handle} in {self.location}: {exc}") from exc
         if len(data) != length:
-            raise BackendError(f"short read of {handle} in {self.location}")
+            raise ShortFile(f"short read of {handle} in {self.location}")
         return data
 
     def stat(self, handle: Handle) -> int:
