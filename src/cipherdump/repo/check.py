@@ -55,6 +55,10 @@ class CheckReport:
     blobs_checked: int = 0
     snapshots: int = 0
     trees: int = 0
+    # Blobs snapshots may use that cannot be read: missing from the index, or (with
+    # read_data, or trees always) failing where the index puts them.  The engine names
+    # the snapshots and paths that use them (cipherdump.engine.damage).
+    bad_blobs: set[tuple[BlobType, Id]] = field(default_factory=set)
 
     @property
     def ok(self) -> bool:
@@ -84,6 +88,7 @@ class Checker:
         self.report = CheckReport()
         self.index = MemoryIndex()
         self._rows_per_pack: dict[Id, int] | None = None
+        self._blobs_per_pack: dict[Id, list[tuple[BlobType, Id]]] | None = None
 
     def error(self, message: str, file: str = "", blob: Id | None = None) -> None:
         self.report.errors.append(Finding(message, file, blob))
@@ -202,6 +207,7 @@ class Checker:
                 tree = decode_tree(tree_data, f"tree {tree_id}", check_layout=True)
             except CipherdumpError as exc:
                 self.error(f"undecodable tree: {exc}", blob=tree_id)
+                self.report.bad_blobs.add((BlobType.TREE, tree_id))
                 continue
             self.report.trees += 1
             for node in tree.nodes:
@@ -214,6 +220,7 @@ class Checker:
                             f"data blob missing from the index (used by tree {tree_id})",
                             blob=blob_id,
                         )
+                        self.report.bad_blobs.add((BlobType.DATA, blob_id))
                     else:
                         used[row] = 1
 
@@ -227,6 +234,7 @@ class Checker:
                 f"{blob_type.name.lower()} blob missing from the index (used by {user})",
                 blob=blob_id,
             )
+            self.report.bad_blobs.add((blob_type, blob_id))
             return None
         used[row] = 1
         pack_id, entry = found
@@ -236,11 +244,28 @@ class Checker:
             return open_blob(self.key, entry, sealed, str(handle))
         except CipherdumpError as exc:
             self.error(f"damaged blob: {exc}", str(handle), blob_id)
+            self.report.bad_blobs.add((blob_type, blob_id))
             return None
 
     def _read_pack(self, name: str) -> None:
         handle = Handle(FileType.PACK, name)
+        pack_id = Id.from_hex(name)
+        # The indexed blobs read whole here; those that are not are bad blobs.
+        whole: set[tuple[BlobType, Id]] = set()
+        try:
+            self._verify_pack(handle, pack_id, whole)
+        finally:
+            if self._blobs_per_pack is None:
+                self._blobs_per_pack = {}
+                for _, at, entry in self.index.iter_rows():
+                    self._blobs_per_pack.setdefault(at, []).append((entry.type, entry.id))
+            for blob in self._blobs_per_pack.get(pack_id, ()):
+                if blob not in whole:
+                    self.report.bad_blobs.add(blob)
+
+    def _verify_pack(self, handle: Handle, pack_id: Id, whole: set[tuple[BlobType, Id]]) -> None:
         where = str(handle)
+        name = handle.name
         try:
             data = self.backend.load(handle)
         except CipherdumpError as exc:
@@ -253,22 +278,25 @@ class Checker:
         except CipherdumpError as exc:
             self.error(f"damaged: {exc}", where)
             return
-        pack_id = Id.from_hex(name)
         if self._rows_per_pack is None:
             self._rows_per_pack = self.index.rows_per_pack()
         indexed = self._rows_per_pack.get(pack_id, 0)
         matched = 0
         try:
             for entry, sealed in iter_pack(self.key, data, where):
+                opened = False
                 try:
                     open_blob(self.key, entry, sealed, where)
                     self.report.blobs_checked += 1
+                    opened = True
                 except CipherdumpError as exc:
                     self.error(f"damaged blob: {exc}", where, entry.id)
                 found = self.index.lookup(entry.type, entry.id)
                 if found is not None and found[0] == pack_id:
                     if found[1] != entry:
                         self.error("index entry disagrees with the pack header", where, entry.id)
+                    elif opened:
+                        whole.add((entry.type, entry.id))
                     matched += 1
         except CipherdumpError as exc:
             self.error(f"damaged: {exc}", where)

@@ -31,6 +31,7 @@ from cipherdump.repo.keyfile import encode_key_file, unwrap_key_file
 from cipherdump.repo.lock import Lock, remove_locks
 from cipherdump.repo.pack import PACK_VERSION
 from cipherdump.repo.repair import RepairReport, rebuild_index
+from cipherdump.repo.salvage import PackRepairReport, repair_packs
 from cipherdump.repo.snapshot import Snapshot, decode_snapshot, encode_snapshot
 from cipherdump.repo.tree import Tree, decode_tree, encode_tree
 
@@ -223,6 +224,12 @@ class Repository:
         self.flush()
         return _save(self.backend, FileType.SNAPSHOT, encode_snapshot(self._key, snapshot))
 
+    def remove_snapshot(self, snapshot_id: Id) -> None:
+        """Remove a snapshot file (``repair snapshots --forget``); needs the lock."""
+        if self._lock is None:
+            raise BackendError("removing a snapshot needs the repository's lock")
+        self.backend.remove(Handle(FileType.SNAPSHOT, snapshot_id.hex))
+
     def load_snapshot(self, snapshot_id: Id) -> Snapshot:
         handle = Handle(FileType.SNAPSHOT, snapshot_id.hex)
         data = self.backend.load(handle)
@@ -288,6 +295,24 @@ class Repository:
             raise BackendError("repairing the index needs the repository's lock")
         self._store.flush()
         report = rebuild_index(self.backend, self._key, on_progress)
+        self._store.forget_index()
+        return report
+
+    def repair_packs(
+        self, *, dry_run: bool = False, on_progress: Callable[[int, int], None] | None = None
+    ) -> PackRepairReport:
+        """Salvage damaged packs (see :mod:`.salvage`); needs the lock.  Blobs added
+        but not yet flushed are flushed first."""
+        if self._lock is None:
+            raise BackendError("repairing packs needs the repository's lock")
+        self._store.flush()
+        report = repair_packs(
+            self.backend,
+            self._key,
+            self.config.pack_size,
+            dry_run=dry_run,
+            on_progress=on_progress,
+        )
         self._store.forget_index()
         return report
 
