@@ -645,6 +645,7 @@ def repair_packs(repo: str | None, password_file: str | None, dry_run: bool, as_
                     "removed": report.removed,
                     "index": report.index_id.hex if report.index_id else None,
                     "replaced": report.replaced,
+                    "misplaced": report.moved,
                     "damaged_snapshots": [
                         {"snapshot": d.id.hex, "paths": [render.show_bytes(p) for p in d.paths]}
                         for d in affected
@@ -653,6 +654,8 @@ def repair_packs(repo: str | None, password_file: str | None, dry_run: bool, as_
             )
         )
     else:
+        for what in report.moved:
+            click.echo(f"info: {what}")
         for why in report.damaged:
             click.echo(f"error: {why}", err=True)
         for what in lost:

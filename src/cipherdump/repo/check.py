@@ -89,6 +89,8 @@ class Checker:
         self.index = MemoryIndex()
         self._rows_per_pack: dict[Id, int] | None = None
         self._blobs_per_pack: dict[Id, list[tuple[BlobType, Id]]] | None = None
+        # The lock of a writer at work now (not stale), if any: what it names.
+        self._live_writer: str | None = None
 
     def error(self, message: str, file: str = "", blob: Id | None = None) -> None:
         self.report.errors.append(Finding(message, file, blob))
@@ -100,6 +102,7 @@ class Checker:
         self._check_config()
         self._check_keys()
         self._check_locks()
+        self._check_placement()
         packs = {info.name: info.size for info in self.backend.list(FileType.PACK)}
         self._load_index(packs)
         used = bytearray(len(self.index))
@@ -147,16 +150,44 @@ class Checker:
             except CipherdumpError as exc:
                 self.error(f"damaged: {exc}", where)
                 continue
-            state = "stale lock" if is_stale(lock, now) else "lock"
-            self.info(f"{state} held by {lock.describe()}", where)
+            stale = is_stale(lock, now)
+            if not stale and self._live_writer is None:
+                self._live_writer = f"{where}, {lock.describe()}"
+            self.info(f"{'stale lock' if stale else 'lock'} held by {lock.describe()}", where)
+
+    def _check_placement(self) -> None:
+        """Packs outside the folder their name puts them in, and temporary files."""
+        misplaced = getattr(self.backend, "misplaced", None)
+        for path in misplaced() if misplaced is not None else ():
+            name = path.rsplit("/", 1)[-1]
+            self.error(
+                f"in the wrong folder: cipherdump reads it only as "
+                f"{Handle(FileType.PACK, name)} and takes it for absent "
+                "(repair packs moves it back)",
+                path,
+            )
+        temporary = getattr(self.backend, "temporary_files", None)
+        files = temporary() if temporary is not None else []
+        if files and self._live_writer is not None:
+            self.info(
+                f"{len(files)} temporary files, being written by the live writer holding "
+                f"{self._live_writer}"
+            )
+        elif files:
+            self.info(
+                f"{len(files)} temporary files left by an interrupted run (the next "
+                f"writer removes them): {', '.join(files[:5])}"
+            )
 
     def _load_index(self, packs: dict[str, int]) -> None:
         files: dict[str, IndexFile] = {}
+        damaged = 0
         for info in self.backend.list(FileType.INDEX):
             where = str(Handle(FileType.INDEX, info.name))
             try:
                 files[info.name] = load_index_file(self.backend, self.key, info.name)
             except CipherdumpError as exc:
+                damaged += 1
                 self.error(f"damaged: {exc}", where)
         superseded = {i.hex for f in files.values() for i in f.supersedes}
         for name, index_file in files.items():
@@ -171,12 +202,23 @@ class Checker:
                 if size != pack.size:
                     self.error(f"is {size} bytes, index/{name} says {pack.size}", where)
                 self.index.add_pack(pack.id, pack.size, pack.raw_entries)
+        if self._live_writer is not None:
+            # A writer names its packs in an index file only every few packs and at
+            # its end: until then they are unreferenced, and nothing is wrong.
+            why = (
+                f"being written by the live writer holding {self._live_writer}, "
+                "or left by an interrupted run"
+            )
+        elif damaged:
+            why = (
+                "left by an interrupted run, or listed by a damaged index file "
+                "(repair index indexes it)"
+            )
+        else:
+            why = "left by an interrupted run"
         for name in packs:
             if not self.index.has_pack(Id.from_hex(name)):
-                self.info(
-                    "unreferenced pack (left by an interrupted run)",
-                    str(Handle(FileType.PACK, name)),
-                )
+                self.info(f"unreferenced pack ({why})", str(Handle(FileType.PACK, name)))
 
     def _check_snapshots(self, used: bytearray) -> None:
         roots: list[tuple[Id, str]] = []

@@ -49,6 +49,7 @@ class PackRepairReport:
     removed: list[str] = field(default_factory=list)  # damaged packs removed
     index_id: Id | None = None
     replaced: int = 0  # index files superseded and removed
+    moved: list[str] = field(default_factory=list)  # misplaced packs (put back, or not)
 
 
 class _Salvager:
@@ -105,6 +106,15 @@ def repair_packs(
     caller holds the repository's lock.  A backend error ends it before anything is
     removed (a pack that cannot be read now is not known to be damaged)."""
     report = PackRepairReport()
+    misplaced: Callable[[], list[str]] | None = getattr(backend, "misplaced", None)
+    put_back: Callable[[str], bool] | None = getattr(backend, "put_back", None)
+    for path in misplaced() if misplaced is not None else ():
+        if dry_run or put_back is None:
+            report.moved.append(f"{path}: in the wrong folder (would be moved back)")
+        elif put_back(path):
+            report.moved.append(f"{path}: in the wrong folder, moved back")
+        else:
+            report.moved.append(f"{path}: in the wrong folder, and a file is where it belongs")
     old = [info.name for info in backend.list(FileType.INDEX)]
     known = indexed_packs(backend, key, old)
     packs = sorted(
