@@ -88,7 +88,6 @@ class Checker:
         self.report = CheckReport()
         self.index = MemoryIndex()
         self._rows_per_pack: dict[Id, int] | None = None
-        self._blobs_per_pack: dict[Id, list[tuple[BlobType, Id]]] | None = None
         # The lock of a writer at work now (not stale), if any: what it names.
         self._live_writer: str | None = None
 
@@ -294,16 +293,14 @@ class Checker:
         pack_id = Id.from_hex(name)
         # The indexed blobs read whole here; those that are not are bad blobs.
         whole: set[tuple[BlobType, Id]] = set()
-        try:
-            self._verify_pack(handle, pack_id, whole)
-        finally:
-            if self._blobs_per_pack is None:
-                self._blobs_per_pack = {}
-                for _, at, entry in self.index.iter_rows():
-                    self._blobs_per_pack.setdefault(at, []).append((entry.type, entry.id))
-            for blob in self._blobs_per_pack.get(pack_id, ()):
-                if blob not in whole:
-                    self.report.bad_blobs.add(blob)
+        self._verify_pack(handle, pack_id, whole)
+        if self._rows_per_pack is None:
+            self._rows_per_pack = self.index.rows_per_pack()
+        if len(whole) < self._rows_per_pack.get(pack_id, 0):
+            # Rare (damage): one pass over the index for this pack's blobs.
+            for _, at, entry in self.index.iter_rows():
+                if at == pack_id and (entry.type, entry.id) not in whole:
+                    self.report.bad_blobs.add((entry.type, entry.id))
 
     def _verify_pack(self, handle: Handle, pack_id: Id, whole: set[tuple[BlobType, Id]]) -> None:
         where = str(handle)
