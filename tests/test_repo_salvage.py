@@ -97,6 +97,21 @@ def test_a_flipped_byte_in_a_pack_is_salvaged_and_stored_again(repo: Path, tmp_p
     assert again.exit_code == 0 and "none is damaged" in again.stdout
 
 
+def test_a_plain_backup_after_repair_packs_stores_the_lost_chunk(repo: Path) -> None:
+    """The index was repaired since the parent: directories and unchanged nodes are
+    not taken over unread (they would name the lost chunk), but each unchanged file
+    whose chunks are all indexed is still not read again."""
+    pack = biggest_pack(repo)
+    flip(pack, pack.stat().st_size // 2)
+    assert run(repo, "repair", "packs").exit_code == 5
+    summary = backup(repo)
+    assert summary["bytes_added"] > 0 and 0 < summary["bytes_read"] < 70000
+    assert summary["files_unchanged"] == 11  # (by their metadata; one was read again)
+    assert run(repo, "check", "--read-data").exit_code == 0
+    again = backup(repo)  # and then incremental as ever
+    assert again["bytes_read"] == 0 and again["dirs_unchanged"] == 9
+
+
 def test_repair_snapshots_then_an_incremental_backup_stores_the_lost_file(repo: Path) -> None:
     """restic's order: repair packs, repair snapshots (--forget), backup.  The repaired
     snapshot lacks the file whose chunk was lost, and no directory table: the next

@@ -201,6 +201,12 @@ class Repository:
         blobs count as absent: see :attr:`BlobStore.index`)."""
         return self._store.damaged_index_files
 
+    def index_repairs(self) -> list[str]:
+        """The names of the index files in use that ``repair index`` or ``repair
+        packs`` wrote, sorted.  A repair may have dropped blobs that snapshots made
+        before it name: a writer compares these with what its parent snapshot saw."""
+        return self._store.index_repairs
+
     def set_warning_handler(self, on_warning: Callable[[str], None] | None) -> None:
         """Have what the repository passes over (damaged index files) reported as it
         is met, instead of kept for :meth:`take_warnings`."""

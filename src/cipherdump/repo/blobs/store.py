@@ -84,6 +84,7 @@ class BlobStore:
         self._missing: list[Id] = []
         # Index files passed over as damaged (their errors, which name them).
         self._damaged: list[str] = []
+        self._repairs: list[str] = []
         # What loading the index met and passed over: given to ``on_warning`` if set
         # (the CLI prints it at once), else kept for whoever asks.
         self.warnings: list[str] = []
@@ -122,6 +123,10 @@ class BlobStore:
                             index.add_pack(pack.id, pack.size, pack.raw_entries)
                         else:
                             missing.append(pack.id)
+            # Index files a repair wrote (the only ones that supersede others).
+            self._repairs = sorted(
+                n for n, f in files.items() if f.supersedes and n not in superseded
+            )
             self._index, self._missing, self._damaged = index, missing, passed_over
             for why in passed_over:
                 message = (
@@ -143,6 +148,13 @@ class BlobStore:
         """The packs index files name that the backend does not have."""
         _ = self.index
         return list(self._missing)
+
+    @property
+    def index_repairs(self) -> list[str]:
+        """The names of the index files in use that a repair wrote (they supersede
+        others), sorted."""
+        _ = self.index
+        return list(self._repairs)
 
     @property
     def damaged_index_files(self) -> list[str]:
