@@ -616,9 +616,10 @@ def repair_packs(repo: str | None, password_file: str | None, dry_run: bool, as_
     pack are copied into new packs, one new index file lists every whole pack and the
     new ones, and only then are the damaged packs and old index files removed.  Blobs
     with no readable copy left are dropped from the index: the next backup stores
-    again what of them is still on its source (`backup --force-reread` reads every
-    file; `repair snapshots` removes what is lost from the snapshots).  Exit code 5
-    if blobs were lost (or, with --dry-run, if any pack is damaged).
+    again what of them is still on its source (and so heals the snapshots that name
+    them); `repair snapshots` removes what is lost from the snapshots instead.  A
+    pack in the wrong data/ folder is moved back first.  Exit code 5 if blobs were
+    lost (or, with --dry-run, if any pack is damaged).
     """
     update, bar = render.progress_bar("repair", count_inodes=False)
 
@@ -684,8 +685,8 @@ def repair_packs(repo: str | None, password_file: str | None, dry_run: bool, as_
             )
             if lost:
                 click.echo(
-                    "backup --force-reread stores again what is still on the source (and "
-                    "so heals these snapshots); repair snapshots saves them without it"
+                    "the next backup stores again what is still on the source (and so "
+                    "heals these snapshots); repair snapshots saves them without it"
                 )
     if lost or (dry_run and report.damaged):
         sys.exit(IntegrityError.exit_code)
