@@ -9,7 +9,10 @@ With ``read_data`` every pack is read whole: its name must be the BLAKE3 of all 
 (version 1) or of its header and trailer (version 2), its header must authenticate and
 agree with the index, and every blob must authenticate and hash to its id.  Together
 these pin every byte of a pack of either version.  Packs no index names (left by
-interrupted runs) and blobs no snapshot uses are reported as information, not as errors.
+interrupted runs, or being written by a live one) and blobs no snapshot uses are
+reported as information, not as errors; a pack outside the ``data/`` folder its name
+puts it in is an error.  The blobs snapshots use that cannot be read are collected in
+:attr:`CheckReport.bad_blobs`, for the engine to name the snapshots and paths.
 """
 
 from __future__ import annotations
@@ -187,7 +190,7 @@ class Checker:
                 files[info.name] = load_index_file(self.backend, self.key, info.name)
             except CipherdumpError as exc:
                 damaged += 1
-                self.error(f"damaged: {exc}", where)
+                self.error(f"damaged: {str(exc).removeprefix(where + ': ')}", where)
         superseded = {i.hex for f in files.values() for i in f.supersedes}
         for name, index_file in files.items():
             if name in superseded:
