@@ -382,6 +382,9 @@ class _Backup:
         self.census = PolicyCensus(fs)
         self.total_census: Census = {}
         self.parent: ParentIndex | None = None
+        # False when the index was repaired since the parent was made: only chunk
+        # lists the index has in full are reused then (see backup()).
+        self.trust_parent_trees = True
         self.dir_records: list[DirRecord] = []
         self.seen_dirs: set[int] = set()
         sb = fs.sb
@@ -833,7 +836,12 @@ class _Backup:
         except CipherdumpError:
             frame.key, listed = None, []  # listed below, one problem per bad entry
         parent = self.parent
-        if frame.key is not None and parent is not None and not self.options.force_reread:
+        if (
+            frame.key is not None
+            and parent is not None
+            and not self.options.force_reread
+            and self.trust_parent_trees
+        ):
             rec = parent.dir_record(ino.ino, ino.generation)
             # (Its tree must be indexed too: reusing one whose index file was lost
             # would make a snapshot that cannot be read.)
@@ -862,7 +870,7 @@ class _Backup:
         to reuse as encoded, the others indexed for the per-file comparison."""
         ino = frame.node.inode
         spans = None
-        if frame.sources and not self.options.force_reread:
+        if frame.sources and not self.options.force_reread and self.trust_parent_trees:
             spans = parent.split_dir(ino.ino)
         if spans is None:
             parent.load_dir(ino.ino)
@@ -1467,9 +1475,15 @@ def backup(
             f"first: {missing[0].hex}): earlier snapshots may have lost data (run check); "
             "this backup reads everything and stores it again"
         )
+    # An index file passed over as damaged is as good as lost: a parent tree the index
+    # still has may name data blobs only that file listed.  (Its own warning is the
+    # repository's, given when the index loaded.)
+    lossy = bool(missing or repo.damaged_index_files())
+    if lossy and not missing:
+        warnings.append("this backup reads everything and stores it again (a damaged index)")
     parent = (
         None
-        if options.no_parent or missing
+        if options.no_parent or lossy
         else find_parent(repo, fs, top.path, options.parent, warnings)
     )
     if parent is not None and not repo.has_blob(BlobType.TREE, parent[1].tree):
@@ -1478,8 +1492,16 @@ def backup(
             "(index files lost?): this backup reads everything; run check"
         )
         parent = None
+    repairs = repo.index_repairs()
     if parent is not None:
         job.parent = ParentIndex(repo, parent[1])
+        # A repair since the parent (repair packs, say) may have dropped blobs its
+        # trees name.  Each file's chunk list is still reused only if the index has
+        # every chunk, but a directory's tree, or a node's encoding, would be taken
+        # over unread with whatever it names: not this time.
+        seen = parent[1].attrs.get("index_repairs")
+        known = set(seen) if isinstance(seen, tuple | list) else set()
+        job.trust_parent_trees = set(repairs) <= known
     job.progress(top.path, force=True)
     with few_collections():
         tree_id, top_attrs = job.run_walk(top)
@@ -1503,6 +1525,7 @@ def backup(
         "warnings": list(fs.warnings),
         "dirs": table,
         "dir_census": dir_census,
+        "index_repairs": list(repairs),
     }
     snapshot = Snapshot(
         tree=tree_id,

@@ -9,7 +9,10 @@ With ``read_data`` every pack is read whole: its name must be the BLAKE3 of all 
 (version 1) or of its header and trailer (version 2), its header must authenticate and
 agree with the index, and every blob must authenticate and hash to its id.  Together
 these pin every byte of a pack of either version.  Packs no index names (left by
-interrupted runs) and blobs no snapshot uses are reported as information, not as errors.
+interrupted runs, or being written by a live one) and blobs no snapshot uses are
+reported as information, not as errors; a pack outside the ``data/`` folder its name
+puts it in is an error.  The blobs snapshots use that cannot be read are collected in
+:attr:`CheckReport.bad_blobs`, for the engine to name the snapshots and paths.
 """
 
 from __future__ import annotations
@@ -55,6 +58,10 @@ class CheckReport:
     blobs_checked: int = 0
     snapshots: int = 0
     trees: int = 0
+    # Blobs snapshots may use that cannot be read: missing from the index, or (with
+    # read_data, or trees always) failing where the index puts them.  The engine names
+    # the snapshots and paths that use them (cipherdump.engine.damage).
+    bad_blobs: set[tuple[BlobType, Id]] = field(default_factory=set)
 
     @property
     def ok(self) -> bool:
@@ -84,6 +91,8 @@ class Checker:
         self.report = CheckReport()
         self.index = MemoryIndex()
         self._rows_per_pack: dict[Id, int] | None = None
+        # The lock of a writer at work now (not stale), if any: what it names.
+        self._live_writer: str | None = None
 
     def error(self, message: str, file: str = "", blob: Id | None = None) -> None:
         self.report.errors.append(Finding(message, file, blob))
@@ -95,6 +104,7 @@ class Checker:
         self._check_config()
         self._check_keys()
         self._check_locks()
+        self._check_placement()
         packs = {info.name: info.size for info in self.backend.list(FileType.PACK)}
         self._load_index(packs)
         used = bytearray(len(self.index))
@@ -142,17 +152,45 @@ class Checker:
             except CipherdumpError as exc:
                 self.error(f"damaged: {exc}", where)
                 continue
-            state = "stale lock" if is_stale(lock, now) else "lock"
-            self.info(f"{state} held by {lock.describe()}", where)
+            stale = is_stale(lock, now)
+            if not stale and self._live_writer is None:
+                self._live_writer = f"{where}, {lock.describe()}"
+            self.info(f"{'stale lock' if stale else 'lock'} held by {lock.describe()}", where)
+
+    def _check_placement(self) -> None:
+        """Packs outside the folder their name puts them in, and temporary files."""
+        misplaced = getattr(self.backend, "misplaced", None)
+        for path in misplaced() if misplaced is not None else ():
+            name = path.rsplit("/", 1)[-1]
+            self.error(
+                f"in the wrong folder: cipherdump reads it only as "
+                f"{Handle(FileType.PACK, name)} and takes it for absent "
+                "(repair packs moves it back)",
+                path,
+            )
+        temporary = getattr(self.backend, "temporary_files", None)
+        files = temporary() if temporary is not None else []
+        if files and self._live_writer is not None:
+            self.info(
+                f"{len(files)} temporary files, being written by the live writer holding "
+                f"{self._live_writer}"
+            )
+        elif files:
+            self.info(
+                f"{len(files)} temporary files left by an interrupted run (the next "
+                f"writer removes them): {', '.join(files[:5])}"
+            )
 
     def _load_index(self, packs: dict[str, int]) -> None:
         files: dict[str, IndexFile] = {}
+        damaged = 0
         for info in self.backend.list(FileType.INDEX):
             where = str(Handle(FileType.INDEX, info.name))
             try:
                 files[info.name] = load_index_file(self.backend, self.key, info.name)
             except CipherdumpError as exc:
-                self.error(f"damaged: {exc}", where)
+                damaged += 1
+                self.error(f"damaged: {str(exc).removeprefix(where + ': ')}", where)
         superseded = {i.hex for f in files.values() for i in f.supersedes}
         for name, index_file in files.items():
             if name in superseded:
@@ -166,12 +204,23 @@ class Checker:
                 if size != pack.size:
                     self.error(f"is {size} bytes, index/{name} says {pack.size}", where)
                 self.index.add_pack(pack.id, pack.size, pack.raw_entries)
+        if self._live_writer is not None:
+            # A writer names its packs in an index file only every few packs and at
+            # its end: until then they are unreferenced, and nothing is wrong.
+            why = (
+                f"being written by the live writer holding {self._live_writer}, "
+                "or left by an interrupted run"
+            )
+        elif damaged:
+            why = (
+                "left by an interrupted run, or listed by a damaged index file "
+                "(repair index indexes it)"
+            )
+        else:
+            why = "left by an interrupted run"
         for name in packs:
             if not self.index.has_pack(Id.from_hex(name)):
-                self.info(
-                    "unreferenced pack (left by an interrupted run)",
-                    str(Handle(FileType.PACK, name)),
-                )
+                self.info(f"unreferenced pack ({why})", str(Handle(FileType.PACK, name)))
 
     def _check_snapshots(self, used: bytearray) -> None:
         roots: list[tuple[Id, str]] = []
@@ -202,6 +251,7 @@ class Checker:
                 tree = decode_tree(tree_data, f"tree {tree_id}", check_layout=True)
             except CipherdumpError as exc:
                 self.error(f"undecodable tree: {exc}", blob=tree_id)
+                self.report.bad_blobs.add((BlobType.TREE, tree_id))
                 continue
             self.report.trees += 1
             for node in tree.nodes:
@@ -214,6 +264,7 @@ class Checker:
                             f"data blob missing from the index (used by tree {tree_id})",
                             blob=blob_id,
                         )
+                        self.report.bad_blobs.add((BlobType.DATA, blob_id))
                     else:
                         used[row] = 1
 
@@ -227,6 +278,7 @@ class Checker:
                 f"{blob_type.name.lower()} blob missing from the index (used by {user})",
                 blob=blob_id,
             )
+            self.report.bad_blobs.add((blob_type, blob_id))
             return None
         used[row] = 1
         pack_id, entry = found
@@ -236,11 +288,26 @@ class Checker:
             return open_blob(self.key, entry, sealed, str(handle))
         except CipherdumpError as exc:
             self.error(f"damaged blob: {exc}", str(handle), blob_id)
+            self.report.bad_blobs.add((blob_type, blob_id))
             return None
 
     def _read_pack(self, name: str) -> None:
         handle = Handle(FileType.PACK, name)
+        pack_id = Id.from_hex(name)
+        # The indexed blobs read whole here; those that are not are bad blobs.
+        whole: set[tuple[BlobType, Id]] = set()
+        self._verify_pack(handle, pack_id, whole)
+        if self._rows_per_pack is None:
+            self._rows_per_pack = self.index.rows_per_pack()
+        if len(whole) < self._rows_per_pack.get(pack_id, 0):
+            # Rare (damage): one pass over the index for this pack's blobs.
+            for _, at, entry in self.index.iter_rows():
+                if at == pack_id and (entry.type, entry.id) not in whole:
+                    self.report.bad_blobs.add((entry.type, entry.id))
+
+    def _verify_pack(self, handle: Handle, pack_id: Id, whole: set[tuple[BlobType, Id]]) -> None:
         where = str(handle)
+        name = handle.name
         try:
             data = self.backend.load(handle)
         except CipherdumpError as exc:
@@ -253,22 +320,25 @@ class Checker:
         except CipherdumpError as exc:
             self.error(f"damaged: {exc}", where)
             return
-        pack_id = Id.from_hex(name)
         if self._rows_per_pack is None:
             self._rows_per_pack = self.index.rows_per_pack()
         indexed = self._rows_per_pack.get(pack_id, 0)
         matched = 0
         try:
             for entry, sealed in iter_pack(self.key, data, where):
+                opened = False
                 try:
                     open_blob(self.key, entry, sealed, where)
                     self.report.blobs_checked += 1
+                    opened = True
                 except CipherdumpError as exc:
                     self.error(f"damaged blob: {exc}", where, entry.id)
                 found = self.index.lookup(entry.type, entry.id)
                 if found is not None and found[0] == pack_id:
                     if found[1] != entry:
                         self.error("index entry disagrees with the pack header", where, entry.id)
+                    elif opened:
+                        whole.add((entry.type, entry.id))
                     matched += 1
         except CipherdumpError as exc:
             self.error(f"damaged: {exc}", where)

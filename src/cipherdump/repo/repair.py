@@ -41,7 +41,7 @@ def rebuild_index(
     the repository's lock."""
     report = RepairReport()
     old = [info.name for info in backend.list(FileType.INDEX)]
-    known = _indexed_packs(backend, key, old)
+    known = indexed_packs(backend, key, old)
     packs = [info for info in backend.list(FileType.PACK) if is_hex_id(info.name)]
     records = []
     done, total = 0, sum(info.size for info in packs)
@@ -75,7 +75,7 @@ def rebuild_index(
     return report
 
 
-def _indexed_packs(backend: Backend, key: MasterKey, names: list[str]) -> dict[Id, PackRecord]:
+def indexed_packs(backend: Backend, key: MasterKey, names: list[str]) -> dict[Id, PackRecord]:
     """What the index files that can still be read say of each pack."""
     out: dict[Id, PackRecord] = {}
     for name in names:

@@ -31,6 +31,7 @@ from cipherdump.repo.keyfile import encode_key_file, unwrap_key_file
 from cipherdump.repo.lock import Lock, remove_locks
 from cipherdump.repo.pack import PACK_VERSION
 from cipherdump.repo.repair import RepairReport, rebuild_index
+from cipherdump.repo.salvage import PackRepairReport, repair_packs
 from cipherdump.repo.snapshot import Snapshot, decode_snapshot, encode_snapshot
 from cipherdump.repo.tree import Tree, decode_tree, encode_tree
 
@@ -195,6 +196,29 @@ class Repository:
         :attr:`BlobStore.index`."""
         return self._store.missing_packs
 
+    def damaged_index_files(self) -> list[str]:
+        """Index files passed over as damaged, by the errors that name them (their
+        blobs count as absent: see :attr:`BlobStore.index`)."""
+        return self._store.damaged_index_files
+
+    def index_repairs(self) -> list[str]:
+        """The names of the index files in use that ``repair index`` or ``repair
+        packs`` wrote, sorted.  A repair may have dropped blobs that snapshots made
+        before it name: a writer compares these with what its parent snapshot saw."""
+        return self._store.index_repairs
+
+    def set_warning_handler(self, on_warning: Callable[[str], None] | None) -> None:
+        """Have what the repository passes over (damaged index files) reported as it
+        is met, instead of kept for :meth:`take_warnings`."""
+        self._store.on_warning = on_warning
+
+    def take_warnings(self) -> list[str]:
+        """What the repository passed over since last asked (damaged index files), for
+        the caller to report."""
+        out = list(self._store.warnings)
+        self._store.warnings.clear()
+        return out
+
     def become_worker(self) -> None:
         """In a forked copy: the lock is the parent's; never refresh or release it."""
         self._lock = None
@@ -205,6 +229,12 @@ class Repository:
         """Flush, then write the snapshot: it only ever names indexed blobs."""
         self.flush()
         return _save(self.backend, FileType.SNAPSHOT, encode_snapshot(self._key, snapshot))
+
+    def remove_snapshot(self, snapshot_id: Id) -> None:
+        """Remove a snapshot file (``repair snapshots --forget``); needs the lock."""
+        if self._lock is None:
+            raise BackendError("removing a snapshot needs the repository's lock")
+        self.backend.remove(Handle(FileType.SNAPSHOT, snapshot_id.hex))
 
     def load_snapshot(self, snapshot_id: Id) -> Snapshot:
         handle = Handle(FileType.SNAPSHOT, snapshot_id.hex)
@@ -271,6 +301,24 @@ class Repository:
             raise BackendError("repairing the index needs the repository's lock")
         self._store.flush()
         report = rebuild_index(self.backend, self._key, on_progress)
+        self._store.forget_index()
+        return report
+
+    def repair_packs(
+        self, *, dry_run: bool = False, on_progress: Callable[[int, int], None] | None = None
+    ) -> PackRepairReport:
+        """Salvage damaged packs (see :mod:`.salvage`); needs the lock.  Blobs added
+        but not yet flushed are flushed first."""
+        if self._lock is None:
+            raise BackendError("repairing packs needs the repository's lock")
+        self._store.flush()
+        report = repair_packs(
+            self.backend,
+            self._key,
+            self.config.pack_size,
+            dry_run=dry_run,
+            on_progress=on_progress,
+        )
         self._store.forget_index()
         return report
 

@@ -61,6 +61,13 @@ class ObjectMissing(BackendError):
     """The named file does not exist in the backend."""
 
 
+class ShortFile(BackendError):
+    """A range past the end of a file was asked for.  The storage did not fail: the
+    file is shorter than its reader expected, which for a repository file whose size
+    an index records means the file was cut short or replaced (damage, not a backend
+    failure: see :meth:`~cipherdump.repo.blobs.store.BlobStore.load`)."""
+
+
 class Backend(Protocol):
     """Storage only: whole-file atomic writes, ranged reads, listing, removal.
 
@@ -131,7 +138,5 @@ def check_range(handle: Handle, size: int, offset: int, length: int | None) -> i
     if length is None:
         length = max(size - offset, 0)
     if offset + length > size:
-        raise BackendError(
-            f"short file {handle}: wanted {length} bytes at {offset}, file has {size}"
-        )
+        raise ShortFile(f"short file {handle}: wanted {length} bytes at {offset}, file has {size}")
     return length

@@ -15,6 +15,7 @@ copied there.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from cipherdump.repo.backends.base import (
     FileType,
     Handle,
     ObjectMissing,
+    ShortFile,
     check_range,
 )
 from cipherdump.repo.backends.direct import DirectAppendFile
@@ -149,7 +151,7 @@ class LocalBackend:
         except OSError as exc:
             raise BackendError(f"cannot read {handle} in {self.location}: {exc}") from exc
         if len(data) != length:
-            raise BackendError(f"short read of {handle} in {self.location}")
+            raise ShortFile(f"short read of {handle} in {self.location}")
         return data
 
     def stat(self, handle: Handle) -> int:
@@ -186,9 +188,69 @@ class LocalBackend:
             for directory in dirs:
                 for entry in sorted(_scandir(directory), key=lambda e: e.name):
                     if is_hex_id(entry.name) and entry.is_file(follow_symlinks=False):
+                        if file_type is FileType.PACK and directory.name != entry.name[:2]:
+                            continue  # not where its name puts it: see misplaced()
                         yield FileInfo(entry.name, entry.stat(follow_symlinks=False).st_size)
         except OSError as exc:
             raise BackendError(f"cannot list {file_type.value} in {self.location}: {exc}") from exc
+
+    def misplaced(self) -> builtins.list[str]:
+        """Packs in a ``data/`` folder other than the one their name puts them in
+        (moved by hand, say), as repository-relative paths.  They are not listed,
+        so readers treat them as absent, as restic's local backend does not (it lists
+        them, and then cannot load them); ``check`` names them."""
+        out = []
+        top = self.root / FileType.PACK.value
+        try:
+            for sub in sorted(_scandir(top), key=lambda e: e.name):
+                if len(sub.name) != 2 or not sub.is_dir():
+                    continue
+                for entry in sorted(_scandir(Path(sub.path)), key=lambda e: e.name):
+                    if (
+                        is_hex_id(entry.name)
+                        and entry.name[:2] != sub.name
+                        and entry.is_file(follow_symlinks=False)
+                    ):
+                        out.append(f"{FileType.PACK.value}/{sub.name}/{entry.name}")
+        except OSError as exc:
+            raise BackendError(f"cannot list data in {self.location}: {exc}") from exc
+        return out
+
+    def put_back(self, path: str) -> bool:
+        """Move a misplaced pack (a path :meth:`misplaced` gave) to where its name puts
+        it, unless a file is there already; True if it was moved.  For the holder of
+        the lock (``repair packs``)."""
+        source = self.root / path
+        handle = Handle(FileType.PACK, source.name)
+        target = self._path(handle)
+        try:
+            if target.exists():
+                return False
+            _mkdir(target.parent)
+            os.link(source, target)  # (never over an existing file)
+            _fsync_dir(target.parent)
+            source.unlink()
+            _fsync_dir(source.parent)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise BackendError(f"cannot move {path} in {self.location}: {exc}") from exc
+        return True
+
+    def temporary_files(self) -> builtins.list[str]:
+        """The ``.tmp-*`` files now present (a writer's files being written, or what
+        an interrupted one left), as repository-relative paths."""
+        dirs = [self.root / t.value for t in _SUBDIRS]
+        dirs += [Path(e.path) for e in _scandir(self.root / FileType.PACK.value) if e.is_dir()]
+        out = []
+        try:
+            for directory in dirs:
+                for entry in _scandir(directory):
+                    if entry.name.startswith(TEMP_PREFIX):
+                        out.append(str(Path(entry.path).relative_to(self.root)))
+        except OSError as exc:
+            raise BackendError(f"cannot list {self.location}: {exc}") from exc
+        return sorted(out)
 
     def remove_leftovers(self) -> int:
         """Remove the ``.tmp-*`` files that interrupted writers left; returns how many.

@@ -9,10 +9,19 @@ index names; they are ignored, and their blobs are written again by the next run
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from cipherdump.errors import BackendError, CorruptError, IntegrityError
-from cipherdump.repo.backends.base import Backend, FileType, Handle, Spool, open_spool
+from cipherdump.repo.backends.base import (
+    Backend,
+    FileType,
+    Handle,
+    ObjectMissing,
+    ShortFile,
+    Spool,
+    open_spool,
+)
 from cipherdump.repo.crypto import MasterKey, file_id
 from cipherdump.repo.ids import BlobType, Id, is_hex_id
 from cipherdump.repo.index import IndexFile, PackRecord, decode_index, encode_index
@@ -73,6 +82,13 @@ class BlobStore:
         self._index: MemoryIndex | None = None
         # Packs the index files name that the backend does not have.
         self._missing: list[Id] = []
+        # Index files passed over as damaged (their errors, which name them).
+        self._damaged: list[str] = []
+        self._repairs: list[str] = []
+        # What loading the index met and passed over: given to ``on_warning`` if set
+        # (the CLI prints it at once), else kept for whoever asks.
+        self.warnings: list[str] = []
+        self.on_warning: Callable[[str], None] | None = None
 
     @property
     def index(self) -> MemoryIndex:
@@ -81,7 +97,10 @@ class BlobStore:
         Packs an index file names but the backend does not have (deleted or lost
         outside cipherdump) are left out (see :attr:`missing_packs`): their blobs count
         as absent, so a backup stores them again, and a blob stored again is found
-        where it now is, not where it was."""
+        where it now is, not where it was.  An index file that fails its hash or
+        authentication is passed over as if it were lost (see
+        :attr:`damaged_index_files`; ``check`` names it and ``repair index`` makes the
+        index again): the blobs only it named count as absent too."""
         if self._index is None:
             index = MemoryIndex()
             files: dict[str, IndexFile] = {}
@@ -92,9 +111,8 @@ class BlobStore:
                 except IntegrityError as exc:
                     damaged[info.name] = exc
             superseded = {i.hex for f in files.values() for i in f.supersedes}
-            for name, error in damaged.items():
-                if name not in superseded:  # (a repair left it superseded: no matter)
-                    raise error
+            # (One a repair left superseded is no loss at all.)
+            passed_over = [str(e) for n, e in damaged.items() if n not in superseded]
             listed = self._backend.list(FileType.PACK)
             present = {Id.from_hex(i.name) for i in listed if is_hex_id(i.name)}
             missing = []
@@ -105,7 +123,20 @@ class BlobStore:
                             index.add_pack(pack.id, pack.size, pack.raw_entries)
                         else:
                             missing.append(pack.id)
-            self._index, self._missing = index, missing
+            # Index files a repair wrote (the only ones that supersede others).
+            self._repairs = sorted(
+                n for n, f in files.items() if f.supersedes and n not in superseded
+            )
+            self._index, self._missing, self._damaged = index, missing, passed_over
+            for why in passed_over:
+                message = (
+                    f"{why}: a damaged index file, passed over (the blobs it lists count "
+                    "as absent; run check, then repair index)"
+                )
+                if self.on_warning is not None:
+                    self.on_warning(message)
+                else:
+                    self.warnings.append(message)
         return self._index
 
     def forget_index(self) -> None:
@@ -117,6 +148,19 @@ class BlobStore:
         """The packs index files name that the backend does not have."""
         _ = self.index
         return list(self._missing)
+
+    @property
+    def index_repairs(self) -> list[str]:
+        """The names of the index files in use that a repair wrote (they supersede
+        others), sorted."""
+        _ = self.index
+        return list(self._repairs)
+
+    @property
+    def damaged_index_files(self) -> list[str]:
+        """Why each index file that was passed over as damaged was (names it)."""
+        _ = self.index
+        return list(self._damaged)
 
     def has(self, blob_type: BlobType, blob_id: Id) -> bool:
         writer = self._writers.get(blob_type)
@@ -174,7 +218,14 @@ class BlobStore:
         pack_id, entry = found
         self._wait_pending(pack_id)
         handle = Handle(FileType.PACK, pack_id.hex)
-        sealed = self._backend.load(handle, entry.offset, entry.length)
+        try:
+            sealed = self._backend.load(handle, entry.offset, entry.length)
+        except (ShortFile, ObjectMissing) as exc:
+            # The index says the blob is there: a pack cut short, replaced by another
+            # or gone since is damage to the repository, not a failing disk.
+            raise IntegrityError(
+                f"{blob_type.name.lower()} blob {blob_id}: {exc} (damaged or lost; run check)"
+            ) from None
         return open_blob(self._key, entry, sealed, str(handle))
 
     def flush(self) -> None:
