@@ -246,10 +246,10 @@ def test_a_directory_that_cannot_be_opened_is_one_problem_either_way(
     repo.close()
 
 
-def test_warnings_met_by_workers_reach_the_snapshot(tmp_path: Path) -> None:
+def test_warnings_met_by_workers_reach_the_snapshot(tmp_path: Path, shared_testdata: Path) -> None:
     """Damaged htree indexes are warnings met while reading directories; a worker that
     reads one sends it back, so the snapshot keeps it as a one-process backup does."""
-    corpus = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "e2fsprogs"
+    corpus = shared_testdata / "e2fsprogs"
     image = tmp_path / "htree.img"
     image.write_bytes(gzip.decompress((corpus / "f_htree_bad_csum" / "image.gz").read_bytes()))
     results = []

@@ -60,6 +60,13 @@ def test_worked_example_v2() -> None:
     assert unit[:16].hex() == "4397121f069a727201f35e9885e80119"
 
 
+needs_vectors = pytest.mark.skipif(
+    not (SHARED_TESTDATA / "kernel-vectors").is_dir(),
+    reason=f"kernel vectors not found at {SHARED_TESTDATA / 'kernel-vectors'}",
+)
+
+
+@needs_vectors
 def test_worked_example_v1_per_file_key() -> None:
     data = load_json(SHARED_TESTDATA / "kernel-vectors" / "4k__v1_aes256xts_cts_pad32.json")
     key = MasterKey.from_hex(data["master_key_hex"])
@@ -73,6 +80,7 @@ def test_worked_example_v1_per_file_key() -> None:
     assert unit[:16].hex() == "fd9f60e35235110c699692bef7524016"
 
 
+@needs_vectors
 def test_worked_example_lblk32() -> None:
     data = load_json(
         SHARED_TESTDATA / "kernel-vectors" / "4k-stable__v2_aes256xts_cts_pad16_lblk32.json"
