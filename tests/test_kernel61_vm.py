@@ -381,6 +381,16 @@ def test_original_as_its_kernel_recorded(guest: GuestRun, source: str) -> None:
                 want = lk["with_key" if p == "key" else "without_key"]
                 path = vm61.escape(d["path"].encode() + b"/" + _name(lk))
                 assert got[path] == str(want), (p, path)
+    nokey = _walk(guest.text(f"{source}-orig.nokey.walk"))
+    want_nokey = {
+        bytes.fromhex(e["nokey_path_hex"]) if "nokey_path_hex" in e else e["nokey_path"].encode()
+        for e in manifest["entries"]
+    }
+    for big, rows in manifest.get("big_dirs", {}).items():
+        parent = next(e for e in manifest["entries"] if e["path"] == big)["nokey_path"].encode()
+        column = rows["columns"].index("nokey_name")
+        want_nokey |= {parent + b"/" + row[column].encode() for row in rows["entries"]}
+    assert {p for p in nokey if not p.startswith(b"lost+found/")} == want_nokey
     if source in NO_KEY_ONLY:
         return
     walk = _walk(guest.text(f"{source}-orig.key.walk"))
