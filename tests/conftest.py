@@ -1,4 +1,4 @@
-"""Shared fixtures and the three test tiers.
+"""Shared fixtures and the four test tiers.
 
 * **unit**: pure tests on synthetic bytes; always run.
 * **vectors**: tests on checked-in external data in ``<repo>/../shared/testdata`` (fixture
@@ -7,6 +7,9 @@
   kernel through ``kernelfs``.  They skip with the reason when root, loop devices, e2fsprogs or
   fscrypt are missing, except under ``CI=true``, where a missing capability fails the test: CI must
   not silently skip the live tier.
+* **6.1 VM**: tests also marked ``@pytest.mark.kernel61vm`` boot Debian's Linux 6.1 under QEMU
+  (``vm61``) for what the host kernel lacks (casefolding, ESSIV, Adiantum); they skip, or fail
+  under ``CI=true``, when QEMU, busybox-static, gcc or the kernel package are missing.
 
 The report header says which tiers can run.  A session finalizer unmounts and detaches anything
 ``kernelfs`` left attached, so a crashed test cannot leak loop devices into the next run.
@@ -21,6 +24,7 @@ from pathlib import Path
 import pytest
 
 import kernelfs
+import vm61
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TESTDATA = REPO.parent / "shared" / "testdata"
@@ -34,11 +38,17 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"yes ({SHARED_TESTDATA})" if SHARED_TESTDATA.is_dir() else f"no ({SHARED_TESTDATA} absent)"
     )
     kernel = f"yes (Linux {caps.kernel})" if caps.ok else "no: " + "; ".join(caps.missing)
+    vm_missing = vm61.missing()
+    accel = "KVM" if vm61.kvm_usable() else "TCG"
+    vm = (
+        f"yes (Debian Linux 6.1 under QEMU, {accel})" if vm_missing is None else "no: " + vm_missing
+    )
     return [
         "cipherdump test tiers:",
         "  unit:    yes",
         f"  vectors: {vectors}",
         f"  kernel:  {kernel}",
+        f"  6.1 VM:  {vm}",
     ]
 
 

@@ -795,10 +795,11 @@ def test_view_rs_journal_disk_needs_recovery(view_rs_image: Callable[[str], Path
 
 
 # e2fsck's own findings (expect.1 of each image) about htree roots and index blocks that
-# a reader checks: checksums, and roots not laid out as roots.
+# a reader checks: checksums, limits (as the kernel's dx_probe), and roots not laid out
+# as roots.
 _HTREE_FINDING = re.compile(
     rb"HTREE directory inode (\d+)(?:: (?:root|internal) node fails checksum| has an invalid "
-    rb"root node)"
+    rb"root node|: block #\d+ has invalid limit)"
 )
 
 

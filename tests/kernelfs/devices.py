@@ -335,6 +335,23 @@ def htree_levels(image: Path, ino: int) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def htree_index_limits(image: Path, ino: int) -> list[tuple[int, int]]:
+    """``(count, limit)`` of the htree root and then of each interior node, in the order
+    ``debugfs htree_dump`` prints them (e2fsprogs reads them as stored, without judging)."""
+    proc = subprocess.run(
+        ["debugfs", "-R", f"htree_dump <{ino}>", os.fspath(image)],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    found = re.findall(
+        r"\(count\):\s*(\d+)\s*\n\s*Number of entries \(limit\):\s*(\d+)", proc.stdout
+    )
+    return [(int(c), int(lim)) for c, lim in found]
+
+
 def debugfs_is_inline(image: Path, ino: int) -> bool:
     """Whether ``debugfs stat`` shows EXT4_INLINE_DATA_FL (0x10000000) on an inode."""
     out = _run(["debugfs", "-R", f"stat <{ino}>", os.fspath(image)], stdin=subprocess.DEVNULL)

@@ -20,6 +20,8 @@ from cipherdump.ondisk.dirent import (
     DirentTuple,
     decode_dx_root,
     dx_csum_check,
+    dx_node_limit,
+    dx_root_limit,
     has_csum_tail,
     rec_len_from_disk,
     scan_dirents,
@@ -120,8 +122,8 @@ def read_entries(dir_inode: Inode) -> list[Entry]:
             block = span[(k - first) * bs : (k - first + 1) * bs]
             at = f"{where} block {lblk}"
             if _is_dx_node(block, bs, lblk, dir_inode.is_indexed_dir):
-                if seed is not None:
-                    _check_dx(fs, block, DX_NODE_COUNT_OFFSET, seed, at)
+                limit = dx_node_limit(bs, seed is not None, hashed)
+                _check_dx(fs, block, DX_NODE_COUNT_OFFSET, limit, seed, at)
                 continue
             if lblk == 0 and dir_inode.is_indexed_dir:
                 # Block 0 of an htree holds '.', '..' and the dx_root behind '..'; the
@@ -129,8 +131,9 @@ def read_entries(dir_inode: Inode) -> list[Entry]:
                 _keep_dx_root(dir_inode, block)
                 if not _is_dx_root(block, bs):
                     fs.warn(f"{at}: not laid out as an htree root (entries read in full)")
-                elif seed is not None:
-                    _check_dx(fs, block, DX_ROOT_COUNT_OFFSET, seed, at)
+                else:
+                    limit = dx_root_limit(bs, seed is not None)
+                    _check_dx(fs, block, DX_ROOT_COUNT_OFFSET, limit, seed, at)
                 continue
             out += _leaf_entries(block, bs, seed, at, filetype, hashed, lblk * bs)
     return _public(out)
@@ -174,10 +177,20 @@ def _leaf_entries(
     )
 
 
-def _check_dx(fs: Filesystem, block: bytes, count_offset: int, seed: int, at: str) -> None:
-    """Verify an htree index block's checksum.  A full scan does not need the index, so
-    a mismatch stops nothing: it is a warning (the kernel would refuse lookups in the
+def _check_dx(
+    fs: Filesystem, block: bytes, count_offset: int, limit: int, seed: int | None, at: str
+) -> None:
+    """Verify an htree index block's limit (``limit``, what the kernel's dx_probe
+    demands) and checksum (with ``seed``).  A full scan does not need the index, so a
+    mismatch stops nothing: it is a warning (the kernel would refuse lookups in the
     directory until e2fsck rebuilds the index)."""
+    (stored_limit,) = struct.unpack_from("<H", block, count_offset)
+    if stored_limit != limit:
+        # One warning a block: where the checksum sits follows from the limit.
+        fs.warn(f"{at}: htree index limit {stored_limit} != {limit} (entries read in full)")
+        return
+    if seed is None:
+        return
     found = dx_csum_check(block, count_offset, seed)
     if found is None:
         fs.warn(f"{at}: htree index has no room for its checksum (entries read in full)")

@@ -190,8 +190,23 @@ def dirblock_csum_set(block: bytearray, seed: int) -> None:
     struct.pack_into("<I", block, len(block) - 4, crc32c_le(seed, bytes(block[:end])))
 
 
-def dx_limit(block_size: int, count_offset: int, csum: bool) -> int:
-    return (block_size - count_offset - (DX_TAIL_SIZE if csum else 0)) // 8
+def dx_root_limit(block_size: int, csum: bool) -> int:
+    """Index entries an htree root holds (the kernel's dx_root_limit): the block less
+    '.', '..' and the 8-byte dx_root_info, and the dx_tail with metadata_csum.  The
+    kernel sizes '.' and '..' without a stored hash even in casefolded encrypted
+    directories, so this limit is the same there."""
+    return (block_size - DX_ROOT_COUNT_OFFSET - (DX_TAIL_SIZE if csum else 0)) // 8
+
+
+def dx_node_limit(block_size: int, csum: bool, hashed: bool) -> int:
+    """Index entries an htree interior node holds (the kernel's dx_node_limit): the block
+    less the fake dirent of ``ext4_dir_rec_len(0, dir)`` bytes, which in a casefolded
+    encrypted directory (``hashed``) counts the 8-byte stored hash too, so such a node
+    holds one entry fewer (125, not 126, in a 1 KiB block with metadata_csum).  The
+    kernel's dx_probe rejects any other limit; e2fsck 1.47 wrongly expects the unhashed
+    one here."""
+    fake = dirent_rec_len(0, hashed)
+    return (block_size - fake - (DX_TAIL_SIZE if csum else 0)) // 8
 
 
 def encode_dx_entries(

@@ -20,7 +20,8 @@ from cipherdump.ondisk.dirent import (
     dirblock_csum_set,
     dirent_rec_len,
     dx_csum_set,
-    dx_limit,
+    dx_node_limit,
+    dx_root_limit,
     encode_dirent,
     encode_dirent_tail,
     encode_dx_entries,
@@ -144,8 +145,10 @@ def _htree(
         leaves[-1].append(e)
         used += need
         last_hash = h
-    root_limit = dx_limit(bs, DX_ROOT_COUNT_OFFSET, csum)
-    node_limit = dx_limit(bs, DX_NODE_COUNT_OFFSET, csum)
+    root_limit = dx_root_limit(bs, csum)
+    # Interior nodes of a casefolded encrypted directory hold one entry fewer: the
+    # kernel counts a stored hash in their fake dirent, and rejects any other limit.
+    node_limit = dx_node_limit(bs, csum, hashed)
     # Levels of index nodes, bottom-up: each is a list of nodes, a node a list of
     # (hash, child position) pairs.
     levels: list[list[list[tuple[int, int]]]] = []
