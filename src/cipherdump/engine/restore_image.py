@@ -278,7 +278,7 @@ def _populate(
                 pop.undo()
             raise
         progress(stats, b"", force=True)
-        w.flush()
+        w.commit()
     return stats
 
 
