@@ -71,13 +71,11 @@ def _fsck(image: Path, *flags: str) -> tuple[int, str]:
     return proc.returncode, proc.stdout + proc.stderr
 
 
-@pytest.fixture(scope="module")
-def existing(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _make_existing(root: Path, size: str, *layout: str) -> Path:
     """An ext4 image (1 KiB blocks like the sample, encrypt) holding files of its own,
     with a deleted file's free inode below the used ones."""
     if shutil.which("mke2fs") is None or shutil.which("debugfs") is None:
         pytest.skip("no e2fsprogs")
-    root = tmp_path_factory.mktemp("existing")
     tree = root / "tree"
     (tree / "olddir").mkdir(parents=True)
     for path, data in OLD.items():
@@ -86,8 +84,8 @@ def existing(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (tree / "zz.txt").write_bytes(b"after\n")
     image = root / "existing.img"
     subprocess.run(
-        ["mke2fs", "-q", "-F", "-t", "ext4", "-b", "1024", "-O", "encrypt", "-d", str(tree),
-         str(image), "4M"],
+        ["mke2fs", "-q", "-F", "-t", "ext4", "-b", "1024", "-O", "encrypt", *layout,
+         "-d", str(tree), str(image), size],
         check=True, capture_output=True,
     )  # fmt: skip
     subprocess.run(
@@ -95,6 +93,19 @@ def existing(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert _fsck(image, "-fn")[0] == 0
     return image
+
+
+@pytest.fixture(scope="module")
+def existing(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One block group: the new inodes fit its unused tail."""
+    return _make_existing(tmp_path_factory.mktemp("existing"), "4M")
+
+
+@pytest.fixture(scope="module")
+def existing_groups(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four groups of 16 inodes: the new inodes spill into INODE_UNINIT groups, and
+    the link names inodes of several groups' tails."""
+    return _make_existing(tmp_path_factory.mktemp("groups"), "8M", "-N", "64", "-g", "2048")
 
 
 def _old_intact(image: Path) -> None:
@@ -325,6 +336,13 @@ def test_kill_at_last_writes_into_new_image(tmp_path: Path) -> None:
 @needs_e2fsprogs
 def test_kill_at_every_write_into_existing_image(existing: Path, tmp_path: Path) -> None:
     _kill_existing(existing, tmp_path, None)
+
+
+@pytest.mark.slow
+@needs_strace
+@needs_e2fsprogs
+def test_kill_at_every_write_into_image_of_groups(existing_groups: Path, tmp_path: Path) -> None:
+    _kill_existing(existing_groups, tmp_path, None)
 
 
 @pytest.mark.slow
