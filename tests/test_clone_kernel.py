@@ -160,8 +160,9 @@ def test_clone_size_option(kernel_image_v2: kernelfs.KernelImage, tmp_path: Path
     assert_same_as_original(kernel_image_v2, out)
     tiny = tmp_path / "tiny.img"
     bad = CliRunner().invoke(cli, ["clone", str(kernel_image_v2.image), str(tiny), "--size", "1M"])
-    assert bad.exit_code != 0 and "not enough room" in bad.output
-    assert not tiny.exists()
+    assert bad.exit_code == 7 and "too small for this tree" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+    assert not tiny.exists() and not (tmp_path / "tiny.img.partial").exists()
 
 
 def test_clone_refuses_target_without_encrypt(

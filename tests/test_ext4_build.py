@@ -134,7 +134,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pop.reserve(plan)
         pop.check_room(plan)
         stats = pop.run(root)
-        w.flush()
+        w.commit()
     assert stats.inodes_moved == 0
     return image
 

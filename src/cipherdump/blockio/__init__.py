@@ -5,7 +5,7 @@ read-ahead of our own into aligned buffers, so ciphertext never lands in the pag
 (:mod:`cipherdump.blockio.direct`).  Must not import anything above ``cipherdump.errors``.
 """
 
-from cipherdump.blockio.sink import FileSink
+from cipherdump.blockio.sink import FileSink, TargetLock
 from cipherdump.blockio.source import (
     ByteSource,
     Closable,
@@ -22,5 +22,6 @@ __all__ = [
     "FileSink",
     "FileSource",
     "MemorySource",
+    "TargetLock",
     "open_source",
 ]

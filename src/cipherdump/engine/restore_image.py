@@ -6,6 +6,11 @@ they did), or an existing unmounted image is added to.  The tree is then written
 :mod:`cipherdump.ext4.build` with the ciphertext, encrypted names, symlink payloads and
 contexts copied as stored: no key is involved.
 
+The target is locked (``flock``) for the whole run, so that a second writer is refused
+rather than left to drop the first one's tree.  A new image is made as
+``OUT.partial`` (mode 0600 from its creation: it holds the source's unencrypted files)
+and renamed into place once complete and synced.
+
 Policies with IV_INO_LBLK_64/32 bind contents and names to inode numbers and the
 filesystem UUID: the original numbers and UUID must be kept, or the data could not be
 decrypted; a target that cannot keep them is refused.
@@ -23,11 +28,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cipherdump.blockio import TargetLock
 from cipherdump.blockio.mounts import find_mounts
 from cipherdump.engine.gctune import few_collections
 from cipherdump.engine.nodeattrs import bytes_attr, int_attr, list_attr
 from cipherdump.engine.snapshot_view import SnapNode, SnapshotView
-from cipherdump.errors import CipherdumpError, InputError, NotExt4Error, NotFoundError
+from cipherdump.errors import (
+    CipherdumpError,
+    InputError,
+    NotExt4Error,
+    NotFoundError,
+    OutputError,
+)
 from cipherdump.ext4 import Filesystem, open_filesystem
 from cipherdump.ext4.build import (
     FilesystemTree,
@@ -127,21 +139,15 @@ def refuse_if_mounted(path: str) -> None:
 
 
 def make_image(
-    out_path: str, facts: TargetFacts, *, size: int | None, keep_uuid: bool, min_inodes: int = 0
-) -> None:
-    """Create ``out_path`` with mke2fs to match ``facts``, with at least ``min_inodes``."""
+    out_path: str, facts: TargetFacts, *, size: int | None, keep_uuid: bool, min_inodes: int = 0,
+    shown: str | None = None,
+) -> None:  # fmt: skip
+    """Format ``out_path`` (an existing file of the right size) with mke2fs to match
+    ``facts``, with at least ``min_inodes``; errors name ``shown`` (or ``out_path``)."""
     mke2fs = shutil.which("mke2fs") or shutil.which("mkfs.ext4")
     if mke2fs is None:
         raise InputError("mke2fs (e2fsprogs) is needed to create the target image")
     bs = facts.block_size
-    nbytes = size if size is not None else facts.blocks_count * bs
-    if nbytes < 64 * bs:
-        raise InputError(f"target size {nbytes} bytes is too small")
-    try:
-        with open(out_path, "wb") as f:
-            f.truncate(nbytes // bs * bs)
-    except OSError as e:
-        raise InputError(f"{out_path}: {e.strerror}") from None
     feats = [x for x in facts.features if x not in _SKIP_FEATURES and "_0x" not in x]
     ext = ["lazy_itable_init=0", "lazy_journal_init=0"]
     ext.append(f"hash_seed={uuidlib.UUID(bytes=facts.hash_seed)}")
@@ -164,44 +170,82 @@ def make_image(
     argv.append(out_path)
     proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=600)
     if proc.returncode != 0:
-        raise InputError(f"mke2fs failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        # mke2fs wraps its messages over several lines: one line, without its name.
+        said = " ".join((proc.stderr.strip() or proc.stdout.strip()).split())
+        said = said.removeprefix(os.path.basename(mke2fs) + ": ").removeprefix("mke2fs: ")
+        raise OutputError(f"{shown or out_path}: mke2fs cannot make the image: {said}")
 
 
-def _open_target(
-    out_path: str, facts: TargetFacts, size: int | None, ties: bool, plan: Plan
-) -> bool:
-    """Create the target if needed; True if it was created here."""
-    if os.path.exists(out_path) and os.path.getsize(out_path) > 0:
-        refuse_if_mounted(out_path)
+def _show_size(n: int) -> str:
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} bytes"
+
+
+def new_image_size(
+    out_path: str, facts: TargetFacts, size: int | None, plan: Plan, inodes: int
+) -> int:
+    """The byte size of a new image, checked before anything is created."""
+    bs = facts.block_size
+    nbytes = (size if size is not None else facts.blocks_count * bs) // bs * bs
+    # A lower bound of what mke2fs and the tree need: the tree's blocks with the
+    # writer's margin, the inode tables, and 64 blocks of superblock, descriptors,
+    # bitmaps and root (mke2fs adds a journal only where it has room for one).
+    blocks = plan.blocks(bs)
+    least = (blocks + blocks // 64 + 16 + -(-inodes * facts.inode_size // bs) + 64) * bs
+    if nbytes < least:
+        raise OutputError(
+            f"{out_path}: a {_show_size(nbytes)} image is too small for this tree, "
+            f"which needs at least about {_show_size(least)}"
+        )
+    if size is not None:
         try:
-            with open_filesystem(out_path) as fs:
-                if fs.block_size != facts.block_size:
-                    raise InputError(
-                        f"{out_path}: block size {fs.block_size} differs from the source's "
-                        f"{facts.block_size}; encrypted data units follow the block size"
-                    )
-                if ties and fs.uuid != facts.uuid:
-                    raise InputError(
-                        f"{out_path}: its UUID differs from the source's, and the encryption "
-                        "policy (IV_INO_LBLK_64/32) derives keys from the UUID; restore into "
-                        "a new image instead"
-                    )
-                for name, has in (
-                    ("encrypt", fs.sb.has_incompat(F.INCOMPAT_ENCRYPT)),
-                    ("casefold", fs.sb.has_incompat(F.INCOMPAT_CASEFOLD)),
-                    ("stable_inodes", fs.sb.has_compat(F.COMPAT_STABLE_INODES) or not ties),
-                ):
-                    if name in facts.features and not has:
-                        raise InputError(f"{out_path}: the target lacks the {name} feature")
-        except NotExt4Error:
-            raise InputError(
-                f"{out_path}: exists and is not an ext4 image; remove it or name a new file"
-            ) from None
-        return False
-    # Inode numbers the policy needs must exist; others only need enough inodes.
-    need = max(plan.inos) if ties else len(plan.inos) + 256
-    make_image(out_path, facts, size=size, keep_uuid=True, min_inodes=need)
-    return True
+            st = os.statvfs(os.path.dirname(os.path.abspath(out_path)))
+        except OSError as e:
+            raise OutputError(f"{out_path}: cannot check free space: {e.strerror}") from None
+        room = st.f_bavail * st.f_frsize
+        if nbytes > room:
+            raise OutputError(
+                f"{out_path}: --size {_show_size(nbytes)} is more than the "
+                f"{_show_size(room)} free where the image would be"
+            )
+    return nbytes
+
+
+def _check_existing(out_path: str, facts: TargetFacts, ties: bool) -> None:
+    """Refuse an existing image the tree cannot go into as it is."""
+    refuse_if_mounted(out_path)
+    try:
+        with open_filesystem(out_path) as fs:
+            if fs.block_size != facts.block_size:
+                raise InputError(
+                    f"{out_path}: block size {fs.block_size} differs from the source's "
+                    f"{facts.block_size}; encrypted data units follow the block size"
+                )
+            if ties and fs.uuid != facts.uuid:
+                raise InputError(
+                    f"{out_path}: its UUID differs from the source's, and the encryption "
+                    "policy (IV_INO_LBLK_64/32) derives keys from the UUID; restore into "
+                    "a new image instead"
+                )
+            for name, has in (
+                ("encrypt", fs.sb.has_incompat(F.INCOMPAT_ENCRYPT)),
+                ("casefold", fs.sb.has_incompat(F.INCOMPAT_CASEFOLD)),
+                ("stable_inodes", fs.sb.has_compat(F.COMPAT_STABLE_INODES) or not ties),
+            ):
+                if name in facts.features and not has:
+                    raise InputError(f"{out_path}: the target lacks the {name} feature")
+    except NotExt4Error:
+        raise InputError(
+            f"{out_path}: exists and is not an ext4 image; remove it or name a new file"
+        ) from None
+
+
+def partial_path(out_path: str) -> str:
+    """Where a new image is made before it is renamed to ``out_path``: a run killed
+    half-way leaves this file (reused by the next run), never a broken ``out_path``."""
+    return out_path + ".partial"
 
 
 def _plan_and_write(
@@ -213,30 +257,55 @@ def _plan_and_write(
     on_progress: Progress | None,
 ) -> tuple[PopulateStats, bool, bool]:
     """Plan the tree, make (or open) the target and write it: (stats, whether the target
-    was created, whether inode numbers are kept)."""
+    was created, whether inode numbers are kept).  The target is locked throughout."""
     with few_collections():
         plan = plan_tree(source, root, inode_size=facts.inode_size)
         ties = _ties(plan.contexts)
-        created = _open_target(out_path, facts, size, ties, plan)
-        stats = _write(out_path, root, source, plan, facts, created=created, ties=ties,
-                       on_progress=on_progress)  # fmt: skip
-    return stats, created, ties
+        if os.path.exists(out_path) and os.path.getsize(out_path) > 0:
+            with TargetLock(out_path, create=False) as lock:
+                if not lock.is_current():
+                    raise OutputError(f"{out_path}: replaced while it was being opened")
+                _check_existing(out_path, facts, ties)
+                stats = _populate(out_path, root, source, plan, facts, created=False,
+                                  ties=ties, on_progress=on_progress)  # fmt: skip
+            return stats, False, ties
+        # Inode numbers the policy needs must exist; others only need enough inodes.
+        need = max(plan.inos) if ties else len(plan.inos) + 256
+        nbytes = new_image_size(out_path, facts, size, plan, need)
+        partial = partial_path(out_path)
+        with TargetLock(partial, create=True, shown=out_path) as lock:
+            try:
+                if not lock.is_current():
+                    raise OutputError(f"{partial}: replaced while it was being opened")
+                lock.resize(nbytes)
+                make_image(partial, facts, size=size, keep_uuid=True, min_inodes=need,
+                           shown=out_path)  # fmt: skip
+                stats = _populate(partial, root, source, plan, facts, created=True, ties=ties,
+                                  on_progress=on_progress)  # fmt: skip
+                _publish(partial, out_path)
+            except BaseException:
+                # A half-written new image is no use to anyone (an existing one is undone).
+                with contextlib.suppress(OSError):
+                    os.unlink(partial)
+                raise
+    return stats, True, ties
 
 
-def _write(
-    out_path: str, root: SrcNode, tree: Any, plan: Plan, facts: TargetFacts, *, created: bool,
-    ties: bool,
-    on_progress: Progress | None,
-) -> PopulateStats:  # fmt: skip
+def _publish(partial: str, out_path: str) -> None:
+    """Give the finished (and synced) image its name, never over another image."""
+    if os.path.exists(out_path) and os.path.getsize(out_path) > 0:
+        raise OutputError(f"{out_path}: appeared while the new image was being written")
     try:
-        return _populate(out_path, root, tree, plan, facts, created=created, ties=ties,
-                         on_progress=on_progress)  # fmt: skip
-    except BaseException:
-        if created:
-            # A half-written new image is no use to anyone (an existing one is undone).
-            with contextlib.suppress(OSError):
-                os.unlink(out_path)
-        raise
+        os.replace(partial, out_path)
+        dfd = os.open(os.path.dirname(os.path.abspath(out_path)), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        raise OutputError(
+            f"{out_path}: cannot rename the new image into place: {e.strerror}"
+        ) from None
 
 
 def _populate(
@@ -278,7 +347,7 @@ def _populate(
                 pop.undo()
             raise
         progress(stats, b"", force=True)
-        w.flush()
+        w.commit()
     return stats
 
 

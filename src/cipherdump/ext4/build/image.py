@@ -1,9 +1,14 @@
-"""An unmounted ext4 image opened for writing: bitmaps, descriptors, counts, flush.
+"""An unmounted ext4 image opened for writing: bitmaps, descriptors, counts, commit.
 
 The writer loads the superblock, every group descriptor and (lazily) the bitmaps into
 memory, allocates from them, and writes everything back with its checksums on
-:meth:`ImageWriter.flush`.  Inode records, extent blocks, directory and data blocks go
-straight to the image as they are made.
+:meth:`ImageWriter.commit`.  Inode records, extent blocks, directory and data blocks go
+straight to the image as they are made, into blocks the on-disk bitmaps call free and,
+where the image has them, inode slots in a group's unused tail (``bg_itable_unused``),
+which e2fsck and the kernel do not look at: until the commit nothing on disk refers
+to what was written.  Records of *held* inodes (the directory that links the new tree
+in) wait for the commit, which orders its writes so that a kill at any point leaves
+the previous content intact (see :meth:`ImageWriter.commit`).
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ class NoSpaceError(CipherdumpError):
 
 
 class _Group:
-    __slots__ = ("block_bitmap", "dirty", "flags", "free_blocks", "free_inodes", "inode_bitmap",
-                 "used_dirs")  # fmt: skip
+    __slots__ = ("block_bitmap", "dirty", "flags", "free_blocks", "free_inodes", "hidden_dirs",
+                 "hidden_inodes", "inode_bitmap", "used_dirs")  # fmt: skip
 
     def __init__(self) -> None:
         self.block_bitmap: bytearray | None = None
@@ -46,6 +51,10 @@ class _Group:
         self.free_blocks = 0
         self.free_inodes = 0
         self.used_dirs = 0
+        # Inodes (and directories) taken in the group's unused tail: the descriptor
+        # counts them only once the tail is lowered over them.
+        self.hidden_inodes = 0
+        self.hidden_dirs = 0
 
 
 class ImageWriter(Closable):
@@ -78,8 +87,11 @@ class ImageWriter(Closable):
             self.groups.append(g)
         self._sb_raw = bytearray(sb.raw)
         self._block_cursor = 0
-        self._inode_cursor = sb.first_ino
+        self._inode_cursor = sb.first_ino  # next hidden slot to try
+        self._visible_cursor = sb.first_ino  # next slot of any kind, once those run out
         self.reserved_inodes: set[int] = set()
+        self._held: dict[int, bytes | None] = {}
+        self._free_later: list[tuple[int, int]] = []
 
     def _check(self) -> None:
         sb = self.fs.sb
@@ -163,6 +175,11 @@ class ImageWriter(Closable):
                 grp.inode_bitmap = bytearray(self.block_size)
             else:
                 grp.inode_bitmap = bytearray(self.fs.read_block(self.fs.groups[g].bg_inode_bitmap))
+                if self.gdt_csum:
+                    # Nothing in the unused tail is in use; a bit set there is left by a
+                    # run killed before its commit, and its inode is free again.
+                    tail = self.inodes_per_group - self.fs.groups[g].bg_itable_unused
+                    self._set_bits(grp.inode_bitmap, tail, self.inodes_per_group, value=False)
             self._set_bits(grp.inode_bitmap, self.inodes_per_group, self.block_size * 8)
         return grp.inode_bitmap
 
@@ -187,12 +204,41 @@ class ImageWriter(Closable):
         g, i = divmod(ino - 1, self.inodes_per_group)
         return not self._inode_bitmap(g)[i >> 3] >> (i & 7) & 1
 
-    def alloc_inode(self, want: int | None, *, is_dir: bool) -> int:
-        """Take inode ``want`` if it is free (and not reserved for another), else any."""
-        if want is not None and want >= self.sb.first_ino and self.inode_is_free(want):
+    def inode_is_hidden(self, ino: int) -> bool:
+        """Whether ``ino`` lies where e2fsck and the kernel do not look before the commit:
+        in its group's unused tail of the inode table as the image has it on disk."""
+        if not self.gdt_csum:
+            return False
+        g, i = divmod(ino - 1, self.inodes_per_group)
+        gd = self.fs.groups[g]
+        if gd.bg_flags & EXT4_BG_INODE_UNINIT:
+            return True
+        return i >= self.inodes_per_group - gd.bg_itable_unused
+
+    def alloc_inode(self, want: int | None, *, is_dir: bool, exact: bool = False) -> int:
+        """Take inode ``want`` if it is free (and not reserved for another), else any.
+
+        A free slot below a group's unused tail (a deleted file's) is taken only when
+        ``exact`` asks for that number or no hidden slot is left: a record written there
+        is seen by e2fsck at once, as an unattached inode until the commit links it.
+        """
+        if (
+            want is not None
+            and want >= self.sb.first_ino
+            and self.inode_is_free(want)
+            and (exact or self.inode_is_hidden(want))
+        ):
             self._take_inode(want, is_dir)
             return want
-        ino = self._inode_cursor
+        for hidden_only in (True, False):
+            ino = self._find_inode(hidden_only)
+            if ino is not None:
+                self._take_inode(ino, is_dir)
+                return ino
+        raise NoSpaceError(f"{self.sink.name}: no free inode left")
+
+    def _find_inode(self, hidden_only: bool) -> int | None:
+        ino = self._inode_cursor if hidden_only else self._visible_cursor
         limit = self.sb.s_inodes_count
         while ino <= limit:
             g = (ino - 1) // self.inodes_per_group
@@ -200,12 +246,18 @@ class ImageWriter(Closable):
             if grp.free_inodes == 0:
                 ino = (g + 1) * self.inodes_per_group + 1
                 continue
-            if ino not in self.reserved_inodes and self.inode_is_free(ino):
-                self._inode_cursor = ino + 1
-                self._take_inode(ino, is_dir)
+            if (
+                ino not in self.reserved_inodes
+                and self.inode_is_free(ino)
+                and (not hidden_only or self.inode_is_hidden(ino))
+            ):
+                if hidden_only:
+                    self._inode_cursor = ino + 1
+                else:
+                    self._visible_cursor = ino + 1
                 return ino
             ino += 1
-        raise NoSpaceError(f"{self.sink.name}: no free inode left")
+        return None
 
     def _take_inode(self, ino: int, is_dir: bool) -> None:
         g, i = divmod(ino - 1, self.inodes_per_group)
@@ -215,6 +267,9 @@ class ImageWriter(Closable):
         grp.free_inodes -= 1
         if is_dir:
             grp.used_dirs += 1
+        if self.inode_is_hidden(ino):
+            grp.hidden_inodes += 1
+            grp.hidden_dirs += is_dir
         grp.dirty = True
 
     # -- block allocation ----------------------------------------------------------------
@@ -268,6 +323,10 @@ class ImageWriter(Closable):
             pos = start + n
         self._block_cursor = pos
         return out
+
+    def free_after_commit(self, start: int, length: int) -> None:
+        """Free a run only once the held records no longer point to it."""
+        self._free_later.append((start, length))
 
     def free_block_run(self, start: int, length: int) -> None:
         while length:
@@ -327,15 +386,25 @@ class ImageWriter(Closable):
     def inode_seed(self, ino: int, generation: int) -> int:
         return inode_csum_seed(self.csum_seed, ino, generation)
 
+    def hold_inode(self, ino: int) -> None:
+        """Keep the records of ``ino`` in memory until :meth:`commit` writes them last."""
+        self._held.setdefault(ino, None)
+
     def write_inode_record(self, ino: int, record: bytearray, generation: int) -> None:
         if self.metadata_csum:
             inode_csum_set(record, self.inode_seed(ino, generation), self.inode_size)
-        self.sink.write_at(self.inode_offset(ino), record)
+        self.write_raw_inode(ino, bytes(record))
 
     def write_raw_inode(self, ino: int, record: bytes) -> None:
+        if ino in self._held:
+            self._held[ino] = bytes(record)
+            return
         self.sink.write_at(self.inode_offset(ino), record)
 
     def read_inode_record(self, ino: int) -> bytearray:
+        held = self._held.get(ino)
+        if held is not None:
+            return bytearray(held)
         return bytearray(self.sink.read_at(self.inode_offset(ino), self.inode_size))
 
     # -- superblock fields ---------------------------------------------------------------
@@ -360,9 +429,75 @@ class ImageWriter(Closable):
         (flags,) = struct.unpack_from("<I", self._sb_raw, 0x160)
         return not flags & 2
 
-    # -- flush -------------------------------------------------------------------------
-    def flush(self) -> None:
-        """Write bitmaps, descriptors and the superblock with their checksums."""
+    # -- commit ------------------------------------------------------------------------
+    def commit(self) -> None:
+        """Make what was written part of the filesystem, in an order a kill cannot hurt.
+
+        1. fsync: every new block and inode record is on disk; nothing refers to them.
+        2. Bitmaps, descriptors (counts, flags, checksums) and superblock counters, with
+           each group's unused tail left as it was, so that new inodes stay out of
+           sight; fsync.  Killed here, e2fsck only finds blocks and inodes marked in use
+           that nothing uses, and counts to lower (space leaked, nothing else).
+        3. The held records: one inode-sized write links the new tree in; fsync.
+        4. The unused tails lowered over the new inodes and the runs the held records
+           no longer use freed; fsync.  Killed between 3 and 4, e2fsck finds entries
+           that name inodes in an unused tail: it lowers ``bg_itable_unused``, starts
+           again and then only frees the old runs (``e2fsck -p`` does all of it).
+
+        Each step writes only the blocks it changes, so that the window of step 4 is
+        the write of the descriptor blocks.
+        """
+        self._clear_revealed_slots()
+        self.sink.sync()
+        self._flush(reveal=False)
+        self.sink.sync()
+        held, self._held = self._held, {}
+        for ino, record in held.items():
+            if record is not None:
+                self.sink.write_at(self.inode_offset(ino), record)
+        self.sink.sync()
+        # One descriptor block per 16 to 128 groups: usually a single write reveals all.
+        self._flush(reveal=True)
+        self.sink.sync()
+        if self._free_later:
+            for start, length in self._free_later:
+                self.free_block_run(start, length)
+            self._free_later.clear()
+            self._flush(reveal=True)
+            self.sink.sync()
+
+    def _clear_revealed_slots(self) -> None:
+        """Zero the free slots that lowering a tail will uncover (a killed run's records,
+        or whatever an image never initialised): e2fsck would take them for inodes."""
+        ipg, isz = self.inodes_per_group, self.inode_size
+        for g, grp in enumerate(self.groups):
+            if not grp.dirty or not self.gdt_csum:
+                continue
+            gd = self.fs.groups[g]
+            start = 0 if gd.bg_flags & EXT4_BG_INODE_UNINIT else ipg - gd.bg_itable_unused
+            ibm = self._inode_bitmap(g)
+            end = self._last_used(ibm) + 1
+            if end <= start:
+                continue
+            base = gd.bg_inode_table * self.block_size
+            table = self.sink.read_at(base + start * isz, (end - start) * isz)
+            for i in range(start, end):
+                if ibm[i >> 3] >> (i & 7) & 1:
+                    continue
+                rec = table[(i - start) * isz : (i - start + 1) * isz]
+                if _NOT_EMPTY.search(rec):
+                    self.sink.write_at(base + i * isz, bytes(isz))
+
+    def _last_used(self, ibm: bytearray) -> int:
+        used = ibm[: self.inodes_per_group // 8]
+        nonzero = len(used.rstrip(b"\0"))
+        if not nonzero:
+            return -1
+        return ((nonzero - 1) << 3) + used[nonzero - 1].bit_length() - 1
+
+    def _flush(self, *, reveal: bool) -> None:
+        """Write bitmaps, descriptors and the superblock with their checksums; with
+        ``reveal`` False each group's ``bg_itable_unused`` stays as it is on disk."""
         sb = self.sb
         ds = sb.desc_size
         per_block = self.block_size // ds
@@ -378,15 +513,12 @@ class ImageWriter(Closable):
             gd = self.fs.groups[g]
             bbm = self._block_bitmap(g)
             ibm = self._inode_bitmap(g)
-            self.write_blocks(gd.bg_block_bitmap, bbm)
-            self.write_blocks(gd.bg_inode_bitmap, ibm)
+            self._write_changed(gd.bg_block_bitmap, bbm)
+            self._write_changed(gd.bg_inode_bitmap, ibm)
             ipg = self.inodes_per_group
             used = ibm[: ipg // 8]
             # The highest inode in use decides how much of the table is unused.
-            nonzero = len(used.rstrip(b"\0"))
-            last = -1
-            if nonzero:
-                last = ((nonzero - 1) << 3) + used[nonzero - 1].bit_length() - 1
+            last = self._last_used(ibm)
             flags = grp.flags
             if last >= 0:
                 flags &= ~EXT4_BG_INODE_UNINIT
@@ -397,9 +529,20 @@ class ImageWriter(Closable):
             unused = ipg - (last + 1) if self.gdt_csum else 0
             if flags & EXT4_BG_INODE_UNINIT:
                 unused = ipg
+            free_inodes, used_dirs = grp.free_inodes, grp.used_dirs
+            if not reveal:
+                # New inodes stay in the tail until the link to them is on disk (a group
+                # that was INODE_UNINIT has a tail of the whole table), and out of the
+                # counts too: e2fsck wants no more unused inodes than free ones.  Their
+                # bits are set, so that nothing else takes them meanwhile.
+                old = self.fs.groups[g]
+                on_disk = ipg if old.bg_flags & EXT4_BG_INODE_UNINIT else old.bg_itable_unused
+                unused = max(unused, on_disk) if self.gdt_csum else 0
+                free_inodes += grp.hidden_inodes
+                used_dirs -= grp.hidden_dirs
             set_group_counts(
-                desc, ds, free_blocks=grp.free_blocks, free_inodes=grp.free_inodes,
-                used_dirs=grp.used_dirs, flags=flags, itable_unused=unused,
+                desc, ds, free_blocks=grp.free_blocks, free_inodes=free_inodes,
+                used_dirs=used_dirs, flags=flags, itable_unused=unused,
             )  # fmt: skip
             if self.gdt_csum:
                 group_desc_csum_set(
@@ -408,14 +551,20 @@ class ImageWriter(Closable):
                 )  # fmt: skip
             raw[:] = desc
         for blk_index, data in gdt.items():
-            self.write_blocks(self.fs.group_desc_block(blk_index), data)
+            self._write_changed(self.fs.group_desc_block(blk_index), data)
         raw_sb = self._sb_raw
         free_blocks = self.free_blocks
         struct.pack_into("<I", raw_sb, 0x0C, free_blocks & 0xFFFFFFFF)
         if sb.is_64bit:
             struct.pack_into("<I", raw_sb, 0x158, free_blocks >> 32)
-        struct.pack_into("<I", raw_sb, 0x10, self.free_inodes)
+        hidden = 0 if reveal else sum(g.hidden_inodes for g in self.groups)
+        struct.pack_into("<I", raw_sb, 0x10, self.free_inodes + hidden)
         if sb.metadata_csum:
             superblock_csum_set(raw_sb)
-        self.sink.write_at(SUPERBLOCK_OFFSET, bytes(raw_sb[:SUPERBLOCK_SIZE]))
-        self.sink.sync()
+        new_sb = bytes(raw_sb[:SUPERBLOCK_SIZE])
+        if self.sink.read_at(SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE) != new_sb:
+            self.sink.write_at(SUPERBLOCK_OFFSET, new_sb)
+
+    def _write_changed(self, pblk: int, data: bytes | bytearray) -> None:
+        if self.sink.read_at(pblk * self.block_size, len(data)) != data:
+            self.write_blocks(pblk, data)

@@ -206,9 +206,12 @@ class Populator:
                     f"{w.sink.name}: {shown!r} already exists in the target's root directory"
                 )
         self.stats.ino_map[root.ino] = ROOT_INO
+        # The root's new record is the one write that links the new tree in: it waits
+        # for the commit, and so does freeing the blocks the old record still uses.
+        w.hold_inode(ROOT_INO)
         self._write_dir(root, ROOT_INO, ROOT_INO, kept, 0)
         for pblk, length in old_blocks:
-            w.free_block_run(pblk, length)
+            w.free_after_commit(pblk, length)
         # Extent blocks of the old root (none for a fresh root) are left allocated.
         for ino, (links, generation) in self._spec_links.items():
             actual = self._links[ino]
@@ -218,8 +221,8 @@ class Populator:
 
     def undo(self) -> None:
         """After a failure: clear the inode records written so far (bitmaps and counts
-        are only flushed on success, so the image is as before apart from free blocks
-        holding data nothing points to)."""
+        are only written by the commit, so the image is as before apart from free
+        blocks holding data nothing points to)."""
         for ino in self.stats.ino_map.values():
             if ino != ROOT_INO:
                 self.w.write_raw_inode(ino, bytes(self.w.inode_size))
@@ -254,7 +257,7 @@ class Populator:
                 self._links[tgt] += 1
                 self.stats.hardlinks += 1
             else:
-                tgt = w.alloc_inode(kid.ino, is_dir=kid.is_dir)
+                tgt = w.alloc_inode(kid.ino, is_dir=kid.is_dir, exact=self.require_inos)
                 if tgt != kid.ino:
                     if self.require_inos:
                         raise InputError(f"inode {kid.ino} is not free in the target")
