@@ -145,25 +145,29 @@ def _leaf_entries(
     hashed: bool,
     base: int,
 ) -> list[DirentTuple]:
-    """The entries of one leaf block, its checksum tail verified when ``seed`` is given."""
+    """The entries of one leaf block, its checksum tail verified when ``seed`` is given.
+
+    The tail is looked for only with metadata_csum on (``seed`` given), as the kernel
+    does: after ``tune2fs -O ^metadata_csum`` a block keeps its old tail bytes, but the
+    last entry's ``rec_len`` now spans them, so they are slack inside that entry.
+    """
     end = bs
-    if has_csum_tail(block):
-        if seed is not None:
-            (stored,) = struct.unpack_from("<I", block, bs - 4)
-            want = crc32c_le(seed, block[: bs - DIRENT_TAIL_SIZE])
-            if stored != want:
-                raise ChecksumError(
-                    f"checksum 0x{stored:08x} != computed 0x{want:08x}",
-                    structure="directory block",
-                    location=at,
-                )
+    if seed is not None:
+        if not has_csum_tail(block):
+            raise ChecksumError(
+                "directory block has no checksum tail",
+                structure="directory block",
+                location=at,
+            )
+        (stored,) = struct.unpack_from("<I", block, bs - 4)
+        want = crc32c_le(seed, block[: bs - DIRENT_TAIL_SIZE])
+        if stored != want:
+            raise ChecksumError(
+                f"checksum 0x{stored:08x} != computed 0x{want:08x}",
+                structure="directory block",
+                location=at,
+            )
         end = bs - DIRENT_TAIL_SIZE
-    elif seed is not None:
-        raise ChecksumError(
-            "directory block has no checksum tail",
-            structure="directory block",
-            location=at,
-        )
     return scan_dirents(
         block[:end],
         block_size=bs,
