@@ -40,7 +40,7 @@ from cipherdump.engine.chunker import stored_length as stored_length_of
 from cipherdump.engine.describe import node_record
 from cipherdump.engine.filenode import file_context, file_node
 from cipherdump.engine.gctune import few_collections
-from cipherdump.engine.namespace import MAX_DEPTH, Namespace, Problem
+from cipherdump.engine.namespace import MAX_DEPTH, Namespace, Problem, bad_entry
 from cipherdump.engine.namespace import Node as NsNode
 from cipherdump.engine.nodeattrs import (
     NODE_ATTRS_VERSION,
@@ -72,6 +72,7 @@ from cipherdump.errors import CipherdumpError, CorruptError, InputError, Unsuppo
 from cipherdump.ext4 import Filesystem, Inode, Run
 from cipherdump.ext4.directory import Entry, dx_hash_version
 from cipherdump.ext4.inode import FileType
+from cipherdump.ondisk.dirent import dirent_name_problem
 from cipherdump.ondisk.inode import (
     EXT4_CASEFOLD_FL,
     EXT4_ENCRYPT_FL,
@@ -979,14 +980,10 @@ class _Backup:
                 return list(self.ns.iter_children(node))
             name = self.ns.display_name(directory, e)
             path = posixpath.join(node.path, name)
-            if not directory.is_encrypted and (b"/" in e.name or b"\0" in e.name):
+            bad = dirent_name_problem(e.name, encrypted=directory.is_encrypted)
+            if bad is not None:
                 # As iter_children: no path can hold such a name.
-                err = CorruptError(
-                    f"entry name {e.name!r} contains '/' or NUL",
-                    structure="directory entry",
-                    location=f"directory inode {directory.ino}",
-                )
-                out.append(Problem(path, err))
+                out.append(Problem(path, bad_entry(bad, directory.ino)))
                 continue
             out.append(NsNode(path, name, e.name, child, directory.is_encrypted, e.hash))
         # Reused in one go: the walk would spend more on each than the reuse costs.

@@ -34,6 +34,7 @@ from cipherdump.fscrypt.inode_cipher import InodeCipher
 from cipherdump.fscrypt.keys import KeyRing
 from cipherdump.fscrypt.nokey import decode_nokey_name
 from cipherdump.fscrypt.symlink import decode_encrypted_symlink
+from cipherdump.ondisk.dirent import dirent_name_problem
 
 __all__ = ["KeyedNamespace", "Segment", "invalid_name_reason"]
 
@@ -60,16 +61,8 @@ class Segment:
 
 
 def invalid_name_reason(name: bytes) -> str | None:
-    """Why ``name`` cannot be a single path component, or None if it can."""
-    if not name:
-        return "empty name"
-    if name in (b".", b".."):
-        return f"name {name!r}"
-    if b"/" in name:
-        return "name contains '/'"
-    if b"\0" in name:
-        return "name contains NUL"
-    return None
+    """Why the plaintext ``name`` cannot be a single path component, or None if it can."""
+    return dirent_name_problem(name, encrypted=False)
 
 
 class KeyedNamespace(Namespace):

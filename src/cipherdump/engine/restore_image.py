@@ -50,6 +50,8 @@ from cipherdump.repo.codec import Value
 # Called with {"inodes", "inodes_total", "blocks", "blocks_total", "block_size"} at most
 # every _PROGRESS_EVERY_S seconds and once at the end; the totals are the plan's estimate.
 Progress = Callable[[dict[str, Any]], None]
+# Called with the path and the error of each entry left out of the image.
+OnProblem = Callable[[bytes, CipherdumpError], None]
 _PROGRESS_EVERY_S = 0.1
 
 # Features that describe a filesystem's state, not its format, or that a fresh image
@@ -294,9 +296,16 @@ def _summary(stats: PopulateStats, out_path: str, started: float, **extra: Any) 
         "blocks": stats.blocks,
         "bytes": stats.bytes,
         "inodes_renumbered": stats.inodes_moved,
+        "problems": len(stats.problems),
         "seconds": round(time.monotonic() - started, 3),
         **extra,
     }
+
+
+def _report(stats: PopulateStats, on_problem: OnProblem | None) -> None:
+    for path, err in stats.problems:
+        if on_problem is not None:
+            on_problem(path, err)
 
 
 def _ties(contexts: list[bytes]) -> bool:
@@ -351,7 +360,7 @@ class _ChainTree:
 
 def clone_image(
     image: str, out_path: str, *, path: bytes | None = None, size: int | None = None,
-    on_progress: Progress | None = None,
+    on_progress: Progress | None = None, on_problem: OnProblem | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Copy the tree of ``image`` (or the subtree at ``path``) into ``out_path``."""
     started = time.monotonic()
@@ -372,6 +381,7 @@ def clone_image(
         stats, created, ties = _plan_and_write(
             out_path, root, _ChainTree(tree, chain), facts, size, on_progress
         )
+    _report(stats, on_problem)
     return _summary(stats, out_path, started, source=image, created=created,
                     keeps_inode_numbers=ties)  # fmt: skip
 
@@ -497,6 +507,7 @@ def restore_to_image(
     path: bytes | None,
     size: int | None,
     on_progress: Progress | None = None,
+    on_problem: OnProblem | None = None,
 ) -> dict[str, Any]:
     """Write the snapshot (or the subtree at ``path``, with its ancestors) into an image.
 
@@ -519,5 +530,6 @@ def restore_to_image(
     stats, created, ties = _plan_and_write(
         out_path, root, _ChainTree(tree, chain), facts, size, on_progress
     )
+    _report(stats, on_problem)
     return _summary(stats, out_path, started, snapshot=snapshot_id.hex, created=created,
                     path=os.fsdecode(path or b"/"), keeps_inode_numbers=ties)  # fmt: skip

@@ -88,7 +88,7 @@ def read_entries(dir_inode: Inode) -> list[Entry]:
                 hashed=hashed,
                 base=60,
             )
-        return _public(raw_entries)
+        return _public(raw_entries, inline=True)
     seed = (
         inode_csum_seed(fs.csum_seed, dir_inode.ino, dir_inode.generation)
         if fs.sb.metadata_csum
@@ -209,11 +209,22 @@ def _is_dx_node(block: bytes, bs: int, lblk: int, indexed: bool) -> bool:
     return inode == 0 and rec_len_from_disk(rec_len, bs) == bs and block[6] == 0
 
 
-def _public(raw: list[DirentTuple]) -> list[Entry]:
+def _public(raw: list[DirentTuple], *, inline: bool = False) -> list[Entry]:
+    """The entries but the directory's own ``.`` and ``..``: in a block directory the
+    entry at offset 0 and the one right after it (in an htree, block 0 is not scanned),
+    in an inline one the parent number in front.  Any other entry named so, or with an
+    empty name, is kept for the callers to report: e2fsck flags it, the kernel's readdir
+    shows it, and dropping it silently would hide its inode."""
+    if inline:
+        dots = {(0, b"..")}
+    else:
+        first = raw[0] if raw and raw[0][3] == 0 else None
+        dotdot = first[3] + first[4] if first is not None else 12
+        dots = {(0, b"."), (dotdot, b"..")}
     return [
         _make_entry(name, ino, ft, stored)
-        for ino, name, ft, _offset, _rec_len, stored in raw
-        if name != b"." and name != b".."
+        for ino, name, ft, offset, _rec_len, stored in raw
+        if not ((name == b"." or name == b"..") and (offset, name) in dots)
     ]
 
 

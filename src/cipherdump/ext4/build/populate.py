@@ -8,12 +8,13 @@ its children so that it knows their numbers.
 
 from __future__ import annotations
 
+import posixpath
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from cipherdump.errors import InputError, UnsupportedError
+from cipherdump.errors import CipherdumpError, CorruptError, InputError, UnsupportedError
 from cipherdump.ext4.build.directory import HashParams, NewEntry, layout_directory
 from cipherdump.ext4.build.image import ImageWriter
 from cipherdump.ext4.build.node import (
@@ -36,6 +37,7 @@ from cipherdump.ondisk.dirent import (
     EXT4_FT_SOCK,
     EXT4_FT_SYMLINK,
     EXT4_FT_UNKNOWN,
+    dirent_name_problem,
 )
 from cipherdump.ondisk.inode import EXT4_CASEFOLD_FL, EXT4_ENCRYPT_FL
 
@@ -78,10 +80,20 @@ class SrcNode:
         return stat.S_ISDIR(self.spec.mode)
 
 
+def name_refusal(parent: SrcNode, kid: SrcNode) -> str | None:
+    """Why ``kid``'s name cannot be written into ``parent`` (a name the kernel would
+    answer a listing of ``parent`` with an error for), or None."""
+    return dirent_name_problem(kid.name, encrypted=bool(parent.spec.flags & EXT4_ENCRYPT_FL))
+
+
 class TreeSource(Protocol):
     def children(self, node: SrcNode) -> list[SrcNode]: ...
 
     def reader(self, node: SrcNode) -> BlockReader: ...
+
+
+#: An entry left out of the image: (its path, as raw name bytes; why).
+EntryProblem = tuple[bytes, CipherdumpError]
 
 
 @dataclass(slots=True)
@@ -96,6 +108,7 @@ class PopulateStats:
     bytes: int = 0
     inodes_moved: int = 0
     ino_map: dict[int, int] = field(default_factory=dict)
+    problems: list[EntryProblem] = field(default_factory=list)
 
 
 Progress = Callable[[PopulateStats, bytes], None]
@@ -135,7 +148,7 @@ def plan_tree(source: TreeSource, root: SrcNode, *, inode_size: int = 256) -> Pl
         if node.spec.xattrs or (node.spec.context is not None and inode_size <= 128):
             plan.xattr_blocks += 1
         if node.is_dir:
-            kids = source.children(node)
+            kids = [k for k in source.children(node) if name_refusal(node, k) is None]
             if node is root:
                 kids = [k for k in kids if k.name != LOST_FOUND]
             stack += kids
@@ -206,7 +219,7 @@ class Populator:
                     f"{w.sink.name}: {shown!r} already exists in the target's root directory"
                 )
         self.stats.ino_map[root.ino] = ROOT_INO
-        self._write_dir(root, ROOT_INO, ROOT_INO, kept, 0)
+        self._write_dir(root, ROOT_INO, ROOT_INO, kept, 0, b"/")
         for pblk, length in old_blocks:
             w.free_block_run(pblk, length)
         # Extent blocks of the old root (none for a fresh root) are left allocated.
@@ -233,8 +246,9 @@ class Populator:
         return HashParams(w.def_hash_version, w.hash_seed, w.hash_signed)
 
     def _write_dir(
-        self, node: SrcNode, ino: int, parent: int, kept: list[NewEntry], depth: int
-    ) -> None:
+        self, node: SrcNode, ino: int, parent: int, kept: list[NewEntry], depth: int,
+        path: bytes,
+    ) -> None:  # fmt: skip
         if depth > _MAX_DEPTH:
             raise UnsupportedError(f"directory tree deeper than {_MAX_DEPTH} levels")
         w = self.w
@@ -242,6 +256,10 @@ class Populator:
         taken = {e.name for e in kept}
         subdirs = sum(1 for e in kept if e.file_type == EXT4_FT_DIR)
         for kid in self.source.children(node):
+            why = name_refusal(node, kid)
+            if why is not None:
+                self._problem(posixpath.join(path, kid.name), why, node.ino)
+                continue
             if kid.name in taken:
                 if kid.name == LOST_FOUND and ino == ROOT_INO:
                     continue  # the target's own lost+found stays
@@ -250,7 +268,16 @@ class Populator:
                     f"{w.sink.name}: {shown!r} already exists in the target's root directory"
                 )
             tgt = self.stats.ino_map.get(kid.ino)
-            if tgt is not None and not kid.is_dir:
+            if tgt is not None and (kid.is_dir or tgt not in self._links):
+                # A directory has one name: met again (a loop, or a directory hard
+                # link), writing it again would recurse until the inodes run out.
+                self._problem(
+                    posixpath.join(path, kid.name),
+                    f"directory inode {kid.ino} is reachable twice (cycle)",
+                    node.ino,
+                )
+                continue
+            if tgt is not None:
                 self._links[tgt] += 1
                 self.stats.hardlinks += 1
             else:
@@ -262,7 +289,7 @@ class Populator:
                 self.stats.ino_map[kid.ino] = tgt
                 self.stats.inodes += 1
                 if kid.is_dir:
-                    self._write_dir(kid, tgt, ino, [], depth + 1)
+                    self._write_dir(kid, tgt, ino, [], depth + 1, posixpath.join(path, kid.name))
                     subdirs += 1
                 else:
                     self._write_other(kid, tgt)
@@ -286,6 +313,11 @@ class Populator:
         self.stats.blocks += len(layout.blocks)
         if self.on_progress is not None:
             self.on_progress(self.stats, node.name)
+
+    def _problem(self, path: bytes, why: str, dir_ino: int) -> None:
+        """An entry left out; ``dir_ino`` is the source's number of its directory."""
+        err = CorruptError(why, structure="directory entry", location=f"directory inode {dir_ino}")
+        self.stats.problems.append((path, err))
 
     def _write_other(self, kid: SrcNode, ino: int) -> None:
         w = self.w
