@@ -57,6 +57,7 @@ from cipherdump.engine.parent import (
     ParentIndex,
     encode_dir_table,
 )
+from cipherdump.engine.paths import child_path
 from cipherdump.engine.policies import PolicyCensus, uuid_text
 from cipherdump.engine.readahead import (
     DIRECT_GAP,
@@ -979,7 +980,7 @@ class _Backup:
                 reusable.clear()
                 return list(self.ns.iter_children(node))
             name = self.ns.display_name(directory, e)
-            path = posixpath.join(node.path, name)
+            path = child_path(node.path, name)
             bad = dirent_name_problem(e.name, encrypted=directory.is_encrypted)
             if bad is not None:
                 # As iter_children: no path can hold such a name.

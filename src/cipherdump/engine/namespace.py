@@ -12,7 +12,7 @@ import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from cipherdump.engine.paths import resolve_path
+from cipherdump.engine.paths import child_path, resolve_path
 from cipherdump.errors import CipherdumpError, CorruptError, NotFoundError
 from cipherdump.ext4 import Filesystem, Inode
 from cipherdump.ext4.directory import Entry, dx_hash_version, htree_find
@@ -161,7 +161,7 @@ class Namespace:
             names = None  # name by name below, so that the listing stops where it did
         for i, e in enumerate(entries):
             name = names[i] if names is not None else self.display_name(directory, e)
-            path = posixpath.join(base, name)
+            path = child_path(base, name)
             bad = dirent_name_problem(e.name, encrypted=directory.is_encrypted)
             if bad is not None:
                 # No path can hold such a name (e2fsck: "illegal characters", "entry '..'

@@ -435,6 +435,8 @@ class SnapshotTree:
     def __init__(self, view: SnapshotView) -> None:
         self.view = view
         self.bs = view.block_size
+        # Nodes no inode can be made of, by path (both walks meet them).
+        self.problems: dict[bytes, CipherdumpError] = {}
 
     def node(self, snap: SnapNode) -> SrcNode:
         a = snap.attrs
@@ -458,7 +460,13 @@ class SnapshotTree:
     def children(self, node: SrcNode) -> list[SrcNode]:
         snap = node.handle
         assert isinstance(snap, SnapNode)
-        return [self.node(k) for k in self.view.children(snap)]
+        out = []
+        for k in self.view.children(snap):
+            if k.problem is None:
+                out.append(self.node(k))
+            else:
+                self.problems[k.path] = k.refuse()
+        return out
 
     def reader(self, node: SrcNode) -> BlockReader:
         snap = node.handle
@@ -530,6 +538,7 @@ def restore_to_image(
     stats, created, ties = _plan_and_write(
         out_path, root, _ChainTree(tree, chain), facts, size, on_progress
     )
+    stats.problems[:0] = tree.problems.items()
     _report(stats, on_problem)
     return _summary(stats, out_path, started, snapshot=snapshot_id.hex, created=created,
                     path=os.fsdecode(path or b"/"), keeps_inode_numbers=ties)  # fmt: skip

@@ -8,7 +8,6 @@ its children so that it knows their numbers.
 
 from __future__ import annotations
 
-import posixpath
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -84,6 +83,11 @@ def name_refusal(parent: SrcNode, kid: SrcNode) -> str | None:
     """Why ``kid``'s name cannot be written into ``parent`` (a name the kernel would
     answer a listing of ``parent`` with an error for), or None."""
     return dirent_name_problem(kid.name, encrypted=bool(parent.spec.flags & EXT4_ENCRYPT_FL))
+
+
+def _child(path: bytes, name: bytes) -> bytes:
+    """The path of an entry, for messages: a name starting with '/' stays below."""
+    return path + name if path.endswith(b"/") else path + b"/" + name
 
 
 class TreeSource(Protocol):
@@ -258,7 +262,7 @@ class Populator:
         for kid in self.source.children(node):
             why = name_refusal(node, kid)
             if why is not None:
-                self._problem(posixpath.join(path, kid.name), why, node.ino)
+                self._problem(_child(path, kid.name), why, node.ino)
                 continue
             if kid.name in taken:
                 if kid.name == LOST_FOUND and ino == ROOT_INO:
@@ -272,7 +276,7 @@ class Populator:
                 # A directory has one name: met again (a loop, or a directory hard
                 # link), writing it again would recurse until the inodes run out.
                 self._problem(
-                    posixpath.join(path, kid.name),
+                    _child(path, kid.name),
                     f"directory inode {kid.ino} is reachable twice (cycle)",
                     node.ino,
                 )
@@ -289,7 +293,7 @@ class Populator:
                 self.stats.ino_map[kid.ino] = tgt
                 self.stats.inodes += 1
                 if kid.is_dir:
-                    self._write_dir(kid, tgt, ino, [], depth + 1, posixpath.join(path, kid.name))
+                    self._write_dir(kid, tgt, ino, [], depth + 1, _child(path, kid.name))
                     subdirs += 1
                 else:
                     self._write_other(kid, tgt)
