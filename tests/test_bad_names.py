@@ -165,3 +165,30 @@ def test_clone_reports_a_directory_loop(tmp_path: Path) -> None:
 def test_entry_header_offsets_are_the_kernel_ones() -> None:
     """The crafting above patches name_len at +6 and the name at +8 (ext4_dir_entry_2)."""
     assert struct.calcsize("<IHBB") == 8
+
+
+@pytest.mark.kernel
+def test_index_flag_on_a_linear_directory_hides_nothing(tmp_path: Path) -> None:
+    """EXT4_INDEX_FL set on a one-block linear directory: its block 0 is no htree root,
+    and the kernel's readdir falls back to a linear read that shows every entry."""
+    import kernelfs
+
+    if shutil.which("debugfs") is None:
+        pytest.skip("debugfs unavailable")
+    tree = tmp_path / "tree"
+    (tree / "d").mkdir(parents=True)
+    for name in ("a", "b", "c"):
+        (tree / "d" / name).write_text(name)
+    image = _mkfs(tmp_path, tree, "index.img")
+    fs = Filesystem(MemorySource(image.read_bytes()))
+    d = fs.inode(fs.root.entry_named(b"d").ino)  # type: ignore[union-attr]
+    flags = d.flags | 0x1000  # EXT4_INDEX_FL
+    subprocess.run(["debugfs", "-w", "-R", f"set_inode_field /d flags {flags:#x}", str(image)],
+                   check=True, capture_output=True)  # fmt: skip
+    with kernelfs.mounted(image, readonly=True) as mnt:
+        kernel = sorted(os.listdir(mnt / "d"))
+    assert kernel == ["a", "b", "c"]
+    result = run("ls", str(image), "/d")
+    assert result.exit_code == 0
+    assert sorted(result.stdout.splitlines()) == kernel
+    assert "not laid out as an htree root" in result.stderr

@@ -127,11 +127,13 @@ def read_entries(dir_inode: Inode) -> list[Entry]:
                 # Block 0 of an htree holds '.', '..' and the dx_root behind '..'; the
                 # rest of the block may be stale bytes from before indexing.
                 _keep_dx_root(dir_inode, block)
-                if not _is_dx_root(block, bs):
-                    fs.warn(f"{at}: not laid out as an htree root (entries read in full)")
-                elif seed is not None:
-                    _check_dx(fs, block, DX_ROOT_COUNT_OFFSET, seed, at)
-                continue
+                if _is_dx_root(block, bs):
+                    if seed is not None:
+                        _check_dx(fs, block, DX_ROOT_COUNT_OFFSET, seed, at)
+                    continue
+                # Not a root: the index flag is wrong, and block 0 is an ordinary leaf
+                # whose entries count (the kernel's readdir falls back to a linear read).
+                fs.warn(f"{at}: not laid out as an htree root (entries read in full)")
             out += _leaf_entries(block, bs, seed, at, filetype, hashed, lblk * bs)
     return _public(out)
 
