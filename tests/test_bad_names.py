@@ -192,3 +192,18 @@ def test_index_flag_on_a_linear_directory_hides_nothing(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert sorted(result.stdout.splitlines()) == kernel
     assert "not laid out as an htree root" in result.stderr
+
+
+def test_clone_leaves_out_a_second_entry_of_the_same_name(tmp_path: Path) -> None:
+    """Two entries named alike (e2fsck: "duplicate entry"): the first is copied, the
+    second is a problem, as backup reports it."""
+    image = crafted(tmp_path, b"good-one")
+    out = tmp_path / "out.img"
+    result = run("clone", str(image), str(out))
+    assert result.exit_code == 1, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("cipherdump: error: /d/good-one: a second entry with the same name")
+    clean, report = e2fsck_clean(out)
+    assert clean, report
+    listed = run("ls", "-R", str(out), "/d")
+    assert listed.stdout.splitlines() == ["/d/good-one", "/d/good-two"]

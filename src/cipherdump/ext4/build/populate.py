@@ -259,11 +259,15 @@ class Populator:
         entries = list(kept)
         taken = {e.name for e in kept}
         subdirs = sum(1 for e in kept if e.file_type == EXT4_FT_DIR)
+        written: set[bytes] = set()
         for kid in self.source.children(node):
             why = name_refusal(node, kid)
+            if why is None and kid.name in written:
+                why = "a second entry with the same name"  # as backup says
             if why is not None:
                 self._problem(_child(path, kid.name), why, node.ino)
                 continue
+            written.add(kid.name)
             if kid.name in taken:
                 if kid.name == LOST_FOUND and ino == ROOT_INO:
                     continue  # the target's own lost+found stays
