@@ -74,6 +74,12 @@ VALUES: dict[str, Forgery] = {
     "chunk size 0": change_hello(chunk_size=0),
     "inline 61 bytes": change_hello(inline=bytes(61)),
     "xattr index 300": change_hello(xattrs=((300, b"x", b"y"),)),
+    "kind dir, mode of a file": lambda nodes: [
+        dataclasses.replace(n, kind="dir") if n.name == b"hello.txt" else n for n in nodes
+    ],
+    "kind unheard of": lambda nodes: [
+        dataclasses.replace(n, kind="weird") if n.name == b"hello.txt" else n for n in nodes
+    ],
 }
 NAMES: dict[str, bytes] = {
     "../x": b"../x",

@@ -50,6 +50,7 @@ map (codec values; keys absent when they do not apply):
 
 from __future__ import annotations
 
+import stat
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeGuard
@@ -201,6 +202,12 @@ _MAX_LBLK = (1 << 32) - 1
 _MAX_PBLK = 1 << 48
 _MAX_CHUNK = 256 << 20  # a chunk is one blob (MAX_BLOB_SIZE)
 _INLINE_MAX = 60  # i_block
+# A node's kind is its mode's file type, as the backup read it.
+_KIND_FMT = {
+    "file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK,
+    "chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK, "fifo": stat.S_IFIFO,
+    "socket": stat.S_IFSOCK,
+}  # fmt: skip
 
 
 def node_problem(
@@ -217,6 +224,16 @@ def node_problem(
         value = attrs.get(key, 0)
         if not _is_int(value) or not 0 <= value < limit:
             return f"{key} {value!r} does not fit an ext4 inode"
+    mode = attrs.get("mode", 0)
+    if _is_int(mode) and 0 <= mode < _U16:
+        fmt = _KIND_FMT.get(kind)
+        if kind == "unknown":
+            if stat.S_IFMT(mode) in _KIND_FMT.values():
+                return f"an unknown file type whose mode is {mode:#o}"
+        elif fmt is None:
+            return f"unknown kind {kind!r}"
+        elif stat.S_IFMT(mode) != fmt:
+            return f"a {kind} whose mode is {mode:#o}"
     ino = attrs.get("ino", 1)
     if not _is_int(ino) or not 0 < ino < _U32:
         return f"inode number {ino!r} is out of range"
