@@ -207,3 +207,46 @@ def test_clone_leaves_out_a_second_entry_of_the_same_name(tmp_path: Path) -> Non
     assert clean, report
     listed = run("ls", "-R", str(out), "/d")
     assert listed.stdout.splitlines() == ["/d/good-one", "/d/good-two"]
+
+
+def test_a_too_short_ciphertext_name_hides_no_sibling(tmp_path: Path) -> None:
+    """An entry of an encrypted directory whose name_len is cut to 5 (the kernel would
+    refuse the whole directory, EUCLEAN): it is a problem named by its bytes, and every
+    other entry is listed, backed up and cloned, with or without the key."""
+    if shutil.which("tune2fs") is None or shutil.which("e2fsck") is None:
+        pytest.skip("e2fsprogs unavailable")
+    sample = Path(__file__).resolve().parents[1] / "examples"
+    image = tmp_path / "s.img"
+    shutil.copyfile(sample / "sample.img", image)
+    # Without checksums, so that the edit below is the only damage.
+    subprocess.run(["tune2fs", "-O", "^metadata_csum", str(image)],
+                   check=True, capture_output=True)  # fmt: skip
+    buf = bytearray(image.read_bytes())
+    fs = Filesystem(MemorySource(bytes(buf)))
+    home = fs.inode(fs.root.entry_named(b"home").ino)  # type: ignore[union-attr]
+    alice = fs.inode(home.entry_named(b"alice").ino)  # type: ignore[union-attr]
+    before = len(alice.entries())
+    victim = alice.entries()[0].name
+    (run_,) = [r for r in alice.runs if r.pblk is not None]
+    assert run_.pblk is not None
+    start = run_.pblk * fs.block_size
+    at = buf.index(victim, start, start + fs.block_size) - 8
+    buf[at + 6] = 5
+    image.write_bytes(buf)
+
+    listed = run("ls", str(image), "/home/alice")
+    assert listed.exit_code == 1
+    assert len(listed.stdout.splitlines()) == before - 1
+    (line,) = listed.stderr.splitlines()
+    assert "encrypted name of 5 bytes is shorter than 16" in line
+    keyed = run("ls", "--key", str(sample / "alice.key"), str(image), "/home/alice")
+    assert keyed.exit_code == 1 and len(keyed.stdout.splitlines()) == before - 1
+    repo = tmp_path / "repo"
+    assert run("init", "-r", str(repo)).exit_code == 0
+    backup = run("backup", "-r", str(repo), str(image))
+    assert backup.exit_code == 1 and "shorter than 16" in backup.stderr
+    assert run("ls", "-r", str(repo), "latest", "/home/alice").stdout == listed.stdout
+    out = tmp_path / "out.img"
+    cloned = run("clone", str(image), str(out))
+    assert cloned.exit_code == 1 and "shorter than 16" in cloned.stderr
+    assert run("ls", str(out), "/home/alice").stdout == listed.stdout

@@ -972,6 +972,11 @@ class _Backup:
                     out.append(None)
                 continue
             names.add(e.name)
+            bad = dirent_name_problem(e.name, encrypted=directory.is_encrypted)
+            if bad is not None:
+                # As iter_children: no path can hold such a name.
+                out.append(Problem(child_path(node.path, e.name), bad_entry(bad, directory.ino)))
+                continue
             try:
                 child = self.fs.inode(e.ino)
             except CipherdumpError:
@@ -981,11 +986,6 @@ class _Backup:
                 return list(self.ns.iter_children(node))
             name = self.ns.display_name(directory, e)
             path = child_path(node.path, name)
-            bad = dirent_name_problem(e.name, encrypted=directory.is_encrypted)
-            if bad is not None:
-                # As iter_children: no path can hold such a name.
-                out.append(Problem(path, bad_entry(bad, directory.ino)))
-                continue
             out.append(NsNode(path, name, e.name, child, directory.is_encrypted, e.hash))
         # Reused in one go: the walk would spend more on each than the reuse costs.
         nodes, reuse = frame.nodes, self.reuse_node

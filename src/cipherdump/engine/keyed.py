@@ -23,7 +23,8 @@ import posixpath
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from cipherdump.engine.namespace import Namespace, Node, Problem
+from cipherdump.engine.namespace import Namespace, Node, Problem, bad_entry
+from cipherdump.engine.paths import child_path
 from cipherdump.errors import CipherdumpError, CorruptError, KeyProblem, UnsupportedError
 from cipherdump.ext4 import Filesystem, Inode
 from cipherdump.ext4.directory import Entry
@@ -318,6 +319,10 @@ class KeyedNamespace(Namespace):
             return
         base = node.path
         for e in directory.entries():
+            bad = dirent_name_problem(e.name, encrypted=True)
+            if bad is not None:
+                yield Problem(child_path(base, e.name), bad_entry(bad, directory.ino))
+                continue
             try:
                 name = self.decrypt_entry_name(directory, e)
             except CipherdumpError as err:

@@ -160,14 +160,16 @@ class Namespace:
         except CipherdumpError:
             names = None  # name by name below, so that the listing stops where it did
         for i, e in enumerate(entries):
-            name = names[i] if names is not None else self.display_name(directory, e)
-            path = child_path(base, name)
             bad = dirent_name_problem(e.name, encrypted=directory.is_encrypted)
             if bad is not None:
                 # No path can hold such a name (e2fsck: "illegal characters", "entry '..'
                 # is a link to ..."); listing it would show an entry that does not exist.
-                yield Problem(path, bad_entry(bad, directory.ino))
+                # Checked first: a ciphertext too short for a no-key name is named by its
+                # bytes, and its siblings are still listed.
+                yield Problem(child_path(base, e.name), bad_entry(bad, directory.ino))
                 continue
+            name = names[i] if names is not None else self.display_name(directory, e)
+            path = child_path(base, name)
             try:
                 child = self.fs.inode(e.ino)
             except CipherdumpError as err:
