@@ -10,6 +10,13 @@ decoded) under a time bound.  Anything but a ``CipherdumpError`` is a reader bug
 
 Mutants are also backed up three times into one repository (fresh, incremental, and
 reading everything): the three snapshots must agree and the repository pass ``check``.
+
+Two classes of input get seeds and mutations of their own: a filesystem whose
+metadata_csum was switched off by ``tune2fs`` (old checksum tails stay in directory
+blocks, inside the last entry), and directory entries renamed to what ext4 forbids
+(``.``, ``..``, empty, with NUL or '/', or a name length past the entry): every reader
+must report such an entry, never list it nor drop it unseen, and ``clone`` must leave it
+out of an image that e2fsck calls clean.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "e
 # and one with metadata_csum (so the checksum paths see damage too).
 CORPUS_SEEDS = ["f_valid_ea_in_inode", "d_inline_dump", "f_ea_signed_hash"]
 MKFS_SEED = "mkfs"
+CSUM_OFF_SEED = "mkfs-csum-off"
 
 TIME_LIMIT = 5.0  # seconds per mutant; a clean walk of any seed takes well under 0.1 s
 READ_CAP = 1 << 20  # bytes read per file
@@ -60,14 +68,19 @@ def time_limit(seconds: float) -> AbstractContextManager[None]:
 # -- seeds ---------------------------------------------------------------------------
 
 
-def _mkfs_seed(workdir: Path) -> bytes | None:
-    """A 2 MiB, 1 KiB-block ext4 made by ``mkfs.ext4 -d`` from a small varied tree."""
+def _mkfs_seed(workdir: Path, *, csum_off_later: bool = False) -> bytes | None:
+    """A 2 MiB, 1 KiB-block ext4 made by ``mkfs.ext4 -d`` from a small varied tree.
+
+    ``csum_off_later``: made with metadata_csum, then switched off by ``tune2fs``.
+    """
     mkfs = shutil.which("mkfs.ext4") or next(
         (p for p in ("/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4") if Path(p).is_file()), None
     )
     if mkfs is None:
         return None
     root = workdir / "tree"
+    if root.exists():
+        shutil.rmtree(root)
     (root / "sub" / "deeper").mkdir(parents=True)
     (root / "big").mkdir()
     for i in range(120):  # a directory of several blocks
@@ -83,15 +96,24 @@ def _mkfs_seed(workdir: Path) -> bytes | None:
     os.symlink("small", root / "fast-link")
     os.symlink("t/" * 100, root / "slow-link")
     os.mkfifo(root / "fifo")
-    image = workdir / "mkfs.img"
+    image = workdir / ("csum-off.img" if csum_off_later else "mkfs.img")
+    features = "^has_journal" + ("" if csum_off_later else ",^metadata_csum")
     res = subprocess.run(
-        [mkfs, "-q", "-F", "-b", "1024", "-N", "256", "-O", "^has_journal,^metadata_csum",
+        [mkfs, "-q", "-F", "-b", "1024", "-N", "256", "-O", features,
          "-E", "root_owner=0:0", "-d", str(root), str(image), "2M"],
         capture_output=True,
         check=False,
     )  # fmt: skip
     if res.returncode != 0:
         return None
+    if csum_off_later:
+        tune2fs = shutil.which("tune2fs")
+        if tune2fs is None:
+            return None
+        res = subprocess.run([tune2fs, "-O", "^metadata_csum", str(image)],
+                             capture_output=True, check=False)  # fmt: skip
+        if res.returncode != 0:
+            return None
     return image.read_bytes()
 
 
@@ -105,6 +127,9 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     made = _mkfs_seed(tmp_path_factory.mktemp("fuzz-seed"))
     if made is not None:
         out[MKFS_SEED] = made
+    made = _mkfs_seed(tmp_path_factory.mktemp("fuzz-seed"), csum_off_later=True)
+    if made is not None:
+        out[CSUM_OFF_SEED] = made
     return out
 
 
@@ -242,7 +267,7 @@ def _read_some(inode: Inode) -> None:
 
 # -- tests ---------------------------------------------------------------------------
 
-SEED_NAMES = [*CORPUS_SEEDS, MKFS_SEED]
+SEED_NAMES = [*CORPUS_SEEDS, MKFS_SEED, CSUM_OFF_SEED]
 _FAST = settings(
     max_examples=50,
     deadline=None,  # the time bound is TIME_LIMIT, enforced by an alarm
@@ -331,6 +356,121 @@ def test_extent_tree_reusing_blocks_is_refused(seeds: dict[str, bytes]) -> None:
         items = list(ns.walk(ns.root_node(), recursive=True))
     assert len(items) == 1 and isinstance(items[0], Problem), items
     assert "more blocks than the filesystem has" in str(items[0].error)
+
+
+# -- names ext4 forbids ------------------------------------------------------------------
+
+# What a live entry's name becomes: (new name_len, bytes written at the name).  The
+# entry keeps its rec_len; a name_len past it makes the whole block unreadable.
+_BAD_NAMES: dict[str, tuple[int | None, bytes]] = {
+    "dot": (1, b"."),
+    "dotdot": (2, b".."),
+    "empty": (0, b""),
+    "nul": (None, b"\0"),
+    "slash": (None, b"/"),
+    "long": (255, b""),
+}
+
+
+def live_entries(image: bytes) -> list[tuple[int, int, bytes]]:
+    """(directory inode, byte offset in the image, name) of every entry of every
+    directory but its own '.' and '..', found by reading the pristine image."""
+    fs = Filesystem(MemorySource(image))
+    bs = fs.block_size
+    out: list[tuple[int, int, bytes]] = []
+    for ino in fs.iter_used_inodes():
+        inode = fs.inode(ino)
+        if not inode.is_dir or inode.has_inline_data:
+            continue
+        for run in inode.runs:
+            if run.pblk is None:
+                continue
+            for k in range(run.length):
+                base = (run.pblk + k) * bs
+                pos = 0
+                while pos < bs:
+                    e_ino, rec_len, name_len = struct.unpack_from("<IHB", image, base + pos)
+                    if rec_len < 8:
+                        break
+                    name = image[base + pos + 8 : base + pos + 8 + name_len]
+                    if e_ino and name_len and name not in (b".", b".."):
+                        out.append((ino, base + pos, name))
+                    pos += rec_len
+    return out
+
+
+def rename_entry(image: bytes, at: int, name: bytes, kind: str) -> bytes:
+    buf = bytearray(image)
+    name_len, new = _BAD_NAMES[kind]
+    if name_len is None:  # a NUL or '/' in the middle of the old name
+        buf[at + 8 + len(name) // 2] = new[0]
+    else:
+        buf[at + 6] = name_len
+        buf[at + 8 : at + 8 + len(new)] = new
+    return bytes(buf)
+
+
+@st.composite
+def renamings(
+    draw: st.DrawFn, entries: list[tuple[int, int, bytes]]
+) -> tuple[int, int, bytes, str]:
+    ino, at, name = draw(st.sampled_from(entries))
+    kind = draw(st.sampled_from(sorted(_BAD_NAMES)))
+    if kind in ("nul", "slash") and len(name) < 2:
+        kind = "dotdot"
+    return ino, at, name, kind
+
+
+@pytest.mark.parametrize("name", [MKFS_SEED, CSUM_OFF_SEED])
+@settings(_FAST, max_examples=30)
+@given(data=st.data())
+def test_forbidden_names_are_reported(
+    name: str, seeds: dict[str, bytes], data: st.DataObject
+) -> None:
+    """A renamed entry is never listed and never dropped unseen: the walk yields a
+    problem inside its directory (the entry, or the whole directory)."""
+    image, _ranges = _seed(seeds, name)
+    _dir, at, old, kind = data.draw(renamings(live_entries(image)), label="renaming")
+    mutant = rename_entry(image, at, old, kind)
+    with time_limit(TIME_LIMIT):
+        exercise(mutant)
+        fs = Filesystem(MemorySource(mutant))
+        ns = Namespace(fs)
+        items = list(ns.walk(ns.root_node(), recursive=True))
+    problems = [i for i in items if isinstance(i, Problem)]
+    assert problems, (kind, old)
+    listed = [i for i in items if not isinstance(i, Problem)]
+    for item in listed:
+        assert item.raw_name not in (b"", b".", b".."), item.path
+        assert b"/" not in item.raw_name and b"\0" not in item.raw_name, item.path
+
+
+@pytest.mark.parametrize("kind", sorted(_BAD_NAMES))
+def test_clone_leaves_forbidden_names_out(
+    seeds: dict[str, bytes], kind: str, tmp_path: Path
+) -> None:
+    """clone of an image with a renamed entry in its big directory: the entry (or, when
+    its block no longer parses, the directory's listing) is a problem; the copy is clean."""
+    from cipherdump.engine.restore_image import clone_image
+
+    image, _ranges = _seed(seeds, MKFS_SEED)
+    fs = Filesystem(MemorySource(image))
+    big = fs.root.entry_named(b"big")
+    assert big is not None
+    _dir, at, old = next(e for e in live_entries(image) if e[0] == big.ino)
+    src = tmp_path / "src.img"
+    src.write_bytes(rename_entry(image, at, old, kind))
+    out = tmp_path / "out.img"
+    problems: list[bytes] = []
+    try:
+        summary = clone_image(str(src), str(out), on_problem=lambda p, e: problems.append(p))
+    except CipherdumpError:
+        assert kind == "long", "only an unreadable directory may stop the clone"
+        return
+    assert summary["problems"] == len(problems) >= 1
+    assert all(p.startswith(b"/big/") for p in problems), problems
+    proc = subprocess.run(["e2fsck", "-fn", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
 
 
 # -- backups of mutants ----------------------------------------------------------------

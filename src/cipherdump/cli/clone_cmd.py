@@ -7,10 +7,13 @@ targets and contexts are copied as stored, so the owner's key unlocks the copy.
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
 from cipherdump.cli import render
+
+EXIT_PARTIAL = 1
 
 
 def split_source(spec: str) -> tuple[str, bytes | None]:
@@ -39,8 +42,9 @@ def clone_cmd(source: str, out: str, size: str | None, as_json: bool) -> None:
     on_progress, bar = render.image_progress_bar("clone")
     with bar:
         summary = clone_image(
-            image, out, path=path, size=render.parse_size(size), on_progress=on_progress
-        )
+            image, out, path=path, size=render.parse_size(size), on_progress=on_progress,
+            on_problem=render.print_problem,
+        )  # fmt: skip
     if as_json:
         click.echo(render.dumps(summary))
     else:
@@ -48,4 +52,7 @@ def clone_cmd(source: str, out: str, size: str | None, as_json: bool) -> None:
             f"cloned {summary['files']} files, {summary['directories']} dirs, "
             f"{summary['symlinks']} symlinks, {summary['specials']} special files, "
             f"{summary['hardlinks']} hard links into {out}"
+            + (f"; {summary['problems']} problems" if summary["problems"] else "")
         )
+    if summary["problems"]:
+        sys.exit(EXIT_PARTIAL)

@@ -19,6 +19,11 @@ def show_bytes(name: bytes) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def print_problem(path: bytes, err: BaseException) -> None:
+    """One object that could not be handled, on stderr: its path and why."""
+    click.echo(f"cipherdump: error: {show_bytes(path)}: {err}", err=True)
+
+
 def json_bytes(name: bytes) -> str:
     """A name for JSON: exact UTF-8 where valid; otherwise surrogate escapes that
     Python's ``os.fsencode`` turns back into the same bytes."""

@@ -205,6 +205,7 @@ def _restore_to_image(
             path=None if wanted in (b"/", b"") else wanted,
             size=render.parse_size(size),
             on_progress=on_progress,
+            on_problem=render.print_problem,
         )
     if as_json:
         rec = dict(report) if isinstance(report, Mapping) else {"result": report}
@@ -212,6 +213,8 @@ def _restore_to_image(
     elif isinstance(report, Mapping):
         for k, v in report.items():
             click.echo(f"{k}: {v}")
+    if isinstance(report, Mapping) and report.get("problems"):
+        sys.exit(EXIT_PARTIAL)
 
 
 def cat_snapshot_keyed(

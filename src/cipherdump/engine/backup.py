@@ -40,7 +40,7 @@ from cipherdump.engine.chunker import stored_length as stored_length_of
 from cipherdump.engine.describe import node_record
 from cipherdump.engine.filenode import file_context, file_node
 from cipherdump.engine.gctune import few_collections
-from cipherdump.engine.namespace import MAX_DEPTH, Namespace, Problem
+from cipherdump.engine.namespace import MAX_DEPTH, Namespace, Problem, bad_entry
 from cipherdump.engine.namespace import Node as NsNode
 from cipherdump.engine.nodeattrs import (
     NODE_ATTRS_VERSION,
@@ -57,6 +57,7 @@ from cipherdump.engine.parent import (
     ParentIndex,
     encode_dir_table,
 )
+from cipherdump.engine.paths import child_path
 from cipherdump.engine.policies import PolicyCensus, uuid_text
 from cipherdump.engine.readahead import (
     DIRECT_GAP,
@@ -72,6 +73,7 @@ from cipherdump.errors import CipherdumpError, CorruptError, InputError, Unsuppo
 from cipherdump.ext4 import Filesystem, Inode, Run
 from cipherdump.ext4.directory import Entry, dx_hash_version
 from cipherdump.ext4.inode import FileType
+from cipherdump.ondisk.dirent import dirent_name_problem
 from cipherdump.ondisk.inode import (
     EXT4_CASEFOLD_FL,
     EXT4_ENCRYPT_FL,
@@ -978,6 +980,11 @@ class _Backup:
                     out.append(None)
                 continue
             names.add(e.name)
+            bad = dirent_name_problem(e.name, encrypted=directory.is_encrypted)
+            if bad is not None:
+                # As iter_children: no path can hold such a name.
+                out.append(Problem(child_path(node.path, e.name), bad_entry(bad, directory.ino)))
+                continue
             try:
                 child = self.fs.inode(e.ino)
             except CipherdumpError:
@@ -986,16 +993,7 @@ class _Backup:
                 reusable.clear()
                 return list(self.ns.iter_children(node))
             name = self.ns.display_name(directory, e)
-            path = posixpath.join(node.path, name)
-            if not directory.is_encrypted and (b"/" in e.name or b"\0" in e.name):
-                # As iter_children: no path can hold such a name.
-                err = CorruptError(
-                    f"entry name {e.name!r} contains '/' or NUL",
-                    structure="directory entry",
-                    location=f"directory inode {directory.ino}",
-                )
-                out.append(Problem(path, err))
-                continue
+            path = child_path(node.path, name)
             out.append(NsNode(path, name, e.name, child, directory.is_encrypted, e.hash))
         # Reused in one go: the walk would spend more on each than the reuse costs.
         nodes, reuse = frame.nodes, self.reuse_node

@@ -73,7 +73,7 @@ def metadata_from_snapshot(view: SnapshotView) -> FscryptMetadata:
             return out
         for kid in kids:
             size = kid.attrs.get("size")
-            if kid.kind != "file" or kid.is_encrypted or not isinstance(size, int):
+            if kid.kind != "file" or kid.is_encrypted or kid.problem or not isinstance(size, int):
                 continue
             if size > _MAX_FILE:
                 continue

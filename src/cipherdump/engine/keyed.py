@@ -23,7 +23,8 @@ import posixpath
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from cipherdump.engine.namespace import Namespace, Node, Problem
+from cipherdump.engine.namespace import Namespace, Node, Problem, bad_entry
+from cipherdump.engine.paths import child_path
 from cipherdump.errors import CipherdumpError, CorruptError, KeyProblem, UnsupportedError
 from cipherdump.ext4 import Filesystem, Inode
 from cipherdump.ext4.directory import Entry
@@ -34,6 +35,7 @@ from cipherdump.fscrypt.inode_cipher import InodeCipher
 from cipherdump.fscrypt.keys import KeyRing
 from cipherdump.fscrypt.nokey import decode_nokey_name
 from cipherdump.fscrypt.symlink import decode_encrypted_symlink
+from cipherdump.ondisk.dirent import dirent_name_problem
 
 __all__ = ["KeyedNamespace", "Segment", "invalid_name_reason"]
 
@@ -60,16 +62,8 @@ class Segment:
 
 
 def invalid_name_reason(name: bytes) -> str | None:
-    """Why ``name`` cannot be a single path component, or None if it can."""
-    if not name:
-        return "empty name"
-    if name in (b".", b".."):
-        return f"name {name!r}"
-    if b"/" in name:
-        return "name contains '/'"
-    if b"\0" in name:
-        return "name contains NUL"
-    return None
+    """Why the plaintext ``name`` cannot be a single path component, or None if it can."""
+    return dirent_name_problem(name, encrypted=False)
 
 
 class KeyedNamespace(Namespace):
@@ -325,6 +319,10 @@ class KeyedNamespace(Namespace):
             return
         base = node.path
         for e in directory.entries():
+            bad = dirent_name_problem(e.name, encrypted=True)
+            if bad is not None:
+                yield Problem(child_path(base, e.name), bad_entry(bad, directory.ino))
+                continue
             try:
                 name = self.decrypt_entry_name(directory, e)
             except CipherdumpError as err:

@@ -12,12 +12,13 @@ import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from cipherdump.engine.paths import resolve_path
+from cipherdump.engine.paths import child_path, resolve_path
 from cipherdump.errors import CipherdumpError, CorruptError, NotFoundError
 from cipherdump.ext4 import Filesystem, Inode
 from cipherdump.ext4.directory import Entry, dx_hash_version, htree_find
 from cipherdump.fscrypt.nokey import decode_nokey_name, encode_nokey_name, encode_nokey_symlink
 from cipherdump.fscrypt.symlink import decode_encrypted_symlink
+from cipherdump.ondisk.dirent import dirent_name_problem
 from cipherdump.ondisk.dirhash import ext4_dirhash, ext4_dirhashes, is_signed_filesystem
 
 # Deeper than any real tree; stops walks through directory hard-link cycles early
@@ -48,6 +49,11 @@ class Problem:
 
     path: bytes
     error: CipherdumpError
+
+
+def bad_entry(reason: str, dir_ino: int) -> CorruptError:
+    """The error for an entry whose name no directory may hold (see dirent_name_problem)."""
+    return CorruptError(reason, structure="directory entry", location=f"directory inode {dir_ino}")
 
 
 class Namespace:
@@ -154,20 +160,16 @@ class Namespace:
         except CipherdumpError:
             names = None  # name by name below, so that the listing stops where it did
         for i, e in enumerate(entries):
-            name = names[i] if names is not None else self.display_name(directory, e)
-            path = posixpath.join(base, name)
-            if not directory.is_encrypted and (b"/" in e.name or b"\0" in e.name):
-                # No path can hold such a name (e2fsck: "illegal characters"); listing
-                # it would show an entry of a directory that does not exist.
-                yield Problem(
-                    path,
-                    CorruptError(
-                        f"entry name {e.name!r} contains '/' or NUL",
-                        structure="directory entry",
-                        location=f"directory inode {directory.ino}",
-                    ),
-                )
+            bad = dirent_name_problem(e.name, encrypted=directory.is_encrypted)
+            if bad is not None:
+                # No path can hold such a name (e2fsck: "illegal characters", "entry '..'
+                # is a link to ..."); listing it would show an entry that does not exist.
+                # Checked first: a ciphertext too short for a no-key name is named by its
+                # bytes, and its siblings are still listed.
+                yield Problem(child_path(base, e.name), bad_entry(bad, directory.ino))
                 continue
+            name = names[i] if names is not None else self.display_name(directory, e)
+            path = child_path(base, name)
             try:
                 child = self.fs.inode(e.ino)
             except CipherdumpError as err:

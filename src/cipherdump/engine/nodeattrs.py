@@ -50,9 +50,10 @@ map (codec values; keys absent when they do not apply):
 
 from __future__ import annotations
 
+import stat
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 try:
     # hashlib's own BLAKE2b.  Importing hashlib loads OpenSSL's libcrypto besides, 16 ms
@@ -62,6 +63,7 @@ try:
 except ImportError:  # pragma: no cover - not CPython
     from hashlib import blake2b as blake2b
 
+from cipherdump.ondisk.dirent import dirent_name_problem
 from cipherdump.ondisk.inode import EXT4_ENCRYPT_FL
 from cipherdump.repo import Id
 from cipherdump.repo.codec import Value
@@ -170,3 +172,124 @@ def display_name(name: bytes, attrs: Mapping[str, Value]) -> bytes:
 def list_attr(attrs: Mapping[str, Value], name: str) -> tuple[Value, ...]:
     value = attrs.get(name)
     return tuple(value) if isinstance(value, tuple | list) else ()
+
+
+# -- what an ext4 inode can hold ------------------------------------------------------------
+#
+# A snapshot is authenticated, but one written by a damaged or hostile program with the
+# password can hold any codec value.  Every field is checked against the width ext4 gives
+# it before anything (a restore, a listing, a read) relies on it: a value no inode can
+# hold is a problem of that one entry, never an overflow deep in a writer.
+
+_U16, _U32, _U64 = 1 << 16, 1 << 32, 1 << 64
+_FIELD_LIMITS: dict[str, int] = {
+    "mode": _U16,
+    "uid": _U32,
+    "gid": _U32,
+    "links": _U16,
+    "flags": _U32,
+    "generation": _U32,
+    "project_id": _U32,
+    "version": _U64,
+    "blocks": 1 << 48,
+}
+# Seconds are a signed 32-bit field plus two epoch bits (EXT4_EPOCH_BITS).
+_TIME_MIN_NS = -(1 << 31) * 1_000_000_000
+_TIME_END_NS = ((1 << 34) - (1 << 31)) * 1_000_000_000
+_TIMES = ("atime_ns", "mtime_ns", "ctime_ns", "crtime_ns")
+# Extents address 32-bit logical blocks (EXT_MAX_EXTENT_LBLK) and 48-bit physical ones.
+_MAX_LBLK = (1 << 32) - 1
+_MAX_PBLK = 1 << 48
+_MAX_CHUNK = 256 << 20  # a chunk is one blob (MAX_BLOB_SIZE)
+_INLINE_MAX = 60  # i_block
+# A node's kind is its mode's file type, as the backup read it.
+_KIND_FMT = {
+    "file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK,
+    "chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK, "fifo": stat.S_IFIFO,
+    "socket": stat.S_IFSOCK,
+}  # fmt: skip
+
+
+def node_problem(
+    name: bytes, kind: str, attrs: Mapping[str, Value], *, name_encrypted: bool, block_size: int
+) -> str | None:
+    """Why a snapshot node cannot be an ext4 inode under this name, or None.
+
+    ``name_encrypted``: the parent directory encrypts names (``name`` is ciphertext).
+    """
+    bad = dirent_name_problem(name, encrypted=name_encrypted)
+    if bad is not None:
+        return bad
+    for key, limit in _FIELD_LIMITS.items():
+        value = attrs.get(key, 0)
+        if not _is_int(value) or not 0 <= value < limit:
+            return f"{key} {value!r} does not fit an ext4 inode"
+    mode = attrs.get("mode", 0)
+    if _is_int(mode) and 0 <= mode < _U16:
+        fmt = _KIND_FMT.get(kind)
+        if kind == "unknown":
+            if stat.S_IFMT(mode) in _KIND_FMT.values():
+                return f"an unknown file type whose mode is {mode:#o}"
+        elif fmt is None:
+            return f"unknown kind {kind!r}"
+        elif stat.S_IFMT(mode) != fmt:
+            return f"a {kind} whose mode is {mode:#o}"
+    ino = attrs.get("ino", 1)
+    if not _is_int(ino) or not 0 < ino < _U32:
+        return f"inode number {ino!r} is out of range"
+    for key in _TIMES:
+        value = attrs.get(key, 0)
+        if value is None and key == "crtime_ns":
+            continue
+        if not _is_int(value) or not _TIME_MIN_NS <= value < _TIME_END_NS:
+            return f"{key} {value!r} is beyond what ext4 timestamps hold"
+    size = attrs.get("size", 0)
+    if not _is_int(size) or not 0 <= size <= _MAX_LBLK * block_size:
+        return f"size {size!r} is beyond the largest ext4 file of {block_size}-byte blocks"
+    return _layout_problem(kind, attrs, block_size)
+
+
+def _layout_problem(kind: str, attrs: Mapping[str, Value], block_size: int) -> str | None:
+    for e in list_attr(attrs, "extents"):
+        if not isinstance(e, tuple | list) or len(e) != 4:
+            return "an extent is not [lblk, length, pblk, unwritten]"
+        lblk, length, pblk = e[0], e[1], e[2]
+        if not (_is_int(lblk) and _is_int(length) and _is_int(pblk)):
+            return "an extent is not [lblk, length, pblk, unwritten]"
+        if lblk < 0 or length <= 0 or lblk + length > _MAX_LBLK + 1:
+            return f"extent at block {lblk!r} of {length!r} blocks is out of range"
+        if not 0 <= pblk < _MAX_PBLK:
+            return f"extent at physical block {pblk!r} is out of range"
+    chunk_size = attrs.get("chunk_size", 1 << 20)
+    if not _is_int(chunk_size) or not 0 < chunk_size <= _MAX_CHUNK:
+        return f"chunk size {chunk_size!r} is out of range"
+    inline = attrs.get("inline")
+    if isinstance(inline, bytes) and len(inline) > _INLINE_MAX:
+        return f"inline data of {len(inline)} bytes does not fit i_block"
+    symlink = attrs.get("symlink")
+    if kind == "symlink" and isinstance(symlink, bytes) and len(symlink) >= block_size:
+        return f"symlink of {len(symlink)} bytes does not fit a {block_size}-byte block"
+    rdev = list_attr(attrs, "rdev")
+    if rdev and not (
+        len(rdev) == 2
+        and _is_int(rdev[0])
+        and _is_int(rdev[1])
+        and 0 <= rdev[0] < 1 << 12
+        and 0 <= rdev[1] < 1 << 20
+    ):
+        return f"device number {list(rdev)!r} is out of range"
+    for item in list_attr(attrs, "xattrs"):
+        if isinstance(item, tuple | list) and len(item) == 3:
+            index, xname = item[0], item[1]
+            if not (_is_int(index) and 0 <= index < 256):
+                return f"xattr name index {index!r} is out of range"
+            if isinstance(xname, bytes) and len(xname) > 255:
+                return f"xattr name of {len(xname)} bytes is too long"
+    hashes = list_attr(attrs, "hash")
+    if hashes and not all(_is_int(h) and 0 <= h < _U32 for h in hashes):
+        return "stored name hash is out of range"
+    return None
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -40,3 +40,10 @@ def resolve_path(
         node = lookup(node, part)
         trail.append(node)
     return node
+
+
+def child_path(parent: bytes, name: bytes) -> bytes:
+    """The path of entry ``name`` in the directory at ``parent``.  Unlike
+    ``posixpath.join``, a name that starts with '/' (a damaged or forged entry, to be
+    reported) stays below its parent in messages instead of replacing the path."""
+    return parent + name if parent.endswith(b"/") else parent + b"/" + name

@@ -62,6 +62,8 @@ from cipherdump.repo.codec import Value
 # Called with {"inodes", "inodes_total", "blocks", "blocks_total", "block_size"} at most
 # every _PROGRESS_EVERY_S seconds and once at the end; the totals are the plan's estimate.
 Progress = Callable[[dict[str, Any]], None]
+# Called with the path and the error of each entry left out of the image.
+OnProblem = Callable[[bytes, CipherdumpError], None]
 _PROGRESS_EVERY_S = 0.1
 
 # Features that describe a filesystem's state, not its format, or that a fresh image
@@ -363,9 +365,16 @@ def _summary(stats: PopulateStats, out_path: str, started: float, **extra: Any) 
         "blocks": stats.blocks,
         "bytes": stats.bytes,
         "inodes_renumbered": stats.inodes_moved,
+        "problems": len(stats.problems),
         "seconds": round(time.monotonic() - started, 3),
         **extra,
     }
+
+
+def _report(stats: PopulateStats, on_problem: OnProblem | None) -> None:
+    for path, err in stats.problems:
+        if on_problem is not None:
+            on_problem(path, err)
 
 
 def _ties(contexts: list[bytes]) -> bool:
@@ -420,7 +429,7 @@ class _ChainTree:
 
 def clone_image(
     image: str, out_path: str, *, path: bytes | None = None, size: int | None = None,
-    on_progress: Progress | None = None,
+    on_progress: Progress | None = None, on_problem: OnProblem | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Copy the tree of ``image`` (or the subtree at ``path``) into ``out_path``."""
     started = time.monotonic()
@@ -441,6 +450,7 @@ def clone_image(
         stats, created, ties = _plan_and_write(
             out_path, root, _ChainTree(tree, chain), facts, size, on_progress
         )
+    _report(stats, on_problem)
     return _summary(stats, out_path, started, source=image, created=created,
                     keeps_inode_numbers=ties)  # fmt: skip
 
@@ -494,6 +504,8 @@ class SnapshotTree:
     def __init__(self, view: SnapshotView) -> None:
         self.view = view
         self.bs = view.block_size
+        # Nodes no inode can be made of, by path (both walks meet them).
+        self.problems: dict[bytes, CipherdumpError] = {}
 
     def node(self, snap: SnapNode) -> SrcNode:
         a = snap.attrs
@@ -517,7 +529,13 @@ class SnapshotTree:
     def children(self, node: SrcNode) -> list[SrcNode]:
         snap = node.handle
         assert isinstance(snap, SnapNode)
-        return [self.node(k) for k in self.view.children(snap)]
+        out = []
+        for k in self.view.children(snap):
+            if k.problem is None:
+                out.append(self.node(k))
+            else:
+                self.problems[k.path] = k.refuse()
+        return out
 
     def reader(self, node: SrcNode) -> BlockReader:
         snap = node.handle
@@ -566,6 +584,7 @@ def restore_to_image(
     path: bytes | None,
     size: int | None,
     on_progress: Progress | None = None,
+    on_problem: OnProblem | None = None,
 ) -> dict[str, Any]:
     """Write the snapshot (or the subtree at ``path``, with its ancestors) into an image.
 
@@ -588,5 +607,7 @@ def restore_to_image(
     stats, created, ties = _plan_and_write(
         out_path, root, _ChainTree(tree, chain), facts, size, on_progress
     )
+    stats.problems[:0] = tree.problems.items()
+    _report(stats, on_problem)
     return _summary(stats, out_path, started, snapshot=snapshot_id.hex, created=created,
                     path=os.fsdecode(path or b"/"), keeps_inode_numbers=ties)  # fmt: skip

@@ -29,7 +29,7 @@ from cipherdump.engine.gctune import few_collections
 from cipherdump.engine.keyed import Segment, invalid_name_reason
 from cipherdump.engine.namespace import Problem
 from cipherdump.engine.nodeattrs import bytes_attr, int_attr, list_attr
-from cipherdump.engine.paths import resolve_path
+from cipherdump.engine.paths import child_path, resolve_path
 from cipherdump.engine.plainwrite import ObjectMeta, WriteEvent, WriteResult, write_tree
 from cipherdump.engine.snapshot_view import SnapNode, SnapshotView
 from cipherdump.errors import (
@@ -159,7 +159,12 @@ class SnapshotSource:
 
     def iter_children(self, node: PlainNode) -> Iterator[PlainNode | Problem]:
         parent = node.snap
-        kids = self.view.children(parent)
+        kids = []
+        for kid in self.view.children(parent):
+            if kid.problem is None:
+                kids.append(kid)
+            else:
+                yield Problem(child_path(node.path, kid.name), kid.refuse())
         if not parent.is_encrypted or not self.names_decrypted(parent):
             for kid in kids:
                 yield PlainNode(kid, kid.name, posixpath.join(node.path, kid.name))

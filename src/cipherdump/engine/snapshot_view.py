@@ -18,8 +18,15 @@ from typing import Any
 
 from cipherdump.engine.describe import context_record
 from cipherdump.engine.namespace import MAX_DEPTH, Problem
-from cipherdump.engine.nodeattrs import bytes_attr, display_name, int_attr, list_attr, ls_record
-from cipherdump.engine.paths import resolve_path
+from cipherdump.engine.nodeattrs import (
+    bytes_attr,
+    display_name,
+    int_attr,
+    list_attr,
+    ls_record,
+    node_problem,
+)
+from cipherdump.engine.paths import child_path, resolve_path
 from cipherdump.errors import CipherdumpError, CorruptError, InputError, NotFoundError
 from cipherdump.fscrypt.context import decode_context
 from cipherdump.fscrypt.nokey import decode_nokey_name
@@ -36,11 +43,19 @@ class RecordedProblem(InputError):
 @dataclass(frozen=True, slots=True)
 class SnapNode:
     """One object of a snapshot.  ``chain`` is its position on the path from ``/`` to
-    the backed-up directory (None below it)."""
+    the backed-up directory (None below it).  ``problem`` says why the node cannot be
+    an ext4 inode (a forged or damaged snapshot): listings report it, reads refuse it."""
 
     path: bytes
     node: Node
     chain: int | None = None
+    problem: str | None = None
+
+    def refuse(self, *, named: bool = False) -> CorruptError:
+        """The error for using this node, which has a :attr:`problem` (``named``: with
+        its path, for messages that do not already give it)."""
+        why = f"{_show(self.path)}: {self.problem}" if named else str(self.problem)
+        return CorruptError(why, structure="snapshot node")
 
     @property
     def name(self) -> bytes:
@@ -96,6 +111,14 @@ class SnapshotView:
         self._chain.append(_node_from(attrs["top"], snapshot.tree, what))
         path = attrs.get("path", b"/")
         self.path = path if isinstance(path, bytes) else b"/"
+        for k, n in enumerate(self._chain):
+            # The root's name is no directory entry; the others' are.
+            name = n.name if k else b"root"
+            encrypted = k > 0 and _encrypts(self._chain[k - 1])
+            bad = node_problem(name, n.kind, n.attrs, name_encrypted=encrypted,
+                               block_size=self.block_size)  # fmt: skip
+            if bad is not None:
+                raise CorruptError(f"the path to the backed-up directory: {bad}", structure=what)
 
     # -- navigation -------------------------------------------------------------------
     def root_node(self) -> SnapNode:
@@ -119,8 +142,16 @@ class SnapshotView:
             return []
         tree = self.repo.load_tree(node.node.subtree)
         nodes = sorted(tree.nodes, key=lambda n: int_attr(n.attrs, "order"))
+        encrypted, bs = _encrypts(node.node), self.block_size
         return [
-            SnapNode(posixpath.join(node.path, display_name(n.name, n.attrs)), n) for n in nodes
+            SnapNode(
+                child_path(node.path, display_name(n.name, n.attrs)),
+                n,
+                problem=node_problem(
+                    n.name, n.kind, n.attrs, name_encrypted=encrypted, block_size=bs
+                ),
+            )
+            for n in nodes
         ]
 
     def walk(self, top: SnapNode, *, recursive: bool) -> Iterator[SnapNode | Problem]:
@@ -141,7 +172,9 @@ class SnapshotView:
 
     def _listing(self, node: SnapNode) -> Iterator[SnapNode | Problem]:
         try:
-            kids: list[SnapNode | Problem] = list(self.children(node))
+            kids: list[SnapNode | Problem] = [
+                k if k.problem is None else Problem(k.path, k.refuse()) for k in self.children(node)
+            ]
         except CipherdumpError as err:
             kids = [Problem(node.path, err)]
         return iter(kids)
@@ -161,6 +194,12 @@ class SnapshotView:
         return self._lookup(parent, part)
 
     def _lookup(self, parent: SnapNode, part: bytes) -> SnapNode:
+        kid = self._find(parent, part)
+        if kid.problem is not None:
+            raise kid.refuse(named=True)
+        return kid
+
+    def _find(self, parent: SnapNode, part: bytes) -> SnapNode:
         kids = self.children(parent)
         for kid in kids:
             if kid.name == part:
@@ -253,6 +292,8 @@ class SnapshotView:
 
     def iter_stored(self, node: SnapNode, length: int) -> Iterator[bytes]:
         """The file's stored bytes ``[0, length)``: chunks, holes and unwritten as zeros."""
+        if node.problem is not None:
+            raise node.refuse(named=True)
         a = node.attrs
         inline = bytes_attr(a, "inline")
         if inline is not None:
@@ -286,6 +327,11 @@ class SnapshotView:
                 data = self.repo.load_blob(BlobType.DATA, found)
                 yield data[:want].ljust(want, b"\0")
             pos += want
+
+
+def _encrypts(directory: Node) -> bool:
+    """Whether the directory encrypts its entries' names (its own encrypt flag)."""
+    return bool(int_attr(directory.attrs, "flags") & EXT4_ENCRYPT_FL)
 
 
 def _show(path: bytes) -> str:

@@ -90,7 +90,7 @@ def read_entries(dir_inode: Inode) -> list[Entry]:
                 hashed=hashed,
                 base=60,
             )
-        return _public(raw_entries)
+        return _public(raw_entries, inline=True)
     seed = (
         inode_csum_seed(fs.csum_seed, dir_inode.ino, dir_inode.generation)
         if fs.sb.metadata_csum
@@ -129,12 +129,13 @@ def read_entries(dir_inode: Inode) -> list[Entry]:
                 # Block 0 of an htree holds '.', '..' and the dx_root behind '..'; the
                 # rest of the block may be stale bytes from before indexing.
                 _keep_dx_root(dir_inode, block)
-                if not _is_dx_root(block, bs):
-                    fs.warn(f"{at}: not laid out as an htree root (entries read in full)")
-                else:
+                if _is_dx_root(block, bs):
                     limit = dx_root_limit(bs, seed is not None)
                     _check_dx(fs, block, DX_ROOT_COUNT_OFFSET, limit, seed, at)
-                continue
+                    continue
+                # Not a root: the index flag is wrong, and block 0 is an ordinary leaf
+                # whose entries count (the kernel's readdir falls back to a linear read).
+                fs.warn(f"{at}: not laid out as an htree root (entries read in full)")
             out += _leaf_entries(block, bs, seed, at, filetype, hashed, lblk * bs)
     return _public(out)
 
@@ -148,25 +149,29 @@ def _leaf_entries(
     hashed: bool,
     base: int,
 ) -> list[DirentTuple]:
-    """The entries of one leaf block, its checksum tail verified when ``seed`` is given."""
+    """The entries of one leaf block, its checksum tail verified when ``seed`` is given.
+
+    The tail is looked for only with metadata_csum on (``seed`` given), as the kernel
+    does: after ``tune2fs -O ^metadata_csum`` a block keeps its old tail bytes, but the
+    last entry's ``rec_len`` now spans them, so they are slack inside that entry.
+    """
     end = bs
-    if has_csum_tail(block):
-        if seed is not None:
-            (stored,) = struct.unpack_from("<I", block, bs - 4)
-            want = crc32c_le(seed, block[: bs - DIRENT_TAIL_SIZE])
-            if stored != want:
-                raise ChecksumError(
-                    f"checksum 0x{stored:08x} != computed 0x{want:08x}",
-                    structure="directory block",
-                    location=at,
-                )
+    if seed is not None:
+        if not has_csum_tail(block):
+            raise ChecksumError(
+                "directory block has no checksum tail",
+                structure="directory block",
+                location=at,
+            )
+        (stored,) = struct.unpack_from("<I", block, bs - 4)
+        want = crc32c_le(seed, block[: bs - DIRENT_TAIL_SIZE])
+        if stored != want:
+            raise ChecksumError(
+                f"checksum 0x{stored:08x} != computed 0x{want:08x}",
+                structure="directory block",
+                location=at,
+            )
         end = bs - DIRENT_TAIL_SIZE
-    elif seed is not None:
-        raise ChecksumError(
-            "directory block has no checksum tail",
-            structure="directory block",
-            location=at,
-        )
     return scan_dirents(
         block[:end],
         block_size=bs,
@@ -218,11 +223,22 @@ def _is_dx_node(block: bytes, bs: int, lblk: int, indexed: bool) -> bool:
     return inode == 0 and rec_len_from_disk(rec_len, bs) == bs and block[6] == 0
 
 
-def _public(raw: list[DirentTuple]) -> list[Entry]:
+def _public(raw: list[DirentTuple], *, inline: bool = False) -> list[Entry]:
+    """The entries but the directory's own ``.`` and ``..``: in a block directory the
+    entry at offset 0 and the one right after it (in an htree, block 0 is not scanned),
+    in an inline one the parent number in front.  Any other entry named so, or with an
+    empty name, is kept for the callers to report: e2fsck flags it, the kernel's readdir
+    shows it, and dropping it silently would hide its inode."""
+    if inline:
+        dots = {(0, b"..")}
+    else:
+        first = raw[0] if raw and raw[0][3] == 0 else None
+        dotdot = first[3] + first[4] if first is not None else 12
+        dots = {(0, b"."), (dotdot, b"..")}
     return [
         _make_entry(name, ino, ft, stored)
-        for ino, name, ft, _offset, _rec_len, stored in raw
-        if name != b"." and name != b".."
+        for ino, name, ft, offset, _rec_len, stored in raw
+        if not ((name == b"." or name == b"..") and (offset, name) in dots)
     ]
 
 

@@ -443,7 +443,9 @@ class Inode:
 
     # -- directories -----------------------------------------------------------------
     def entries(self) -> list[Entry]:
-        """Directory entries (without ``.`` and ``..``), raw name bytes, disk order.
+        """Directory entries (without the directory's own ``.`` and ``..``), raw name
+        bytes, disk order.  Entries with names no directory may hold (another ``..``,
+        an empty name) are kept for the caller to report: see ``dirent_name_problem``.
 
         Read once per inode view; the filesystem keeps recently used views.
         """

@@ -51,6 +51,40 @@ def has_csum_tail(block: bytes) -> bool:
     return tail == (0, DIRENT_TAIL_SIZE, 0, EXT4_FT_DIR_CSUM)
 
 
+#: The longest name: ``name_len`` is one byte (EXT4_NAME_LEN).
+EXT4_NAME_LEN = 255
+#: An encrypted name is raw ciphertext of at least one cipher block; the kernel
+#: refuses to list a directory holding a shorter one (EUCLEAN).  fscrypt's
+#: FNAME_MIN_MSG_LEN, restated here because the on-disk layer knows no fscrypt.
+ENCRYPTED_NAME_MIN = 16
+
+
+def dirent_name_problem(name: bytes, *, encrypted: bool) -> str | None:
+    """Why ``name`` cannot be an entry of an ext4 directory (other than the leading
+    ``.`` and ``..``), or None if it can.  ``encrypted``: the directory is encrypted,
+    so the name is ciphertext, whose bytes may be anything, '/' and NUL included.
+
+    The one rule for every layer that reads names from untrusted bytes (a crafted
+    image, a forged snapshot) or writes them into an image: e2fsck calls such entries
+    broken, and the kernel answers a listing of their directory with an error.
+    """
+    if not name:
+        return "empty name"
+    if len(name) > EXT4_NAME_LEN:
+        return f"name of {len(name)} bytes is longer than {EXT4_NAME_LEN}"
+    if name == b"." or name == b"..":
+        return f"extra entry named {name.decode()!r}"
+    if encrypted:
+        if len(name) < ENCRYPTED_NAME_MIN:
+            return f"encrypted name of {len(name)} bytes is shorter than {ENCRYPTED_NAME_MIN}"
+        return None
+    if b"/" in name:
+        return "name contains '/'"
+    if b"\0" in name:
+        return "name contains NUL"
+    return None
+
+
 #: A live entry as :func:`scan_dirents` gives it: the fields of :class:`Dirent`, in order.
 DirentTuple = tuple[int, bytes, int, int, int, "tuple[int, int] | None"]
 
@@ -114,10 +148,12 @@ def scan_dirents(
                 structure="directory entry",
                 location=where,
             )
-        if inode and name_len:
+        if inode:
+            # A live entry with an empty name is kept: callers report it (e2fsck:
+            # "zero-length name"), where dropping it would lose its inode unseen.
             name = bytes(buf[pos + 8 : pos + 8 + name_len])
             stored: tuple[int, int] | None = None
-            if hashed and name != b"." and name != b"..":
+            if hashed and name_len and name != b"." and name != b"..":
                 hoff = pos + ((8 + name_len + 3) & ~3)
                 if hoff + 8 > pos + rec_len:
                     raise CorruptError(

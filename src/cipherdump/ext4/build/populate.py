@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from cipherdump.errors import InputError, UnsupportedError
+from cipherdump.errors import CipherdumpError, CorruptError, InputError, UnsupportedError
 from cipherdump.ext4.build.directory import HashParams, NewEntry, layout_directory
 from cipherdump.ext4.build.image import ImageWriter
 from cipherdump.ext4.build.node import (
@@ -36,6 +36,7 @@ from cipherdump.ondisk.dirent import (
     EXT4_FT_SOCK,
     EXT4_FT_SYMLINK,
     EXT4_FT_UNKNOWN,
+    dirent_name_problem,
 )
 from cipherdump.ondisk.inode import EXT4_CASEFOLD_FL, EXT4_ENCRYPT_FL
 
@@ -78,10 +79,25 @@ class SrcNode:
         return stat.S_ISDIR(self.spec.mode)
 
 
+def name_refusal(parent: SrcNode, kid: SrcNode) -> str | None:
+    """Why ``kid``'s name cannot be written into ``parent`` (a name the kernel would
+    answer a listing of ``parent`` with an error for), or None."""
+    return dirent_name_problem(kid.name, encrypted=bool(parent.spec.flags & EXT4_ENCRYPT_FL))
+
+
+def _child(path: bytes, name: bytes) -> bytes:
+    """The path of an entry, for messages: a name starting with '/' stays below."""
+    return path + name if path.endswith(b"/") else path + b"/" + name
+
+
 class TreeSource(Protocol):
     def children(self, node: SrcNode) -> list[SrcNode]: ...
 
     def reader(self, node: SrcNode) -> BlockReader: ...
+
+
+#: An entry left out of the image: (its path, as raw name bytes; why).
+EntryProblem = tuple[bytes, CipherdumpError]
 
 
 @dataclass(slots=True)
@@ -96,6 +112,7 @@ class PopulateStats:
     bytes: int = 0
     inodes_moved: int = 0
     ino_map: dict[int, int] = field(default_factory=dict)
+    problems: list[EntryProblem] = field(default_factory=list)
 
 
 Progress = Callable[[PopulateStats, bytes], None]
@@ -135,7 +152,7 @@ def plan_tree(source: TreeSource, root: SrcNode, *, inode_size: int = 256) -> Pl
         if node.spec.xattrs or (node.spec.context is not None and inode_size <= 128):
             plan.xattr_blocks += 1
         if node.is_dir:
-            kids = source.children(node)
+            kids = [k for k in source.children(node) if name_refusal(node, k) is None]
             if node is root:
                 kids = [k for k in kids if k.name != LOST_FOUND]
             stack += kids
@@ -209,7 +226,7 @@ class Populator:
         # The root's new record is the one write that links the new tree in: it waits
         # for the commit, and so does freeing the blocks the old record still uses.
         w.hold_inode(ROOT_INO)
-        self._write_dir(root, ROOT_INO, ROOT_INO, kept, 0)
+        self._write_dir(root, ROOT_INO, ROOT_INO, kept, 0, b"/")
         for pblk, length in old_blocks:
             w.free_after_commit(pblk, length)
         # Extent blocks of the old root (none for a fresh root) are left allocated.
@@ -236,15 +253,24 @@ class Populator:
         return HashParams(w.def_hash_version, w.hash_seed, w.hash_signed)
 
     def _write_dir(
-        self, node: SrcNode, ino: int, parent: int, kept: list[NewEntry], depth: int
-    ) -> None:
+        self, node: SrcNode, ino: int, parent: int, kept: list[NewEntry], depth: int,
+        path: bytes,
+    ) -> None:  # fmt: skip
         if depth > _MAX_DEPTH:
             raise UnsupportedError(f"directory tree deeper than {_MAX_DEPTH} levels")
         w = self.w
         entries = list(kept)
         taken = {e.name for e in kept}
         subdirs = sum(1 for e in kept if e.file_type == EXT4_FT_DIR)
+        written: set[bytes] = set()
         for kid in self.source.children(node):
+            why = name_refusal(node, kid)
+            if why is None and kid.name in written:
+                why = "a second entry with the same name"  # as backup says
+            if why is not None:
+                self._problem(_child(path, kid.name), why, node.ino)
+                continue
+            written.add(kid.name)
             if kid.name in taken:
                 if kid.name == LOST_FOUND and ino == ROOT_INO:
                     continue  # the target's own lost+found stays
@@ -253,7 +279,16 @@ class Populator:
                     f"{w.sink.name}: {shown!r} already exists in the target's root directory"
                 )
             tgt = self.stats.ino_map.get(kid.ino)
-            if tgt is not None and not kid.is_dir:
+            if tgt is not None and (kid.is_dir or tgt not in self._links):
+                # A directory has one name: met again (a loop, or a directory hard
+                # link), writing it again would recurse until the inodes run out.
+                self._problem(
+                    _child(path, kid.name),
+                    f"directory inode {kid.ino} is reachable twice (cycle)",
+                    node.ino,
+                )
+                continue
+            if tgt is not None:
                 self._links[tgt] += 1
                 self.stats.hardlinks += 1
             else:
@@ -265,7 +300,7 @@ class Populator:
                 self.stats.ino_map[kid.ino] = tgt
                 self.stats.inodes += 1
                 if kid.is_dir:
-                    self._write_dir(kid, tgt, ino, [], depth + 1)
+                    self._write_dir(kid, tgt, ino, [], depth + 1, _child(path, kid.name))
                     subdirs += 1
                 else:
                     self._write_other(kid, tgt)
@@ -289,6 +324,11 @@ class Populator:
         self.stats.blocks += len(layout.blocks)
         if self.on_progress is not None:
             self.on_progress(self.stats, node.name)
+
+    def _problem(self, path: bytes, why: str, dir_ino: int) -> None:
+        """An entry left out; ``dir_ino`` is the source's number of its directory."""
+        err = CorruptError(why, structure="directory entry", location=f"directory inode {dir_ino}")
+        self.stats.problems.append((path, err))
 
     def _write_other(self, kid: SrcNode, ino: int) -> None:
         w = self.w
