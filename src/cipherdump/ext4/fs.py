@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from cipherdump.blockio import ByteSource, Closable, open_source
+from cipherdump.blockio.overlay import OverlaySource
 from cipherdump.errors import ChecksumError, CorruptError, NotExt4Error, UnsupportedError
 from cipherdump.ext4.inode import Inode
+from cipherdump.ext4.journal import JournalInfo, load_journal
 from cipherdump.ondisk import features as F
 from cipherdump.ondisk.csum import fs_csum_seed
 from cipherdump.ondisk.groupdesc import (
@@ -41,9 +43,35 @@ class Filesystem(Closable):
     hear about (dirty journal, descriptor checksum mismatches).
     """
 
-    def __init__(self, source: ByteSource, *, owns_source: bool = False) -> None:
-        self.source = source
+    def __init__(
+        self, source: ByteSource, *, owns_source: bool = False, replay: bool = True
+    ) -> None:
+        self.source: ByteSource = source
         self._owns_source = owns_source
+        self.journal: JournalInfo | None = None
+        self._load()
+        # Whether the source itself (not the replayed view) needs recovery: an image
+        # writer must refuse such a target, whatever is replayed in memory.
+        self._source_recover = self.sb.has_incompat(F.INCOMPAT_RECOVER)
+        if replay:
+            self._replay_journal()
+
+    def _replay_journal(self) -> None:
+        """Read everything through the journal's overlay from here on, when the journal
+        needs recovery: the superblock and group descriptors are read again, through it.
+        See :mod:`cipherdump.ext4.journal`; nothing is ever written."""
+        info, overlay = load_journal(self)
+        self.journal = info
+        if overlay:
+            self.source = OverlaySource(self.source, self.block_size, overlay)
+            self._load()
+        if info is not None:
+            for message in info.warnings:
+                self.warn(message)
+
+    def _load(self) -> None:
+        """Read the superblock and group descriptors from ``self.source``."""
+        source = self.source
         self.warnings: list[str] = []
         raw = source.read_at(SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE)
         if len(raw) < SUPERBLOCK_SIZE:
@@ -96,7 +124,14 @@ class Filesystem(Closable):
 
     @property
     def needs_recovery(self) -> bool:
-        return self.sb.has_incompat(F.INCOMPAT_RECOVER)
+        """Does the source, as it is on disk, need its journal replayed?  (What is read
+        is the replayed state: see ``journal``.)"""
+        return self._source_recover
+
+    @property
+    def journal_replayed(self) -> bool:
+        """Is what is read the state after an in-memory replay of the journal?"""
+        return self.journal is not None and self.journal.replay is not None
 
     @property
     def has_filetype(self) -> bool:
@@ -115,19 +150,6 @@ class Filesystem(Closable):
             names = F.feature_names(0, unknown, 0)
             raise UnsupportedError(
                 "filesystem uses incompatible features cipherdump cannot read: " + ", ".join(names)
-            )
-        if self.needs_recovery:
-            external = ""
-            if sb.s_journal_inum == 0 and (sb.s_journal_dev or any(sb.s_journal_uuid)):
-                # The transactions to replay are on another device: nothing in this
-                # image can tell how far the state read here is behind.
-                external = (
-                    f" and its journal is on an external device (0x{sb.s_journal_dev:04x}),"
-                    " not in this image"
-                )
-            self.warnings.append(
-                "the journal needs recovery (filesystem was not cleanly unmounted)"
-                f"{external}; what is read is the state before replay and may be inconsistent"
             )
         if sb.has_ro_compat(F.RO_COMPAT_ORPHAN_PRESENT) or sb.s_last_orphan:
             self.warnings.append("orphan inodes are present (deleted but still open files)")
