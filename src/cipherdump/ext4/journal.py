@@ -321,7 +321,8 @@ def load_journal(fs: Filesystem) -> tuple[JournalInfo | None, dict[int, tuple[in
     plan = plan_replay(jsb, journal.read, sb.s_blocks_count)
     if jsb.fast_commit:
         try:
-            first_fc = journal.read(jsb.log_end)
+            # The kernel's j_fc_first is j_last + 1: block log_end itself is unused.
+            first_fc = journal.read(jsb.log_end + 1)
         except InputError:
             first_fc = b""
         if fast_commit_pending(jsb, first_fc, plan.end_transaction):
