@@ -372,6 +372,9 @@ def test_kernel_image_backs_up_replayed(tmp_path: Path) -> None:
     assert runner.invoke(cli, ["init"], env=env).exit_code == 0
     res = runner.invoke(cli, ["backup", str(copy)], env=env)
     assert res.exit_code == 0, res.stderr
+    assert "journal: replayed in memory (" in res.stdout, res.stdout
+    res = runner.invoke(cli, ["snapshots", "--json"], env=env)
+    assert '"journal_replayed": {' in res.stdout, res.stdout
     res = runner.invoke(cli, ["ls", "-l", "latest"], env=env)
     assert "fsynced" in res.stdout, res.stdout
     out = tmp_path / "restored.img"
