@@ -385,3 +385,76 @@ def test_kernel_image_backs_up_replayed(tmp_path: Path) -> None:
         assert node is not None and fs.inode(node.ino).read(0, 5000) == b"kept\n" * 1000
     assert sha256_file(copy) == before
     assert stat.S_ISREG(os.stat(copy).st_mode)
+
+
+def _cli_json_paths(*args: str) -> dict[bytes, dict[str, object]]:
+    import json
+
+    res = CliRunner().invoke(cli, ["ls", "-R", "--json", *args])
+    assert res.exit_code == 0, res.stderr
+    out = {}
+    for line in res.stdout.splitlines():
+        rec = json.loads(line)
+        out[os.fsencode(rec["path"])] = rec
+    return out
+
+
+def test_encrypted_files_only_in_the_journal(tmp_path: Path) -> None:
+    """No-key names and sizes as the kernel lists the recovered copy without the key;
+    plaintext names and contents as it shows them with the key."""
+    image = kernelfs.make_image(tmp_path / "fs.img", 64, features=("encrypt",))
+    copy = tmp_path / "copy.img"
+    master = bytes(range(64))
+    keyfile = tmp_path / "alice.key"
+    keyfile.write_bytes(master)
+
+    def work(mnt: Path) -> None:
+        identifier = kernelfs.add_key(mnt, master)
+        enc = mnt / "enc"
+        enc.mkdir()
+        kernelfs.set_policy(
+            enc,
+            2,
+            kernelfs.MODE_AES_256_XTS,
+            kernelfs.MODE_AES_256_CTS,
+            kernelfs.PAD_32,
+            identifier,
+        )
+        for i in range(20):
+            write_synced(enc / f"secret-{i:02d}", f"secret number {i}\n".encode() * (i * 40 + 1))
+        (enc / "sub").mkdir()
+        write_synced(enc / "sub" / "deep", b"deep secret\n")
+        fsync_path(enc / "sub")
+        fsync_path(enc)
+        fsync_path(mnt)
+
+    crash_copy(image, copy, work)
+    before = sha256_file(copy)
+    fixed = tmp_path / "recovered.img"
+    shutil.copyfile(copy, fixed)
+    subprocess.run(["e2fsck", "-fy", str(fixed)], capture_output=True, check=False)
+    with kernelfs.mounted(fixed, ("noatime",), readonly=True) as mnt:
+        no_key = kernelfs.snapshot_view(mnt, "enc")
+    with kernelfs.mounted(fixed, ("noatime",), readonly=True) as mnt:
+        kernelfs.add_key(mnt, master)
+        with_key = kernelfs.snapshot_view(mnt, "enc")
+
+    ours = _cli_json_paths(str(copy), "/enc")
+    want = {b"/enc/" + p: n for p, n in no_key.items() if p != b"."}
+    assert set(ours) == set(want), sorted(set(ours) ^ set(want))[:5]
+    for path, n in want.items():
+        if n.kind == "reg":
+            assert ours[path]["size"] == n.size, path
+
+    keyed = _cli_json_paths("--key", str(keyfile), str(copy), "/enc")
+    want = {b"/enc/" + p: n for p, n in with_key.items() if p != b"."}
+    assert set(keyed) == set(want), sorted(set(keyed) ^ set(want))[:5]
+    for path, n in want.items():
+        if n.kind == "reg":
+            res = CliRunner().invoke(
+                cli, ["cat", "--key", str(keyfile), str(copy), os.fsdecode(path)]
+            )
+            assert res.exit_code == 0, res.stderr
+            assert hashlib.sha256(res.stdout_bytes).hexdigest() == n.sha256, path
+    assert sha256_file(copy) == before
+    assert b"/enc" not in unreplayed_names(copy)  # it exists only in the journal
