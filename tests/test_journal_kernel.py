@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -458,3 +459,28 @@ def test_encrypted_files_only_in_the_journal(tmp_path: Path) -> None:
             assert hashlib.sha256(res.stdout_bytes).hexdigest() == n.sha256, path
     assert sha256_file(copy) == before
     assert b"/enc" not in unreplayed_names(copy)  # it exists only in the journal
+
+
+def test_open_unlinked_file_is_an_orphan_deleted_as_on_mount(tmp_path: Path) -> None:
+    """A file unlinked while still open is an orphan in the crash copy; the kernel's
+    mount (and e2fsck) deletes it: it is counted, and not among the inodes in use."""
+    image = kernelfs.make_image(tmp_path / "fs.img", 32, features=())
+    copy = tmp_path / "copy.img"
+    ino = 0
+    with writeback_held_off(), kernelfs.mounted(image) as mnt:
+        write_synced(mnt / "kept", b"kept\n")
+        with open(mnt / "doomed", "wb") as f:
+            f.write(b"doomed\n" * 5000)
+            f.flush()
+            os.fsync(f.fileno())
+            ino = os.fstat(f.fileno()).st_ino
+            os.unlink(mnt / "doomed")
+            fsync_path(mnt)
+            shutil.copyfile(image, copy)  # while the unlinked file is still open
+    with open_filesystem(str(copy)) as fs:
+        assert fs.orphans.deleted == {ino}, fs.orphans
+        assert ino not in fs.iter_used_inodes()
+        assert not fs.warnings, fs.warnings
+    rc = CliRunner().invoke(cli, ["info", str(copy)])
+    assert re.search(r"^Orphan inodes: +1 deleted, 0 truncated", rc.stdout, re.M), rc.stdout
+    assert assert_replays_as_e2fsck(copy, tmp_path)

@@ -140,6 +140,15 @@ def info(image: str, as_json: bool) -> None:
     ]
     if rec["journal"] is not None:
         rows.append(("Journal", _journal_line(rec["journal"])))
+    orphans = rec["orphans"]
+    if orphans["deleted"] or orphans["truncated"]:
+        rows.append(
+            (
+                "Orphan inodes",
+                f"{orphans['deleted']} deleted, {orphans['truncated']} truncated"
+                " (as the kernel finishes them on mount)",
+            )
+        )
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"{k + ':':<{width + 1}} {v}")

@@ -167,6 +167,11 @@ def fs_info(fs: Filesystem) -> dict[str, Any]:
         "state": "clean" if clean and (fs.journal_replayed or not fs.needs_recovery) else "dirty",
         "needs_recovery": fs.needs_recovery,
         "journal": journal_record(fs.journal),
+        # Orphans are read as the kernel's mount leaves them: deleted, or truncated.
+        "orphans": {
+            "deleted": len(fs.orphans.deleted),
+            "truncated": len(fs.orphans.truncated),
+        },
         "hash_seed": sb.s_hash_seed.hex(),
         "default_hash": hash_version_name(sb.s_def_hash_version),
         "hash_signedness": "unsigned" if sb.dirhash_unsigned else "signed",

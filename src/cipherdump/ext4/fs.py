@@ -9,6 +9,8 @@ from cipherdump.blockio.overlay import OverlaySource
 from cipherdump.errors import ChecksumError, CorruptError, NotExt4Error, UnsupportedError
 from cipherdump.ext4.inode import Inode
 from cipherdump.ext4.journal import JournalInfo, load_journal
+from cipherdump.ext4.mapping import Run
+from cipherdump.ext4.orphans import NO_ORPHANS, Orphans, clip_runs, find_orphans
 from cipherdump.ondisk import features as F
 from cipherdump.ondisk.csum import fs_csum_seed
 from cipherdump.ondisk.groupdesc import (
@@ -49,12 +51,17 @@ class Filesystem(Closable):
         self.source: ByteSource = source
         self._owns_source = owns_source
         self.journal: JournalInfo | None = None
+        self.orphans: Orphans = NO_ORPHANS
         self._load()
         # Whether the source itself (not the replayed view) needs recovery: an image
         # writer must refuse such a target, whatever is replayed in memory.
         self._source_recover = self.sb.has_incompat(F.INCOMPAT_RECOVER)
         if replay:
             self._replay_journal()
+        # As the kernel's mount does after replaying the journal.
+        self.orphans = find_orphans(self)
+        for message in self.orphans.warnings:
+            self.warn(message)
 
     def _replay_journal(self) -> None:
         """Read everything through the journal's overlay from here on, when the journal
@@ -151,8 +158,6 @@ class Filesystem(Closable):
             raise UnsupportedError(
                 "filesystem uses incompatible features cipherdump cannot read: " + ", ".join(names)
             )
-        if sb.has_ro_compat(F.RO_COMPAT_ORPHAN_PRESENT) or sb.s_last_orphan:
-            self.warnings.append("orphan inodes are present (deleted but still open files)")
 
     # -- geometry --------------------------------------------------------------------
     def read_block(self, pblk: int, count: int = 1) -> bytes:
@@ -166,6 +171,13 @@ class Filesystem(Closable):
         if len(data) != want:
             raise CorruptError(f"block {pblk} lies beyond the end of the image (truncated)")
         return data
+
+    def orphan_runs(self, ino: int, runs: list[Run], size: int) -> list[Run]:
+        """``runs`` of inode ``ino`` as the kernel's mount leaves them: an orphan being
+        truncated keeps nothing past ``size``."""
+        if ino in self.orphans.truncated:
+            return clip_runs(runs, size, self.block_size)
+        return runs
 
     def block_in_range(self, pblk: int, count: int = 1) -> bool:
         return self.sb.s_first_data_block <= pblk and pblk + count <= self.sb.s_blocks_count
@@ -380,10 +392,11 @@ class Filesystem(Closable):
                 continue
             bitmap = self.read_block(gd.bg_inode_bitmap)
             base = g * sb.s_inodes_per_group
+            deleted = self.orphans.deleted
             for i in range(sb.s_inodes_per_group):
                 if bitmap[i >> 3] >> (i & 7) & 1:
                     ino = base + i + 1
-                    if ino <= sb.s_inodes_count:
+                    if ino <= sb.s_inodes_count and ino not in deleted:
                         out.append(ino)
         return out
 
