@@ -384,6 +384,21 @@ def test_mutated_journal_replays_or_raises_only_cipherdump_errors(
         exercise(apply(image, edits))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", JOURNAL_SEEDS)
+@settings(_FAST, max_examples=1000)
+@given(data=st.data())
+def test_mutated_journal_many(
+    name: str, journal_seeds: dict[str, tuple[bytes, list[tuple[int, int]]]], data: st.DataObject
+) -> None:
+    if name not in journal_seeds:
+        pytest.skip(f"journal seed {name} unavailable")
+    image, ranges = journal_seeds[name]
+    edits = data.draw(mutations(ranges, len(image)), label="edits")
+    with time_limit(TIME_LIMIT):
+        exercise(apply(image, edits))
+
+
 def test_journal_seeds_replay_cleanly(
     journal_seeds: dict[str, tuple[bytes, list[tuple[int, int]]]],
 ) -> None:

@@ -81,7 +81,10 @@ def crash_copy(
         shutil.copyfile(image, copy)
 
 
-def kernel_truth(copy: Path, scratch: Path) -> dict[bytes, tuple[int, int, int, int, str]]:
+Truth = dict[bytes, tuple[int, int, int, int, int, int, int, str]]
+
+
+def kernel_truth(copy: Path, scratch: Path) -> Truth:
     """What the kernel shows of ``copy`` once `e2fsck -fy` has recovered it (a copy)."""
     fixed = scratch / "recovered.img"
     shutil.copyfile(copy, fixed)
@@ -94,11 +97,11 @@ def kernel_truth(copy: Path, scratch: Path) -> dict[bytes, tuple[int, int, int, 
         if path == b".":
             continue
         size = n.size if n.kind != "dir" else 0
-        out[b"/" + path] = (n.mode, n.uid, n.gid, size, n.sha256 or "")
+        out[b"/" + path] = (n.ino, n.mode, n.nlink, n.uid, n.gid, n.mtime_ns, size, n.sha256 or "")
     return out
 
 
-def reader_truth(fs: Filesystem) -> dict[bytes, tuple[int, int, int, int, str]]:
+def reader_truth(fs: Filesystem) -> Truth:
     out = {}
     stack: list[tuple[bytes, Inode]] = [(b"", fs.root)]
     while stack:
@@ -117,7 +120,16 @@ def reader_truth(fs: Filesystem) -> dict[bytes, tuple[int, int, int, int, str]]:
                 size = child.size
             if child.is_dir:
                 stack.append((full, child))
-            out[full] = (child.mode, child.uid, child.gid, size, digest)
+            out[full] = (
+                child.ino,
+                child.mode,
+                child.links,
+                child.uid,
+                child.gid,
+                child.mtime_ns,
+                size,
+                digest,
+            )
     return out
 
 
