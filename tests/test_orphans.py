@@ -84,3 +84,30 @@ def test_clip_runs() -> None:
     assert clip_runs(runs, 5 * 1024, 1024) == [Run(0, 4, 100), Run(4, 1, None)]
     assert clip_runs(runs, 7 * 1024 + 1, 1024) == [*runs[:2], Run(6, 2, 200, True)]
     assert clip_runs(runs, 1 << 40, 1024) == runs
+
+
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "e2fsprogs"
+
+
+def test_a_journal_error_of_the_last_mount_is_reported_and_orphans_left_alone() -> None:
+    """f_clear_orphan_file (19 orphans) with s_errno set in its journal superblock: the
+    kernel's mount marks the filesystem in error and does not process orphans."""
+    import gzip
+
+    from cipherdump.ext4.journal import _JournalFile
+    from cipherdump.ondisk import jbd2 as J
+
+    packed = CORPUS / "f_clear_orphan_file" / "image.gz"
+    if not packed.is_file():
+        pytest.skip("e2fsprogs corpus not found")
+    image = bytearray(gzip.decompress(packed.read_bytes()))
+    fs = Filesystem(MemorySource(bytes(image)))
+    assert fs.orphans.count == 19
+    at = _JournalFile(fs, 8).pblk(0) * fs.block_size
+    struct.pack_into(">i", image, at + 0x20, -5)
+    sb = bytes(image[at : at + J.JOURNAL_SUPERBLOCK_SIZE])
+    struct.pack_into(">I", image, at + 0xFC, J.journal_superblock_csum(sb))
+    fs = Filesystem(MemorySource(bytes(image)))
+    assert fs.journal_replayed and fs.journal is not None and fs.journal.errno == -5
+    assert fs.orphans.count == 0
+    assert any("errno -5" in w for w in fs.warnings), fs.warnings

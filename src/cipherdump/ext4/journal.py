@@ -276,6 +276,7 @@ class JournalInfo:
     clean: bool  # s_start == 0: nothing in the log
     replay: ReplayPlan | None  # set when the log was replayed in memory
     warnings: tuple[str, ...]
+    errno: int = 0  # s_errno: an error the last mount recorded (the journal aborted)
 
 
 def load_journal(fs: Filesystem) -> tuple[JournalInfo | None, dict[int, tuple[int, bool]]]:
@@ -317,7 +318,11 @@ def load_journal(fs: Filesystem) -> tuple[JournalInfo | None, dict[int, tuple[in
                 "the superblock's needs_recovery flag is clear, but the journal has data;"
                 " it is not replayed (as the kernel would not)",
             )
-        return JournalInfo(sb.s_journal_inum, size, version, features, clean, None, notes), {}
+        notes += _errno_note(jsb)
+        info = JournalInfo(
+            sb.s_journal_inum, size, version, features, clean, None, notes, jsb.s_errno
+        )
+        return info, {}
     plan = plan_replay(jsb, journal.read, sb.s_blocks_count)
     if jsb.fast_commit:
         try:
@@ -335,8 +340,19 @@ def load_journal(fs: Filesystem) -> tuple[JournalInfo | None, dict[int, tuple[in
     except InputError as exc:  # pragma: no cover - every block was read in the scan
         why = f"the journal needs recovery but cannot be replayed: {exc}"
         return JournalInfo(sb.s_journal_inum, size, version, features, False, None, (why,)), {}
-    info = JournalInfo(sb.s_journal_inum, size, version, features, False, plan, plan.warnings)
+    notes = plan.warnings + _errno_note(jsb)
+    info = JournalInfo(sb.s_journal_inum, size, version, features, False, plan, notes, jsb.s_errno)
     return info, overlay
+
+
+def _errno_note(jsb: J.JournalSuperblock) -> tuple[str, ...]:
+    if not jsb.s_errno:
+        return ()
+    # The kernel's mount then marks the filesystem in error (and skips orphans).
+    return (
+        f"the journal records an error of the last mount (errno {jsb.s_errno});"
+        " the filesystem should be checked",
+    )
 
 
 class _JournalFile:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from cipherdump.errors import CipherdumpError
 from cipherdump.ext4.mapping import Run
+from cipherdump.ondisk.features import RO_COMPAT_ORPHAN_PRESENT
 from cipherdump.ondisk.superblock import EXT2_ERROR_FS
 
 if TYPE_CHECKING:
@@ -44,10 +45,16 @@ NO_ORPHANS = Orphans(frozenset(), frozenset(), ())
 def find_orphans(fs: Filesystem) -> Orphans:
     """The orphans of ``fs``, and what the kernel would do with each."""
     sb = fs.sb
-    has_file = bool(sb.s_feature_compat & COMPAT_ORPHAN_FILE) and sb.s_orphan_file_inum != 0
+    # Without orphan_present (cleared by a clean unmount) the orphan file is empty:
+    # not reading it keeps opening a clean filesystem to its superblock and descriptors.
+    has_file = (
+        bool(sb.s_feature_compat & COMPAT_ORPHAN_FILE)
+        and sb.s_orphan_file_inum != 0
+        and (sb.has_ro_compat(RO_COMPAT_ORPHAN_PRESENT) or fs.needs_recovery)
+    )
     if not sb.s_last_orphan and not has_file:
         return NO_ORPHANS
-    if sb.s_state & EXT2_ERROR_FS:
+    if sb.s_state & EXT2_ERROR_FS or (fs.journal is not None and fs.journal.errno):
         # The kernel then clears the orphan list without processing it.
         return NO_ORPHANS
     warnings: list[str] = []
