@@ -496,3 +496,27 @@ def test_open_unlinked_file_is_an_orphan_deleted_as_on_mount(tmp_path: Path) -> 
     rc = CliRunner().invoke(cli, ["info", str(copy)])
     assert re.search(r"^Orphan inodes: +1 deleted, 0 truncated", rc.stdout, re.M), rc.stdout
     assert assert_replays_as_e2fsck(copy, tmp_path)
+
+
+def test_clone_of_a_crash_copy_is_the_recovered_tree(tmp_path: Path) -> None:
+    image = kernelfs.make_image(tmp_path / "fs.img", 32, features=())
+    copy = tmp_path / "copy.img"
+
+    def work(mnt: Path) -> None:
+        (mnt / "dir").mkdir()
+        for i in range(30):
+            write_synced(mnt / "dir" / f"f{i}", os.urandom(700 * i))
+        fsync_path(mnt / "dir")
+
+    crash_copy(image, copy, work)
+    before = sha256_file(copy)
+    out = tmp_path / "clone.img"
+    res = CliRunner().invoke(cli, ["clone", str(copy), str(out)])
+    assert res.exit_code == 0, res.stderr
+    with open_filesystem(str(copy)) as fs:
+        want = {p: v[1:] for p, v in reader_truth(fs).items()}
+    with open_filesystem(str(out)) as fs:
+        assert not fs.needs_recovery
+        got = {p: v[1:] for p, v in reader_truth(fs).items()}
+    assert b"/dir/f29" in got and got == want
+    assert sha256_file(copy) == before
