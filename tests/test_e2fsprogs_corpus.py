@@ -54,7 +54,10 @@ OK_PLUS = "OK+"  # damaged on purpose: per-object CipherdumpErrors, the rest sti
 KEYED = "KEYED"  # like OK+, and a known key exists (decryption is tested elsewhere)
 REJECT = "REJECT"  # open fails with a one-line CipherdumpError
 REJECT_OR_OK_PLUS = "REJECT|OK+"  # either refuse to open, or read like OK+
-JOURNAL = "JOURNAL"  # needs recovery or has orphans: open with a warning, or refuse
+JOURNAL = "JOURNAL"  # has orphans: read as a mount leaves them (deleted or truncated)
+# Needs recovery: opens with the journal replayed in memory, no warning about it, and
+# lists as debugfs lists a copy that `e2fsck -fy` recovered; the image is not changed.
+REPLAY = "REPLAY"
 
 EXPECTATIONS: dict[str, str] = {
     # Encryption
@@ -198,20 +201,29 @@ EXPECTATIONS: dict[str, str] = {
     "f_dup": OK_PLUS,
     "f_shared_blocks_ok": OK,
     # Journal / orphans
+    # (Before the in-memory replay, the images needing recovery were JOURNAL: read as
+    # they stood before replay, with a warning.  Fast commits and an external journal
+    # device cannot be replayed from the image alone: refused, exit code 3.)
     "f_orphan": JOURNAL,
-    "f_clear_orphan_file": JOURNAL,
+    "f_clear_orphan_file": REPLAY,
     "f_badorphan": OK_PLUS,
-    "j_recover_fast_commit": JOURNAL,
-    "j_recover_csum3_64bit": JOURNAL,
-    "f_jnl_64bit": JOURNAL,
-    "f_ext_journal": JOURNAL,
+    "j_recover_fast_commit": REJECT,
+    "j_recover_csum3_64bit": REPLAY,
+    "f_jnl_64bit": REPLAY,
+    "f_ext_journal": REJECT,
 }
 
 # Images with no ext2/3/4 superblock at byte 1024: the error must say so, not "corrupt".
 NOT_EXT4 = {"f_detect_junk", "f_detect_xfs", "f_zero_super"}
 
-# What the warning of a JOURNAL image must say (default: "needs recovery").
-JOURNAL_WARNINGS = {"f_orphan": "orphan inodes", "f_ext_journal": "on an external device"}
+# e2fsck's "Clearing orphaned inode N" lines name the orphans a mount finishes.
+_E2FSCK_ORPHAN = re.compile(rb"^Clearing orphaned inode (\d+) ", re.M)
+# What the one-line refusal of these REJECT images must say.
+REJECT_REASONS = {
+    "j_recover_fast_commit": "fast commits",
+    "f_ext_journal": "on an external device",
+}
+E2FSCK = shutil.which("e2fsck")
 
 # Objects known to be damaged in images the README calls OK: (image, path) -> why.
 # (None at present: every OK image lists without a single error.)
@@ -585,13 +597,28 @@ def test_image(name: str, corpus_image: Callable[[str], Path], tmp_path: Path) -
             assert expect in (REJECT, REJECT_OR_OK_PLUS, JOURNAL), f"refused to open: {err}"
             if name in NOT_EXT4:
                 assert isinstance(err, NotExt4Error), err
+            assert REJECT_REASONS.get(name, "") in str(err)
             return
         with fs:
             assert expect != REJECT, f"opened an image that must be refused ({fs.warnings})"
+            expect_1 = CORPUS / name / "expect.1"
+            if expect_1.is_file():
+                orphans = {int(n) for n in _E2FSCK_ORPHAN.findall(expect_1.read_bytes())}
+                assert fs.orphans.deleted | fs.orphans.truncated == orphans
             if expect == JOURNAL:
-                want = JOURNAL_WARNINGS.get(name, "needs recovery")
-                assert any(want in w for w in fs.warnings), fs.warnings
+                assert fs.orphans.count and not fs.warnings, fs.warnings
+            if expect == REPLAY:
+                assert fs.needs_recovery and fs.journal_replayed
+                assert not any("journal" in w for w in fs.warnings), fs.warnings
             walked = walk_everything(fs)
+    if expect == REPLAY and DEBUGFS is not None and E2FSCK is not None:
+        before = hashlib.sha256(image.read_bytes()).hexdigest()
+        recovered = tmp_path / "recovered.img"
+        shutil.copyfile(image, recovered)
+        subprocess.run([E2FSCK, "-fy", str(recovered)], capture_output=True, check=False)
+        assert not walked.errors, walked.errors[:10]
+        compare_with_debugfs(recovered, walked, tmp_path, recursive=True, sample=40)
+        assert hashlib.sha256(image.read_bytes()).hexdigest() == before
     if expect == OK:
         bad = [e for e in walked.errors if not any(k[0] == name for k in KNOWN_BAD_IN_OK)]
         assert not bad, bad[:10]
@@ -701,6 +728,7 @@ BACKUP_CODES = {
     REJECT: {3},
     REJECT_OR_OK_PLUS: {0, 1, 3},
     JOURNAL: {0, 1, 3},
+    REPLAY: {0},
 }
 
 
@@ -781,17 +809,33 @@ def test_view_rs_disk1_lists_completely(
     compare_with_debugfs(image, walked, tmp_path, recursive=True, sample=None)
 
 
-def test_view_rs_journal_disk_needs_recovery(view_rs_image: Callable[[str], Path]) -> None:
+def test_view_rs_journal_disk_is_replayed(
+    view_rs_image: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """A simulated power cut: read as `e2fsck -fy` recovers it (before the replay in
+    memory, the state before replay was read, with a warning)."""
     image = view_rs_image("test_disk_4k_block_journal")
+    before = hashlib.sha256(image.read_bytes()).hexdigest()
     with open_image(image) as fs:
-        assert fs.needs_recovery
-        assert any("needs recovery" in w for w in fs.warnings), fs.warnings
-        assert fs_info(fs)["state"] == "dirty"
-        walk_everything(fs)
+        assert fs.needs_recovery and fs.journal_replayed
+        assert not any("journal" in w for w in fs.warnings), fs.warnings
+        info = fs_info(fs)
+        assert info["state"] == "clean"
+        assert info["journal"]["replayed"]["transactions"] == 2
+        walked = walk_everything(fs)
+    assert not walked.errors
     rc, out, err = _run_cli("info", str(image))
     assert rc == 0, err
-    assert re.search(r"^State:\s+dirty \(journal needs recovery\)$", out, re.M), out
-    assert "cipherdump: warning: the journal needs recovery" in err
+    assert re.search(r"^State:\s+clean \(journal replayed in memory\)$", out, re.M), out
+    assert re.search(r"^Journal:\s+inode 8; 4 MiB, v2; .*replayed in memory: 2 trans", out, re.M)
+    assert "journal" not in err
+    assert hashlib.sha256(image.read_bytes()).hexdigest() == before
+    if DEBUGFS is None or E2FSCK is None:
+        pytest.skip("debugfs or e2fsck not installed: listing not compared")
+    recovered = tmp_path / "recovered.img"
+    shutil.copyfile(image, recovered)
+    subprocess.run([E2FSCK, "-fy", str(recovered)], capture_output=True, check=False)
+    compare_with_debugfs(recovered, walked, tmp_path, recursive=True, sample=None)
 
 
 # e2fsck's own findings (expect.1 of each image) about htree roots and index blocks that

@@ -127,7 +127,7 @@ def info(image: str, as_json: bool) -> None:
     rows = [
         ("UUID", rec["uuid"]),
         ("Volume name", render.show_bytes(rec["volume_name"]) or "<none>"),
-        ("State", rec["state"] + (" (journal needs recovery)" if rec["needs_recovery"] else "")),
+        ("State", rec["state"] + _recovery_note(rec)),
         ("Block size", str(rec["block_size"])),
         ("Blocks", f"{rec['blocks_count']} ({rec['free_blocks']} free)"),
         ("Inodes", f"{rec['inodes_count']} ({rec['free_inodes']} free), {rec['inode_size']} bytes"),
@@ -138,6 +138,17 @@ def info(image: str, as_json: bool) -> None:
             f"{rec['default_hash']} ({rec['hash_signedness']}), seed {rec['hash_seed']}",
         ),
     ]
+    if rec["journal"] is not None:
+        rows.append(("Journal", _journal_line(rec["journal"])))
+    orphans = rec["orphans"]
+    if orphans["deleted"] or orphans["truncated"]:
+        rows.append(
+            (
+                "Orphan inodes",
+                f"{orphans['deleted']} deleted, {orphans['truncated']} truncated"
+                " (as the kernel finishes them on mount)",
+            )
+        )
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"{k + ':':<{width + 1}} {v}")
@@ -151,6 +162,34 @@ def info(image: str, as_json: bool) -> None:
             f"  {rec['encrypted_inodes_without_valid_context']} encrypted inodes have no "
             "valid encryption context"
         )
+
+
+def _recovery_note(rec: dict[str, Any]) -> str:
+    if not rec["needs_recovery"]:
+        return ""
+    journal = rec["journal"]
+    if journal is not None and journal["replayed"] is not None:
+        return " (journal replayed in memory)"
+    return " (journal needs recovery)"
+
+
+def _journal_line(journal: dict[str, Any]) -> str:
+    """``info``'s line on the journal: where, how big, its features, what was replayed."""
+    if journal["external"]:
+        return "external device"
+    parts = [f"inode {journal['inode']}"]
+    if journal["version"]:
+        parts.append(f"{journal['size'] / (1 << 20):g} MiB, v{journal['version']}")
+        parts.append(" ".join(journal["features"]) or "no features")
+    replayed = journal["replayed"]
+    if replayed is not None:
+        parts.append(
+            f"replayed in memory: {replayed['transactions']} transactions,"
+            f" {replayed['blocks']} blocks"
+        )
+    else:
+        parts.append("empty" if journal["clean"] else "has data, not replayed")
+    return "; ".join(parts)
 
 
 @cli.command()

@@ -355,6 +355,12 @@ def backup_cmd(
             f"data:  {_size(s.bytes_read)} read, {_size(s.bytes_reused)} reused unread, "
             f"{_size(s.bytes_added)} added ({_size(s.bytes_stored)} stored)"
         )
+        replayed = fs.journal.replay if fs.journal is not None else None
+        if replayed is not None:
+            click.echo(
+                f"journal: replayed in memory ({replayed.transactions} transactions,"
+                f" {len(replayed.overlay)} blocks), as the kernel would on mount"
+            )
         for p in result.policies:
             click.echo(f"policy: {p.get('inodes')} inodes  {p.get('policy')}")
             click.echo(f"        {p.get('restore')}")

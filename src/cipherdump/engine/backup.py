@@ -211,6 +211,20 @@ def filesystem_facts(fs: Filesystem) -> dict[str, Value]:
         "lpf_ino": sb.s_lpf_ino,
         # Public salt of e4crypt passphrases: lets a keyed restore derive e4crypt keys.
         "encrypt_pw_salt": sb.s_encrypt_pw_salt,
+        # The source needed recovery and was read with its journal replayed in memory.
+        "journal_replayed": _journal_replayed(fs),
+    }
+
+
+def _journal_replayed(fs: Filesystem) -> dict[str, Value] | None:
+    plan = fs.journal.replay if fs.journal is not None else None
+    if plan is None:
+        return None
+    return {
+        "transactions": plan.transactions,
+        "blocks": len(plan.overlay),
+        "first_transaction": plan.first_transaction,
+        "end_transaction": plan.end_transaction,
     }
 
 
@@ -1573,6 +1587,10 @@ def snapshot_summary(snap_id: Id, snap: Snapshot) -> dict[str, Any]:
         out["fs_uuid"] = uuid_text(uuid)
     if isinstance(stats, Mapping):
         out["stats"] = dict(stats)
+    if isinstance(facts, Mapping) and isinstance(facts.get("journal_replayed"), Mapping):
+        replayed = facts["journal_replayed"]
+        assert isinstance(replayed, Mapping)
+        out["journal_replayed"] = dict(replayed)
     policies = attrs.get("policies")
     if isinstance(policies, tuple):
         out["policies"] = [

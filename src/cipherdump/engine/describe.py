@@ -14,6 +14,7 @@ from cipherdump.engine.namespace import Namespace, Node
 from cipherdump.errors import CipherdumpError
 from cipherdump.ext4 import Filesystem, Inode
 from cipherdump.ext4.inode import FileType
+from cipherdump.ext4.journal import JournalInfo
 from cipherdump.fscrypt.context import EncryptionContext, decode_context, mode_name
 from cipherdump.ondisk.dirhash import hash_version_name
 from cipherdump.ondisk.inode import FLAG_NAMES
@@ -163,8 +164,14 @@ def fs_info(fs: Filesystem) -> dict[str, Any]:
         "inode_size": sb.inode_size,
         "groups": sb.group_count,
         "features": sb.feature_names,
-        "state": "clean" if clean and not fs.needs_recovery else "dirty",
+        "state": "clean" if clean and (fs.journal_replayed or not fs.needs_recovery) else "dirty",
         "needs_recovery": fs.needs_recovery,
+        "journal": journal_record(fs.journal),
+        # Orphans are read as the kernel's mount leaves them: deleted, or truncated.
+        "orphans": {
+            "deleted": len(fs.orphans.deleted),
+            "truncated": len(fs.orphans.truncated),
+        },
         "hash_seed": sb.s_hash_seed.hex(),
         "default_hash": hash_version_name(sb.s_def_hash_version),
         "hash_signedness": "unsigned" if sb.dirhash_unsigned else "signed",
@@ -175,6 +182,33 @@ def fs_info(fs: Filesystem) -> dict[str, Any]:
         "encrypted_inodes_without_valid_context": bad_contexts,
         "unreadable_inodes": unreadable,
         "warnings": list(fs.warnings),
+    }
+
+
+def journal_record(journal: JournalInfo | None) -> dict[str, Any] | None:
+    """What ``info`` shows of the journal, and of its replay in memory."""
+    if journal is None:
+        return None
+    plan = journal.replay
+    return {
+        "inode": journal.inum,
+        "external": journal.inum == 0,
+        "size": journal.size,
+        "version": journal.version,
+        "features": list(journal.features),
+        "clean": journal.clean,
+        "replayed": None
+        if plan is None
+        else {
+            "transactions": plan.transactions,
+            "blocks": len(plan.overlay),
+            "block_copies": plan.replayed,
+            "revokes": plan.revokes,
+            "revoked_copies": plan.revoke_hits,
+            "first_transaction": plan.first_transaction,
+            "end_transaction": plan.end_transaction,
+            "discarded_uncommitted_blocks": plan.discarded_blocks,
+        },
     }
 
 

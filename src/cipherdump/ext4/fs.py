@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from cipherdump.blockio import ByteSource, Closable, open_source
+from cipherdump.blockio.overlay import OverlaySource
 from cipherdump.errors import ChecksumError, CorruptError, NotExt4Error, UnsupportedError
 from cipherdump.ext4.inode import Inode
+from cipherdump.ext4.journal import JournalInfo, load_journal
+from cipherdump.ext4.mapping import Run
+from cipherdump.ext4.orphans import NO_ORPHANS, Orphans, clip_runs, find_orphans
 from cipherdump.ondisk import features as F
 from cipherdump.ondisk.csum import fs_csum_seed
 from cipherdump.ondisk.groupdesc import (
@@ -41,9 +45,40 @@ class Filesystem(Closable):
     hear about (dirty journal, descriptor checksum mismatches).
     """
 
-    def __init__(self, source: ByteSource, *, owns_source: bool = False) -> None:
-        self.source = source
+    def __init__(
+        self, source: ByteSource, *, owns_source: bool = False, replay: bool = True
+    ) -> None:
+        self.source: ByteSource = source
         self._owns_source = owns_source
+        self.journal: JournalInfo | None = None
+        self.orphans: Orphans = NO_ORPHANS
+        self._load()
+        # Whether the source itself (not the replayed view) needs recovery: an image
+        # writer must refuse such a target, whatever is replayed in memory.
+        self._source_recover = self.sb.has_incompat(F.INCOMPAT_RECOVER)
+        if replay:
+            self._replay_journal()
+        # As the kernel's mount does after replaying the journal.
+        self.orphans = find_orphans(self)
+        for message in self.orphans.warnings:
+            self.warn(message)
+
+    def _replay_journal(self) -> None:
+        """Read everything through the journal's overlay from here on, when the journal
+        needs recovery: the superblock and group descriptors are read again, through it.
+        See :mod:`cipherdump.ext4.journal`; nothing is ever written."""
+        info, overlay = load_journal(self)
+        self.journal = info
+        if overlay:
+            self.source = OverlaySource(self.source, self.block_size, overlay)
+            self._load()
+        if info is not None:
+            for message in info.warnings:
+                self.warn(message)
+
+    def _load(self) -> None:
+        """Read the superblock and group descriptors from ``self.source``."""
+        source = self.source
         self.warnings: list[str] = []
         raw = source.read_at(SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE)
         if len(raw) < SUPERBLOCK_SIZE:
@@ -96,7 +131,14 @@ class Filesystem(Closable):
 
     @property
     def needs_recovery(self) -> bool:
-        return self.sb.has_incompat(F.INCOMPAT_RECOVER)
+        """Does the source, as it is on disk, need its journal replayed?  (What is read
+        is the replayed state: see ``journal``.)"""
+        return self._source_recover
+
+    @property
+    def journal_replayed(self) -> bool:
+        """Is what is read the state after an in-memory replay of the journal?"""
+        return self.journal is not None and self.journal.replay is not None
 
     @property
     def has_filetype(self) -> bool:
@@ -116,21 +158,6 @@ class Filesystem(Closable):
             raise UnsupportedError(
                 "filesystem uses incompatible features cipherdump cannot read: " + ", ".join(names)
             )
-        if self.needs_recovery:
-            external = ""
-            if sb.s_journal_inum == 0 and (sb.s_journal_dev or any(sb.s_journal_uuid)):
-                # The transactions to replay are on another device: nothing in this
-                # image can tell how far the state read here is behind.
-                external = (
-                    f" and its journal is on an external device (0x{sb.s_journal_dev:04x}),"
-                    " not in this image"
-                )
-            self.warnings.append(
-                "the journal needs recovery (filesystem was not cleanly unmounted)"
-                f"{external}; what is read is the state before replay and may be inconsistent"
-            )
-        if sb.has_ro_compat(F.RO_COMPAT_ORPHAN_PRESENT) or sb.s_last_orphan:
-            self.warnings.append("orphan inodes are present (deleted but still open files)")
 
     # -- geometry --------------------------------------------------------------------
     def read_block(self, pblk: int, count: int = 1) -> bytes:
@@ -144,6 +171,13 @@ class Filesystem(Closable):
         if len(data) != want:
             raise CorruptError(f"block {pblk} lies beyond the end of the image (truncated)")
         return data
+
+    def orphan_runs(self, ino: int, runs: list[Run], size: int) -> list[Run]:
+        """``runs`` of inode ``ino`` as the kernel's mount leaves them: an orphan being
+        truncated keeps nothing past ``size``."""
+        if ino in self.orphans.truncated:
+            return clip_runs(runs, size, self.block_size)
+        return runs
 
     def block_in_range(self, pblk: int, count: int = 1) -> bool:
         return self.sb.s_first_data_block <= pblk and pblk + count <= self.sb.s_blocks_count
@@ -358,10 +392,11 @@ class Filesystem(Closable):
                 continue
             bitmap = self.read_block(gd.bg_inode_bitmap)
             base = g * sb.s_inodes_per_group
+            deleted = self.orphans.deleted
             for i in range(sb.s_inodes_per_group):
                 if bitmap[i >> 3] >> (i & 7) & 1:
                     ino = base + i + 1
-                    if ino <= sb.s_inodes_count:
+                    if ino <= sb.s_inodes_count and ino not in deleted:
                         out.append(ino)
         return out
 

@@ -285,7 +285,7 @@ class Inode:
         """
         runs = self._runs
         if runs is None:
-            runs = self._runs = map_runs(self)
+            runs = self._runs = self.fs.orphan_runs(self.ino, map_runs(self), self.raw.i_size)
         return runs
 
     def mapped_runs(self) -> list[Run]:
