@@ -23,7 +23,7 @@ def split_source(spec: str) -> tuple[str, bytes | None]:
 
 @click.command(name="clone")
 @click.argument("source", metavar="IMAGE[:PATH]")
-@click.argument("out", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("out")
 @click.option("--size", default=None, help="Size of a new OUT image (bytes or K/M/G).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary object.")
 def clone_cmd(source: str, out: str, size: str | None, as_json: bool) -> None:
@@ -33,9 +33,11 @@ def clone_cmd(source: str, out: str, size: str | None, as_json: bool) -> None:
     hash seed, features) unless it is an existing unmounted ext4 image with room.
     """
     # Imported here: the writer is heavy and every other command starts without it.
+    from cipherdump.blockio.kinds import check_image_target
     from cipherdump.engine.restore_image import clone_image
 
     image, path = split_source(source)
+    check_image_target(out)
     on_progress, bar = render.image_progress_bar("clone")
     with bar:
         summary = clone_image(

@@ -77,13 +77,13 @@ def _why(err: BaseException) -> str:
 @click.argument("snapshot")
 @click.option(
     "--target",
-    type=click.Path(file_okay=False, path_type=str),
+    metavar="DIR",
     help="Write the decrypted plaintext tree under DIR (created if missing).",
 )
 @click.option(
     "--to-image",
     "to_image",
-    type=click.Path(dir_okay=False, path_type=str),
+    metavar="OUT.img",
     help="Write a new ext4 image holding the snapshot as it was (no key needed).",
 )
 @click.option("--size", "size", default=None, help="Size of the --to-image image (bytes or K/M/G).")
@@ -193,6 +193,9 @@ def _restore_to_image(
     restore_to_image = getattr(module, "restore_to_image", None)
     if restore_to_image is None:
         raise InputError("restore --to-image is not implemented yet")
+    from cipherdump.blockio.kinds import check_image_target
+
+    check_image_target(out)  # before the password is asked for and the snapshot read
     on_progress, bar = render.image_progress_bar("restore")
     with repo_cmds.open_repository(repo, password_file, lock=False) as repository, bar:
         snap_id, snap = repo_cmds.find_snapshot(repository, snapshot)
