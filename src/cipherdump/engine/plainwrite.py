@@ -512,12 +512,12 @@ def write_tree(
     w = PlainWriter(source, on_event, resume=resume)
     meta = source.meta(top)
     dest_b = os.fsencode(dest)
+    if not dest_b:
+        raise OutputError("the destination is an empty string")
     if meta.kind == "dir":
         if meta.encrypted:
             source.require_decryptable(top, "directory " + _show((source.name(top),)))
-        with suppress(FileExistsError):
-            os.mkdir(dest_b, 0o700)
-        fd = os.open(dest_b, _DIR_FLAGS)
+        fd = _open_destination(dest_b)
         w.root_path = dest_b
         try:
             w.write_dir_into(top, fd, ())
@@ -526,21 +526,65 @@ def write_tree(
         return w.result
     if os.path.isdir(dest_b) and not os.path.islink(dest_b):
         parent, name = dest_b, source.name(top)
+        where = os.path.join(dest_b, name)
     else:
         parent, name = os.path.split(dest_b)
-        parent = parent or b"."
+        where = dest_b
     reason = invalid_name_reason(name)
     if reason is not None:
         raise InputError(f"cannot write a file with {reason}")
-    fd = os.open(parent, _DIR_FLAGS)
-    w.root_path = parent
+    try:
+        fd = os.open(parent or b".", _DIR_FLAGS)
+    except OSError as exc:
+        raise OutputError(f"cannot create {_bshow(where)}: {_why_not_dir(parent, exc)}") from None
+    w.root_path = parent or b"."
     try:
         w.make_nondir(top, meta, fd, name, (name,))
-    except (CipherdumpError, OSError) as err:
+    except OSError as err:
+        # The one object written is the destination itself: its failure is the
+        # output's (exists, permission denied), not a problem of one object among many.
+        raise OutputError(f"{_bshow(where)}: {err.strerror}") from None
+    except CipherdumpError as err:
         w.problem((name,), err)
     finally:
         os.close(fd)
     return w.result
+
+
+def _open_destination(dest: bytes) -> int:
+    """The destination directory, made if missing; :class:`OutputError` if it cannot be."""
+    try:
+        os.mkdir(dest, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        parent = os.path.dirname(dest.rstrip(b"/"))
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR) and parent:
+            why = _why_not_dir(parent, exc)
+        else:
+            why = exc.strerror or str(exc)
+        raise OutputError(f"cannot create {_bshow(dest)}: {why}") from None
+    try:
+        return os.open(dest, _DIR_FLAGS)
+    except OSError as exc:
+        raise OutputError(_why_not_dir(dest, exc)) from None
+
+
+def _why_not_dir(path: bytes, exc: OSError) -> str:
+    """Why ``path`` cannot be used as the directory to write into: what is there."""
+    try:
+        st = os.lstat(path or b".")
+    except OSError as err:
+        return f"{_bshow(path)}: {err.strerror}"
+    if stat.S_ISLNK(st.st_mode):
+        return f"{_bshow(path)} is a symlink, which is not followed; name the directory itself"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{_bshow(path)} is not a directory"
+    return f"{_bshow(path)}: {exc.strerror or exc}"
+
+
+def _bshow(path: bytes) -> str:
+    return path.decode("utf-8", "backslashreplace")
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
