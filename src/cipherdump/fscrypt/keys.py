@@ -143,6 +143,28 @@ class MasterKey:
         raise TypeError("MasterKey cannot be pickled")
 
 
+# Key, passphrase and protector files hold a few dozen bytes.  Reading one stops past
+# this many, so that a wrong file (a disk image, /dev/zero) is refused at once instead of
+# read into memory without end.
+MAX_SECRET_FILE = 4096
+
+
+def read_secret_file(path: str | os.PathLike[str], what: str) -> bytes:
+    """The bytes of a small file of secret material (``what`` names it in messages);
+    :class:`KeyProblem` if it cannot be read or holds more than
+    :data:`MAX_SECRET_FILE` bytes.  Pipes work (``--key <(command)``)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SECRET_FILE + 1)
+    except OSError as exc:
+        raise KeyProblem(f"cannot read {what} {os.fsdecode(path)}: {exc.strerror or exc}") from None
+    if len(data) > MAX_SECRET_FILE:
+        raise KeyProblem(
+            f"{what} {os.fsdecode(path)} is larger than {MAX_SECRET_FILE} bytes: not a {what}"
+        )
+    return data
+
+
 def load_key_file(path: str | os.PathLike[str]) -> MasterKey:
     """Read a master key from a file of raw bytes or of hex text.
 
@@ -151,10 +173,7 @@ def load_key_file(path: str | os.PathLike[str]) -> MasterKey:
     to 64 bytes.
     """
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise KeyProblem(f"cannot read key file {p}: {exc.strerror or exc}") from None
+    data = read_secret_file(p, "key file")
     text = data.strip()
     if text and len(text) % 2 == 0 and all(c in _HEX_DIGITS for c in text):
         raw = bytes.fromhex(text.decode("ascii"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 from cipherdump.errors import KeyProblem
 
@@ -18,15 +17,25 @@ ENV_PASSWORD = "CIPHERDUMP_PASSWORD"
 ENV_PASSWORD_FILE = "CIPHERDUMP_PASSWORD_FILE"
 
 
+# A password longer than this is a wrong file (a disk image, /dev/zero), not a
+# password: reading stops there instead of filling memory.
+MAX_PASSWORD = 4096
+
+
 def _read_password_file(path: str | os.PathLike[str]) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(MAX_PASSWORD + 3)  # the longest password and a CRLF, and one more
     except OSError as exc:
         raise KeyProblem(f"cannot read password file {path}: {exc.strerror}") from None
     if data.endswith(b"\r\n"):
         data = data[:-2]
     elif data.endswith(b"\n"):
         data = data[:-1]
+    if len(data) > MAX_PASSWORD:
+        raise KeyProblem(
+            f"password file {path} is larger than {MAX_PASSWORD} bytes: not a password file"
+        )
     return data
 
 
@@ -54,4 +63,6 @@ def resolve_password(
         )
     if not password:
         raise KeyProblem("the repository password is empty")
+    if len(password) > MAX_PASSWORD:
+        raise KeyProblem(f"the repository password is longer than {MAX_PASSWORD} bytes")
     return password
