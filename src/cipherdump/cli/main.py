@@ -4,7 +4,7 @@ Exit codes (documented in the README):
   0 success; 1 some objects could not be read (the rest was); 2 usage error;
   3 unusable input (not ext4, corrupt, unsupported, not found); 4 key problem;
   5 repository integrity; 6 storage backend; 7 the output cannot be written;
-  70 internal error (a bug: please report).
+  8 the repository is locked by another process; 70 internal error (a bug: please report).
 """
 
 from __future__ import annotations
