@@ -369,3 +369,30 @@ def test_a_lock_held_on_another_host_says_how_to_remove_it() -> None:
     line = locked_message("local:/r", "ab" * 32, LockInfo(0, "elsewhere", 7))
     assert "pid 7 on elsewhere" in line and "locks/" + "ab" * 32 in line
     assert "delete the lock file" in line
+
+
+# -- a source mounted read-write --------------------------------------------------------------
+
+
+@pytest.mark.kernel
+def test_clone_and_extract_refuse_a_source_mounted_read_write(tmp_path: Path) -> None:
+    import kernelfs
+
+    image = tmp_path / "fs.img"
+    shutil.copyfile(SAMPLE, image)
+    key = ("--key", ALICE)
+    with kernelfs.mounted(image) as mnt:
+        for args in (
+            ("clone", image, tmp_path / "copy.img"),
+            ("clone", f"{image}:/home", tmp_path / "home.img"),
+            ("extract", *key, image, "/home/alice", tmp_path / "out"),
+        ):
+            line = run(*args).one_line_error(3)
+            assert "mounted read-write" in line and str(mnt) in line and str(image) in line
+            assert "--allow-mounted" in line
+            allowed = run(*args[:1], "--allow-mounted", *args[1:])
+            assert allowed.code == 0, allowed
+            assert "warning" in allowed.stderr and "mounted read-write" in allowed.stderr
+    with kernelfs.mounted(image, readonly=True):
+        assert run("extract", *key, image, "/home/alice", tmp_path / "again").code == 0
+        assert run("clone", image, tmp_path / "again.img").code == 0

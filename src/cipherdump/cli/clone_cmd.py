@@ -10,7 +10,7 @@ import os
 
 import click
 
-from cipherdump.cli import render
+from cipherdump.cli import mounted, render
 
 
 def split_source(spec: str) -> tuple[str, bytes | None]:
@@ -25,8 +25,9 @@ def split_source(spec: str) -> tuple[str, bytes | None]:
 @click.argument("source", metavar="IMAGE[:PATH]")
 @click.argument("out")
 @click.option("--size", default=None, help="Size of a new OUT image (bytes or K/M/G).")
+@mounted.allow_mounted_option("Copy")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary object.")
-def clone_cmd(source: str, out: str, size: str | None, as_json: bool) -> None:
+def clone_cmd(source: str, out: str, size: str | None, allow_mounted: bool, as_json: bool) -> None:
     """Copy IMAGE (or its subtree PATH, with every ancestor directory) into OUT.img.
 
     No key is needed.  OUT.img is created with mke2fs to match IMAGE (block size, UUID,
@@ -38,6 +39,7 @@ def clone_cmd(source: str, out: str, size: str | None, as_json: bool) -> None:
 
     image, path = split_source(source)
     check_image_target(out)
+    mounted.check_mounted(image, allow_mounted=allow_mounted, doing="copy it")
     on_progress, bar = render.image_progress_bar("clone")
     with bar:
         summary = clone_image(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import click
 
 from cipherdump import __version__
-from cipherdump.cli import clone_cmd, keyopts, render, repo_cmds, restore_cmd
+from cipherdump.cli import clone_cmd, keyopts, mounted, render, repo_cmds, restore_cmd
 from cipherdump.errors import CipherdumpError, KeyProblem
 
 if TYPE_CHECKING:
@@ -345,6 +345,7 @@ _ZEROS = bytes(1 << 20)
 @click.argument("dest", type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary object.")
 @click.option("-v", "--verbose", is_flag=True, help="Print each path as it is written.")
+@mounted.allow_mounted_option("Extract from")
 @keyopts.key_options
 @one_line_errors
 def extract_cmd(
@@ -353,6 +354,7 @@ def extract_cmd(
     dest: str,
     as_json: bool,
     verbose: bool,
+    allow_mounted: bool,
     keying: keyopts.KeyOptions,
 ) -> None:
     """Write a plaintext copy of PATH of IMAGE to DEST, decrypting with --key.
@@ -366,6 +368,7 @@ def extract_cmd(
     from cipherdump.engine.extract import extract
     from cipherdump.engine.keyed import KeyedNamespace
 
+    mounted.check_mounted(image, allow_mounted=allow_mounted, doing="extract from it")
     loaded = keying.load()
 
     def show(ev: ExtractEvent) -> None:
