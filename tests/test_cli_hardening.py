@@ -396,3 +396,52 @@ def test_clone_and_extract_refuse_a_source_mounted_read_write(tmp_path: Path) ->
     with kernelfs.mounted(image, readonly=True):
         assert run("extract", *key, image, "/home/alice", tmp_path / "again").code == 0
         assert run("clone", image, tmp_path / "again.img").code == 0
+
+
+# -- error lines name the path at fault, as the user typed it ---------------------------------
+
+
+def test_objects_a_key_cannot_open_are_named_by_their_source_path(
+    tmp_path: Path, repo: dict[str, str]
+) -> None:
+    # Bob's tree cannot be decrypted with Alice's key: named /home/bob, not "bob".
+    result = run("extract", "--key", ALICE, SAMPLE, "/home", tmp_path / "x")
+    assert result.code == 1, result
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert errors == [errors[0]] and errors[0].startswith("cipherdump: error: /home/bob: no key")
+    for path in ("/home", "/"):
+        target = tmp_path / f"r{len(path)}"
+        args = ["restore", "latest", "--key", ALICE, "--path", path, "--target", target]
+        result = run(*args, env=repo)
+        assert result.code == 1, result
+        errors = [line for line in result.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1, result
+        assert errors[0].startswith("cipherdump: error: /home/bob: no key"), result
+
+
+def test_a_file_a_key_cannot_open_is_named_by_its_source_path(tmp_path: Path) -> None:
+    listing = run("ls", SAMPLE, "/home/alice")
+    name = next(n for n in listing.stdout.split() if len(n) > 40)
+    result = run("extract", "--key", EXAMPLES / "bob.key", SAMPLE, f"/home/alice/{name}", tmp_path)
+    line = result.one_line_error(1)
+    assert line.startswith(f"cipherdump: error: /home/alice/{name}: ")
+
+
+def test_an_image_that_is_not_ext4_is_named(tmp_path: Path, repo: dict[str, str]) -> None:
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(b"\xa5" * 100_000)
+    for args in (("info", junk), ("clone", junk, tmp_path / "o.img"), ("backup", junk)):
+        line = run(*args, env=repo if args[0] == "backup" else None).one_line_error(3)
+        assert line.startswith(f"cipherdump: error: {junk}: no ext2/3/4 superblock"), line
+
+
+def test_clone_of_a_missing_path_names_it_plainly(tmp_path: Path) -> None:
+    line = run("clone", f"{SAMPLE}:/nowhere", tmp_path / "o.img").one_line_error(3)
+    assert line == f"cipherdump: error: /nowhere: no such file in {SAMPLE}"
+
+
+def test_cat_of_a_directory_is_unusable_input(repo: dict[str, str]) -> None:
+    assert "/home: not a regular file" in run("cat", SAMPLE, "/home").one_line_error(3)
+    for extra in ((), ("--key", str(ALICE))):
+        line = run("cat", *extra, "latest", "/home", env=repo).one_line_error(3)
+        assert "/home: not a regular file" in line

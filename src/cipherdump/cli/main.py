@@ -21,7 +21,7 @@ import click
 
 from cipherdump import __version__
 from cipherdump.cli import clone_cmd, keyopts, mounted, render, repo_cmds, restore_cmd
-from cipherdump.errors import CipherdumpError, KeyProblem
+from cipherdump.errors import CipherdumpError, InputError, KeyProblem
 
 if TYPE_CHECKING:
     from cipherdump.engine.extract import ExtractEvent
@@ -301,7 +301,7 @@ def cat(
         node = ns.resolve(_path_arg(path))
         inode = node.inode
         if inode.type is not FileType.FILE:
-            raise CipherdumpError(f"{path}: not a regular file")
+            raise InputError(f"{path}: not a regular file")
         out = sys.stdout.buffer
         if ciphertext:
             du = data_unit_size(inode) if inode.is_encrypted else 1
@@ -383,7 +383,9 @@ def extract_cmd(
         top = ns.resolve(_path_arg(path))
         result = extract(ns, top, dest, on_event=show)
         for p in result.problems:
-            click.echo(f"cipherdump: error: {render.show_bytes(p.path)}: {_why(p.error)}", err=True)
+            click.echo(
+                f"cipherdump: error: {render.problem_line(p.source_path, _why(p.error))}", err=True
+            )
         keyopts.report_keys(ns)
     if as_json:
         click.echo(render.dumps(result.summary()))

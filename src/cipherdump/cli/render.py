@@ -19,6 +19,12 @@ def show_bytes(name: bytes) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def problem_line(path: bytes, why: str) -> str:
+    """``PATH: why``, or ``why`` alone when it already starts with that path."""
+    shown = show_bytes(path)
+    return why if why.startswith(shown + ":") else f"{shown}: {why}"
+
+
 def json_bytes(name: bytes) -> str:
     """A name for JSON: exact UTF-8 where valid; otherwise surrogate escapes that
     Python's ``os.fsencode`` turns back into the same bytes."""

@@ -21,6 +21,7 @@ import click
 from cipherdump.cli import mounted, render
 from cipherdump.errors import (
     CipherdumpError,
+    InputError,
     IntegrityError,
     KeyProblem,
     NotFoundError,
@@ -631,7 +632,7 @@ def cat_snapshot(
         view = _find(repository, snapshot)
         node = view.resolve(os.fsencode(path))
         if node.kind != "file":
-            raise CipherdumpError(f"{path}: not a regular file")
+            raise InputError(f"{path}: not a regular file")
         size = int_attr(node.attrs, "size")
         out = sys.stdout.buffer
         if ciphertext:

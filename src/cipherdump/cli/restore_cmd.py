@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cipherdump.cli import keyopts, render, repo_cmds
-from cipherdump.errors import CipherdumpError, InputError, KeyProblem
+from cipherdump.errors import InputError, KeyProblem
 
 if TYPE_CHECKING:
     from cipherdump.engine.plainwrite import WriteEvent
@@ -150,7 +150,9 @@ def restore_cmd(
         ring = snapshot_keys(view, keying)
         result, source = restore_plain(view, ring, target, path=os.fsencode(path), on_event=show)
         for p in result.problems:
-            click.echo(f"cipherdump: error: {render.show_bytes(p.path)}: {_why(p.error)}", err=True)
+            click.echo(
+                f"cipherdump: error: {render.problem_line(p.source_path, _why(p.error))}", err=True
+            )
         report_snapshot_keys(source)
     summary = result.summary()
     if as_json:
@@ -235,7 +237,7 @@ def cat_snapshot_keyed(
         source = SnapshotSource(view, ring)
         node = source.resolve(os.fsencode(path))
         if node.snap.kind != "file":
-            raise CipherdumpError(f"{path}: not a regular file")
+            raise InputError(f"{path}: not a regular file")
         if node.snap.is_encrypted:
             try:
                 source.cipher(node.snap, path)
