@@ -445,3 +445,105 @@ def test_cat_of_a_directory_is_unusable_input(repo: dict[str, str]) -> None:
     for extra in ((), ("--key", str(ALICE))):
         line = run("cat", *extra, "latest", "/home", env=repo).one_line_error(3)
         assert "/home: not a regular file" in line
+
+
+# -- every command against every class of bad input -------------------------------------------
+
+# Each command with placeholders for what it reads or writes; the good values fill every
+# placeholder but the one under test.
+MATRIX_COMMANDS: dict[str, tuple[str, ...]] = {
+    "info": ("info", "{src}"),
+    "ls": ("ls", "{src}", "/home"),
+    "ls --key": ("ls", "--key", "{key}", "{src}", "/home"),
+    "stat": ("stat", "{src}", "/home"),
+    "cat": ("cat", "{src}", "/README.txt"),
+    "cat --key": ("cat", "--key", "{key}", "{src}", "/home/alice/diary.txt"),
+    "cat --passphrase-file": ("cat", "--passphrase-file", "{key}", "{src}", "/README.txt"),
+    "extract": ("extract", "--key", "{key}", "{src}", "/home/alice", "{dest}"),
+    "extract file": ("extract", "--key", "{key}", "{src}", "/home/alice/diary.txt", "{dest}"),
+    "clone": ("clone", "{src}", "{out}"),
+    "backup": ("backup", "--password-file", "{pw}", "{src}"),
+    "snapshots": ("snapshots", "--password-file", "{pw}"),
+    "check": ("check", "--password-file", "{pw}"),
+    "restore --target": (
+        "restore", "latest", "--password-file", "{pw}", "--key", "{key}", "--target", "{dest}",
+    ),
+    "restore --to-image": ("restore", "latest", "--password-file", "{pw}", "--to-image", "{out}"),
+    "cat snapshot --key": (
+        "cat", "--password-file", "{pw}", "--key", "{key}", "latest", "/home/alice/diary.txt",
+    ),
+}  # fmt: skip
+
+BAD_INPUTS: dict[str, tuple[str, str]] = {
+    "FIFO source": ("src", "{fifo}"),
+    "/dev/zero source": ("src", "/dev/zero"),
+    "directory source": ("src", "{tmp}"),
+    "missing source": ("src", "{tmp}/missing.img"),
+    "empty source": ("src", "{empty}"),
+    "junk source": ("src", "{junk}"),
+    "/dev/zero key": ("key", "/dev/zero"),
+    "directory key": ("key", "{tmp}"),
+    "missing key": ("key", "{tmp}/missing.key"),
+    "empty key": ("key", "{empty}"),
+    "junk key": ("key", "{junk}"),
+    "/dev/zero password": ("pw", "/dev/zero"),
+    "directory password": ("pw", "{tmp}"),
+    "missing password": ("pw", "{tmp}/missing.pw"),
+    "empty password": ("pw", "{empty}"),
+    "wrong password": ("pw", "{junk}"),
+    "DEST missing parent": ("dest", "{tmp}/no/dest"),
+    "DEST a file": ("dest", "{junk}"),
+    "DEST a FIFO": ("dest", "{fifo}"),
+    "DEST empty": ("dest", ""),
+    "DEST under a file": ("dest", "{junk}/dest"),
+    "DEST dangling symlink": ("dest", "{dangling}"),
+    "OUT a FIFO": ("out", "{fifo}"),
+    "OUT /dev/null": ("out", "/dev/null"),
+    "OUT a directory": ("out", "{tmp}"),
+    "OUT missing parent": ("out", "{tmp}/no/out.img"),
+    "OUT junk": ("out", "{junk}"),
+    "OUT empty": ("out", ""),
+}
+
+MATRIX = [
+    pytest.param(command, bad, id=f"{command}-{bad}")
+    for command, argv in MATRIX_COMMANDS.items()
+    for bad, (slot, _) in BAD_INPUTS.items()
+    if any("{" + slot + "}" in a for a in argv)
+]
+
+
+@pytest.mark.parametrize(("command", "bad"), MATRIX)
+def test_every_command_meets_bad_input_with_one_line_and_a_documented_code(
+    command: str, bad: str, tmp_path: Path, repo: dict[str, str]
+) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "junk").write_bytes(b"\x5a" * 70_000)
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    pw = tmp_path / "pw"
+    pw.write_text(repo["CIPHERDUMP_PASSWORD"] + "\n")
+    names = {
+        "fifo": str(fifo),
+        "tmp": str(tmp_path),
+        "empty": str(tmp_path / "empty"),
+        "junk": str(tmp_path / "junk"),
+        "dangling": str(tmp_path / "dangling"),
+    }
+    good = {
+        "src": str(SAMPLE),
+        "key": str(ALICE),
+        "pw": str(pw),
+        "dest": str(tmp_path / "dest"),
+        "out": str(tmp_path / "out.img"),
+    }
+    slot, value = BAD_INPUTS[bad]
+    good[slot] = value.format(**names)
+    args = [a.format(**good) for a in MATRIX_COMMANDS[command]]
+    env = {"CIPHERDUMP_REPOSITORY": repo["CIPHERDUMP_REPOSITORY"]}
+    if "{pw}" not in "".join(MATRIX_COMMANDS[command]):
+        env = {}
+    run(*args, env=env, timeout=60).one_line_error()
+    assert not (tmp_path / "nowhere").exists()
+    assert (tmp_path / "junk").read_bytes() == b"\x5a" * 70_000
