@@ -192,6 +192,8 @@ class PlainWriter(Generic[N]):
         # directory) and the top of the tree in the source (as the user named it).
         self.shown_dest = b""
         self.shown_top = b""
+        # A file, symlink or special file as the top is written under DEST's name.
+        self.top_is_dest = False
 
     # -- reporting ---------------------------------------------------------------------
     def event(self, kind: str, rel: tuple[bytes, ...], size: int = 0) -> None:
@@ -213,8 +215,8 @@ class PlainWriter(Generic[N]):
 
     def source_path(self, rel: tuple[bytes, ...]) -> bytes:
         """The source path of the object at ``rel`` below the top, for messages."""
-        if not rel:
-            return self.shown_top or b"."
+        if not rel or self.top_is_dest:
+            return self.shown_top or b"/".join(rel) or b"."
         if not self.shown_top:
             return b"/".join(rel)
         return self.shown_top.rstrip(b"/") + b"/" + b"/".join(rel)
@@ -564,6 +566,7 @@ def write_tree(
         raise OutputError(f"cannot create {_bshow(where)}: {_why_not_dir(parent, exc)}") from None
     w.root_path = parent or b"."
     w.shown_dest = parent
+    w.top_is_dest = True
     try:
         w.make_nondir(top, meta, fd, name, (name,))
     except OSError as err:
@@ -571,9 +574,7 @@ def write_tree(
         # output's (exists, permission denied), not a problem of one object among many.
         raise OutputError(f"{_bshow(where)}: {err.strerror}") from None
     except CipherdumpError as err:
-        # In messages, named as the user named it in the source (not as in DEST).
-        w.result.problems.append(WriteProblem(name, err, shown_top or name))
-        w.event("problem", (name,))
+        w.problem((name,), err)
     finally:
         os.close(fd)
     return w.result
