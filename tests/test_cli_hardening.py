@@ -68,13 +68,14 @@ def run(
     env: dict[str, str] | None = None,
     timeout: float = 60,
     stdin: int | None = subprocess.DEVNULL,
+    command: list[str] = CLI,
 ) -> Run:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CIPHERDUMP_")}
     full_env["PYTHONPATH"] = str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")
     full_env["CIPHERDUMP_INSECURE_TEST_KDF"] = "1"
     full_env.update(env or {})
     proc = subprocess.run(
-        [*CLI, *map(str, args)],
+        [*command, *map(str, args)],
         env=full_env,
         capture_output=True,
         text=True,
@@ -304,6 +305,25 @@ def test_an_endless_passphrase_on_stdin_is_refused() -> None:
     assert "longer than 4096" in result.one_line_error(4)
 
 
+def test_secrets_from_a_pipe_still_work(repo: dict[str, str]) -> None:
+    # As --key <(command) gives them: a pipe whose writer is there, but slow.
+    script = (
+        "import subprocess, sys, time\n"
+        "r, w = __import__('os').pipe()\n"
+        "proc = subprocess.Popen(sys.argv[1:] + [f'/dev/fd/{r}'], pass_fds=[r])\n"
+        "__import__('os').close(r)\n"
+        "time.sleep(1)\n"
+        "__import__('os').write(w, b'pw\\n')\n"
+        "__import__('os').close(w)\n"
+        "sys.exit(proc.wait())\n"
+    )
+    env = {k: v for k, v in repo.items() if k != "CIPHERDUMP_PASSWORD"}
+    result = run(
+        *CLI, "snapshots", "--password-file", env=env, command=[sys.executable, "-c", script]
+    )
+    assert result.code == 0, result
+
+
 def test_secrets_up_to_the_limit_still_work(tmp_path: Path, repo: dict[str, str]) -> None:
     # A key in hex with surrounding whitespace, and a long password, are fine.
     key = tmp_path / "alice.hex"
@@ -480,11 +500,13 @@ BAD_INPUTS: dict[str, tuple[str, str]] = {
     "empty source": ("src", "{empty}"),
     "junk source": ("src", "{junk}"),
     "/dev/zero key": ("key", "/dev/zero"),
+    "FIFO key": ("key", "{fifo}"),
     "directory key": ("key", "{tmp}"),
     "missing key": ("key", "{tmp}/missing.key"),
     "empty key": ("key", "{empty}"),
     "junk key": ("key", "{junk}"),
     "/dev/zero password": ("pw", "/dev/zero"),
+    "FIFO password": ("pw", "{fifo}"),
     "directory password": ("pw", "{tmp}"),
     "missing password": ("pw", "{tmp}/missing.pw"),
     "empty password": ("pw", "{empty}"),

@@ -12,6 +12,7 @@ A :class:`KeyRing` holds the keys a user supplied and picks the right one for a
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import os
@@ -152,9 +153,14 @@ MAX_SECRET_FILE = 4096
 def read_secret_file(path: str | os.PathLike[str], what: str) -> bytes:
     """The bytes of a small file of secret material (``what`` names it in messages);
     :class:`KeyProblem` if it cannot be read or holds more than
-    :data:`MAX_SECRET_FILE` bytes.  Pipes work (``--key <(command)``)."""
+    :data:`MAX_SECRET_FILE` bytes.  Pipes work (``--key <(command)``); a FIFO no
+    process writes to reads as empty instead of waiting for ever."""
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK only for the open, which would wait for a FIFO's writer: then a
+        # read waits for data while a writer is there and sees the end when none is.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
             data = f.read(MAX_SECRET_FILE + 1)
     except OSError as exc:
         raise KeyProblem(f"cannot read {what} {os.fsdecode(path)}: {exc.strerror or exc}") from None

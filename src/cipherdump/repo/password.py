@@ -8,6 +8,7 @@ Passwords are bytes: environment values are encoded with ``os.fsencode``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Callable, Mapping
 
@@ -24,7 +25,11 @@ MAX_PASSWORD = 4096
 
 def _read_password_file(path: str | os.PathLike[str]) -> bytes:
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK only for the open, which would wait for a FIFO's writer: then a
+        # read waits for data while a writer is there and sees the end when none is.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
             data = f.read(MAX_PASSWORD + 3)  # the longest password and a CRLF, and one more
     except OSError as exc:
         raise KeyProblem(f"cannot read password file {path}: {exc.strerror}") from None
