@@ -14,7 +14,8 @@ and pick an exit code without ever showing a traceback::
     ├── KeyProblem               a key is missing, does not match, or is wrong
     ├── IntegrityError           a repository object fails authentication or its hash
     ├── BackendError             the storage under a repository failed
-    └── OutputError              what a restore or clone writes cannot be written
+    ├── OutputError              what a restore or clone writes cannot be written
+    └── RepositoryLockedError    another process holds the repository's lock
 
 Errors raised for one inode or one directory entry carry enough context
 (``structure`` and ``location``) for per-object reporting: a reader keeps going past
@@ -97,3 +98,12 @@ class OutputError(CipherdumpError):
     the same way."""
 
     exit_code = 7
+
+
+class RepositoryLockedError(CipherdumpError):
+    """Another process holds the repository's exclusive lock (or a lock file that
+    cannot be read stands in the way): nothing is wrong with the repository, and the
+    same command will work once the lock is gone.  Its own code, so that scripts can
+    wait and retry."""
+
+    exit_code = 8

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self
 
+from cipherdump.blockio.kinds import file_kind, is_source_kind
 from cipherdump.errors import InputError, NotFoundError
 
 if TYPE_CHECKING:
@@ -180,9 +182,11 @@ def read_error(name: str, offset: int, exc: OSError) -> InputError:
 
 
 def _open_readonly(path: str, extra_flags: int) -> int:
-    # O_RDONLY only, ever: a source is never opened for writing.
+    # O_RDONLY only, ever: a source is never opened for writing.  O_NONBLOCK so that
+    # a FIFO put in the image's place after open_source looked at it cannot block the
+    # open; the open file is then checked for what it is, and the flag taken off.
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | extra_flags)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | extra_flags)
     except FileNotFoundError:
         raise NotFoundError(f"{path}: no such file or device") from None
     except IsADirectoryError:
@@ -193,10 +197,26 @@ def _open_readonly(path: str, extra_flags: int) -> int:
         if e.errno == errno.EINVAL and extra_flags & os.O_DIRECT:
             raise InputError(f"{path}: device does not support O_DIRECT") from None
         raise InputError(f"{path}: {e.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not is_source_kind(mode):
+            raise _not_a_source(path, mode)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _not_a_source(path: str, mode: int) -> InputError:
+    return InputError(f"{path}: is {file_kind(mode)}, not an image file or block device")
 
 
 def open_source(path: str) -> FileSource | DirectDeviceSource:
-    """Open an image file or block device read-only, choosing the right reader."""
+    """Open an image file or block device read-only, choosing the right reader.
+
+    Anything else is refused before it is opened: opening a FIFO would wait for a
+    writer, and a character device (``/dev/zero``) or FIFO never ends."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -207,4 +227,6 @@ def open_source(path: str) -> FileSource | DirectDeviceSource:
         return DirectDeviceSource(path)
     if stat.S_ISDIR(st.st_mode):
         raise InputError(f"{path}: is a directory, not an image or device")
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_a_source(path, st.st_mode)
     return FileSource(path)

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from cipherdump.cli import render
+from cipherdump.cli import mounted, render
 
 EXIT_PARTIAL = 1
 
@@ -26,19 +26,23 @@ def split_source(spec: str) -> tuple[str, bytes | None]:
 
 @click.command(name="clone")
 @click.argument("source", metavar="IMAGE[:PATH]")
-@click.argument("out", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("out")
 @click.option("--size", default=None, help="Size of a new OUT image (bytes or K/M/G).")
+@mounted.allow_mounted_option("Copy")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary object.")
-def clone_cmd(source: str, out: str, size: str | None, as_json: bool) -> None:
+def clone_cmd(source: str, out: str, size: str | None, allow_mounted: bool, as_json: bool) -> None:
     """Copy IMAGE (or its subtree PATH, with every ancestor directory) into OUT.img.
 
     No key is needed.  OUT.img is created with mke2fs to match IMAGE (block size, UUID,
     hash seed, features) unless it is an existing unmounted ext4 image with room.
     """
     # Imported here: the writer is heavy and every other command starts without it.
+    from cipherdump.blockio.kinds import check_image_target
     from cipherdump.engine.restore_image import clone_image
 
     image, path = split_source(source)
+    check_image_target(out)
+    mounted.check_mounted(image, allow_mounted=allow_mounted, doing="copy it")
     on_progress, bar = render.image_progress_bar("clone")
     with bar:
         summary = clone_image(

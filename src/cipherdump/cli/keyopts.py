@@ -262,24 +262,28 @@ def secret_options(fn: F) -> F:
 
 def read_passphrase(secrets: SecretOptions) -> bytes | None:
     """The passphrase: from ``--passphrase-file``, the environment, or a prompt."""
+    from cipherdump.fscrypt.keys import MAX_SECRET_FILE, read_secret_file
+
     if secrets.passphrase_file:
-        try:
-            with open(secrets.passphrase_file, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            raise KeyProblem(
-                f"cannot read passphrase file {secrets.passphrase_file}: {exc.strerror}"
-            ) from None
+        data = read_secret_file(secrets.passphrase_file, "passphrase file")
         # One trailing newline is the file's, not the passphrase's.
         return data[:-1] if data.endswith(b"\n") else data
     env = os.environb.get(ENV_PASSPHRASE.encode())
     if env is not None:
+        if len(env) > MAX_SECRET_FILE:
+            raise KeyProblem(f"{ENV_PASSPHRASE} is longer than {MAX_SECRET_FILE} bytes")
         return env
     if not secrets.passphrase:
         return None
     if not sys.stdin.isatty():
-        line = sys.stdin.buffer.readline()
-        return line[:-1] if line.endswith(b"\n") else line
+        # One line, read no further than a passphrase can be long (stdin may be endless).
+        line = sys.stdin.buffer.readline(MAX_SECRET_FILE + 1)
+        line = line[:-1] if line.endswith(b"\n") else line
+        if len(line) > MAX_SECRET_FILE:
+            raise KeyProblem(
+                f"the passphrase on standard input is longer than {MAX_SECRET_FILE} bytes"
+            )
+        return line
     answer: str = click.prompt("fscrypt passphrase", hide_input=True, err=True)
     return os.fsencode(answer)
 
@@ -303,12 +307,10 @@ def add_secret_keys(
     metadata = own_metadata()
     for directory in secrets.fscrypt_metadata:
         metadata.merge(metadata_from_dir(directory))
+    from cipherdump.fscrypt.keys import read_secret_file
+
     for path in secrets.protector_keys:
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except OSError as exc:
-            raise KeyProblem(f"cannot read protector key {path}: {exc.strerror}") from None
+        raw = read_secret_file(path, "protector key")
         if len(raw) != 32:
             raise KeyProblem(f"protector key {path} holds {len(raw)} bytes; it must be 32")
         for key in metadata.keys_for_raw_key(raw):

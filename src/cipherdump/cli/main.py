@@ -4,7 +4,7 @@ Exit codes (documented in the README):
   0 success; 1 some objects could not be read (the rest was); 2 usage error;
   3 unusable input (not ext4, corrupt, unsupported, not found); 4 key problem;
   5 repository integrity; 6 storage backend; 7 the output cannot be written;
-  70 internal error (a bug: please report).
+  8 the repository is locked by another process; 70 internal error (a bug: please report).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import click
 
 from cipherdump import __version__
-from cipherdump.cli import clone_cmd, keyopts, render, repo_cmds, restore_cmd
-from cipherdump.errors import CipherdumpError, KeyProblem
+from cipherdump.cli import clone_cmd, keyopts, mounted, render, repo_cmds, restore_cmd
+from cipherdump.errors import CipherdumpError, InputError, KeyProblem
 
 if TYPE_CHECKING:
     from cipherdump.engine.extract import ExtractEvent
@@ -340,7 +340,7 @@ def cat(
         node = ns.resolve(_path_arg(path))
         inode = node.inode
         if inode.type is not FileType.FILE:
-            raise CipherdumpError(f"{path}: not a regular file")
+            raise InputError(f"{path}: not a regular file")
         out = sys.stdout.buffer
         if ciphertext:
             du = data_unit_size(inode) if inode.is_encrypted else 1
@@ -384,6 +384,7 @@ _ZEROS = bytes(1 << 20)
 @click.argument("dest", type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary object.")
 @click.option("-v", "--verbose", is_flag=True, help="Print each path as it is written.")
+@mounted.allow_mounted_option("Extract from")
 @keyopts.key_options
 @one_line_errors
 def extract_cmd(
@@ -392,6 +393,7 @@ def extract_cmd(
     dest: str,
     as_json: bool,
     verbose: bool,
+    allow_mounted: bool,
     keying: keyopts.KeyOptions,
 ) -> None:
     """Write a plaintext copy of PATH of IMAGE to DEST, decrypting with --key.
@@ -405,6 +407,7 @@ def extract_cmd(
     from cipherdump.engine.extract import extract
     from cipherdump.engine.keyed import KeyedNamespace
 
+    mounted.check_mounted(image, allow_mounted=allow_mounted, doing="extract from it")
     loaded = keying.load()
 
     def show(ev: ExtractEvent) -> None:
@@ -419,7 +422,9 @@ def extract_cmd(
         top = ns.resolve(_path_arg(path))
         result = extract(ns, top, dest, on_event=show)
         for p in result.problems:
-            click.echo(f"cipherdump: error: {render.show_bytes(p.path)}: {_why(p.error)}", err=True)
+            click.echo(
+                f"cipherdump: error: {render.problem_line(p.source_path, _why(p.error))}", err=True
+            )
         keyopts.report_keys(ns)
     if as_json:
         click.echo(render.dumps(result.summary()))

@@ -24,6 +24,12 @@ def print_problem(path: bytes, err: BaseException) -> None:
     click.echo(f"cipherdump: error: {show_bytes(path)}: {err}", err=True)
 
 
+def problem_line(path: bytes, why: str) -> str:
+    """``PATH: why``, or ``why`` alone when it already starts with that path."""
+    shown = show_bytes(path)
+    return why if why.startswith(shown + ":") else f"{shown}: {why}"
+
+
 def json_bytes(name: bytes) -> str:
     """A name for JSON: exact UTF-8 where valid; otherwise surrogate escapes that
     Python's ``os.fsencode`` turns back into the same bytes."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from cipherdump.cli import render
+from cipherdump.cli import mounted, render
 from cipherdump.errors import (
     CipherdumpError,
     InputError,
@@ -257,11 +257,7 @@ def _backup_summary(result: BackupResult, source: str) -> dict[str, Any]:
     "and the filesystem has more than 2,000 inodes in use.",
 )
 @click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
-@click.option(
-    "--allow-mounted",
-    is_flag=True,
-    help="Back up a source the kernel has mounted read-write (the result may be inconsistent).",
-)
+@mounted.allow_mounted_option("Back up")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON summary object.")
 @repo_option
 @password_option
@@ -283,23 +279,11 @@ def backup_cmd(
     Unchanged files (same inode number, generation, ctime, mtime, size and extent map as
     in the parent snapshot) are not read again; only changed data is stored.
     """
-    from cipherdump.blockio.mounts import mounted_read_write
     from cipherdump.engine.backup import BackupOptions, backup
     from cipherdump.ext4 import open_filesystem
 
     _need_repo(repo)
-    mounts = mounted_read_write(source)
-    if mounts:
-        where = ", ".join(m.mount_point + (f" (via {m.via})" if m.via else "") for m in mounts)
-        if not allow_mounted:
-            raise InputError(
-                f"{source} is mounted read-write at {where}; unmount it or back up a "
-                "snapshot of it (--allow-mounted backs it up anyway, possibly inconsistent)"
-            )
-        _warn(
-            f"{source} is mounted read-write at {where}: files changing during the backup "
-            "may be saved inconsistently"
-        )
+    mounted.check_mounted(source, allow_mounted=allow_mounted, doing="back it up")
     problems = 0
 
     def on_problem(p: bytes, err: CipherdumpError) -> None:
@@ -825,7 +809,7 @@ def cat_snapshot(
         view = _find(repository, snapshot)
         node = view.resolve(os.fsencode(path))
         if node.kind != "file":
-            raise CipherdumpError(f"{path}: not a regular file")
+            raise InputError(f"{path}: not a regular file")
         size = int_attr(node.attrs, "size")
         out = sys.stdout.buffer
         if ciphertext:

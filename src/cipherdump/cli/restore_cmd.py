@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cipherdump.cli import keyopts, render, repo_cmds
-from cipherdump.errors import CipherdumpError, InputError, KeyProblem
+from cipherdump.errors import InputError, KeyProblem
 
 if TYPE_CHECKING:
     from cipherdump.engine.plainwrite import WriteEvent
@@ -77,13 +77,13 @@ def _why(err: BaseException) -> str:
 @click.argument("snapshot")
 @click.option(
     "--target",
-    type=click.Path(file_okay=False, path_type=str),
+    metavar="DIR",
     help="Write the decrypted plaintext tree under DIR (created if missing).",
 )
 @click.option(
     "--to-image",
     "to_image",
-    type=click.Path(dir_okay=False, path_type=str),
+    metavar="OUT.img",
     help="Write a new ext4 image holding the snapshot as it was (no key needed).",
 )
 @click.option("--size", "size", default=None, help="Size of the --to-image image (bytes or K/M/G).")
@@ -150,7 +150,9 @@ def restore_cmd(
         ring = snapshot_keys(view, keying)
         result, source = restore_plain(view, ring, target, path=os.fsencode(path), on_event=show)
         for p in result.problems:
-            click.echo(f"cipherdump: error: {render.show_bytes(p.path)}: {_why(p.error)}", err=True)
+            click.echo(
+                f"cipherdump: error: {render.problem_line(p.source_path, _why(p.error))}", err=True
+            )
         report_snapshot_keys(source)
     summary = result.summary()
     if as_json:
@@ -193,6 +195,9 @@ def _restore_to_image(
     restore_to_image = getattr(module, "restore_to_image", None)
     if restore_to_image is None:
         raise InputError("restore --to-image is not implemented yet")
+    from cipherdump.blockio.kinds import check_image_target
+
+    check_image_target(out)  # before the password is asked for and the snapshot read
     on_progress, bar = render.image_progress_bar("restore")
     with repo_cmds.open_repository(repo, password_file, lock=False) as repository, bar:
         snap_id, snap = repo_cmds.find_snapshot(repository, snapshot)
@@ -235,7 +240,7 @@ def cat_snapshot_keyed(
         source = SnapshotSource(view, ring)
         node = source.resolve(os.fsencode(path))
         if node.snap.kind != "file":
-            raise CipherdumpError(f"{path}: not a regular file")
+            raise InputError(f"{path}: not a regular file")
         if node.snap.is_encrypted:
             try:
                 source.cipher(node.snap, path)

@@ -88,4 +88,4 @@ def extract(
     own metadata goes onto ``dest``).  Any other ``top`` is written as ``dest``, or
     into ``dest`` under its name when ``dest`` is an existing directory.
     """
-    return write_tree(ImageSource(ns), top, dest, on_event=on_event)
+    return write_tree(ImageSource(ns), top, dest, on_event=on_event, shown_top=top.path)

@@ -104,9 +104,15 @@ def metadata_from_dir(path: str | os.PathLike[str]) -> FscryptMetadata:
             raise KeyProblem(f"cannot read {directory}: {exc.strerror}") from None
         for name in names:
             full = os.path.join(directory, name)
-            if os.path.isfile(full) and os.path.getsize(full) <= _MAX_FILE:
+            if not os.path.isfile(full):
+                continue
+            try:
                 with open(full, "rb") as f:
-                    out[name] = f.read()
+                    data = f.read(_MAX_FILE + 1)  # bounded even if the file grows meanwhile
+            except OSError as exc:
+                raise KeyProblem(f"cannot read {full}: {exc.strerror}") from None
+            if len(data) <= _MAX_FILE:
+                out[name] = data
         return out
 
     return _collect(list_dir)

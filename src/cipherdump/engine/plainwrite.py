@@ -123,10 +123,13 @@ _DESTINATION_GONE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EI
 
 @dataclass(frozen=True, slots=True)
 class WriteProblem:
-    """An object that was not (completely) written; ``path`` is relative to the destination."""
+    """An object that was not (completely) written; ``path`` is relative to the
+    destination, ``source_path`` the object's path in the source (as the user named the
+    top, joined with ``path``), for messages."""
 
     path: bytes
     error: CipherdumpError | OSError
+    source_path: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +188,12 @@ class PlainWriter(Generic[N]):
         self.seen_dirs: set[int] = set()
         # Where hard-link sources are found again: the destination directory.
         self.root_path = b""
+        # How messages name the destination (as typed: not "." for the current
+        # directory) and the top of the tree in the source (as the user named it).
+        self.shown_dest = b""
+        self.shown_top = b""
+        # A file, symlink or special file as the top is written under DEST's name.
+        self.top_is_dest = False
 
     # -- reporting ---------------------------------------------------------------------
     def event(self, kind: str, rel: tuple[bytes, ...], size: int = 0) -> None:
@@ -195,11 +204,22 @@ class PlainWriter(Generic[N]):
         path = b"/".join(rel) or b"."
         if isinstance(error, OSError) and error.errno in _DESTINATION_GONE:
             # Every later write would fail the same way: one line, not one per file.
-            where = os.path.join(self.root_path, path).decode("utf-8", "backslashreplace")
-            raise OutputError(f"{where}: {error.strerror}") from error
-        self.result.problems.append(WriteProblem(path, error))
+            where = os.path.join(self.shown_dest, b"/".join(rel)) or b"."
+            raise OutputError(f"{_bshow(where)}: {error.strerror}") from error
+        self.result.problems.append(WriteProblem(path, error, self.source_path(rel)))
         if self.on_event is not None:
             self.on_event(WriteEvent("problem", path))
+
+    def shown(self, rel: tuple[bytes, ...]) -> str:
+        return _bshow(self.source_path(rel))
+
+    def source_path(self, rel: tuple[bytes, ...]) -> bytes:
+        """The source path of the object at ``rel`` below the top, for messages."""
+        if not rel or self.top_is_dest:
+            return self.shown_top or b"/".join(rel) or b"."
+        if not self.shown_top:
+            return b"/".join(rel)
+        return self.shown_top.rstrip(b"/") + b"/" + b"/".join(rel)
 
     def skipped(self, rel: tuple[bytes, ...]) -> None:
         self.result.skipped += 1
@@ -240,7 +260,7 @@ class PlainWriter(Generic[N]):
                             # Without the key no entry can get a plaintext name: skip
                             # the directory rather than write no-key names as if
                             # they were plaintext, and leave nothing empty behind.
-                            self.src.require_decryptable(kid, "directory " + _show(krel))
+                            self.src.require_decryptable(kid, self.shown(krel))
                         child_fd = self.make_dir(meta, fd, krel, len(stack))
                         if child_fd is not None:
                             stack.append((kid, child_fd, krel, self._children(kid, krel)))
@@ -382,7 +402,7 @@ class PlainWriter(Generic[N]):
         self, node: N, meta: ObjectMeta, parent_fd: int, name: bytes, rel: tuple[bytes, ...]
     ) -> None:
         if meta.encrypted:
-            self.src.require_decryptable(node, "symlink " + _show(rel))
+            self.src.require_decryptable(node, self.shown(rel))
         target = self.src.symlink_target(node)
         if not target or b"\0" in target:
             raise CorruptError(f"symlink inode {meta.ino} has an unusable target")
@@ -502,23 +522,30 @@ def write_tree(
     *,
     on_event: Callable[[WriteEvent], None] | None = None,
     resume: bool = False,
+    shown_top: bytes = b"",
 ) -> WriteResult:
     """Write ``top`` of ``source`` to ``dest`` (see the module docstring).
+
+    ``shown_top`` is how the user named ``top`` in the source (``/home``): messages
+    name objects by their path there.
 
     A directory ``top`` fills ``dest`` (created if missing, merged if it exists; its
     own metadata goes onto ``dest``).  Any other ``top`` is written as ``dest``, or
     into ``dest`` under its name when ``dest`` is an existing directory.
     """
     w = PlainWriter(source, on_event, resume=resume)
+    w.shown_top = shown_top
     meta = source.meta(top)
     dest_b = os.fsencode(dest)
+    if not dest_b:
+        raise OutputError("the destination is an empty string")
     if meta.kind == "dir":
         if meta.encrypted:
-            source.require_decryptable(top, "directory " + _show((source.name(top),)))
-        with suppress(FileExistsError):
-            os.mkdir(dest_b, 0o700)
-        fd = os.open(dest_b, _DIR_FLAGS)
-        w.root_path = dest_b
+            source.require_decryptable(
+                top, w.shown(()) if shown_top else _show((source.name(top),))
+            )
+        fd = _open_destination(dest_b)
+        w.root_path = w.shown_dest = dest_b
         try:
             w.write_dir_into(top, fd, ())
         finally:
@@ -526,21 +553,67 @@ def write_tree(
         return w.result
     if os.path.isdir(dest_b) and not os.path.islink(dest_b):
         parent, name = dest_b, source.name(top)
+        where = os.path.join(dest_b, name)
     else:
         parent, name = os.path.split(dest_b)
-        parent = parent or b"."
+        where = dest_b
     reason = invalid_name_reason(name)
     if reason is not None:
         raise InputError(f"cannot write a file with {reason}")
-    fd = os.open(parent, _DIR_FLAGS)
-    w.root_path = parent
+    try:
+        fd = os.open(parent or b".", _DIR_FLAGS)
+    except OSError as exc:
+        raise OutputError(f"cannot create {_bshow(where)}: {_why_not_dir(parent, exc)}") from None
+    w.root_path = parent or b"."
+    w.shown_dest = parent
+    w.top_is_dest = True
     try:
         w.make_nondir(top, meta, fd, name, (name,))
-    except (CipherdumpError, OSError) as err:
+    except OSError as err:
+        # The one object written is the destination itself: its failure is the
+        # output's (exists, permission denied), not a problem of one object among many.
+        raise OutputError(f"{_bshow(where)}: {err.strerror}") from None
+    except CipherdumpError as err:
         w.problem((name,), err)
     finally:
         os.close(fd)
     return w.result
+
+
+def _open_destination(dest: bytes) -> int:
+    """The destination directory, made if missing; :class:`OutputError` if it cannot be."""
+    try:
+        os.mkdir(dest, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        parent = os.path.dirname(dest.rstrip(b"/"))
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR) and parent:
+            why = _why_not_dir(parent, exc)
+        else:
+            why = exc.strerror or str(exc)
+        raise OutputError(f"cannot create {_bshow(dest)}: {why}") from None
+    try:
+        return os.open(dest, _DIR_FLAGS)
+    except OSError as exc:
+        raise OutputError(_why_not_dir(dest, exc)) from None
+
+
+def _why_not_dir(path: bytes, exc: OSError) -> str:
+    """Why ``path`` cannot be used as the directory to write into: what is there."""
+    try:
+        st = os.lstat(path or b".")
+    except OSError as err:
+        return f"{_bshow(path)}: {err.strerror}"
+    if stat.S_ISLNK(st.st_mode):
+        return f"{_bshow(path)} is a symlink, which is not followed; name the directory itself"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{_bshow(path)} is not a directory"
+    return f"{_bshow(path)}: {exc.strerror or exc}"
+
+
+def _bshow(path: bytes) -> str:
+    return path.decode("utf-8", "backslashreplace")
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

@@ -444,7 +444,7 @@ def clone_image(
         for part in (p for p in (path or b"/").split(b"/") if p and p != b"."):
             kid = next((k for k in tree.children(node) if k.name == part), None)
             if kid is None:
-                raise NotFoundError(f"{path!r}: no such directory entry in {image}")
+                raise NotFoundError(f"{os.fsdecode(path or b'/')}: no such file in {image}")
             chain[node.ino] = kid
             node = kid
         stats, created, ties = _plan_and_write(

@@ -364,7 +364,9 @@ def restore_plain(
         # The restore target stands for the top directory; its name does not matter.
         top = PlainNode(top.snap, top.name if top.name != b"/" else b".", top.path)
     with few_collections():
-        result = write_tree(source, top, target, on_event=on_event, resume=True)
+        result = write_tree(
+            source, top, target, on_event=on_event, resume=True, shown_top=path or b"/"
+        )
     return result, source
 
 

@@ -6,7 +6,13 @@ from collections import OrderedDict
 
 from cipherdump.blockio import ByteSource, Closable, open_source
 from cipherdump.blockio.overlay import OverlaySource
-from cipherdump.errors import ChecksumError, CorruptError, NotExt4Error, UnsupportedError
+from cipherdump.errors import (
+    ChecksumError,
+    CorruptError,
+    InputError,
+    NotExt4Error,
+    UnsupportedError,
+)
 from cipherdump.ext4.inode import Inode
 from cipherdump.ext4.journal import JournalInfo, load_journal
 from cipherdump.ext4.mapping import Run
@@ -406,6 +412,13 @@ def open_filesystem(path: str) -> Filesystem:
     source = open_source(path)
     try:
         return Filesystem(source, owns_source=True)
+    except InputError as err:
+        source.close()
+        # What is wrong at open time is wrong with this image: say which one, as the
+        # user named it ("no ext2/3/4 superblock" alone names nothing).
+        if not str(err).startswith(path):
+            err.args = (f"{path}: {err}",)
+        raise
     except BaseException:
         source.close()
         raise

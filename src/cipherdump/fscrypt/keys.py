@@ -12,6 +12,7 @@ A :class:`KeyRing` holds the keys a user supplied and picks the right one for a
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import os
@@ -143,6 +144,33 @@ class MasterKey:
         raise TypeError("MasterKey cannot be pickled")
 
 
+# Key, passphrase and protector files hold a few dozen bytes.  Reading one stops past
+# this many, so that a wrong file (a disk image, /dev/zero) is refused at once instead of
+# read into memory without end.
+MAX_SECRET_FILE = 4096
+
+
+def read_secret_file(path: str | os.PathLike[str], what: str) -> bytes:
+    """The bytes of a small file of secret material (``what`` names it in messages);
+    :class:`KeyProblem` if it cannot be read or holds more than
+    :data:`MAX_SECRET_FILE` bytes.  Pipes work (``--key <(command)``); a FIFO no
+    process writes to reads as empty instead of waiting for ever."""
+    try:
+        # O_NONBLOCK only for the open, which would wait for a FIFO's writer: then a
+        # read waits for data while a writer is there and sees the end when none is.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            data = f.read(MAX_SECRET_FILE + 1)
+    except OSError as exc:
+        raise KeyProblem(f"cannot read {what} {os.fsdecode(path)}: {exc.strerror or exc}") from None
+    if len(data) > MAX_SECRET_FILE:
+        raise KeyProblem(
+            f"{what} {os.fsdecode(path)} is larger than {MAX_SECRET_FILE} bytes: not a {what}"
+        )
+    return data
+
+
 def load_key_file(path: str | os.PathLike[str]) -> MasterKey:
     """Read a master key from a file of raw bytes or of hex text.
 
@@ -151,10 +179,7 @@ def load_key_file(path: str | os.PathLike[str]) -> MasterKey:
     to 64 bytes.
     """
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise KeyProblem(f"cannot read key file {p}: {exc.strerror or exc}") from None
+    data = read_secret_file(p, "key file")
     text = data.strip()
     if text and len(text) % 2 == 0 and all(c in _HEX_DIGITS for c in text):
         raw = bytes.fromhex(text.decode("ascii"))

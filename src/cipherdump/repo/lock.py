@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cipherdump.errors import BackendError, CipherdumpError, CorruptError
+from cipherdump.errors import CipherdumpError, CorruptError, RepositoryLockedError
 from cipherdump.repo import codec
 from cipherdump.repo.backends.base import Backend, FileType, Handle, ObjectMissing
 from cipherdump.repo.codec import Value
@@ -33,7 +33,7 @@ REFRESH_EVERY_NS = 5 * 60 * 10**9
 LOCK_VERSION = 1
 
 
-class LockedError(BackendError):
+class LockedError(RepositoryLockedError):
     """Another process holds the repository lock (or a lock cannot be read)."""
 
 
@@ -160,14 +160,27 @@ class Lock:
                 continue
             except CipherdumpError as exc:
                 raise LockedError(
-                    f"lock file locks/{info.name} cannot be read ({exc}); "
-                    "if no other process uses the repository, remove it with unlock"
+                    f"{self._backend.location}: lock file locks/{info.name} cannot be read "
+                    f"({exc}); if no other process uses the repository, delete that file"
                 ) from None
             if is_stale(other, self._clock()):
                 if remove_stale:
                     self._remove(info.name)
                 continue
-            raise LockedError(f"repository is locked by {other.describe()}")
+            raise LockedError(locked_message(self._backend.location, info.name, other))
+
+
+def locked_message(location: str, name: str, holder: LockInfo) -> str:
+    """Who holds the lock, since when, and what to do about it."""
+    message = f"repository {location} is locked by {holder.describe()} (lock file locks/{name})"
+    if holder.hostname == socket.gethostname():
+        # On this host a lock whose process is gone is stale and removed by itself.
+        return f"{message}; wait for that process to finish"
+    minutes = STALE_AFTER_NS // (60 * 10**9)
+    return (
+        f"{message}; if that process no longer runs, delete the lock file (a lock not "
+        f"renewed for {minutes} minutes is passed over by itself)"
+    )
 
 
 def remove_locks(backend: Backend, key: MasterKey, *, all_locks: bool = False) -> list[str]:

@@ -8,9 +8,9 @@ Passwords are bytes: environment values are encoded with ``os.fsencode``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 from cipherdump.errors import KeyProblem
 
@@ -18,15 +18,29 @@ ENV_PASSWORD = "CIPHERDUMP_PASSWORD"
 ENV_PASSWORD_FILE = "CIPHERDUMP_PASSWORD_FILE"
 
 
+# A password longer than this is a wrong file (a disk image, /dev/zero), not a
+# password: reading stops there instead of filling memory.
+MAX_PASSWORD = 4096
+
+
 def _read_password_file(path: str | os.PathLike[str]) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        # O_NONBLOCK only for the open, which would wait for a FIFO's writer: then a
+        # read waits for data while a writer is there and sees the end when none is.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            data = f.read(MAX_PASSWORD + 3)  # the longest password and a CRLF, and one more
     except OSError as exc:
         raise KeyProblem(f"cannot read password file {path}: {exc.strerror}") from None
     if data.endswith(b"\r\n"):
         data = data[:-2]
     elif data.endswith(b"\n"):
         data = data[:-1]
+    if len(data) > MAX_PASSWORD:
+        raise KeyProblem(
+            f"password file {path} is larger than {MAX_PASSWORD} bytes: not a password file"
+        )
     return data
 
 
@@ -54,4 +68,6 @@ def resolve_password(
         )
     if not password:
         raise KeyProblem("the repository password is empty")
+    if len(password) > MAX_PASSWORD:
+        raise KeyProblem(f"the repository password is longer than {MAX_PASSWORD} bytes")
     return password

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from cipherdump.errors import BackendError
+from cipherdump.errors import BackendError, IntegrityError
 from cipherdump.repo.backends.base import (
     COPY_CHUNK,
     FileInfo,
@@ -70,15 +70,29 @@ class LocalBackend:
         self.root = Path(path)
         if not self.root.is_dir():
             raise ObjectMissing(f"repository directory {self.root} does not exist")
+        # Something else in the place of a subdirectory is damage done outside
+        # cipherdump: said once, here, rather than as a failure of each operation.
+        wrong = [
+            sub.value
+            for sub in _SUBDIRS
+            if os.path.lexists(self.root / sub.value) and not (self.root / sub.value).is_dir()
+        ]
+        if wrong:
+            raise IntegrityError(
+                f"repository {self.root} is damaged: {', '.join(wrong)} "
+                f"{'is not a directory' if len(wrong) == 1 else 'are not directories'}"
+            )
 
     @classmethod
     def create(cls, path: str | os.PathLike[str]) -> LocalBackend:
         """Create the directory tree for a new repository (missing or empty ``path``)."""
         root = Path(path)
         try:
-            if root.exists():
-                if not root.is_dir() or any(root.iterdir()):
-                    raise BackendError(f"{root} exists and is not an empty directory")
+            if root.exists() or root.is_symlink():
+                if not root.is_dir():
+                    raise BackendError(f"{root} exists and is not a directory")
+                if any(root.iterdir()):
+                    raise BackendError(f"{root} is a directory that is not empty")
                 os.chmod(root, DIR_MODE)
             else:
                 root.parent.mkdir(parents=True, exist_ok=True)
@@ -260,8 +274,8 @@ class LocalBackend:
         """
         removed = 0
         dirs = [self.root / t.value for t in _SUBDIRS]
-        dirs += [Path(e.path) for e in _scandir(self.root / FileType.PACK.value) if e.is_dir()]
         try:
+            dirs += [Path(e.path) for e in _scandir(self.root / FileType.PACK.value) if e.is_dir()]
             for directory in dirs:
                 for entry in _scandir(directory):
                     if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
