@@ -12,7 +12,7 @@ superseded, and readers pass over them even where they are damaged.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cipherdump.errors import CorruptError, IntegrityError
@@ -62,17 +62,28 @@ def rebuild_index(
         done += info.size
         if on_progress is not None:
             on_progress(done, total)
-    supersedes = tuple(Id.from_hex(name) for name in old if is_hex_id(name))
-    data = encode_index(key, IndexFile(tuple(records), supersedes))
-    report.index_id = file_id(data)
-    backend.save(Handle(FileType.INDEX, report.index_id.hex), io.BytesIO(data))
-    for name in old:
-        if name != report.index_id.hex:
-            backend.remove(Handle(FileType.INDEX, name))
-            report.replaced += 1
+    report.index_id, report.replaced = replace_index(backend, key, records, old)
     report.packs = len(records)
     report.blobs = sum(r.count for r in records)
     return report
+
+
+def replace_index(
+    backend: Backend, key: MasterKey, records: Sequence[PackRecord], old: list[str]
+) -> tuple[Id, int]:
+    """Save one index file of ``records`` that supersedes the index files ``old``, then
+    remove those: saved first, so a reader interrupted between the two steps finds the
+    new file and passes over what it supersedes.  Returns its id and how many went."""
+    supersedes = tuple(Id.from_hex(name) for name in old if is_hex_id(name))
+    data = encode_index(key, IndexFile(tuple(records), supersedes))
+    index_id = file_id(data)
+    backend.save(Handle(FileType.INDEX, index_id.hex), io.BytesIO(data))
+    replaced = 0
+    for name in old:
+        if name != index_id.hex:
+            backend.remove(Handle(FileType.INDEX, name))
+            replaced += 1
+    return index_id, replaced
 
 
 def indexed_packs(backend: Backend, key: MasterKey, names: list[str]) -> dict[Id, PackRecord]:

@@ -18,15 +18,14 @@ superseded and the damaged packs named by no index.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cipherdump.errors import CipherdumpError
 from cipherdump.repo.backends.base import Backend, FileInfo, FileType, Handle
-from cipherdump.repo.crypto import MasterKey, file_id
+from cipherdump.repo.crypto import MasterKey
 from cipherdump.repo.ids import BlobType, Id, is_hex_id
-from cipherdump.repo.index import IndexFile, PackRecord, encode_index
+from cipherdump.repo.index import PackRecord
 from cipherdump.repo.pack import (
     FLAG_ZSTD,
     PACK_VERSION,
@@ -36,7 +35,7 @@ from cipherdump.repo.pack import (
     open_blob,
     pack_name,
 )
-from cipherdump.repo.repair import indexed_packs
+from cipherdump.repo.repair import indexed_packs, replace_index
 
 
 @dataclass
@@ -165,14 +164,7 @@ def repair_packs(
     if dry_run or not report.damaged:
         return report
     # Whole packs and the new ones, in one index file that supersedes every other.
-    supersedes = tuple(Id.from_hex(name) for name in old if is_hex_id(name))
-    data = encode_index(key, IndexFile((*whole, *salvager.records), supersedes))
-    report.index_id = file_id(data)
-    backend.save(Handle(FileType.INDEX, report.index_id.hex), io.BytesIO(data))
-    for name in old:
-        if name != report.index_id.hex:
-            backend.remove(Handle(FileType.INDEX, name))
-            report.replaced += 1
+    report.index_id, report.replaced = replace_index(backend, key, (*whole, *salvager.records), old)
     for pack_id in damaged:
         handle = Handle(FileType.PACK, pack_id.hex)
         backend.remove(handle)
