@@ -292,7 +292,12 @@ class BlobStore:
 
     def _committer(self) -> ThreadPoolExecutor:
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pack-commit")
+            # A remote backend uploads several packs at once (its ``connections``);
+            # a local one renames each in turn.
+            workers = max(1, int(getattr(self._backend, "connections", 1)))
+            self._executor = ThreadPoolExecutor(
+                max_workers=workers, thread_name_prefix="pack-commit"
+            )
         return self._executor
 
     def _wait_pending(self, pack_id: Id | None = None) -> None:
