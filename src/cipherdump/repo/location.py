@@ -13,7 +13,8 @@ Addressing: path-style (``http://HOST/BUCKET/key``) is the default for ``http://
 endpoints, virtual-hosted (``https://BUCKET.HOST/key``) for ``https://`` ones;
 ``CIPHERDUMP_S3_ADDRESSING=path`` or ``virtual`` chooses.  ``CIPHERDUMP_S3_CONNECTIONS``
 (default 5) bounds the uploads in flight; ``CIPHERDUMP_S3_RETRY_SECONDS`` (default 120)
-how long a transient failure is retried.
+how long a transient failure is retried; ``CIPHERDUMP_S3_TIMEOUT`` (default 300) how
+many seconds one request may take before it counts as such a failure.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from cipherdump.repo.backends.base import Backend
 ENV_ADDRESSING = "CIPHERDUMP_S3_ADDRESSING"
 ENV_CONNECTIONS = "CIPHERDUMP_S3_CONNECTIONS"
 ENV_RETRY_SECONDS = "CIPHERDUMP_S3_RETRY_SECONDS"
+ENV_TIMEOUT = "CIPHERDUMP_S3_TIMEOUT"
 
 # A URL scheme (RFC 3986) followed by a colon, at the very start.
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
@@ -126,10 +128,11 @@ def _s3_backend(where: S3Location, env: Mapping[str, str], *, create: bool) -> B
     target = S3Target(where.bucket, where.prefix, endpoint, path_style)
     connections = _number(env, ENV_CONNECTIONS, DEFAULT_CONNECTIONS, 1, 64)
     retry_seconds = _number(env, ENV_RETRY_SECONDS, DEFAULT_MAX_SECONDS, 0, 86400)
+    timeout = f"{int(_number(env, ENV_TIMEOUT, 300, 0.1, 86400) * 1000)}ms"
     if create:
-        s3 = S3Backend.create(target, settings, connections=int(connections))
+        s3 = S3Backend.create(target, settings, connections=int(connections), timeout=timeout)
     else:
-        s3 = S3Backend(target, settings, connections=int(connections))
+        s3 = S3Backend(target, settings, connections=int(connections), timeout=timeout)
     return RetryBackend(s3, max_seconds=retry_seconds)
 
 
