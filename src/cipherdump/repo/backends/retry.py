@@ -69,6 +69,10 @@ class RetryBackend:
         return bool(getattr(self.inner, "shared_between_processes", False))
 
     @property
+    def read_ahead(self) -> int:
+        return int(getattr(self.inner, "read_ahead", 0))
+
+    @property
     def connections(self) -> int:
         return int(getattr(self.inner, "connections", 1))
 

@@ -82,6 +82,9 @@ class S3Backend:
 
     # obstore's I/O runtime has threads a forked process would not have.
     shared_between_processes = False
+    # A blob is read with what follows it in its pack, to this many bytes (see
+    # BlobStore._read): a request costs more than the bytes.
+    read_ahead = 4 << 20
 
     def __init__(
         self,

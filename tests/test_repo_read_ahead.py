@@ -1,0 +1,68 @@
+"""Blobs of a remote backend (one with a ``read_ahead``) are read in windows of their
+pack: fewer requests, the same bytes, and a window is never trusted past a failure."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from cipherdump.errors import IntegrityError
+from cipherdump.repo import BlobType, Id, KdfParams, MemoryBackend, Repository
+from cipherdump.repo.backends.base import FileType, Handle
+
+KDF = KdfParams.insecure_for_tests()
+
+
+class Remote(MemoryBackend):
+    """Counts pack reads; can hand out damaged bytes ``damage_next`` times."""
+
+    read_ahead = 64 * 1024
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pack_reads = 0
+        self.damage_next = 0
+
+    def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> bytes:
+        data = super().load(handle, offset, length)
+        if handle.type is FileType.PACK:
+            self.pack_reads += 1
+            if self.damage_next:
+                self.damage_next -= 1
+                data = bytes([data[0] ^ 1]) + data[1:] if data else data
+        return data
+
+
+@pytest.fixture
+def stored() -> tuple[Remote, list[tuple[Id, bytes]]]:
+    backend = Remote()
+    blobs = [os.urandom(1000 + i) for i in range(200)]  # about 200 KiB: a few windows
+    with Repository.init(backend, b"pw", kdf=KDF, lock=False) as repo:
+        ids = [repo.save_blob(BlobType.DATA, b) for b in blobs]
+    return backend, list(zip(ids, blobs, strict=True))
+
+
+def test_windows_save_requests(stored: tuple[Remote, list[tuple[Id, bytes]]]) -> None:
+    backend, blobs = stored
+    repo = Repository.open(backend, b"pw", lock=False)
+    backend.pack_reads = 0
+    for raw, data in blobs:
+        assert repo.load_blob(BlobType.DATA, raw) == data
+    assert backend.pack_reads <= 6  # one per 64 KiB window, not one per blob
+    repo.close()
+
+
+def test_a_damaged_window_is_read_again(stored: tuple[Remote, list[tuple[Id, bytes]]]) -> None:
+    backend, blobs = stored
+    repo = Repository.open(backend, b"pw", lock=False)
+    backend.damage_next = 1  # the window's first byte (the first blob's) is wrong
+    assert repo.load_blob(BlobType.DATA, blobs[0][0]) == blobs[0][1]
+    for raw, data in blobs[1:20]:  # the rest came in a good window read again
+        assert repo.load_blob(BlobType.DATA, raw) == data
+    backend.damage_next = 10  # damaged for good: an integrity error, as without windows
+    repo.close()
+    repo = Repository.open(backend, b"pw", lock=False)
+    with pytest.raises(IntegrityError):
+        repo.load_blob(BlobType.DATA, blobs[0][0])
+    repo.close()
