@@ -91,6 +91,7 @@ class SeaweedFS:
             AWS_CONFIG_FILE=str(self.data_dir / "no-aws-config"),
             AWS_SHARED_CREDENTIALS_FILE=str(self.data_dir / "no-aws-credentials"),
             CIPHERDUMP_S3_RETRY_SECONDS="20",
+            CIPHERDUMP_CACHE_DIR=str(self.data_dir / "cache"),  # never the user's
         )
         out.update(extra)
         return out

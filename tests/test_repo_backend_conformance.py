@@ -16,6 +16,7 @@ from cipherdump.errors import BackendError
 from cipherdump.repo.backends.base import Backend, FileType, Handle, ObjectMissing
 from cipherdump.repo.backends.local import LocalBackend
 from cipherdump.repo.backends.memory import MemoryBackend
+from cipherdump.repo.cache import CachingBackend
 from cipherdump.repo.location import create_backend
 
 BACKENDS: dict[str, Callable[[Path], Backend]] = {
@@ -26,7 +27,16 @@ BACKENDS: dict[str, Callable[[Path], Backend]] = {
 SERVER_BACKENDS: dict[str, Callable[[seaweed.SeaweedFS], Backend]] = {
     # Through the location parser, the retry wrapper and all, as the CLI opens it.
     "s3": lambda server: create_backend(server.location(), server.env()),
+    # The same with its local cache in use (repo/cache.py), as after a repository opens.
+    "s3-cached": lambda server: _attached(create_backend(server.location(), server.env())),
 }
+
+
+def _attached(backend: Backend) -> Backend:
+    assert isinstance(backend, CachingBackend)
+    backend.attach_cache("c" * 64)
+    return backend
+
 
 NAME_A = "a" * 64
 NAME_B = "0123456789abcdef" * 4

@@ -11,6 +11,7 @@ from cipherdump.errors import BackendError
 from cipherdump.repo.backends import awsconfig
 from cipherdump.repo.backends.retry import RetryBackend
 from cipherdump.repo.backends.s3 import S3Backend
+from cipherdump.repo.cache import CachingBackend
 from cipherdump.repo.location import (
     LocationError,
     S3Location,
@@ -111,6 +112,8 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _s3(backend: object) -> S3Backend:
+    assert isinstance(backend, CachingBackend)
+    backend = backend.inner
     assert isinstance(backend, RetryBackend)
     assert isinstance(backend.inner, S3Backend)
     return backend.inner
@@ -209,3 +212,9 @@ def test_missing_or_unsupported_credentials(tmp_path: Path) -> None:
         {"HOME": str(tmp_path), "AWS_WEB_IDENTITY_TOKEN_FILE": str(tmp_path / "token")}
     )
     assert s.access_key_id is None
+
+
+def test_the_cache_can_be_turned_off(tmp_path: Path) -> None:
+    env = _env(tmp_path, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s")
+    env["CIPHERDUMP_NO_CACHE"] = "1"
+    assert isinstance(open_backend("s3:http://127.0.0.1:1/bk1", env), RetryBackend)

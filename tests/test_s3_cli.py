@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import seaweed
-from cipherdump.repo import FileType, Repository
+from cipherdump.repo import FileType, Handle, Repository
 from cipherdump.repo.location import open_backend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,3 +251,35 @@ def test_no_weed_leftovers_on_other_addresses(seaweedfs: seaweed.SeaweedFS) -> N
     mine = [line for line in out if f"pid={seaweedfs.process.pid}," in line]
     assert mine
     assert all(line.split()[3].startswith("127.0.0.1:") for line in mine), mine
+
+
+# -- the local cache ----------------------------------------------------------------------
+
+
+def test_cache_is_used_and_rebuilt_when_damaged(
+    seaweedfs: seaweed.SeaweedFS, tmp_path: Path
+) -> None:
+    location = seaweedfs.location()
+    env = seaweedfs.env(CIPHERDUMP_REPOSITORY=location, CIPHERDUMP_CACHE_DIR=str(tmp_path / "c"))
+    assert run("init", env=env).code == 0
+    assert run("backup", SAMPLE, env=env).code == 0
+    assert run("ls", "-R", "latest", env=env).code == 0
+    (folder,) = (tmp_path / "c").iterdir()  # one repository, by its id
+    cached = [p for sub in ("index", "snapshots", "data") for p in (folder / sub).iterdir()]
+    assert {p.parent.name for p in cached} == {"index", "snapshots", "data"}
+    for path in cached:
+        path.write_bytes(b"damaged" + path.read_bytes()[7:])
+    listing = run("ls", "-R", "latest", env=env)
+    assert listing.code == 0 and "alice" in listing.stdout, listing
+    assert run("backup", SAMPLE, env=env).code == 0
+    assert run("check", "--read-data", env=env).code == 0
+    backend = open_backend(location, seaweedfs.env(CIPHERDUMP_NO_CACHE="1"))
+    for path in cached:
+        if path.exists():
+            handle = Handle(FileType(path.parent.name), path.name)
+            assert path.read_bytes() == backend.load(handle), path
+    # Off: nothing is written.
+    env["CIPHERDUMP_NO_CACHE"] = "1"
+    env["CIPHERDUMP_CACHE_DIR"] = str(tmp_path / "off")
+    assert run("snapshots", env=env).code == 0
+    assert not (tmp_path / "off").exists()

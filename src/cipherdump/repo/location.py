@@ -133,7 +133,11 @@ def _s3_backend(where: S3Location, env: Mapping[str, str], *, create: bool) -> B
         s3 = S3Backend.create(target, settings, connections=int(connections), timeout=timeout)
     else:
         s3 = S3Backend(target, settings, connections=int(connections), timeout=timeout)
-    return RetryBackend(s3, max_seconds=retry_seconds)
+    backend: Backend = RetryBackend(s3, max_seconds=retry_seconds)
+    from cipherdump.repo.cache import CachingBackend, default_cache_root
+
+    root = default_cache_root(env)
+    return backend if root is None else CachingBackend(backend, root)
 
 
 def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:

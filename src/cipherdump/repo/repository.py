@@ -59,6 +59,10 @@ class Repository:
         writers did."""
         self.backend = backend
         self.config = config
+        # A local cache of a remote repository is per repository id (repo/cache.py).
+        attach_cache = getattr(backend, "attach_cache", None)
+        if attach_cache is not None:
+            attach_cache(config.repo_id.hex)
         # Everything but key files and the config is sealed with the config's cipher.
         key = key.with_cipher(config.cipher)
         self._key = key

@@ -216,18 +216,30 @@ class BlobStore:
         entry = writer.get(blob_id) if writer is not None else None
         if writer is not None and entry is not None:
             try:
-                sealed = writer.read(entry)
+                unfinished = writer.read(entry)
             except OSError as exc:
                 raise self._pack_error(exc) from exc
-            return open_blob(self._key, entry, sealed, "the unfinished pack")
+            return open_blob(self._key, entry, unfinished, "the unfinished pack")
         found = self.index.lookup(blob_type, blob_id)
         if found is None:
             raise IntegrityError(f"{blob_type.name.lower()} blob {blob_id} is not in the index")
         pack_id, entry = found
         self._wait_pending(pack_id)
         handle = Handle(FileType.PACK, pack_id.hex)
+        cached = False
         try:
-            sealed = self._read(handle, pack_id, entry.offset, entry.length)
+            sealed: bytes | memoryview | None = None
+            if blob_type is BlobType.TREE:
+                # A local cache keeps tree packs whole (see repo/cache.py).
+                load_pack = getattr(self._backend, "load_pack", None)
+                size = self.index.pack_size(pack_id)
+                if load_pack is not None and size is not None:
+                    whole = load_pack(handle, size)
+                    if whole is not None:
+                        sealed = memoryview(whole)[entry.offset : entry.offset + entry.length]
+                        cached = True
+            if sealed is None:
+                sealed = self._read(handle, pack_id, entry.offset, entry.length)
         except (ShortFile, ObjectMissing) as exc:
             # The index says the blob is there: a pack cut short, replaced by another
             # or gone since is damage to the repository, not a failing disk.
@@ -237,9 +249,12 @@ class BlobStore:
         try:
             return open_blob(self._key, entry, sealed, str(handle))
         except IntegrityError:
-            if not self._forget_windows(pack_id):
+            if cached:
+                self._backend.forget(handle)  # type: ignore[attr-defined]
+            elif not self._forget_windows(pack_id):
                 raise
-        # A window read ahead is never trusted past a failure: read the blob alone.
+        # A window read ahead or a cached pack is never trusted past a failure: read
+        # the blob alone from the repository.
         sealed = self._backend.load(handle, entry.offset, entry.length)
         return open_blob(self._key, entry, sealed, str(handle))
 
