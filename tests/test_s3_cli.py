@@ -4,6 +4,7 @@ with the same results.  Each command runs as its own process, as a user runs it.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -283,3 +284,21 @@ def test_cache_is_used_and_rebuilt_when_damaged(
     env["CIPHERDUMP_CACHE_DIR"] = str(tmp_path / "off")
     assert run("snapshots", env=env).code == 0
     assert not (tmp_path / "off").exists()
+
+
+def test_check_reads_the_repository_not_the_cache(
+    seaweedfs: seaweed.SeaweedFS, tmp_path: Path
+) -> None:
+    """An index file damaged on the server is found though the cache has a good copy."""
+    location = seaweedfs.location()
+    env = seaweedfs.env(CIPHERDUMP_REPOSITORY=location, CIPHERDUMP_CACHE_DIR=str(tmp_path / "c"))
+    assert run("init", env=env).code == 0
+    assert run("backup", SAMPLE, env=env).code == 0
+    assert run("snapshots", env=env).code == 0  # the cache has every index file now
+    backend = open_backend(location, seaweedfs.env(CIPHERDUMP_NO_CACHE="1"))
+    (info,) = backend.list(FileType.INDEX)
+    handle = Handle(FileType.INDEX, info.name)
+    data = backend.load(handle)
+    backend.save(handle, io.BytesIO(data[:-1] + bytes([data[-1] ^ 1])))
+    line = run("check", env=env)
+    assert line.code == 5 and info.name in line.stdout + line.stderr, line

@@ -84,6 +84,12 @@ class CachingBackend:
         return int(getattr(self.inner, "read_ahead", 0))
 
     @property
+    def uncached(self) -> Backend:
+        """The repository itself: what ``check`` and the repairs read, since they are
+        there to find damage in the repository, not in this copy of it."""
+        return self.inner
+
+    @property
     def directory(self) -> Path | None:
         return self._dir
 
