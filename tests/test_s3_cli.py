@@ -128,6 +128,8 @@ def _session(location: str, env: dict[str, str], work: Path) -> dict[str, object
     out["snapshots"] = len(json.loads(ok("snapshots", "--json").stdout))
     out["ls"] = ok("ls", "-R", "-l", "latest").stdout
     out["stat"] = json.loads(ok("stat", "--json", "latest", "/home/alice").stdout)["mode"]
+    out["cat"] = ok("cat", "latest", "/public/numbers.csv").stdout
+    assert out["cat"]
     out["diff"] = ok("diff", first["snapshot_id"][:12], second["snapshot_id"][:12]).stdout
     check = json.loads(ok("check", "--read-data", "--json").stdout)
     out["check"] = check.get("errors", check.get("ok"))
