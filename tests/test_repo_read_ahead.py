@@ -66,3 +66,31 @@ def test_a_damaged_window_is_read_again(stored: tuple[Remote, list[tuple[Id, byt
     with pytest.raises(IntegrityError):
         repo.load_blob(BlobType.DATA, blobs[0][0])
     repo.close()
+
+
+class Parallel(MemoryBackend):
+    connections = 4
+
+
+def test_check_read_data_reads_ahead_with_the_same_findings() -> None:
+    """check --read-data downloads the next packs of a remote backend while it checks
+    one; what it finds is the same, in the same order."""
+    backend = MemoryBackend()
+    with Repository.init(backend, b"pw", kdf=KDF, lock=False, pack_size=4096) as repo:
+        for i in range(30):
+            repo.save_blob(BlobType.DATA, os.urandom(3000 + i))
+    packs = sorted((h for h in backend.files if h.type is FileType.PACK), key=str)
+    assert len(packs) >= 10
+    damaged, gone = packs[3], packs[7]
+    backend.files[damaged] = backend.files[damaged][:100] + b"!" + backend.files[damaged][101:]
+    backend.files[gone] = b""  # a pack that is empty now
+    remote = Parallel()
+    remote.files = dict(backend.files)
+    reports = []
+    for b in (backend, remote):
+        with Repository.open(b, b"pw", lock=False) as repo:
+            report = repo.check(read_data=True)
+        reports.append([(f.message, f.file) for f in report.errors])
+    assert reports[0] == reports[1]
+    files = {f for _, f in reports[0]}
+    assert str(damaged) in files and str(gone) in files
