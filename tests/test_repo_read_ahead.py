@@ -3,7 +3,11 @@ pack: fewer requests, the same bytes, and a window is never trusted past a failu
 
 from __future__ import annotations
 
+import io
 import os
+import threading
+import time
+from typing import BinaryIO
 
 import pytest
 
@@ -94,3 +98,58 @@ def test_check_read_data_reads_ahead_with_the_same_findings() -> None:
     assert reports[0] == reports[1]
     files = {f for _, f in reports[0]}
     assert str(damaged) in files and str(gone) in files
+
+
+class SlowUploads(MemoryBackend):
+    """Packs are spooled and committed slowly, two at once, as uploads to S3."""
+
+    connections = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = 0  # spools opened and not yet committed or discarded
+        self.most_waiting = 0
+        self._lock = threading.Lock()
+
+    def open_spool(self, file_type: FileType) -> _SlowSpool:
+        with self._lock:
+            self.waiting += 1
+            self.most_waiting = max(self.most_waiting, self.waiting)
+        return _SlowSpool(self)
+
+
+class _SlowSpool:
+    def __init__(self, backend: SlowUploads) -> None:
+        self._backend = backend
+        self._file: BinaryIO = io.BytesIO()
+        self._done = False
+
+    @property
+    def file(self) -> BinaryIO:
+        return self._file
+
+    def commit(self, handle: Handle) -> None:
+        time.sleep(0.02)
+        self._file.seek(0)
+        self._backend.files[handle] = self._file.read()
+        self._finish()
+
+    def discard(self) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            with self._backend._lock:
+                self._backend.waiting -= 1
+
+
+def test_slow_uploads_hold_the_writer_back() -> None:
+    """Packs waiting for a slow commit are bounded (twice the commits at once, plus
+    the packs being filled), not the whole backup spooled on local disk."""
+    backend = SlowUploads()
+    with Repository.init(backend, b"pw", kdf=KDF, lock=False, pack_size=4096) as repo:
+        ids = [repo.save_blob(BlobType.DATA, os.urandom(3000 + i)) for i in range(60)]
+    assert backend.most_waiting <= 2 * 2 + 2
+    with Repository.open(backend, b"pw", lock=False) as repo:
+        assert all(repo.has_blob(BlobType.DATA, i) for i in ids)

@@ -350,17 +350,24 @@ class BlobStore:
         record = PackRecord(pack_id, size, entries)
         self.index.add_pack(record.id, record.size, record.raw_entries)
         self._unindexed.append(record)
+        # Each pack waiting for its commit is a file of its own (for S3, a local
+        # temporary file): at most twice as many as commit at once may wait, so a slow
+        # upload slows the backup down instead of filling the disk.
+        while len(self._pending) > 2 * self._commit_workers():
+            self._wait_pending(next(iter(self._pending)))
         pending = sum(r.count for r in self._unindexed)
         if len(self._unindexed) >= self._index_every_packs or pending >= self._index_max_entries:
             self._write_index()
 
+    def _commit_workers(self) -> int:
+        """A remote backend uploads several packs at once (its ``connections``); a
+        local one renames each in turn."""
+        return max(1, int(getattr(self._backend, "connections", 1)))
+
     def _committer(self) -> ThreadPoolExecutor:
         if self._executor is None:
-            # A remote backend uploads several packs at once (its ``connections``);
-            # a local one renames each in turn.
-            workers = max(1, int(getattr(self._backend, "connections", 1)))
             self._executor = ThreadPoolExecutor(
-                max_workers=workers, thread_name_prefix="pack-commit"
+                max_workers=self._commit_workers(), thread_name_prefix="pack-commit"
             )
         return self._executor
 
