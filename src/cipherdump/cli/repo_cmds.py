@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -24,7 +23,6 @@ from cipherdump.errors import (
     InputError,
     IntegrityError,
     KeyProblem,
-    NotFoundError,
 )
 
 if TYPE_CHECKING:
@@ -49,8 +47,9 @@ def repo_option(fn: F) -> F:
         "--repo",
         "repo",
         envvar=ENV_REPOSITORY,
-        metavar="DIR",
-        help=f"Repository directory (or set {ENV_REPOSITORY}).",
+        metavar="LOCATION",
+        help=f"Repository: a directory, or s3:https://HOST/BUCKET/PREFIX or s3:BUCKET/PREFIX "
+        f"(or set {ENV_REPOSITORY}).",
     )(fn)
 
 
@@ -98,12 +97,11 @@ def _password(password_file: str | None, *, confirm: bool = False) -> bytes:
 
 
 def open_repository(repo: str | None, password_file: str | None, *, lock: bool) -> Repository:
-    from cipherdump.repo import LocalBackend, Repository
+    from cipherdump.repo import Repository
+    from cipherdump.repo.location import open_backend
 
-    path = _need_repo(repo)
-    if not Path(path).is_dir():
-        raise NotFoundError(f"no repository at {path}")
-    repository = Repository.open(LocalBackend(path), _password(password_file), lock=lock)
+    backend = open_backend(_need_repo(repo))
+    repository = Repository.open(backend, _password(password_file), lock=lock)
     repository.set_warning_handler(_warn)
     return repository
 
@@ -181,11 +179,13 @@ def init(
     repo: str | None, password_file: str | None, pack_size: int, cipher: str, as_json: bool
 ) -> None:
     """Create a new, empty repository (a directory) protected by a password."""
-    from cipherdump.repo import Cipher, KdfParams, LocalBackend, Repository
+    from cipherdump.repo import Cipher, KdfParams, Repository
+    from cipherdump.repo.location import create_backend, parse
 
     path = _need_repo(repo)
+    parse(path)  # a location cipherdump does not know is refused before the prompt
     password = _password(password_file, confirm=True)
-    backend = LocalBackend.create(path)
+    backend = create_backend(path)
     chosen = Cipher[_CIPHERS[cipher]]
     kdf = KdfParams.default()
     with Repository.init(backend, password, kdf=kdf, pack_size=pack_size, cipher=chosen) as r:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cipherdump.errors import CipherdumpError
@@ -35,6 +36,9 @@ from cipherdump.repo.memindex import MemoryIndex
 from cipherdump.repo.pack import iter_pack, open_blob, pack_name
 from cipherdump.repo.snapshot import decode_snapshot
 from cipherdump.repo.tree import decode_tree
+
+# Packs downloaded ahead by check --read-data from a remote backend, at most.
+READ_AHEAD_PACKS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +115,10 @@ class Checker:
         self._check_snapshots(used)
         if self.read_data:
             total, done = sum(packs.values()), 0
-            for name in sorted(packs):
+            for name, loaded in self._loaded(sorted(packs)):
                 if self.on_progress is not None:
                     self.on_progress(done, total)
-                self._read_pack(name)
+                self._read_pack(name, loaded)
                 done += packs[name]
             if self.on_progress is not None:
                 self.on_progress(done, total)
@@ -291,12 +295,40 @@ class Checker:
             self.report.bad_blobs.add((blob_type, blob_id))
             return None
 
-    def _read_pack(self, name: str) -> None:
+    def _loaded(self, names: list[str]) -> Iterator[tuple[str, bytes | CipherdumpError]]:
+        """Each pack's bytes (or why they cannot be read), in order.  A remote backend
+        (``connections`` > 1) has the next few downloaded while one is checked: a
+        request's wait is then not added to each pack's checking.  At most
+        :data:`READ_AHEAD_PACKS` are held at once."""
+        ahead = min(int(getattr(self.backend, "connections", 1)), READ_AHEAD_PACKS) - 1
+        if ahead <= 0:
+            for name in names:
+                yield name, self._load_pack(name)
+            return
+        with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="check-read") as pool:
+            pending: deque[tuple[str, Future[bytes | CipherdumpError]]] = deque()
+            todo = iter(names)
+            for name in todo:
+                pending.append((name, pool.submit(self._load_pack, name)))
+                if len(pending) > ahead:
+                    first, future = pending.popleft()
+                    yield first, future.result()
+            while pending:
+                first, future = pending.popleft()
+                yield first, future.result()
+
+    def _load_pack(self, name: str) -> bytes | CipherdumpError:
+        try:
+            return self.backend.load(Handle(FileType.PACK, name))
+        except CipherdumpError as exc:
+            return exc
+
+    def _read_pack(self, name: str, loaded: bytes | CipherdumpError) -> None:
         handle = Handle(FileType.PACK, name)
         pack_id = Id.from_hex(name)
         # The indexed blobs read whole here; those that are not are bad blobs.
         whole: set[tuple[BlobType, Id]] = set()
-        self._verify_pack(handle, pack_id, whole)
+        self._verify_pack(handle, pack_id, whole, loaded)
         if self._rows_per_pack is None:
             self._rows_per_pack = self.index.rows_per_pack()
         if len(whole) < self._rows_per_pack.get(pack_id, 0):
@@ -305,13 +337,17 @@ class Checker:
                 if at == pack_id and (entry.type, entry.id) not in whole:
                     self.report.bad_blobs.add((entry.type, entry.id))
 
-    def _verify_pack(self, handle: Handle, pack_id: Id, whole: set[tuple[BlobType, Id]]) -> None:
+    def _verify_pack(
+        self,
+        handle: Handle,
+        pack_id: Id,
+        whole: set[tuple[BlobType, Id]],
+        data: bytes | CipherdumpError,
+    ) -> None:
         where = str(handle)
         name = handle.name
-        try:
-            data = self.backend.load(handle)
-        except CipherdumpError as exc:
-            self.error(f"unreadable: {exc}", where)
+        if isinstance(data, CipherdumpError):
+            self.error(f"unreadable: {data}", where)
             return
         self.report.packs_read += 1
         try:

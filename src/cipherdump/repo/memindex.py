@@ -45,6 +45,11 @@ class MemoryIndex:
     def has_pack(self, pack_id: Id) -> bool:
         return pack_id in self._pack_numbers
 
+    def pack_size(self, pack_id: Id) -> int | None:
+        """The indexed size of a pack, or None if no index file names it."""
+        number = self._pack_numbers.get(pack_id)
+        return None if number is None else self._pack_sizes[number]
+
     def iter_packs(self) -> Iterator[tuple[Id, int]]:
         """(pack id, pack size) of every indexed pack."""
         yield from zip(self._packs, self._pack_sizes, strict=True)

@@ -59,6 +59,10 @@ class Repository:
         writers did."""
         self.backend = backend
         self.config = config
+        # A local cache of a remote repository is per repository id (repo/cache.py).
+        attach_cache = getattr(backend, "attach_cache", None)
+        if attach_cache is not None:
+            attach_cache(config.repo_id.hex)
         # Everything but key files and the config is sealed with the config's cipher.
         key = key.with_cipher(config.cipher)
         self._key = key
@@ -290,7 +294,11 @@ class Repository:
         """``on_progress(bytes read, bytes to read)`` follows ``read_data``."""
         own = self._lock.name if self._lock is not None else None
         checker = Checker(
-            self.backend, self._key, read_data=read_data, own_lock=own, on_progress=on_progress
+            _uncached(self.backend),
+            self._key,
+            read_data=read_data,
+            own_lock=own,
+            on_progress=on_progress,
         )
         return checker.run()
 
@@ -300,7 +308,7 @@ class Repository:
         if self._lock is None:
             raise BackendError("repairing the index needs the repository's lock")
         self._store.flush()
-        report = rebuild_index(self.backend, self._key, on_progress)
+        report = rebuild_index(_uncached(self.backend), self._key, on_progress)
         self._store.forget_index()
         return report
 
@@ -313,7 +321,7 @@ class Repository:
             raise BackendError("repairing packs needs the repository's lock")
         self._store.flush()
         report = repair_packs(
-            self.backend,
+            _uncached(self.backend),
             self._key,
             self.config.pack_size,
             dry_run=dry_run,
@@ -351,6 +359,13 @@ class Repository:
                 self.flush()
         finally:
             self.close()
+
+
+def _uncached(backend: Backend) -> Backend:
+    """The repository itself, past a local cache of it (repo/cache.py): what check
+    and repairs must read."""
+    inner: Backend = getattr(backend, "uncached", backend)
+    return inner
 
 
 def _save(backend: Backend, file_type: FileType, data: bytes) -> Id:

@@ -61,6 +61,12 @@ class ObjectMissing(BackendError):
     """The named file does not exist in the backend."""
 
 
+class TransientError(BackendError):
+    """A failure of the storage that may pass (a server error, throttling, a timeout, a
+    connection refused or dropped): :class:`~cipherdump.repo.backends.retry.RetryBackend`
+    tries again.  Every other :class:`BackendError` is final."""
+
+
 class ShortFile(BackendError):
     """A range past the end of a file was asked for.  The storage did not fail: the
     file is shorter than its reader expected, which for a repository file whose size

@@ -9,6 +9,8 @@ index names; they are ignored, and their blobs are written again by the next run
 from __future__ import annotations
 
 import io
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -30,6 +32,7 @@ from cipherdump.repo.pack import PACK_VERSION, PackWriter, open_blob
 
 INDEX_EVERY_PACKS = 16
 INDEX_MAX_ENTRIES = 65536
+READ_AHEAD_WINDOWS = 8
 
 
 def _commit_spool(spool: Spool, writer: PackWriter, handle: Handle) -> None:
@@ -85,6 +88,9 @@ class BlobStore:
         # Index files passed over as damaged (their errors, which name them).
         self._damaged: list[str] = []
         self._repairs: list[str] = []
+        # Windows of remote packs read ahead (see _read), oldest first.
+        self._windows: OrderedDict[tuple[Id, int], bytes] = OrderedDict()
+        self._windows_lock = threading.Lock()
         # What loading the index met and passed over: given to ``on_warning`` if set
         # (the CLI prints it at once), else kept for whoever asks.
         self.warnings: list[str] = []
@@ -142,6 +148,8 @@ class BlobStore:
     def forget_index(self) -> None:
         """Read the index files again when next needed (they were rewritten)."""
         self._index = None
+        with self._windows_lock:
+            self._windows.clear()
 
     @property
     def missing_packs(self) -> list[Id]:
@@ -208,25 +216,81 @@ class BlobStore:
         entry = writer.get(blob_id) if writer is not None else None
         if writer is not None and entry is not None:
             try:
-                sealed = writer.read(entry)
+                unfinished = writer.read(entry)
             except OSError as exc:
                 raise self._pack_error(exc) from exc
-            return open_blob(self._key, entry, sealed, "the unfinished pack")
+            return open_blob(self._key, entry, unfinished, "the unfinished pack")
         found = self.index.lookup(blob_type, blob_id)
         if found is None:
             raise IntegrityError(f"{blob_type.name.lower()} blob {blob_id} is not in the index")
         pack_id, entry = found
         self._wait_pending(pack_id)
         handle = Handle(FileType.PACK, pack_id.hex)
+        cached = False
         try:
-            sealed = self._backend.load(handle, entry.offset, entry.length)
+            sealed: bytes | memoryview | None = None
+            if blob_type is BlobType.TREE:
+                # A local cache keeps tree packs whole (see repo/cache.py).
+                load_pack = getattr(self._backend, "load_pack", None)
+                size = self.index.pack_size(pack_id)
+                if load_pack is not None and size is not None:
+                    whole = load_pack(handle, size)
+                    if whole is not None:
+                        sealed = memoryview(whole)[entry.offset : entry.offset + entry.length]
+                        cached = True
+            if sealed is None:
+                sealed = self._read(handle, pack_id, entry.offset, entry.length)
         except (ShortFile, ObjectMissing) as exc:
             # The index says the blob is there: a pack cut short, replaced by another
             # or gone since is damage to the repository, not a failing disk.
             raise IntegrityError(
                 f"{blob_type.name.lower()} blob {blob_id}: {exc} (damaged or lost; run check)"
             ) from None
+        try:
+            return open_blob(self._key, entry, sealed, str(handle))
+        except IntegrityError:
+            if cached:
+                self._backend.forget(handle)  # type: ignore[attr-defined]
+            elif not self._forget_windows(pack_id):
+                raise
+        # A window read ahead or a cached pack is never trusted past a failure: read
+        # the blob alone from the repository.
+        sealed = self._backend.load(handle, entry.offset, entry.length)
         return open_blob(self._key, entry, sealed, str(handle))
+
+    def _forget_windows(self, pack_id: Id) -> bool:
+        """Drop the windows of a pack; whether there were any."""
+        with self._windows_lock:
+            keys = [k for k in self._windows if k[0] == pack_id]
+            for k in keys:
+                del self._windows[k]
+        return bool(keys)
+
+    def _read(self, handle: Handle, pack_id: Id, offset: int, length: int) -> bytes:
+        """A blob's bytes; from a remote backend, through a window read ahead.
+
+        Why: a blob of a remote pack costs a request, and restoring many small files,
+        or walking a tree, asks for the blobs of a pack one after another in about
+        the order they were written.  A backend with a ``read_ahead`` (S3: 4 MiB) is
+        read that much from the blob on, up to the end of the pack, and the last
+        few windows are kept (:data:`READ_AHEAD_WINDOWS`).  A window is the backend's
+        bytes, not a blob: each blob is still authenticated when it is opened."""
+        window = int(getattr(self._backend, "read_ahead", 0))
+        if window <= length:
+            return self._backend.load(handle, offset, length)
+        with self._windows_lock:
+            for (pack, start), data in self._windows.items():
+                if pack == pack_id and start <= offset and offset + length <= start + len(data):
+                    self._windows.move_to_end((pack, start))
+                    return data[offset - start : offset - start + length]
+        size = self.index.pack_size(pack_id)
+        end = offset + window if size is None else max(min(size, offset + window), offset + length)
+        data = self._backend.load(handle, offset, end - offset)
+        with self._windows_lock:
+            self._windows[(pack_id, offset)] = data
+            while len(self._windows) > READ_AHEAD_WINDOWS:
+                self._windows.popitem(last=False)
+        return data[:length]
 
     def flush(self) -> None:
         """Save every unfinished pack, data before trees, then the index delta."""
@@ -286,13 +350,25 @@ class BlobStore:
         record = PackRecord(pack_id, size, entries)
         self.index.add_pack(record.id, record.size, record.raw_entries)
         self._unindexed.append(record)
+        # Each pack waiting for its commit is a file of its own (for S3, a local
+        # temporary file): at most twice as many as commit at once may wait, so a slow
+        # upload slows the backup down instead of filling the disk.
+        while len(self._pending) > 2 * self._commit_workers():
+            self._wait_pending(next(iter(self._pending)))
         pending = sum(r.count for r in self._unindexed)
         if len(self._unindexed) >= self._index_every_packs or pending >= self._index_max_entries:
             self._write_index()
 
+    def _commit_workers(self) -> int:
+        """A remote backend uploads several packs at once (its ``connections``); a
+        local one renames each in turn."""
+        return max(1, int(getattr(self._backend, "connections", 1)))
+
     def _committer(self) -> ThreadPoolExecutor:
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pack-commit")
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._commit_workers(), thread_name_prefix="pack-commit"
+            )
         return self._executor
 
     def _wait_pending(self, pack_id: Id | None = None) -> None:

