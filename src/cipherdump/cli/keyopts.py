@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from cipherdump.cli import render
 from cipherdump.errors import CipherdumpError, KeyProblem
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ def load_keys(keys: tuple[str, ...], key_dirs: tuple[str, ...]) -> LoadedKeys:
 def namespace(fs: Filesystem, loaded: LoadedKeys) -> Namespace:
     """A keyed namespace when keys were given, the key-less one otherwise."""
     for w in loaded.warnings:
-        click.echo(f"cipherdump: warning: {w}", err=True)
+        render.warn(w)
     if not loaded:
         from cipherdump.engine.namespace import Namespace
 
@@ -162,13 +163,12 @@ def report_keys(ns: Namespace) -> None:
     if keyed is None:
         return
     for policy in keyed.missing.values():
-        click.echo(f"cipherdump: warning: {keyed.missing_key_error(policy)}", err=True)
+        render.warn(str(keyed.missing_key_error(policy)))
     for key in keyed.keyring:
         if key.identifier not in keyed.used:
-            click.echo(
-                f"cipherdump: warning: key with identifier {key.identifier.hex()} "
-                f"(v1 descriptor {key.descriptor.hex()}) decrypted nothing that was read",
-                err=True,
+            render.warn(
+                f"key with identifier {key.identifier.hex()} "
+                f"(v1 descriptor {key.descriptor.hex()}) decrypted nothing that was read"
             )
 
 

@@ -1,16 +1,97 @@
-"""Turning on-disk bytes and records into terminal text and JSON."""
+"""Everything the commands print: on-disk bytes and records as terminal text and JSON,
+sizes, warnings and error lines, progress bars, and the exit codes the README lists.
+
+Every command module renders through here, so that a warning, a size or a partial
+failure looks and exits the same whichever command met it.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+import os
 import stat
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
+
+from cipherdump.errors import CipherdumpError
+
+# Exit codes that belong to no error class (the rest are each class's ``exit_code``).
+EXIT_PARTIAL = 1  # some objects could not be read or written; the rest were
+EXIT_INTERNAL = 70  # a bug: please report it
+
+# A line naming the paths of a damaged snapshot names at most this many (--json: all).
+PATHS_SHOWN = 10
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr."""
+    click.echo(f"cipherdump: warning: {message}", err=True)
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """One error line on stderr, then exit with ``code``."""
+    click.echo(f"cipherdump: error: {message}", err=True)
+    sys.exit(code)
+
+
+def one_line_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn every error into one line on stderr and an exit code, never a traceback.
+
+    Every command's function is wrapped by it, under its click decorators."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except CipherdumpError as err:
+            fail(str(err), err.exit_code)
+        except BrokenPipeError:
+            # Output piped into `head` and closed: not an error worth a message.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(0)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as err:
+            if os.environ.get("CIPHERDUMP_DEBUG"):
+                import traceback
+
+                traceback.print_exc()
+            fail(
+                f"internal error: {type(err).__name__}: {err} (set CIPHERDUMP_DEBUG=1 "
+                "for a traceback; please report it)",
+                EXIT_INTERNAL,
+            )
+
+    return wrapper
+
+
+def size(n: int) -> str:
+    """A byte count for people: ``512 B``, ``1.5 KiB`` … ``2.0 TiB``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def why(err: BaseException) -> str:
+    """What went wrong, without the path an ``OSError`` repeats."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err)
 
 
 def show_bytes(name: bytes) -> str:
