@@ -31,9 +31,9 @@ from bench_codec import best  # a sibling script: best of ``repeat`` timed calls
 
 from cipherdump.engine import backup as backup_mod
 from cipherdump.engine.filenode import file_context, file_node
-from cipherdump.engine.namespace import Namespace
-from cipherdump.engine.namespace import Node as NsNode
 from cipherdump.engine.parent import LOCATED_ATTRS
+from cipherdump.engine.views.image import Namespace
+from cipherdump.engine.views.image import Node as NsNode
 from cipherdump.ext4 import open_filesystem
 from cipherdump.ondisk.dirhash import DX_HASH_HALF_MD4, ext4_dirhash, ext4_dirhashes
 from cipherdump.repo import Id, KdfParams, MemoryBackend, Repository

@@ -22,8 +22,8 @@ import kernelfs
 from cipherdump.cli.main import cli
 from cipherdump.engine.backup import BackupOptions, BackupResult, backup
 from cipherdump.engine.chunker import iter_chunks, stored_length
-from cipherdump.engine.namespace import Namespace, Problem
-from cipherdump.engine.snapshot_view import SnapNode, SnapshotView
+from cipherdump.engine.views.image import Namespace, Problem
+from cipherdump.engine.views.snapshot import SnapNode, SnapshotView
 from cipherdump.ext4 import Filesystem, open_filesystem
 from cipherdump.repo import Id, KdfParams, LocalBackend, Repository
 

@@ -15,7 +15,7 @@ import pytest
 import kernelfs
 from cipherdump.engine import backup as backup_module
 from cipherdump.engine.backup import BackupOptions, BackupResult, backup
-from cipherdump.engine.snapshot_view import SnapshotView
+from cipherdump.engine.views.snapshot import SnapshotView
 from cipherdump.engine.workers import WorkerDied
 from cipherdump.errors import BackendError, CipherdumpError, CorruptError
 from cipherdump.ext4 import open_filesystem

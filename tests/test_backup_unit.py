@@ -19,8 +19,8 @@ from cipherdump.blockio.mounts import find_mounts, parse_mountinfo
 from cipherdump.engine.backup import BackupOptions, backup
 from cipherdump.engine.chunker import check_chunk_size
 from cipherdump.engine.describe import data_unit_size, iter_ciphertext, node_record
-from cipherdump.engine.namespace import Namespace, Problem
-from cipherdump.engine.snapshot_view import SnapNode, SnapshotView
+from cipherdump.engine.views.image import Namespace, Problem
+from cipherdump.engine.views.snapshot import SnapNode, SnapshotView
 from cipherdump.ext4 import Filesystem, open_filesystem
 from cipherdump.repo import KdfParams, MemoryBackend, Repository
 

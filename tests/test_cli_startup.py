@@ -79,10 +79,14 @@ def test_help_runs_without_the_engine(tmp_path: Path) -> None:
 
 def test_keyless_ls_of_an_image_loads_no_repository_and_no_cipher(tmp_path: Path) -> None:
     mods = modules_after_cli("ls", "-lR", str(SAMPLE), tmp_path=tmp_path)
-    assert "cipherdump.engine.namespace" in mods  # it did list
+    assert "cipherdump.engine.views.image" in mods  # it did list
     assert top_level(mods) & HEAVY <= {"crc32c"}  # ext4 checksums need crc32c
     assert not any(m.startswith("cipherdump.repo") for m in mods)
-    for lazy in ("cipherdump.engine.keyed", "cipherdump.fscrypt.keys", "cipherdump.fscrypt.modes"):
+    for lazy in (
+        "cipherdump.engine.views.image_keyed",
+        "cipherdump.fscrypt.keys",
+        "cipherdump.fscrypt.modes",
+    ):
         assert lazy not in mods
     # Nor the devices' read-ahead (native AIO through ctypes): an image needs none.
     assert "cipherdump.blockio.direct" not in mods and "ctypes" not in mods
@@ -99,7 +103,7 @@ def test_backup_loads_neither_the_keyed_engine_nor_rich(tmp_path: Path) -> None:
     # Nor OpenSSL's libcrypto through hashlib: BLAKE2b comes from _blake2 (engine.nodeattrs).
     assert "_hashlib" not in mods
     for lazy in (
-        "cipherdump.engine.keyed",
+        "cipherdump.engine.views.image_keyed",
         "cipherdump.engine.fscrypt_meta",
         "cipherdump.engine.restore_plain",
         "cipherdump.fscrypt.protectors",

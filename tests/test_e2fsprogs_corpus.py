@@ -39,7 +39,7 @@ import timebound
 from cipherdump.blockio import FileSource
 from cipherdump.cli.main import cli
 from cipherdump.engine.describe import fs_info, node_record, stat_record
-from cipherdump.engine.namespace import Namespace, Problem
+from cipherdump.engine.views.image import Namespace, Problem
 from cipherdump.errors import CipherdumpError, NotExt4Error
 from cipherdump.ext4 import Filesystem, Inode
 from cipherdump.ext4.inode import FileType

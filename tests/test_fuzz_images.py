@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 import timebound
 from cipherdump.blockio import MemorySource
 from cipherdump.engine.describe import node_record, stat_record
-from cipherdump.engine.namespace import Namespace, Problem
+from cipherdump.engine.views.image import Namespace, Problem
 from cipherdump.errors import CipherdumpError
 from cipherdump.ext4 import Filesystem, Inode
 from cipherdump.ext4.inode import FileType

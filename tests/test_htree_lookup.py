@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import kernelfs
-from cipherdump.engine.namespace import Namespace, Node
+from cipherdump.engine.views.image import Namespace, Node
 from cipherdump.errors import NotFoundError
 from cipherdump.ext4.fs import open_filesystem
 from kernelfs import KernelImage

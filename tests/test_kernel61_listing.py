@@ -15,7 +15,7 @@ import pytest
 import zstandard
 
 from cipherdump.blockio import FileSource
-from cipherdump.engine.namespace import Namespace, Node, Problem
+from cipherdump.engine.views.image import Namespace, Node, Problem
 from cipherdump.ext4 import Filesystem
 
 IMAGES = ["cf4k", "cf1k", "essiv", "hctr2", "adiantum"]

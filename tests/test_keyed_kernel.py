@@ -33,8 +33,8 @@ import pytest
 
 import kernelfs
 from cipherdump.engine.extract import extract
-from cipherdump.engine.keyed import KeyedNamespace
-from cipherdump.engine.namespace import Node, Problem
+from cipherdump.engine.views.image import Node, Problem
+from cipherdump.engine.views.image_keyed import KeyedNamespace
 from cipherdump.errors import KeyProblem
 from cipherdump.ext4 import Filesystem, Inode, open_filesystem
 from cipherdump.fscrypt.keys import KeyRing, MasterKey

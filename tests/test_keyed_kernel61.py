@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import zstandard
 
-from cipherdump.engine.keyed import KeyedNamespace
-from cipherdump.engine.namespace import Problem
+from cipherdump.engine.views.image import Problem
+from cipherdump.engine.views.image_keyed import KeyedNamespace
 from cipherdump.errors import NotFoundError
 from cipherdump.ext4 import Filesystem, open_filesystem
 from cipherdump.fscrypt.keys import KeyRing, MasterKey

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import zstandard
 
-from cipherdump.engine.keyed import KeyedNamespace
-from cipherdump.engine.namespace import Node, Problem
+from cipherdump.engine.views.image import Node, Problem
+from cipherdump.engine.views.image_keyed import KeyedNamespace
 from cipherdump.errors import CorruptError, KeyProblem, UnsupportedError
 from cipherdump.ext4 import Filesystem, open_filesystem
 from cipherdump.fscrypt.keys import KeyRing, MasterKey

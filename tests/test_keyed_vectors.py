@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import pytest
 
-from cipherdump.engine.keyed import KeyedNamespace
+from cipherdump.engine.views.image_keyed import KeyedNamespace
 from cipherdump.errors import CipherdumpError, KeyProblem
 from cipherdump.ext4 import Filesystem, Inode
 from cipherdump.ext4.directory import Entry

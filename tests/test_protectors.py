@@ -27,8 +27,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cipherdump.engine.fscrypt_meta import metadata_from_image, passphrase_keys
-from cipherdump.engine.keyed import KeyedNamespace
-from cipherdump.engine.namespace import Namespace
+from cipherdump.engine.views.image import Namespace
+from cipherdump.engine.views.image_keyed import KeyedNamespace
 from cipherdump.errors import CipherdumpError, CorruptError, KeyProblem
 from cipherdump.ext4 import open_filesystem
 from cipherdump.fscrypt.e4crypt import e4crypt_master_key

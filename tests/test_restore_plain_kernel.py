@@ -33,7 +33,7 @@ from click.testing import CliRunner, Result
 import kernelfs
 from cipherdump.cli.main import cli
 from cipherdump.engine.restore_plain import restore_plain
-from cipherdump.engine.snapshot_view import SnapshotView
+from cipherdump.engine.views.snapshot import SnapshotView
 from cipherdump.fscrypt.keys import KeyRing, MasterKey
 from cipherdump.repo import LocalBackend, Repository
 

@@ -142,12 +142,12 @@ def _cat_snapshot_keyed(
     out: BinaryIO,
 ) -> None:
     """``--key/--passphrase``: the plaintext of a file in a snapshot."""
-    from cipherdump.engine.restore_plain import SnapshotSource
+    from cipherdump.engine.views.snapshot_keyed import KeyedSnapshotView
 
     with sources.open_repository(repo, password_file, lock=False) as repository:
         view = sources.snapshot_view(repository, snapshot)
         ring = sources.snapshot_keys(view, keying)
-        source = SnapshotSource(view, ring)
+        source = KeyedSnapshotView(view, ring)
         node = source.resolve(os.fsencode(path))
         if node.snap.kind != "file":
             raise InputError(f"{path}: not a regular file")

@@ -42,7 +42,7 @@ def extract_cmd(
     DEST, and ciphertext is never written as if it were plaintext.
     """
     from cipherdump.engine.extract import extract
-    from cipherdump.engine.keyed import KeyedNamespace
+    from cipherdump.engine.views.image_keyed import KeyedNamespace
 
     mounted.check_mounted(image, allow_mounted=allow_mounted, doing="extract from it")
     loaded = keying.load()

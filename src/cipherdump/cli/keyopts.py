@@ -26,8 +26,8 @@ from cipherdump.cli import render
 from cipherdump.errors import CipherdumpError, KeyProblem
 
 if TYPE_CHECKING:
-    from cipherdump.engine.keyed import KeyedNamespace
-    from cipherdump.engine.namespace import Namespace, Node
+    from cipherdump.engine.views.image import Namespace, Node
+    from cipherdump.engine.views.image_keyed import KeyedNamespace
     from cipherdump.ext4 import Filesystem
     from cipherdump.fscrypt.keys import KeyRing
     from cipherdump.fscrypt.protectors import FscryptMetadata
@@ -136,10 +136,10 @@ def namespace(fs: Filesystem, loaded: LoadedKeys) -> Namespace:
     for w in loaded.warnings:
         render.warn(w)
     if not loaded:
-        from cipherdump.engine.namespace import Namespace
+        from cipherdump.engine.views.image import Namespace
 
         return Namespace(fs)
-    from cipherdump.engine.keyed import KeyedNamespace
+    from cipherdump.engine.views.image_keyed import KeyedNamespace
 
     return KeyedNamespace(fs, loaded.ring, unverified_descriptors=loaded.unverified)
 
@@ -150,9 +150,9 @@ def as_keyed(ns: Namespace) -> KeyedNamespace | None:
     Without a key the keyed engine (and its ciphers) is never imported, and then no
     namespace can be a keyed one: the check does not import it either.
     """
-    if "cipherdump.engine.keyed" not in sys.modules:
+    if "cipherdump.engine.views.image_keyed" not in sys.modules:
         return None
-    from cipherdump.engine.keyed import KeyedNamespace
+    from cipherdump.engine.views.image_keyed import KeyedNamespace
 
     return ns if isinstance(ns, KeyedNamespace) else None
 
@@ -327,7 +327,7 @@ def add_image_secrets(loaded: LoadedKeys, secrets: SecretOptions, fs: Filesystem
 
     def own_metadata() -> FscryptMetadata:
         from cipherdump.engine.fscrypt_meta import metadata_from_image
-        from cipherdump.engine.namespace import Namespace
+        from cipherdump.engine.views.image import Namespace
 
         return metadata_from_image(Namespace(fs))
 

@@ -12,8 +12,8 @@ from cipherdump.cli import keyopts, render, sources
 from cipherdump.errors import CipherdumpError
 
 if TYPE_CHECKING:
-    from cipherdump.engine.namespace import Problem
-    from cipherdump.engine.snapshot_view import SnapNode
+    from cipherdump.engine.views.image import Problem
+    from cipherdump.engine.views.snapshot import SnapNode
 
 
 @click.command()
@@ -57,7 +57,7 @@ def _ls_image(
     image: str, path: str, long: bool, recursive: bool, as_json: bool, keying: keyopts.KeyOptions
 ) -> int:
     from cipherdump.engine.describe import node_record
-    from cipherdump.engine.namespace import Problem
+    from cipherdump.engine.views.image import Problem
 
     problems = 0
     loaded = keying.load()
@@ -95,7 +95,7 @@ def _ls_snapshot(
     as_json: bool,
 ) -> int:
     """The same lines ``ls`` printed for the image."""
-    from cipherdump.engine.namespace import Problem
+    from cipherdump.engine.views.image import Problem
 
     problems = 0
     with sources.open_repository(repo, password_file, lock=False) as repository:

@@ -86,7 +86,7 @@ def restore_cmd(
         raise click.UsageError("--size goes with --to-image")
     assert target is not None
     from cipherdump.engine.restore_plain import restore_plain
-    from cipherdump.engine.snapshot_view import SnapshotView
+    from cipherdump.engine.views.snapshot import SnapshotView
 
     if not keying:
         render.warn(

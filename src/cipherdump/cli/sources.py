@@ -21,8 +21,8 @@ from cipherdump.cli import keyopts, render
 from cipherdump.errors import CipherdumpError, NotFoundError
 
 if TYPE_CHECKING:
-    from cipherdump.engine.restore_plain import SnapshotSource
-    from cipherdump.engine.snapshot_view import SnapshotView
+    from cipherdump.engine.views.snapshot import SnapshotView
+    from cipherdump.engine.views.snapshot_keyed import KeyedSnapshotView
     from cipherdump.ext4 import Filesystem
     from cipherdump.fscrypt.keys import KeyRing
     from cipherdump.fscrypt.protectors import FscryptMetadata
@@ -129,7 +129,7 @@ def find_snapshot(repository: Repository, ref: str) -> tuple[Id, Snapshot]:
 
 def snapshot_view(repository: Repository, ref: str) -> SnapshotView:
     """The snapshot ``ref`` names, to be read."""
-    from cipherdump.engine.snapshot_view import SnapshotView
+    from cipherdump.engine.views.snapshot import SnapshotView
 
     return SnapshotView(repository, *find_snapshot(repository, ref))
 
@@ -156,7 +156,7 @@ def snapshot_keys(view: SnapshotView, keying: keyopts.KeyOptions) -> KeyRing:
     return loaded.ring
 
 
-def report_snapshot_keys(source: SnapshotSource) -> None:
+def report_snapshot_keys(source: KeyedSnapshotView) -> None:
     """Warn about the policies of a snapshot that no key given matched."""
     for policy in source.missing.values():
         render.warn(f"no key for policy {policy.describe()}")

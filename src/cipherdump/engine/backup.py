@@ -1,6 +1,6 @@
 """Key-less backup of an ext4 filesystem (or one directory of it) into a repository.
 
-The walk goes through :class:`~cipherdump.engine.namespace.Namespace`, so names are the
+The walk goes through :class:`~cipherdump.engine.views.image.Namespace`, so names are the
 raw bytes stored on disk and the no-key names Linux shows are computed on the way.
 Directories become trees bottom-up: a directory's tree is saved once all its entries
 are, so memory holds only the directories on the current path, and an unchanged
@@ -40,8 +40,6 @@ from cipherdump.engine.chunker import stored_length as stored_length_of
 from cipherdump.engine.describe import node_record
 from cipherdump.engine.filenode import file_context, file_node
 from cipherdump.engine.gctune import few_collections
-from cipherdump.engine.namespace import MAX_DEPTH, Namespace, Problem, bad_entry
-from cipherdump.engine.namespace import Node as NsNode
 from cipherdump.engine.nodeattrs import (
     NODE_ATTRS_VERSION,
     blake2b,
@@ -57,7 +55,6 @@ from cipherdump.engine.parent import (
     ParentIndex,
     encode_dir_table,
 )
-from cipherdump.engine.paths import child_path
 from cipherdump.engine.policies import PolicyCensus, uuid_text
 from cipherdump.engine.readahead import (
     DIRECT_GAP,
@@ -68,6 +65,9 @@ from cipherdump.engine.readahead import (
     merge_in_order,
     merge_ranges,
 )
+from cipherdump.engine.views.image import MAX_DEPTH, Namespace, Problem, bad_entry
+from cipherdump.engine.views.image import Node as NsNode
+from cipherdump.engine.views.paths import child_path
 from cipherdump.engine.workers import WorkerDied, WorkerPool
 from cipherdump.errors import CipherdumpError, CorruptError, InputError, UnsupportedError
 from cipherdump.ext4 import Filesystem, Inode, Run

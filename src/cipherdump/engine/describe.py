@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from cipherdump.engine.namespace import Namespace, Node
+from cipherdump.engine.views.image import Namespace, Node
 from cipherdump.errors import CipherdumpError
 from cipherdump.ext4 import Filesystem, Inode
 from cipherdump.ext4.inode import FileType

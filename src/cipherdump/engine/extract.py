@@ -8,7 +8,7 @@ sockets, hard links within the subtree, modes, owners, nanosecond timestamps,
 not copied: the copy is plaintext.
 
 This module is the image side: a :class:`~cipherdump.engine.plainwrite.TreeSource` over
-a :class:`~cipherdump.engine.keyed.KeyedNamespace`.  An object that cannot be decrypted
+a :class:`~cipherdump.engine.views.image_keyed.KeyedNamespace`.  An object that cannot be decrypted
 (no matching key, wrong key) or read is skipped and reported as an
 :class:`ExtractProblem`; ciphertext is never written as if it were plaintext.
 """
@@ -18,8 +18,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 
-from cipherdump.engine.keyed import KeyedNamespace, Segment
-from cipherdump.engine.namespace import Node, Problem
 from cipherdump.engine.plainwrite import (
     ObjectMeta,
     WriteEvent,
@@ -27,6 +25,8 @@ from cipherdump.engine.plainwrite import (
     WriteResult,
     write_tree,
 )
+from cipherdump.engine.views.image import Node, Problem
+from cipherdump.engine.views.image_keyed import KeyedNamespace, Segment
 
 __all__ = ["ExtractEvent", "ExtractProblem", "ExtractResult", "ImageSource", "extract"]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cipherdump.engine.namespace import Node as NsNode
+from cipherdump.engine.views.image import Node as NsNode
 from cipherdump.ext4 import Inode
 from cipherdump.ext4.inode import FileType
 from cipherdump.ondisk.inode import EXT4_INLINE_DATA_FL

@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from cipherdump.engine.namespace import Namespace
-from cipherdump.engine.snapshot_view import SnapshotView
+from cipherdump.engine.views.image import Namespace
+from cipherdump.engine.views.snapshot import SnapshotView
 from cipherdump.errors import CipherdumpError, KeyProblem
 from cipherdump.ext4.inode import FileType
 from cipherdump.fscrypt.e4crypt import e4crypt_master_key

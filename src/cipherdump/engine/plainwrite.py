@@ -2,9 +2,10 @@
 snapshot).
 
 A :class:`TreeSource` says what a tree holds: per object its :class:`ObjectMeta`, its
-children, its plaintext contents as data and hole :class:`~cipherdump.engine.keyed.Segment`
-objects and its symlink target.  :class:`PlainWriter` writes that under a destination
-directory as ``cp -a`` would: regular files (sparse files stay sparse), directories,
+children, its plaintext contents as data and hole
+:class:`~cipherdump.engine.views.image_keyed.Segment` objects and its symlink target.
+:class:`PlainWriter` writes that under a destination directory as ``cp -a`` would:
+regular files (sparse files stay sparse), directories,
 symlinks, FIFOs, device nodes and sockets, hard links within the tree, modes, owners,
 nanosecond timestamps, ``user.``/``trusted.``/``security.`` xattrs and POSIX ACLs
 (converted from ext4's compact form to the xattr form).  The encryption context is not
@@ -36,8 +37,8 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from cipherdump.engine.keyed import Segment, invalid_name_reason
-from cipherdump.engine.namespace import MAX_DEPTH, Problem
+from cipherdump.engine.views.image import MAX_DEPTH, Problem
+from cipherdump.engine.views.image_keyed import Segment, invalid_name_reason
 from cipherdump.errors import CipherdumpError, CorruptError, InputError, OutputError
 from cipherdump.ondisk.acl import ext4_acl_to_xattr
 from cipherdump.ondisk.xattr import (

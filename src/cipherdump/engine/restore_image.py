@@ -32,7 +32,7 @@ from cipherdump.blockio import TargetLock
 from cipherdump.blockio.mounts import find_mounts
 from cipherdump.engine.gctune import few_collections
 from cipherdump.engine.nodeattrs import bytes_attr, int_attr, list_attr
-from cipherdump.engine.snapshot_view import SnapNode, SnapshotView
+from cipherdump.engine.views.snapshot import SnapNode, SnapshotView
 from cipherdump.errors import (
     CipherdumpError,
     InputError,

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from cipherdump.engine.describe import context_record
-from cipherdump.engine.namespace import MAX_DEPTH, Problem
 from cipherdump.engine.nodeattrs import (
     bytes_attr,
     display_name,
@@ -26,7 +25,8 @@ from cipherdump.engine.nodeattrs import (
     ls_record,
     node_problem,
 )
-from cipherdump.engine.paths import child_path, resolve_path
+from cipherdump.engine.views.image import MAX_DEPTH, Problem
+from cipherdump.engine.views.paths import child_path, resolve_path, show_path
 from cipherdump.errors import CipherdumpError, CorruptError, InputError, NotFoundError
 from cipherdump.fscrypt.context import decode_context
 from cipherdump.fscrypt.nokey import decode_nokey_name
@@ -54,7 +54,7 @@ class SnapNode:
     def refuse(self, *, named: bool = False) -> CorruptError:
         """The error for using this node, which has a :attr:`problem` (``named``: with
         its path, for messages that do not already give it)."""
-        why = f"{_show(self.path)}: {self.problem}" if named else str(self.problem)
+        why = f"{show_path(self.path)}: {self.problem}" if named else str(self.problem)
         return CorruptError(why, structure="snapshot node")
 
     @property
@@ -218,7 +218,7 @@ class SnapshotView:
                         hashes = (h, minor)
                 if wanted.matches(kid.raw_name, hashes):
                     return kid
-        raise NotFoundError(f"{_show(posixpath.join(parent.path, part))}: no such file")
+        raise NotFoundError(f"{show_path(posixpath.join(parent.path, part))}: no such file")
 
     # -- records ----------------------------------------------------------------------
     def record(self, node: SnapNode) -> dict[str, Any]:
@@ -332,7 +332,3 @@ class SnapshotView:
 def _encrypts(directory: Node) -> bool:
     """Whether the directory encrypts its entries' names (its own encrypt flag)."""
     return bool(int_attr(directory.attrs, "flags") & EXT4_ENCRYPT_FL)
-
-
-def _show(path: bytes) -> str:
-    return path.decode("utf-8", "backslashreplace")

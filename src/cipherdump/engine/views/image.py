@@ -12,7 +12,7 @@ import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from cipherdump.engine.paths import child_path, resolve_path
+from cipherdump.engine.views.paths import child_path, resolve_path, show_path
 from cipherdump.errors import CipherdumpError, CorruptError, NotFoundError
 from cipherdump.ext4 import Filesystem, Inode
 from cipherdump.ext4.directory import Entry, dx_hash_version, htree_find
@@ -231,7 +231,7 @@ class Namespace:
         if match is None:
             match = self._scan_lookup(directory, name)
         if match is None:
-            raise NotFoundError(f"{_show(posixpath.join(parent.path, name))}: no such file")
+            raise NotFoundError(f"{show_path(posixpath.join(parent.path, name))}: no such file")
         shown = self.display_name(directory, match)
         return Node(
             posixpath.join(parent.path, shown),
@@ -283,7 +283,3 @@ class Namespace:
                         (e for e in directory.entries() if wanted.matches(e.name, e.hash)), None
                     )
         return match
-
-
-def _show(path: bytes) -> str:
-    return path.decode("utf-8", "backslashreplace")

@@ -47,3 +47,8 @@ def child_path(parent: bytes, name: bytes) -> bytes:
     ``posixpath.join``, a name that starts with '/' (a damaged or forged entry, to be
     reported) stays below its parent in messages instead of replacing the path."""
     return parent + name if parent.endswith(b"/") else parent + b"/" + name
+
+
+def show_path(path: bytes) -> str:
+    """A path in an error message or a problem: UTF-8 where valid, escapes elsewhere."""
+    return path.decode("utf-8", "backslashreplace")

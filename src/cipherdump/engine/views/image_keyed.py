@@ -1,6 +1,6 @@
 """The keyed view: what the kernel shows once the owners' keys are added.
 
-:class:`KeyedNamespace` is a :class:`~cipherdump.engine.namespace.Namespace` that holds a
+:class:`KeyedNamespace` is a :class:`~cipherdump.engine.views.image.Namespace` that holds a
 :class:`~cipherdump.fscrypt.keys.KeyRing`.  Entries of an encrypted directory whose key is
 in the ring get their plaintext names (decrypted with the *directory's* context, inode
 number, the filesystem UUID and block size); where no key matches, the kernel's no-key
@@ -23,8 +23,9 @@ import posixpath
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from cipherdump.engine.namespace import Namespace, Node, Problem, bad_entry
-from cipherdump.engine.paths import child_path
+from cipherdump.engine.views.decrypt import InodeCiphers
+from cipherdump.engine.views.image import Namespace, Node, Problem, bad_entry
+from cipherdump.engine.views.paths import child_path
 from cipherdump.errors import CipherdumpError, CorruptError, KeyProblem, UnsupportedError
 from cipherdump.ext4 import Filesystem, Inode
 from cipherdump.ext4.directory import Entry
@@ -86,8 +87,14 @@ class KeyedNamespace(Namespace):
         self.keyring = keyring
         self.unverified_descriptors = frozenset(bytes(d) for d in unverified_descriptors)
         self.used: set[bytes] = set()
-        self.missing: dict[bytes, Policy] = {}
-        self._ciphers: dict[int, InodeCipher | CipherdumpError] = {}
+        self._ciphers = InodeCiphers(
+            keyring,
+            block_size=fs.block_size,
+            fs_uuid=fs.uuid,
+            missing_error=self.missing_key_error,
+        )
+        # The policies no key matched (for messages).
+        self.missing: dict[bytes, Policy] = self._ciphers.missing
         # Hand-paired v1 descriptors whose key has decrypted a whole directory to valid
         # names (confirmed), or has failed to (rejected, with the error to repeat).
         self._confirmed: set[bytes] = set()
@@ -153,30 +160,7 @@ class KeyedNamespace(Namespace):
         return got
 
     def _cipher_or_error(self, inode: Inode) -> InodeCipher | CipherdumpError:
-        cached = self._ciphers.get(inode.ino)
-        if cached is not None:
-            return cached
-        result: InodeCipher | CipherdumpError
-        try:
-            ctx = self.context_of(inode)
-            key = self.keyring.find(ctx.policy)
-            if key is None:
-                self.missing.setdefault(ctx.policy.key_spec, ctx.policy)
-                result = self.missing_key_error(ctx.policy)
-            else:
-                result = InodeCipher(
-                    key,
-                    ctx,
-                    ino=inode.ino,
-                    block_size=self.fs.block_size,
-                    fs_uuid=self.fs.uuid,
-                )
-        except CipherdumpError as err:
-            result = err
-        if len(self._ciphers) > 65536:
-            self._ciphers.clear()
-        self._ciphers[inode.ino] = result
-        return result
+        return self._ciphers.get(inode.ino, lambda: self.context_of(inode))
 
     def _note_used(self, cipher: InodeCipher) -> None:
         key = self.keyring.find(cipher.policy)
