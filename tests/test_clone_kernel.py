@@ -17,6 +17,7 @@ import kernelfs
 from cipherdump.cli.main import cli
 from cipherdump.engine.restore_image import clone_image
 from cipherdump.ext4 import open_filesystem
+from cipherdump.progress import Progress
 from restore_checks import (
     assert_casefold_htree_limits_as_kernel,
     assert_reader_views_equal,
@@ -179,25 +180,25 @@ def test_clone_refuses_target_without_encrypt(
 def test_clone_reports_progress_towards_its_plan(
     kernel_image_v2: kernelfs.KernelImage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    events: list[dict[str, int]] = []
+    events: list[Progress] = []
     summary = clone_image(
         str(kernel_image_v2.image), str(tmp_path / "c.img"), on_progress=events.append
     )
     assert events, "no progress event"
     last = events[-1]
-    assert last["inodes"] == last["inodes_total"]  # the last event is the finished state
-    assert last["blocks"] == last["blocks_total"] > 0
-    assert all(
-        e["inodes"] <= e["inodes_total"] and e["blocks"] <= e["blocks_total"] for e in events
-    )
+    assert last.finished  # the last event is the finished state
+    assert last.inodes_done == last.inodes_total
+    assert last.bytes_done == last.bytes_total and last.bytes_done > 0
+    assert all(e.inodes_total is not None and e.inodes_done <= e.inodes_total for e in events)
+    assert all(e.bytes_total is not None and e.bytes_done <= e.bytes_total for e in events)
     assert summary["files"] > 0
 
     # On a terminal the same events drive a progress bar on stderr.
     from cipherdump.cli import render
 
     monkeypatch.setattr("sys.stderr.isatty", lambda: True)
-    on_event, bar = render.image_progress_bar("clone")
-    assert on_event is not None
+    on_progress, bar = render.progress_bar("clone")
+    assert on_progress is not None
     with bar:
         for event in events:
-            on_event(event)
+            on_progress(event)

@@ -248,8 +248,10 @@ def test_read_data_reports_progress_pack_by_pack(tmp_path: Path) -> None:
     total = sum(info.size for info in backend.list(FileType.PACK))
     events: list[tuple[int, int]] = []
     with Repository.open(backend, b"pw") as repo:
-        assert repo.check(read_data=True, on_progress=lambda d, t: events.append((d, t))).ok
-        assert repo.check(on_progress=lambda d, t: events.append((-1, -1))).ok  # none without
+        assert repo.check(
+            read_data=True, on_progress=lambda e: events.append((e.bytes_done, e.bytes_total or 0))
+        ).ok
+        assert repo.check(on_progress=lambda e: events.append((-1, -1))).ok  # none without
     assert events[0] == (0, total) and events[-1] == (total, total)
     assert all(a[0] <= b[0] for a, b in itertools.pairwise(events))
 

@@ -327,7 +327,7 @@ def test_interrupted_restore_completes(
                 raise _Stop
 
         with pytest.raises(_Stop):
-            restore_plain(view, ring, target, path=b"/enc", on_event=stop_after_some)
+            restore_plain(view, ring, target, path=b"/enc", on_progress=stop_after_some)
         # A file cut short as a crash mid-write leaves it: wrong size, the current mtime.
         written = [p for p in target.rglob("*") if p.is_file() and p.stat().st_size > 1]
         assert written

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -15,20 +13,7 @@ from cipherdump.cli import mounted, render, sources
 from cipherdump.errors import CipherdumpError
 
 if TYPE_CHECKING:
-    from cipherdump.engine.backup import BackupProgress, BackupResult
-
-
-def _progress_bar() -> tuple[Callable[[BackupProgress], None] | None, AbstractContextManager[Any]]:
-    """The backup's progress bar on stderr when it is a terminal; nothing otherwise."""
-    update, bar = render.progress_bar("backup")
-    if update is None:
-        return None, bar
-    show = update
-
-    def on_event(event: BackupProgress) -> None:
-        show(event.bytes_done, event.bytes_total, event.inodes_done)
-
-    return on_event, bar
+    from cipherdump.engine.backup import BackupResult
 
 
 def _backup_summary(result: BackupResult, source: str) -> dict[str, Any]:
@@ -126,7 +111,7 @@ def backup_cmd(
                 source_name=os.path.abspath(source),
                 tags=tags,
             )
-            on_progress, bar = _progress_bar()
+            on_progress, bar = render.progress_bar("backup")
             with bar:
                 result = backup(
                     repository, fs, options, on_progress=on_progress, on_problem=on_problem

@@ -20,13 +20,9 @@ from cipherdump.errors import IntegrityError
 @render.one_line_errors
 def check(read_data: bool, repo: str | None, password_file: str | None, as_json: bool) -> None:
     """Verify the repository; exit code 5 names damage if any is found."""
-    update, bar = (
+    on_progress, bar = (
         render.progress_bar("check", count_inodes=False) if read_data else (None, nullcontext())
     )
-
-    def on_progress(done: int, total: int) -> None:
-        if update is not None:
-            update(done, total, 0)
 
     from cipherdump.engine.damage import damaged_snapshots
     from cipherdump.repo import Finding

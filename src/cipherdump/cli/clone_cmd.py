@@ -42,7 +42,7 @@ def clone_cmd(source: str, out: str, size: str | None, allow_mounted: bool, as_j
     image, path = split_source(source)
     check_image_target(out)
     mounted.check_mounted(image, allow_mounted=allow_mounted, doing="copy it")
-    on_progress, bar = render.image_progress_bar("clone")
+    on_progress, bar = render.progress_bar("clone")
     with bar:
         summary = clone_image(
             image, out, path=path, size=render.parse_size(size), on_progress=on_progress,

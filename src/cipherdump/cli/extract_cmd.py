@@ -12,7 +12,7 @@ import click
 from cipherdump.cli import keyopts, mounted, render, sources
 
 if TYPE_CHECKING:
-    from cipherdump.engine.extract import ExtractEvent
+    from cipherdump.progress import Progress
 
 
 @click.command(name="extract")
@@ -47,8 +47,8 @@ def extract_cmd(
     mounted.check_mounted(image, allow_mounted=allow_mounted, doing="extract from it")
     loaded = keying.load()
 
-    def show(ev: ExtractEvent) -> None:
-        if verbose and ev.kind != "problem":
+    def show(ev: Progress) -> None:
+        if verbose:
             click.echo(render.show_bytes(ev.path), err=as_json)
 
     with sources.open_image(image) as fs:
@@ -57,7 +57,7 @@ def extract_cmd(
         if not isinstance(ns, KeyedNamespace):
             ns = KeyedNamespace(fs, loaded.ring)
         top = ns.resolve(os.fsencode(path))
-        result = extract(ns, top, dest, on_event=show)
+        result = extract(ns, top, dest, on_progress=show)
         for p in result.problems:
             click.echo(
                 f"cipherdump: error: {render.problem_line(p.source_path, render.why(p.error))}",

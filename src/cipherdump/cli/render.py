@@ -15,11 +15,14 @@ import stat
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
 from cipherdump.errors import CipherdumpError
+
+if TYPE_CHECKING:
+    from cipherdump.progress import OnProgress, Progress
 
 # Exit codes that belong to no error class (the rest are each class's ``exit_code``).
 EXIT_PARTIAL = 1  # some objects could not be read or written; the rest were
@@ -224,15 +227,12 @@ def parse_size(text: str | None) -> int | None:
         raise click.UsageError(f"--size: cannot read {text!r} as a size") from None
 
 
-ProgressUpdate = Callable[[int, int | None, int], None]
-
-
 def progress_bar(
     description: str, *, count_inodes: bool = True
-) -> tuple[ProgressUpdate | None, AbstractContextManager[Any]]:
+) -> tuple[OnProgress | None, AbstractContextManager[Any]]:
     """A rich progress bar on stderr (bytes, rate, time left, and inodes if
-    ``count_inodes``) when stderr is a terminal; ``(None, a do-nothing context)``
-    otherwise.  The update takes ``(bytes done, bytes in all or None, inodes done)``."""
+    ``count_inodes``) when stderr is a terminal, driven by the job's progress events;
+    ``(None, a do-nothing context)`` otherwise."""
     if not sys.stderr.isatty():
         return None, nullcontext()
     # Imported here: rich takes a tenth of a second to import, and most runs have no bar.
@@ -240,11 +240,11 @@ def progress_bar(
     from rich.progress import (
         BarColumn,
         DownloadColumn,
-        Progress,
         TextColumn,
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
+    from rich.progress import Progress as Bar
 
     columns = [
         TextColumn("{task.description}"),
@@ -255,26 +255,13 @@ def progress_bar(
     ]
     if count_inodes:
         columns.append(TextColumn("{task.fields[inodes]} inodes"))
-    bar = Progress(*columns, console=Console(stderr=True), transient=True)
+    bar = Bar(*columns, console=Console(stderr=True), transient=True)
     task = bar.add_task(description, total=None, inodes=0)
 
-    def update(done: int, total: int | None, inodes: int) -> None:
-        bar.update(task, completed=done, total=total or None, inodes=inodes)
+    def update(event: Progress) -> None:
+        bar.update(
+            task, completed=event.bytes_done, total=event.bytes_total or None,
+            inodes=event.inodes_done,
+        )  # fmt: skip
 
     return update, bar
-
-
-def image_progress_bar(
-    description: str,
-) -> tuple[Callable[[dict[str, Any]], None] | None, AbstractContextManager[Any]]:
-    """A progress bar for writing an image (``restore --to-image``, ``clone``)."""
-    update, bar = progress_bar(description)
-    if update is None:
-        return None, bar
-    show = update
-
-    def on_event(event: dict[str, Any]) -> None:
-        bs = int(event.get("block_size", 1))
-        show(int(event["blocks"]) * bs, int(event["blocks_total"]) * bs, int(event["inodes"]))
-
-    return on_event, bar

@@ -29,11 +29,7 @@ def repair_index(repo: str | None, password_file: str | None, as_json: bool) -> 
     5) and keeps the entries an old index file gives it, else it is left out; run
     `check` afterwards to see what the snapshots still lack.
     """
-    update, bar = render.progress_bar("repair", count_inodes=False)
-
-    def on_progress(done: int, total: int) -> None:
-        if update is not None:
-            update(done, total, 0)
+    on_progress, bar = render.progress_bar("repair", count_inodes=False)
 
     with sources.open_repository(repo, password_file, lock=True) as repository, bar:
         report = repository.repair_index(on_progress)
@@ -78,11 +74,7 @@ def repair_packs(repo: str | None, password_file: str | None, dry_run: bool, as_
     pack in the wrong data/ folder is moved back first.  Exit code 5 if blobs were
     lost (or, with --dry-run, if any pack is damaged).
     """
-    update, bar = render.progress_bar("repair", count_inodes=False)
-
-    def on_progress(done: int, total: int) -> None:
-        if update is not None:
-            update(done, total, 0)
+    on_progress, bar = render.progress_bar("repair", count_inodes=False)
 
     from cipherdump.engine.damage import damaged_snapshots
 

@@ -21,7 +21,7 @@ from cipherdump.cli import keyopts, render, sources
 from cipherdump.errors import InputError
 
 if TYPE_CHECKING:
-    from cipherdump.engine.plainwrite import WriteEvent
+    from cipherdump.progress import Progress
 
 # The restore engines, the repository and fscrypt are imported inside the functions
 # that use them, so that every other command starts without them.
@@ -93,15 +93,15 @@ def restore_cmd(
             "no key or passphrase given: only unencrypted parts can be restored to plaintext"
         )
 
-    def show(ev: WriteEvent) -> None:
-        if verbose and ev.kind != "problem":
+    def show(ev: Progress) -> None:
+        if verbose:
             click.echo(render.show_bytes(ev.path), err=as_json)
 
     with sources.open_repository(repo, password_file, lock=False) as repository:
         snap_id, snap = sources.find_snapshot(repository, snapshot)
         view = SnapshotView(repository, snap_id, snap)
         ring = sources.snapshot_keys(view, keying)
-        result, source = restore_plain(view, ring, target, path=os.fsencode(path), on_event=show)
+        result, source = restore_plain(view, ring, target, path=os.fsencode(path), on_progress=show)
         for p in result.problems:
             click.echo(
                 f"cipherdump: error: {render.problem_line(p.source_path, render.why(p.error))}",
@@ -143,7 +143,7 @@ def _restore_to_image(
     from cipherdump.blockio.kinds import check_image_target
 
     check_image_target(out)  # before the password is asked for and the snapshot read
-    on_progress, bar = render.image_progress_bar("restore")
+    on_progress, bar = render.progress_bar("restore")
     with sources.open_repository(repo, password_file, lock=False) as repository, bar:
         snap_id, snap = sources.find_snapshot(repository, snapshot)
         wanted = os.fsencode(path)

@@ -82,6 +82,7 @@ from cipherdump.ondisk.inode import (
     InodePeek,
 )
 from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_ENCRYPTION
+from cipherdump.progress import OnProgress, Progress
 from cipherdump.repo import BlobType, Id, Node, Repository, Snapshot
 from cipherdump.repo import FileType as RepoFileType
 from cipherdump.repo.codec import Value, decode, encode
@@ -144,18 +145,12 @@ class BackupStats:
         return asdict(self)
 
 
-@dataclass(frozen=True, slots=True)
-class BackupProgress:
-    """A progress event.  ``bytes_total`` and ``inodes_total`` are estimates from the
-    superblock (used blocks and inodes); ``bytes_done`` counts data read or reused."""
+@dataclass(slots=True)
+class _WorkerCounts:
+    """What the worker processes have reported done so far (for progress events)."""
 
-    inodes_done: int
-    inodes_total: int
-    bytes_done: int
-    bytes_total: int
-    bytes_read: int
-    path: bytes
-    finished: bool = False
+    inodes: int = 0
+    bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +164,6 @@ class BackupResult:
     repository_warnings: list[str] = field(default_factory=list)
 
 
-ProgressFn = Callable[[BackupProgress], None]
 ProblemFn = Callable[[bytes, CipherdumpError], None]
 
 
@@ -384,7 +378,7 @@ class _Backup:
         repo: Repository,
         fs: Filesystem,
         options: BackupOptions,
-        on_progress: ProgressFn | None,
+        on_progress: OnProgress | None,
         on_problem: ProblemFn | None,
     ) -> None:
         self.repo = repo
@@ -428,7 +422,7 @@ class _Backup:
         self.pool: WorkerPool | None = None
         self._jobs = 0
         self._done: dict[int, _DirDone] = {}
-        self._remote = [0, 0, 0]  # inodes done, bytes done, bytes read by workers
+        self._remote = _WorkerCounts()
         self._ends: list[_WorkerEnd] = []
         self._ended: set[int] = set()
         # What every source key starts from: the facts of this run and filesystem that
@@ -472,16 +466,15 @@ class _Backup:
         if not force and now - self._last_progress < _PROGRESS_EVERY_S:
             return
         self._last_progress = now
-        inodes_done = self._inodes_done + self._remote[0]
-        bytes_done = self._bytes_done + self._remote[1]
+        inodes_done = self._inodes_done + self._remote.inodes
+        bytes_done = self._bytes_done + self._remote.bytes
         total = bytes_done if finished else max(self._bytes_total, bytes_done)
         self.on_progress(
-            BackupProgress(
+            Progress(
                 inodes_done=inodes_done,
                 inodes_total=max(self._inodes_total, inodes_done),
                 bytes_done=bytes_done,
                 bytes_total=total,
-                bytes_read=self.stats.bytes_read + self._remote[2],
                 path=path,
                 finished=finished,
             )
@@ -1334,8 +1327,8 @@ class _Backup:
                 self._done[done.number] = done
                 pool.in_flight[worker] -= 1
             elif kind == "progress":
-                for i, n in enumerate(message[1:]):
-                    self._remote[i] += n
+                self._remote.inodes += message[1]
+                self._remote.bytes += message[2]
             elif kind == "problem":
                 if self.on_problem is not None:
                     self.on_problem(message[1], message[2])
@@ -1387,12 +1380,12 @@ class _Backup:
         self.unmatched = {}
         self.seen = bytearray(len(self.seen))
         self._inodes_done = self._bytes_done = 0
-        sent = [0, 0, 0]
+        sent = _WorkerCounts()
 
-        def send_progress(event: BackupProgress) -> None:
-            now = [event.inodes_done, event.bytes_done, event.bytes_read]
-            conn.send(("progress", *(a - b for a, b in zip(now, sent, strict=True))))
-            sent[:] = now
+        def send_progress(event: Progress) -> None:
+            # What was done since the last event: the parent adds up every worker's.
+            conn.send(("progress", event.inodes_done - sent.inodes, event.bytes_done - sent.bytes))
+            sent.inodes, sent.bytes = event.inodes_done, event.bytes_done
 
         self.on_progress = send_progress
         self.on_problem = lambda path, err: conn.send(("problem", path, _picklable(err)))
@@ -1465,7 +1458,7 @@ def backup(
     fs: Filesystem,
     options: BackupOptions | None = None,
     *,
-    on_progress: ProgressFn | None = None,
+    on_progress: OnProgress | None = None,
     on_problem: ProblemFn | None = None,
 ) -> BackupResult:
     """Back up ``fs`` (``options.path`` of it) into ``repo`` as a new snapshot."""
@@ -1606,7 +1599,6 @@ def snapshot_summary(snap_id: Id, snap: Snapshot) -> dict[str, Any]:
 
 __all__ = [
     "BackupOptions",
-    "BackupProgress",
     "BackupResult",
     "BackupStats",
     "ParentIndex",

@@ -16,22 +16,21 @@ a :class:`~cipherdump.engine.views.image_keyed.KeyedNamespace`.  An object that 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from cipherdump.engine.plainwrite import (
     ObjectMeta,
-    WriteEvent,
     WriteProblem,
     WriteResult,
     write_tree,
 )
 from cipherdump.engine.views.image import Node, Problem
 from cipherdump.engine.views.image_keyed import KeyedNamespace, Segment
+from cipherdump.progress import OnProgress
 
-__all__ = ["ExtractEvent", "ExtractProblem", "ExtractResult", "ImageSource", "extract"]
+__all__ = ["ExtractProblem", "ExtractResult", "ImageSource", "extract"]
 
 # The writer's result types, under the names extract has always used.
-ExtractEvent = WriteEvent
 ExtractProblem = WriteProblem
 ExtractResult = WriteResult
 
@@ -80,7 +79,7 @@ def extract(
     top: Node,
     dest: str | bytes | os.PathLike[str],
     *,
-    on_event: Callable[[ExtractEvent], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> ExtractResult:
     """Write the plaintext of ``top`` to ``dest``.
 
@@ -88,4 +87,4 @@ def extract(
     own metadata goes onto ``dest``).  Any other ``top`` is written as ``dest``, or
     into ``dest`` under its name when ``dest`` is an existing directory.
     """
-    return write_tree(ImageSource(ns), top, dest, on_event=on_event, shown_top=top.path)
+    return write_tree(ImageSource(ns), top, dest, on_progress=on_progress, shown_top=top.path)

@@ -16,13 +16,13 @@ Nothing is ever written outside ``target``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 from cipherdump.engine.gctune import few_collections
-from cipherdump.engine.plainwrite import WriteEvent, WriteResult, write_tree
+from cipherdump.engine.plainwrite import WriteResult, write_tree
 from cipherdump.engine.views.snapshot import SnapshotView
 from cipherdump.engine.views.snapshot_keyed import KeyedSnapshotView, PlainNode
 from cipherdump.fscrypt.keys import KeyRing
+from cipherdump.progress import OnProgress
 
 __all__ = ["restore_plain"]
 
@@ -33,7 +33,7 @@ def restore_plain(
     target: str | bytes | os.PathLike[str],
     *,
     path: bytes = b"/",
-    on_event: Callable[[WriteEvent], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> tuple[WriteResult, KeyedSnapshotView]:
     """Write the plaintext of ``path`` of the snapshot under ``target``.
 
@@ -49,6 +49,6 @@ def restore_plain(
         top = PlainNode(top.snap, top.name if top.name != b"/" else b".", top.path)
     with few_collections():
         result = write_tree(
-            source, top, target, on_event=on_event, resume=True, shown_top=path or b"/"
+            source, top, target, on_progress=on_progress, resume=True, shown_top=path or b"/"
         )
     return result, source

@@ -15,6 +15,7 @@ from cipherdump.errors import (
     KeyProblem,
     NotFoundError,
 )
+from cipherdump.progress import OnProgress
 from cipherdump.repo.backends.base import Backend, FileType, Handle, ObjectMissing
 from cipherdump.repo.blobs.store import INDEX_EVERY_PACKS, BlobStore
 from cipherdump.repo.check import Checker, CheckReport
@@ -285,16 +286,16 @@ class Repository:
     # Maintenance ----------------------------------------------------------------------
 
     def check(
-        self, *, read_data: bool = False, on_progress: Callable[[int, int], None] | None = None
+        self, *, read_data: bool = False, on_progress: OnProgress | None = None
     ) -> CheckReport:
-        """``on_progress(bytes read, bytes to read)`` follows ``read_data``."""
+        """``on_progress`` follows ``read_data`` (bytes of packs read)."""
         own = self._lock.name if self._lock is not None else None
         checker = Checker(
             self.backend, self._key, read_data=read_data, own_lock=own, on_progress=on_progress
         )
         return checker.run()
 
-    def repair_index(self, on_progress: Callable[[int, int], None] | None = None) -> RepairReport:
+    def repair_index(self, on_progress: OnProgress | None = None) -> RepairReport:
         """Rebuild the index from the packs' own headers (see :mod:`.repair`); needs
         the lock.  Blobs added but not yet flushed are flushed first."""
         if self._lock is None:
@@ -305,7 +306,7 @@ class Repository:
         return report
 
     def repair_packs(
-        self, *, dry_run: bool = False, on_progress: Callable[[int, int], None] | None = None
+        self, *, dry_run: bool = False, on_progress: OnProgress | None = None
     ) -> PackRepairReport:
         """Salvage damaged packs (see :mod:`.salvage`); needs the lock.  Blobs added
         but not yet flushed are flushed first."""
