@@ -88,14 +88,12 @@ def test_the_htree_root_is_read_once_for_entries_and_hash_version(
     records; on a block device every read of the root waits for the disk, so listing
     keeps the version and asking for it reads nothing more.  Asked first, it reads the
     root itself; either way it is the version a fresh read gives."""
-    from cipherdump.ext4.directory import dx_hash_version
-
     ki = kernel_image
     big = _big_dir_path(ki)
     with open_filesystem(str(ki.image)) as fs:
         fresh = Namespace(fs).resolve(big).inode
         default = fs.sb.s_def_hash_version
-        expected = dx_hash_version(fresh, default ^ 0xFF)  # not the default: a real root
+        expected = fresh.directory.hash_version(default ^ 0xFF)  # not the default: a real root
         assert expected != default ^ 0xFF
     for entries_first in (True, False):
         with open_filesystem(str(ki.image)) as fs:
@@ -113,7 +111,7 @@ def test_the_htree_root_is_read_once_for_entries_and_hash_version(
             fs.read_block = counting  # type: ignore[method-assign]
             if entries_first:
                 directory.entries()
-            assert dx_hash_version(directory, default) == expected
+            assert directory.directory.hash_version(default) == expected
             directory.entries()
             if entries_first:
                 assert reads.count(root) == 1

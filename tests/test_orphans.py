@@ -13,8 +13,8 @@ import pytest
 
 from cipherdump.blockio import MemorySource
 from cipherdump.ext4 import Filesystem
-from cipherdump.ext4.mapping import Run
 from cipherdump.ext4.orphans import clip_runs
+from cipherdump.ext4.volume import Run
 
 MKFS = shutil.which("mkfs.ext4")
 

@@ -71,7 +71,7 @@ from cipherdump.engine.views.paths import child_path
 from cipherdump.engine.workers import WorkerDied, WorkerPool
 from cipherdump.errors import CipherdumpError, CorruptError, InputError, UnsupportedError
 from cipherdump.ext4 import Filesystem, Inode, Run
-from cipherdump.ext4.directory import Entry, dx_hash_version
+from cipherdump.ext4.directory import Entry
 from cipherdump.ext4.inode import FileType
 from cipherdump.ondisk.dirent import dirent_name_problem
 from cipherdump.ondisk.inode import (
@@ -791,7 +791,11 @@ class _Backup:
         """
         fs = self.fs
         entries = directory.entries()  # first: it keeps the htree root's hash version
-        dx = dx_hash_version(directory, fs.sb.s_def_hash_version) if directory.is_indexed_dir else 0
+        dx = (
+            directory.directory.hash_version(fs.sb.s_def_hash_version)
+            if directory.is_indexed_dir
+            else 0
+        )
         flags = directory.flags & _NAME_FLAGS
         facts = (_KEY_VERSION, self.chunk_size, flags, directory.size, dx)
         h = blake2b(repr(facts).encode(), digest_size=16)

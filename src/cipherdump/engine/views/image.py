@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from cipherdump.engine.views.paths import child_path, resolve_path, show_path
 from cipherdump.errors import CipherdumpError, CorruptError, NotFoundError
 from cipherdump.ext4 import Filesystem, Inode
-from cipherdump.ext4.directory import Entry, dx_hash_version, htree_find
+from cipherdump.ext4.directory import Entry
 from cipherdump.fscrypt.nokey import decode_nokey_name, encode_nokey_name, encode_nokey_symlink
 from cipherdump.fscrypt.symlink import decode_encrypted_symlink
 from cipherdump.ondisk.dirent import dirent_name_problem
@@ -79,7 +79,7 @@ class Namespace:
             return None
         version = fs.sb.s_def_hash_version
         if directory.is_indexed_dir:
-            version = dx_hash_version(directory, version)
+            version = directory.directory.hash_version(version)
         return version
 
     def dirhash_for(self, directory: Inode, entry: Entry) -> tuple[int, int] | None:
@@ -255,7 +255,7 @@ class Namespace:
         def hash_of(text: bytes) -> Callable[[int], int]:
             return lambda version: ext4_dirhash(text, version, seed, signed)[0]
 
-        found = htree_find(directory, hash_of(name), lambda e: e.name == name)
+        found = directory.directory.htree_find(hash_of(name), lambda e: e.name == name)
         if found is not None or not directory.is_encrypted:
             return found
         wanted = decode_nokey_name(name)
@@ -263,10 +263,12 @@ class Namespace:
             return None
         ciphertext = wanted.ciphertext
         if ciphertext is not None:
-            return htree_find(directory, hash_of(ciphertext), lambda e: e.name == ciphertext)
+            return directory.directory.htree_find(
+                hash_of(ciphertext), lambda e: e.name == ciphertext
+            )
         # A long no-key name: its embedded hash is the htree hash and picks the leaf.
-        return htree_find(
-            directory, lambda _version: wanted.hash, lambda e: wanted.matches(e.name, e.hash)
+        return directory.directory.htree_find(
+            lambda _version: wanted.hash, lambda e: wanted.matches(e.name, e.hash)
         )
 
     def _scan_lookup(self, directory: Inode, name: bytes) -> Entry | None:
