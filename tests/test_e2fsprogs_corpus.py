@@ -42,7 +42,7 @@ from cipherdump.engine.describe import fs_info, node_record, stat_record
 from cipherdump.engine.views.image import Namespace, Problem
 from cipherdump.errors import CipherdumpError, NotExt4Error
 from cipherdump.ext4 import Filesystem, Inode
-from cipherdump.ext4.inode import FileType
+from cipherdump.ext4.inode import InodeType
 
 TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
 CORPUS = TESTDATA / "e2fsprogs"
@@ -333,7 +333,7 @@ class Facts:
 
     ino: int
     mode: int
-    type: FileType
+    type: InodeType
     size: int
     target: bytes | None = None
     digest: str | None = None  # sha256 of the first READ_CAP bytes of a regular file
@@ -379,10 +379,10 @@ def walk_everything(fs: Filesystem) -> Walked:
         attempt("stat_record", partial(stat_record, ns, item))
         names = attempt("xattrs", partial(_xattr_names, ino))
         facts.xattr_names = names if isinstance(names, list) else None
-        if ino.type is FileType.SYMLINK:
+        if ino.type is InodeType.SYMLINK:
             target = attempt("symlink", partial(ns.symlink_target, ino))
             facts.target = target if isinstance(target, bytes) else None
-        elif ino.type is FileType.FILE:
+        elif ino.type is InodeType.FILE:
             digest = attempt("read", partial(_read_digest, ino))
             facts.digest = digest if isinstance(digest, str) else None
     return out
@@ -546,8 +546,8 @@ def compare_with_debugfs(
         assert (got.ino, got.mode) == (want.ino, want.mode), path
         if want.size is not None:
             assert got.size == want.size, path
-    files = sorted((p, f) for p, f in ours.items() if f.type is FileType.FILE)
-    links = sorted((p, f) for p, f in ours.items() if f.type is FileType.SYMLINK)
+    files = sorted((p, f) for p, f in ours.items() if f.type is InodeType.FILE)
+    links = sorted((p, f) for p, f in ours.items() if f.type is InodeType.SYMLINK)
     if sample is not None:
         files, links = _spread(files, sample), _spread(links, sample)
     files = [(p, f) for p, f in files if f.size <= READ_CAP]
@@ -802,7 +802,7 @@ def test_view_rs_disk1_lists_completely(
     paths = set(walked.nodes)
     assert len([p for p in paths if p.startswith(b"/big_dir/")]) == 10_000
     assert len([p for p in paths if p.startswith(b"/medium_dir/")]) == 1_000
-    links = {p: f for p, f in walked.nodes.items() if f.type is FileType.SYMLINK}
+    links = {p: f for p, f in walked.nodes.items() if f.type is InodeType.SYMLINK}
     assert {len(f.target or b"") for f in links.values()} >= {10, 59, 60, 1023}
     if DEBUGFS is None:
         pytest.skip("debugfs not installed: listing not compared")

@@ -23,8 +23,8 @@ from cipherdump.ext4.build import (
     ImageWriter,
     NewEntry,
     NewInode,
+    NewRun,
     Populator,
-    Run,
     SrcNode,
     layout_directory,
     plan_tree,
@@ -119,12 +119,12 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tree = MemoryTree(BS)
     root = _node(b"", 2, stat.S_IFDIR | 0o755)
     frag = _node(b"fragmented", 20, stat.S_IFREG | 0o644, size=4000 * BS)
-    frag.runs = [Run(2 * k, 1) for k in range(2000)]  # 2000 extents: depth 2 on 1 KiB
+    frag.runs = [NewRun(2 * k, 1) for k in range(2000)]  # 2000 extents: depth 2 on 1 KiB
     big = _node(b"big", 21, stat.S_IFREG | 0o600, size=40000 * BS)
-    big.runs = [Run(0, 40000)]  # longer than one extent holds
+    big.runs = [NewRun(0, 40000)]  # longer than one extent holds
     pre = _node(b"prealloc", 22, stat.S_IFREG | 0o600, size=100 * BS,
                 xattrs=(BIG_XATTR, *SMALL_XATTRS))  # fmt: skip
-    pre.runs = [Run(0, 10), Run(10, 80, unwritten=True), Run(90, 10)]
+    pre.runs = [NewRun(0, 10), NewRun(10, 80, unwritten=True), NewRun(90, 10)]
     sub = _node(b"many", 30, stat.S_IFDIR | 0o700)
     files = [_node(n, 100 + i, stat.S_IFREG | 0o644) for i, n in enumerate(NAMES)]
     tree.kids = {2: [frag, big, pre, sub], 30: files}

@@ -41,7 +41,7 @@ from cipherdump.engine.describe import node_record, stat_record
 from cipherdump.engine.views.image import Namespace, Problem
 from cipherdump.errors import CipherdumpError
 from cipherdump.ext4 import Filesystem, Inode
-from cipherdump.ext4.inode import FileType
+from cipherdump.ext4.inode import InodeType
 from cipherdump.ondisk.extent import EXT4_EXT_MAGIC
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "e2fsprogs"
@@ -247,9 +247,9 @@ def exercise(image: bytes) -> None:
             partial(stat_record, ns, item),
             partial(getattr, inode, "xattrs"),
         ]
-        if inode.type is FileType.SYMLINK:
+        if inode.type is InodeType.SYMLINK:
             steps.append(partial(ns.symlink_target, inode))
-        elif inode.type is FileType.FILE:
+        elif inode.type is InodeType.FILE:
             steps.append(partial(_read_some, inode))
         for step in steps:
             with suppress(CipherdumpError):

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import kernelfs
-from cipherdump.engine.views.image import Namespace, Node
+from cipherdump.engine.views.image import ImageNode, Namespace
 from cipherdump.errors import NotFoundError
 from cipherdump.ext4.fs import open_filesystem
 from kernelfs import KernelImage
@@ -59,7 +59,7 @@ def test_a_missing_name_falls_back_to_the_scan(kernel_image: KernelImage) -> Non
     big = _big_dir_path(ki)
     with open_filesystem(str(ki.image)) as fs:
         ns = Namespace(fs)
-        node: Node = ns.resolve(big)
+        node: ImageNode = ns.resolve(big)
         missing = b"A" * 43  # a well-formed short no-key name of no entry
         assert ns._htree_lookup(node.inode, missing) is None
         with pytest.raises(NotFoundError):

@@ -15,7 +15,7 @@ import pytest
 import zstandard
 
 from cipherdump.blockio import FileSource
-from cipherdump.engine.views.image import Namespace, Node, Problem
+from cipherdump.engine.views.image import ImageNode, Namespace, Problem
 from cipherdump.ext4 import Filesystem
 
 IMAGES = ["cf4k", "cf1k", "essiv", "hctr2", "adiantum"]
@@ -46,9 +46,9 @@ def _nokey_path(entry: dict[str, Any]) -> bytes:
     return b"/" + entry["nokey_path"].encode()
 
 
-def _walk(fs: Filesystem) -> dict[bytes, Node]:
+def _walk(fs: Filesystem) -> dict[bytes, ImageNode]:
     ns = Namespace(fs)
-    out: dict[bytes, Node] = {}
+    out: dict[bytes, ImageNode] = {}
     for item in ns.walk(ns.root_node(), recursive=True):
         assert not isinstance(item, Problem), f"{item.path!r}: {item.error}"
         out[item.path] = item

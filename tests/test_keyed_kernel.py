@@ -33,7 +33,7 @@ import pytest
 
 import kernelfs
 from cipherdump.engine.extract import extract
-from cipherdump.engine.views.image import Node, Problem
+from cipherdump.engine.views.image import ImageNode, Problem
 from cipherdump.engine.views.image_keyed import KeyedNamespace
 from cipherdump.errors import KeyProblem
 from cipherdump.ext4 import Filesystem, Inode, open_filesystem
@@ -59,8 +59,8 @@ SLOW_CONFIGS = [n for n in kernelfs.NAMED_CONFIGS if n not in FAST_CONFIGS]
 # --- reading back ------------------------------------------------------------------------
 
 
-def _keyed_walk(ns: KeyedNamespace, top: Node) -> dict[bytes, Node]:
-    out: dict[bytes, Node] = {}
+def _keyed_walk(ns: KeyedNamespace, top: ImageNode) -> dict[bytes, ImageNode]:
+    out: dict[bytes, ImageNode] = {}
     prefix = len(top.path) + 1
     for item in ns.walk(top, recursive=True):
         assert not isinstance(item, Problem), f"{item.path!r}: {item.error}"
@@ -68,7 +68,9 @@ def _keyed_walk(ns: KeyedNamespace, top: Node) -> dict[bytes, Node]:
     return out
 
 
-def check_keyed_view(ns: KeyedNamespace, top: Node, view: dict[bytes, kernelfs.NodeView]) -> None:
+def check_keyed_view(
+    ns: KeyedNamespace, top: ImageNode, view: dict[bytes, kernelfs.NodeView]
+) -> None:
     """Names, targets and contents through the keyed view equal the kernel's view."""
     nodes = _keyed_walk(ns, top)
     assert set(nodes) == set(view) - {b"."}
@@ -82,7 +84,7 @@ def check_keyed_view(ns: KeyedNamespace, top: Node, view: dict[bytes, kernelfs.N
             assert hashlib.sha256(plain).hexdigest() == want.sha256, rel
 
 
-def check_reencryption(ns: KeyedNamespace, top: Node) -> int:
+def check_reencryption(ns: KeyedNamespace, top: ImageNode) -> int:
     """Encrypting the plaintext again gives exactly the bytes the kernel wrote."""
     checked = 0
     bs = ns.fs.block_size
@@ -126,7 +128,7 @@ def _check_contents(ns: KeyedNamespace, inode: Inode) -> int:
 
 def check_extract(
     ns: KeyedNamespace,
-    top: Node,
+    top: ImageNode,
     view: dict[bytes, kernelfs.NodeView],
     dest: Path,
     *,
@@ -188,7 +190,7 @@ def _link_groups(view: dict[bytes, kernelfs.NodeView]) -> set[frozenset[bytes]]:
 # --- named configurations: the full tree -------------------------------------------------
 
 
-def _open(img: kernelfs.KernelImage) -> tuple[Filesystem, KeyedNamespace, Node]:
+def _open(img: kernelfs.KernelImage) -> tuple[Filesystem, KeyedNamespace, ImageNode]:
     fs = open_filesystem(str(img.image))
     ns = KeyedNamespace(fs, KeyRing([MasterKey(img.master_key)]))
     return fs, ns, ns.resolve(b"/" + img.config.encrypted_dir)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from cipherdump.engine.views.image import Node, Problem
+from cipherdump.engine.views.image import ImageNode, Problem
 from cipherdump.engine.views.image_keyed import KeyedNamespace
 from cipherdump.errors import CorruptError, KeyProblem, UnsupportedError
 from cipherdump.ext4 import Filesystem, open_filesystem
@@ -63,10 +63,10 @@ def _keyed(fs: Filesystem, name: str) -> KeyedNamespace:
     return KeyedNamespace(fs, KeyRing([MasterKey.from_hex(_known(name)["master_key"])]))
 
 
-def _children(ns: KeyedNamespace, path: bytes) -> dict[int, Node | Problem]:
-    out: dict[int, Node | Problem] = {}
+def _children(ns: KeyedNamespace, path: bytes) -> dict[int, ImageNode | Problem]:
+    out: dict[int, ImageNode | Problem] = {}
     for item in ns.iter_children(ns.resolve(path)):
-        assert isinstance(item, Node), item
+        assert isinstance(item, ImageNode), item
         out[item.inode.ino] = item
     return out
 
@@ -76,7 +76,7 @@ def test_f_bad_encryption_names(images: dict[str, Filesystem]) -> None:
     ns = _keyed(images[name], name)
     expected = {int(i): n.encode() for i, n in _known(name)["expected_names_in_/edir"].items()}
     kids = _children(ns, b"/edir")
-    assert {ino: n.name for ino, n in kids.items() if isinstance(n, Node)} == expected
+    assert {ino: n.name for ino, n in kids.items() if isinstance(n, ImageNode)} == expected
     # Plaintext names can be typed, and lead to the same inodes.
     for ino, plain in expected.items():
         assert ns.resolve(b"/edir/" + plain).inode.ino == ino
@@ -141,7 +141,7 @@ def test_test_disk1(images: dict[str, Filesystem]) -> None:
     known = _known(name)
     ns = _keyed(images[name], name)
     kids = _children(ns, known["dir"]["path"].encode())
-    assert {ino: n.name for ino, n in kids.items() if isinstance(n, Node)} == {
+    assert {ino: n.name for ino, n in kids.items() if isinstance(n, ImageNode)} == {
         int(i): v.encode() for i, v in known["expected_names"].items()
     }
     for ino, want in known["expected_contents"].items():

@@ -63,7 +63,7 @@ def _cat_image(
     image: str, path: str, ciphertext: bool, keying: keyopts.KeyOptions, out: BinaryIO
 ) -> None:
     from cipherdump.engine.describe import data_unit_size, iter_ciphertext
-    from cipherdump.ext4.inode import FileType
+    from cipherdump.ext4.inode import InodeType
 
     loaded = keying.load()
     with sources.open_image(image) as fs:
@@ -71,7 +71,7 @@ def _cat_image(
         ns = keyopts.namespace(fs, loaded)
         node = ns.resolve(os.fsencode(path))
         inode = node.inode
-        if inode.type is not FileType.FILE:
+        if inode.type is not InodeType.FILE:
             raise InputError(f"{path}: not a regular file")
         if ciphertext:
             du = data_unit_size(inode) if inode.is_encrypted else 1

@@ -26,7 +26,7 @@ from cipherdump.cli import render
 from cipherdump.errors import CipherdumpError, KeyProblem
 
 if TYPE_CHECKING:
-    from cipherdump.engine.views.image import Namespace, Node
+    from cipherdump.engine.views.image import ImageNode, Namespace
     from cipherdump.engine.views.image_keyed import KeyedNamespace
     from cipherdump.ext4 import Filesystem
     from cipherdump.fscrypt.keys import KeyRing
@@ -172,7 +172,7 @@ def report_keys(ns: Namespace) -> None:
             )
 
 
-def keyed_stat_fields(ns: Namespace, node: Node) -> dict[str, Any]:
+def keyed_stat_fields(ns: Namespace, node: ImageNode) -> dict[str, Any]:
     """Extra ``stat`` fields in keyed mode: was the name decrypted, is the key present."""
     keyed = as_keyed(ns)
     if keyed is None:

@@ -24,7 +24,7 @@ from cipherdump.engine.plainwrite import (
     WriteResult,
     write_tree,
 )
-from cipherdump.engine.views.image import Node, Problem
+from cipherdump.engine.views.image import ImageNode, Problem
 from cipherdump.engine.views.image_keyed import KeyedNamespace, Segment
 from cipherdump.progress import OnProgress
 
@@ -41,7 +41,7 @@ class ImageSource:
     def __init__(self, ns: KeyedNamespace) -> None:
         self.ns = ns
 
-    def meta(self, node: Node) -> ObjectMeta:
+    def meta(self, node: ImageNode) -> ObjectMeta:
         inode = node.inode
         return ObjectMeta(
             ino=inode.ino,
@@ -58,25 +58,25 @@ class ImageSource:
             xattrs=tuple((x.index, x.name, x.value) for x in inode.xattrs),
         )
 
-    def name(self, node: Node) -> bytes:
+    def name(self, node: ImageNode) -> bytes:
         return node.name
 
-    def iter_children(self, node: Node) -> Iterator[Node | Problem]:
+    def iter_children(self, node: ImageNode) -> Iterator[ImageNode | Problem]:
         return self.ns.iter_children(node)
 
-    def require_decryptable(self, node: Node, where: str) -> None:
+    def require_decryptable(self, node: ImageNode, where: str) -> None:
         self.ns.require_cipher(node.inode, where)
 
-    def iter_segments(self, node: Node) -> Iterator[Segment]:
+    def iter_segments(self, node: ImageNode) -> Iterator[Segment]:
         return self.ns.iter_segments(node.inode)
 
-    def symlink_target(self, node: Node) -> bytes:
+    def symlink_target(self, node: ImageNode) -> bytes:
         return self.ns.symlink_target(node.inode)
 
 
 def extract(
     ns: KeyedNamespace,
-    top: Node,
+    top: ImageNode,
     dest: str | bytes | os.PathLike[str],
     *,
     on_progress: OnProgress | None = None,

@@ -45,10 +45,10 @@ from cipherdump.ext4.build import (
     FilesystemTree,
     ImageWriter,
     NewInode,
+    NewRun,
     Plan,
     PopulateStats,
     Populator,
-    Run,
     SrcNode,
     plan_tree,
 )
@@ -523,7 +523,7 @@ class SnapshotTree:
                 if isinstance(e, tuple | list) and len(e) == 4:
                     lblk, length, _pblk, unwritten = e
                     if isinstance(lblk, int) and isinstance(length, int):
-                        src.runs.append(Run(lblk, length, bool(unwritten)))
+                        src.runs.append(NewRun(lblk, length, bool(unwritten)))
         elif snap.kind == "symlink":
             src.symlink = bytes_attr(a, "symlink")
         return src

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from cipherdump.ext4.volume import Volume
 
 
-class FileType(enum.Enum):
+class InodeType(enum.Enum):
     FILE = "file"
     DIR = "dir"
     SYMLINK = "symlink"
@@ -39,13 +39,13 @@ class FileType(enum.Enum):
 
 
 _FMT_TO_TYPE = {
-    stat.S_IFREG: FileType.FILE,
-    stat.S_IFDIR: FileType.DIR,
-    stat.S_IFLNK: FileType.SYMLINK,
-    stat.S_IFCHR: FileType.CHARDEV,
-    stat.S_IFBLK: FileType.BLOCKDEV,
-    stat.S_IFIFO: FileType.FIFO,
-    stat.S_IFSOCK: FileType.SOCKET,
+    stat.S_IFREG: InodeType.FILE,
+    stat.S_IFDIR: InodeType.DIR,
+    stat.S_IFLNK: InodeType.SYMLINK,
+    stat.S_IFCHR: InodeType.CHARDEV,
+    stat.S_IFBLK: InodeType.BLOCKDEV,
+    stat.S_IFIFO: InodeType.FIFO,
+    stat.S_IFSOCK: InodeType.SOCKET,
 }
 
 # Flag and feature bits asked for on every inode, as plain module constants.
@@ -81,14 +81,14 @@ class Inode:
     ino: int
     raw: I.RawInode
     #: The file type, from the mode's format bits (``UNKNOWN`` for none of the seven).
-    type: FileType
+    type: InodeType
 
     def __init__(self, fs: Volume, ino: int, raw: I.RawInode) -> None:
         self.fs = fs
         self.ino = ino
         self.raw = raw
         # Set once here: walks ask every inode its type many times over.
-        self.type = _FMT_TO_TYPE.get(raw.i_mode & _S_IFMT, FileType.UNKNOWN)
+        self.type = _FMT_TO_TYPE.get(raw.i_mode & _S_IFMT, InodeType.UNKNOWN)
         self._xattrs: list[Xattr] | None = None
         self._runs: list[Run] | None = None
         self._directory: Directory | None = None
@@ -103,15 +103,15 @@ class Inode:
 
     @property
     def is_dir(self) -> bool:
-        return self.type is FileType.DIR
+        return self.type is InodeType.DIR
 
     @property
     def is_file(self) -> bool:
-        return self.type is FileType.FILE
+        return self.type is InodeType.FILE
 
     @property
     def is_symlink(self) -> bool:
-        return self.type is FileType.SYMLINK
+        return self.type is InodeType.SYMLINK
 
     @property
     def uid(self) -> int:
@@ -189,7 +189,7 @@ class Inode:
     @property
     def device(self) -> tuple[int, int] | None:
         """(major, minor) of a character or block device node."""
-        if self.type is not FileType.CHARDEV and self.type is not FileType.BLOCKDEV:
+        if self.type is not InodeType.CHARDEV and self.type is not InodeType.BLOCKDEV:
             return None
         b = self.raw.i_block
         old = int.from_bytes(b[0:4], "little")
@@ -225,7 +225,7 @@ class Inode:
 
     @property
     def is_indexed_dir(self) -> bool:
-        return self.type is FileType.DIR and self.raw.i_flags & _INDEX_FL != 0
+        return self.type is InodeType.DIR and self.raw.i_flags & _INDEX_FL != 0
 
     @property
     def is_fast_symlink(self) -> bool:

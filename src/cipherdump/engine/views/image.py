@@ -27,7 +27,7 @@ MAX_DEPTH = 4096
 
 
 @dataclass(frozen=True, slots=True)
-class Node:
+class ImageNode:
     """One object as a user sees it.
 
     ``path`` is the display path from the listed root (bytes; no-key names where
@@ -131,20 +131,20 @@ class Namespace:
         return encode_nokey_symlink(ct)
 
     # -- listing ---------------------------------------------------------------------
-    def root_node(self) -> Node:
+    def root_node(self) -> ImageNode:
         root = self.fs.root
-        return Node(b"/", b"/", b"/", root, False)
+        return ImageNode(b"/", b"/", b"/", root, False)
 
-    def children(self, node: Node) -> list[Node]:
+    def children(self, node: ImageNode) -> list[ImageNode]:
         """Every entry of the directory ``node``; raises on the first unreadable one."""
-        out: list[Node] = []
+        out: list[ImageNode] = []
         for item in self.iter_children(node):
             if isinstance(item, Problem):
                 raise item.error
             out.append(item)
         return out
 
-    def iter_children(self, node: Node) -> Iterator[Node | Problem]:
+    def iter_children(self, node: ImageNode) -> Iterator[ImageNode | Problem]:
         """Every entry of the directory ``node``, an entry whose inode cannot be read
         as a :class:`Problem` of its own.
 
@@ -175,9 +175,9 @@ class Namespace:
             except CipherdumpError as err:
                 yield Problem(path, err)
                 continue
-            yield Node(path, name, e.name, child, directory.is_encrypted, e.hash)
+            yield ImageNode(path, name, e.name, child, directory.is_encrypted, e.hash)
 
-    def walk(self, top: Node, *, recursive: bool) -> Iterator[Node | Problem]:
+    def walk(self, top: ImageNode, *, recursive: bool) -> Iterator[ImageNode | Problem]:
         """Children of ``top`` (all descendants when ``recursive``), depth first.
 
         Per-object failures are yielded as :class:`Problem` and the walk goes on.
@@ -185,7 +185,7 @@ class Namespace:
         seen: set[int] = {top.inode.ino}
         # An explicit stack, not recursion: a legitimately deep tree must not hit
         # Python's recursion limit.
-        stack: list[Iterator[Node | Problem]] = [self._listing(top)]
+        stack: list[Iterator[ImageNode | Problem]] = [self._listing(top)]
         while stack:
             kid = next(stack[-1], None)
             if kid is None:
@@ -205,7 +205,7 @@ class Namespace:
             seen.add(kid.inode.ino)
             stack.append(self._listing(kid))
 
-    def _listing(self, node: Node) -> Iterator[Node | Problem]:
+    def _listing(self, node: ImageNode) -> Iterator[ImageNode | Problem]:
         """The children of ``node``, or one Problem for ``node`` if it is unreadable."""
         try:
             kids = list(self.iter_children(node))
@@ -214,7 +214,7 @@ class Namespace:
         return iter(kids)
 
     # -- lookup ----------------------------------------------------------------------
-    def resolve(self, path: bytes) -> Node:
+    def resolve(self, path: bytes) -> ImageNode:
         """Resolve a path typed by a user: plaintext names, or no-key names in
         encrypted directories (as ``ls`` shows them on the live system)."""
         return resolve_path(
@@ -225,7 +225,7 @@ class Namespace:
             shown_path=lambda n: n.path,
         )
 
-    def _lookup(self, parent: Node, name: bytes) -> Node:
+    def _lookup(self, parent: ImageNode, name: bytes) -> ImageNode:
         directory = parent.inode
         match = self._htree_lookup(directory, name)
         if match is None:
@@ -233,7 +233,7 @@ class Namespace:
         if match is None:
             raise NotFoundError(f"{show_path(posixpath.join(parent.path, name))}: no such file")
         shown = self.display_name(directory, match)
-        return Node(
+        return ImageNode(
             posixpath.join(parent.path, shown),
             shown,
             match.name,

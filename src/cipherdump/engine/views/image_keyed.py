@@ -24,12 +24,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from cipherdump.engine.views.decrypt import InodeCiphers
-from cipherdump.engine.views.image import Namespace, Node, Problem, bad_entry
+from cipherdump.engine.views.image import ImageNode, Namespace, Problem, bad_entry
 from cipherdump.engine.views.paths import child_path
 from cipherdump.errors import CipherdumpError, CorruptError, KeyProblem, UnsupportedError
 from cipherdump.ext4 import Filesystem, Inode
 from cipherdump.ext4.directory import Entry
-from cipherdump.ext4.inode import FileType
+from cipherdump.ext4.inode import InodeType
 from cipherdump.fscrypt.context import EncryptionContext, Policy, decode_context
 from cipherdump.fscrypt.dirhash import casefold
 from cipherdump.fscrypt.inode_cipher import InodeCipher
@@ -190,7 +190,7 @@ class KeyedNamespace(Namespace):
         except CipherdumpError:
             return False
 
-    def name_decrypted(self, node: Node) -> bool:
+    def name_decrypted(self, node: ImageNode) -> bool:
         """Whether ``node.name`` is a decrypted plaintext (not a no-key name)."""
         if not node.name_encrypted:
             return False
@@ -294,7 +294,7 @@ class KeyedNamespace(Namespace):
         return plain
 
     # -- listing ---------------------------------------------------------------------
-    def iter_children(self, node: Node) -> Iterator[Node | Problem]:
+    def iter_children(self, node: ImageNode) -> Iterator[ImageNode | Problem]:
         """As :meth:`Namespace.iter_children`, with a name that cannot be decrypted
         reported as a :class:`Problem` of its own (under its no-key name)."""
         directory = node.inode
@@ -319,10 +319,10 @@ class KeyedNamespace(Namespace):
             except CipherdumpError as err:
                 yield Problem(path, err)
                 continue
-            yield Node(path, name, e.name, child, directory.is_encrypted, e.hash)
+            yield ImageNode(path, name, e.name, child, directory.is_encrypted, e.hash)
 
     # -- lookup ----------------------------------------------------------------------
-    def _lookup(self, parent: Node, name: bytes) -> Node:
+    def _lookup(self, parent: ImageNode, name: bytes) -> ImageNode:
         directory = parent.inode
         if directory.is_encrypted and self.names_decrypted(directory):
             match = self._plaintext_match(directory, name)
@@ -330,7 +330,7 @@ class KeyedNamespace(Namespace):
                 # A typed name that encrypts to a stored one proves the key.
                 self._confirmed.add(self.require_cipher(directory).policy.key_spec)
                 shown = self.display_name(directory, match)
-                return Node(
+                return ImageNode(
                     posixpath.join(parent.path, shown),
                     shown,
                     match.name,
@@ -367,7 +367,7 @@ class KeyedNamespace(Namespace):
         Encrypted data units are decrypted with the file's own key (KeyProblem when it
         is missing); holes and unwritten extents are holes, without decryption.
         """
-        if inode.type is not FileType.FILE:
+        if inode.type is not InodeType.FILE:
             raise UnsupportedError(f"inode {inode.ino} is not a regular file")
         size = inode.size
         if size == 0:
