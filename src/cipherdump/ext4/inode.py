@@ -141,10 +141,6 @@ class Inode:
     def project_id(self) -> int:
         return self.raw.i_projid
 
-    @property
-    def in_use(self) -> bool:
-        return self.raw.i_mode != 0 and self.raw.i_dtime == 0
-
     # The four timestamps: I.timestamp_ns, written out (they are asked for per file).
     @property
     def atime_ns(self) -> int:

@@ -31,10 +31,6 @@ class Run:
     pblk: int | None
     unwritten: bool = False
 
-    @property
-    def is_hole(self) -> bool:
-        return self.pblk is None
-
 
 class Volume(Protocol):
     """An open ext4 filesystem, as the operations see it (``Filesystem`` is one)."""

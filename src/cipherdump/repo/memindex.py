@@ -45,10 +45,6 @@ class MemoryIndex:
     def has_pack(self, pack_id: Id) -> bool:
         return pack_id in self._pack_numbers
 
-    def iter_packs(self) -> Iterator[tuple[Id, int]]:
-        """(pack id, pack size) of every indexed pack."""
-        yield from zip(self._packs, self._pack_sizes, strict=True)
-
     def add_pack(self, pack_id: Id, size: int, raw_entries: bytes) -> int:
         """Add a pack's 48-byte entries (already validated); returns how many were new.
 

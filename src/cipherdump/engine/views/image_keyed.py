@@ -57,10 +57,6 @@ class Segment:
     length: int
     data: bytes | None
 
-    @property
-    def is_hole(self) -> bool:
-        return self.data is None
-
 
 def invalid_name_reason(name: bytes) -> str | None:
     """Why the plaintext ``name`` cannot be a single path component, or None if it can."""
