@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cipherdump.repo.backends import direct
-from cipherdump.repo.backends.direct import DirectAppendFile
+from cipherdump.repo import direct_file
+from cipherdump.repo.direct_file import DirectAppendFile
 
 
 def _open(path: Path) -> DirectAppendFile:
@@ -60,7 +60,7 @@ def test_a_write_refused_midway_goes_on_through_the_page_cache(
     def refuse(fd: int, data: memoryview) -> int:
         raise OSError(errno.EINVAL, "Invalid argument")
 
-    monkeypatch.setattr(direct.os, "write", refuse)
+    monkeypatch.setattr(direct_file.os, "write", refuse)
     path = tmp_path / "pack"
     f = _open(path)
     expected = _fill(f, random.Random(6), 3 << 20)
@@ -88,11 +88,11 @@ def test_data_made_in_place_is_written_in_order(tmp_path: Path) -> None:
     expected = bytearray()
     in_place = 0
     try:
-        while len(expected) < 3 * direct.SEGMENT + 12345:
+        while len(expected) < 3 * direct_file.SEGMENT + 12345:
             piece = rng.randbytes(rng.choice([40, 4096, 70_000, 1 << 20, (1 << 20) + 40]))
             view = f.reserve(len(piece))
             if view is None:
-                assert len(piece) > direct.SEGMENT - f.size % direct.SEGMENT
+                assert len(piece) > direct_file.SEGMENT - f.size % direct_file.SEGMENT
                 f.write(piece)
             else:
                 view[:] = piece
@@ -102,7 +102,7 @@ def test_data_made_in_place_is_written_in_order(tmp_path: Path) -> None:
             expected += piece
         assert in_place > 3
         with pytest.raises(ValueError):
-            f.advance(direct.SEGMENT + 1)
+            f.advance(direct_file.SEGMENT + 1)
         f.seek(len(expected) - 100)
         assert f.read(100) == expected[-100:]
         f.flush()
@@ -117,7 +117,7 @@ def test_segments_are_reused_by_the_next_file(tmp_path: Path) -> None:
     """A closed file's segments serve the next one (no new pages to fault in), and what
     the first file held never shows in the second."""
     first = _open(tmp_path / "a")
-    first.write(b"\xaa" * (direct.SEGMENT + 5000))
+    first.write(b"\xaa" * (direct_file.SEGMENT + 5000))
     first.flush()
     segments = {id(s) for s in first._segments}
     first.close()
@@ -138,9 +138,9 @@ def test_a_forked_child_starts_with_no_spare_segments(tmp_path: Path) -> None:
     f.write(b"x")
     f.flush()
     f.close()
-    assert direct._POOL._free  # the parent keeps them
+    assert direct_file._POOL._free  # the parent keeps them
     pid = os.fork()
     if pid == 0:
-        os._exit(0 if direct._POOL._free == [] else 1)
+        os._exit(0 if direct_file._POOL._free == [] else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0

@@ -10,8 +10,8 @@ import pytest
 
 from cipherdump.errors import BackendError
 from cipherdump.repo import BlobType, FileType, KdfParams, LocalBackend, Repository
-from cipherdump.repo.backends.direct import DirectAppendFile
 from cipherdump.repo.backends.local import LocalSpool
+from cipherdump.repo.direct_file import DirectAppendFile
 
 
 def make_repo(tmp_path: Path) -> Repository:
