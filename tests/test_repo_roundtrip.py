@@ -25,7 +25,7 @@ from cipherdump.repo import (
     Snapshot,
     Tree,
 )
-from cipherdump.repo.blobs.store import load_index_file
+from cipherdump.repo.blobstore import load_index_file
 
 KDF = KdfParams.insecure_for_tests()
 

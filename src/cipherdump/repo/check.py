@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from cipherdump.errors import CipherdumpError
 from cipherdump.progress import OnProgress, Progress
 from cipherdump.repo.backends.base import Backend, FileType, Handle
-from cipherdump.repo.blobs.store import load_index_file
+from cipherdump.repo.blobstore import load_index_file
 from cipherdump.repo.config import decode_config
 from cipherdump.repo.crypto import MasterKey, file_id
 from cipherdump.repo.ids import BlobType, Id

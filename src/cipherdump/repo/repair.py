@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from cipherdump.errors import CorruptError, IntegrityError
 from cipherdump.progress import OnProgress, Progress
 from cipherdump.repo.backends.base import Backend, FileInfo, FileType, Handle
-from cipherdump.repo.blobs.store import load_index_file
+from cipherdump.repo.blobstore import load_index_file
 from cipherdump.repo.crypto import MasterKey, file_id
 from cipherdump.repo.ids import Id, is_hex_id
 from cipherdump.repo.index import IndexFile, PackRecord, encode_index

@@ -17,7 +17,7 @@ from cipherdump.errors import (
 )
 from cipherdump.progress import OnProgress
 from cipherdump.repo.backends.base import Backend, FileType, Handle, ObjectMissing
-from cipherdump.repo.blobs.store import INDEX_EVERY_PACKS, BlobStore
+from cipherdump.repo.blobstore import INDEX_EVERY_PACKS, BlobStore
 from cipherdump.repo.check import Checker, CheckReport
 from cipherdump.repo.config import (
     DEFAULT_CIPHER,
