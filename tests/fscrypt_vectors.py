@@ -15,8 +15,8 @@ import zstandard
 from cipherdump.blockio import FileSource
 from cipherdump.ext4 import Filesystem
 from cipherdump.fscrypt.context import EncryptionContext, decode_context
+from shared_data import SHARED_TESTDATA
 
-SHARED_TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
 KERNEL_VECTORS = SHARED_TESTDATA / "kernel-vectors"
 KERNEL_VECTORS_61 = SHARED_TESTDATA / "kernel-vectors-6.1"
 LOCAL_VECTORS = Path(__file__).resolve().parent / "vectors"

@@ -46,8 +46,9 @@ from cipherdump.ondisk.dirhash import (
     hash_version_name,
     is_signed_filesystem,
 )
+from shared_data import SHARED_TESTDATA
 
-TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
+TESTDATA = SHARED_TESTDATA
 VECTORS = TESTDATA / "kernel-vectors"
 VECTORS_61 = TESTDATA / "kernel-vectors-6.1"
 ZERO_SEED = bytes(16)

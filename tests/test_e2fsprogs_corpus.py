@@ -43,8 +43,9 @@ from cipherdump.engine.views.image import Namespace, Problem
 from cipherdump.errors import CipherdumpError, NotExt4Error
 from cipherdump.ext4 import Filesystem, Inode
 from cipherdump.ext4.inode import InodeType
+from shared_data import SHARED_TESTDATA
 
-TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
+TESTDATA = SHARED_TESTDATA
 CORPUS = TESTDATA / "e2fsprogs"
 VIEW_RS = TESTDATA / "ext4-view-rs"
 

@@ -43,8 +43,9 @@ from cipherdump.errors import CipherdumpError
 from cipherdump.ext4 import Filesystem, Inode
 from cipherdump.ext4.inode import InodeType
 from cipherdump.ondisk.extent import EXT4_EXT_MAGIC
+from shared_data import SHARED_TESTDATA
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "e2fsprogs"
+CORPUS = SHARED_TESTDATA / "e2fsprogs"
 
 # Corpus images used as seeds: no checksums (so mutations reach deep), inline data,
 # and one with metadata_csum (so the checksum paths see damage too).

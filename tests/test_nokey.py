@@ -33,8 +33,9 @@ from cipherdump.fscrypt.nokey import (
 )
 from cipherdump.fscrypt.symlink import decode_encrypted_symlink, symlink_ciphertext_length
 from cipherdump.ondisk.dirhash import ext4_dirhash
+from shared_data import SHARED_TESTDATA
 
-TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
+TESTDATA = SHARED_TESTDATA
 VECTORS = TESTDATA / "kernel-vectors"
 VECTORS_61 = TESTDATA / "kernel-vectors-6.1"
 

@@ -15,6 +15,7 @@ from cipherdump.blockio import MemorySource
 from cipherdump.ext4 import Filesystem
 from cipherdump.ext4.orphans import clip_runs
 from cipherdump.ext4.volume import Run
+from shared_data import SHARED_TESTDATA
 
 MKFS = shutil.which("mkfs.ext4")
 
@@ -86,7 +87,7 @@ def test_clip_runs() -> None:
     assert clip_runs(runs, 1 << 40, 1024) == runs
 
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "e2fsprogs"
+CORPUS = SHARED_TESTDATA / "e2fsprogs"
 
 
 def test_a_journal_error_of_the_last_mount_is_reported_and_orphans_left_alone() -> None:

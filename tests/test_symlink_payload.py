@@ -26,8 +26,9 @@ from cipherdump.fscrypt.symlink import (
     max_symlink_ciphertext,
     symlink_ciphertext_length,
 )
+from shared_data import SHARED_TESTDATA
 
-TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
+TESTDATA = SHARED_TESTDATA
 VECTORS = TESTDATA / "kernel-vectors"
 
 
