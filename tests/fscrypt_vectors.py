@@ -15,11 +15,11 @@ import zstandard
 from cipherdump.blockio import FileSource
 from cipherdump.ext4 import Filesystem
 from cipherdump.fscrypt.context import EncryptionContext, decode_context
-from shared_data import SHARED_TESTDATA
+from shared_data import LOCAL_DATA, SHARED_TESTDATA
 
 KERNEL_VECTORS = SHARED_TESTDATA / "kernel-vectors"
 KERNEL_VECTORS_61 = SHARED_TESTDATA / "kernel-vectors-6.1"
-LOCAL_VECTORS = Path(__file__).resolve().parent / "vectors"
+LOCAL_VECTORS = LOCAL_DATA / "vectors"
 
 
 @cache

@@ -1,6 +1,6 @@
 """Adiantum, XChaCha12 and NH against the Adiantum authors' published vectors.
 
-Provenance: ``tests/vectors/adiantum_vectors.json`` is transcribed unchanged from
+Provenance: ``tests/data/vectors/adiantum_vectors.json`` is transcribed unchanged from
 google/adiantum ``test_vectors/ours/`` (see its ``_provenance``), the source of the Linux
 ``adiantum_xchacha12_aes_tv_template``.  The kernel check (names, symlink targets and
 contents written by Linux 6.1, including DIRECT_KEY) is in ``test_fscrypt_kernel61.py``.

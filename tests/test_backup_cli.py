@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cipherdump.cli.main import cli
+from shared_data import REPO
 
-SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.img"
+SAMPLE = REPO / "examples" / "sample.img"
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> Result:

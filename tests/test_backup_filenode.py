@@ -25,8 +25,9 @@ from cipherdump.errors import CipherdumpError
 from cipherdump.ext4 import open_filesystem
 from cipherdump.repo import Id, KdfParams, MemoryBackend, Repository
 from conftest import SHARED_TESTDATA, KernelImageFactory
+from shared_data import REPO
 
-SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.img"
+SAMPLE = REPO / "examples" / "sample.img"
 CORPUS = SHARED_TESTDATA / "e2fsprogs"
 # Images of shapes the fast path must recognise or leave alone.
 SOME_CORPUS = [

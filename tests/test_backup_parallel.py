@@ -20,6 +20,7 @@ from cipherdump.engine.workers import WorkerDied
 from cipherdump.errors import BackendError, CipherdumpError, CorruptError
 from cipherdump.ext4 import open_filesystem
 from cipherdump.repo import KdfParams, LocalBackend, MemoryBackend, Repository
+from shared_data import REPO
 from test_backup_kernel import assert_ciphertext_is_on_disk, assert_lists_like_kernel
 
 pytestmark = pytest.mark.kernel
@@ -282,7 +283,7 @@ def test_worker_count(
     inodes: int,
     workers: int,
 ) -> None:
-    sample = Path(__file__).resolve().parents[1] / "examples" / "sample.img"
+    sample = REPO / "examples" / "sample.img"
     monkeypatch.setattr(backup_module.os, "cpu_count", lambda: cpus)
     with open_filesystem(str(sample)) as fs:
         run = backup_module._Backup(_repo(tmp_path), fs, BackupOptions(jobs=jobs), None, None)

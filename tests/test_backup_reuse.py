@@ -22,8 +22,9 @@ from cipherdump.ondisk.dirent import dirblock_csum_set
 from cipherdump.repo import BlobType, KdfParams, MemoryBackend, Repository, codec
 from cipherdump.repo.ids import Id
 from cipherdump.repo.tree import Node, Tree, decode_tree, encode_tree, join_nodes, tree_spans
+from shared_data import REPO
 
-SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.img"
+SAMPLE = REPO / "examples" / "sample.img"
 
 
 @pytest.fixture

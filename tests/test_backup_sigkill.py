@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from shared_data import REPO
+
 CLI = [sys.executable, "-c", "from cipherdump.cli.main import main; main()"]
 
 
 def _env(repo: Path) -> dict[str, str]:
     env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(REPO / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     env.update(
         CIPHERDUMP_INSECURE_TEST_KDF="1",

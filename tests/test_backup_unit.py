@@ -23,8 +23,9 @@ from cipherdump.engine.views.image import Namespace, Problem
 from cipherdump.engine.views.snapshot import SnapNode, SnapshotView
 from cipherdump.ext4 import Filesystem, open_filesystem
 from cipherdump.repo import KdfParams, MemoryBackend, Repository
+from shared_data import REPO
 
-SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.img"
+SAMPLE = REPO / "examples" / "sample.img"
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from cipherdump.cli.main import cli
 from cipherdump.ext4 import Filesystem
 from cipherdump.ondisk.dirent import EXT4_NAME_LEN, dirent_name_problem
 from restore_checks import e2fsck_clean
+from shared_data import REPO
 
 GOOD = [b"good-one", b"good-two", b"victim-1"]
 
@@ -215,7 +216,7 @@ def test_a_too_short_ciphertext_name_hides_no_sibling(tmp_path: Path) -> None:
     other entry is listed, backed up and cloned, with or without the key."""
     if shutil.which("tune2fs") is None or shutil.which("e2fsck") is None:
         pytest.skip("e2fsprogs unavailable")
-    sample = Path(__file__).resolve().parents[1] / "examples"
+    sample = REPO / "examples"
     image = tmp_path / "s.img"
     shutil.copyfile(sample / "sample.img", image)
     # Without checksums, so that the edit below is the only damage.

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_listing.py"
+from shared_data import REPO
+
+BENCH = REPO / "bench" / "bench_listing.py"
 
 
 def test_bench_listing_runs_on_the_sample() -> None:

@@ -20,10 +20,11 @@ import pytest
 
 from cipherdump.blockio.source import FileSource
 from cipherdump.errors import InputError
+from shared_data import REPO
 from timebound import time_limit
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SRC = REPO / "src"
+EXAMPLES = REPO / "examples"
 SAMPLE = EXAMPLES / "sample.img"
 ALICE = EXAMPLES / "alice.key"
 CLI = [sys.executable, "-c", "from cipherdump.cli.main import main; main()"]

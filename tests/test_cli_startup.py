@@ -18,8 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from cipherdump.cli.main import cli
+from shared_data import REPO
 
-SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.img"
+SAMPLE = REPO / "examples" / "sample.img"
 
 # Third-party modules that cost start-up time and that no command needs before it runs.
 HEAVY = {"argon2", "blake3", "crc32c", "cryptography", "google", "hypothesis", "rich", "zstandard"}
@@ -188,7 +189,7 @@ def test_every_exit_code_is_in_the_readme_table() -> None:
 
     from cipherdump import errors
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     table = readme.split("### Exit codes", 1)[1].split("\n\n", 2)[1]
     documented = {int(code) for code in re.findall(r"^\| (\d+) \|", table, re.MULTILINE)}
     classes = [c for c in vars(errors).values() if isinstance(c, type)]

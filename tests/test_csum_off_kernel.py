@@ -20,10 +20,11 @@ from click.testing import CliRunner, Result
 
 import kernelfs
 from cipherdump.cli.main import cli
+from shared_data import REPO
 
 pytestmark = pytest.mark.kernel
 
-SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.img"
+SAMPLE = REPO / "examples" / "sample.img"
 
 _TYPES = {
     "file": stat.S_IFREG,

@@ -43,7 +43,7 @@ from cipherdump.engine.views.image import Namespace, Problem
 from cipherdump.errors import CipherdumpError, NotExt4Error
 from cipherdump.ext4 import Filesystem, Inode
 from cipherdump.ext4.inode import InodeType
-from shared_data import SHARED_TESTDATA
+from shared_data import REPO, SHARED_TESTDATA
 
 TESTDATA = SHARED_TESTDATA
 CORPUS = TESTDATA / "e2fsprogs"
@@ -719,7 +719,7 @@ def test_cli_every_image(name: str, corpus_image: Callable[[str], Path]) -> None
 
 # -- backups of the corpus ------------------------------------------------------------
 
-SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.img"
+SAMPLE = REPO / "examples" / "sample.img"
 # The exit codes `backup` may give per expectation: a clean image is backed up whole; a
 # damaged one with its bad objects reported (1) or, if it cannot be opened, refused (3).
 BACKUP_CODES = {

@@ -25,8 +25,9 @@ from cipherdump.cli.main import cli
 from cipherdump.repo import LocalBackend, Repository
 from cipherdump.repo.tree import Node, Tree
 from restore_checks import e2fsck_clean
+from shared_data import REPO
 
-SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.img"
+SAMPLE = REPO / "examples" / "sample.img"
 PASSWORD = "x"
 
 Forgery = Callable[[list[Node]], list[Node]]

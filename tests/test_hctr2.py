@@ -1,6 +1,6 @@
 """HCTR2 and POLYVAL against the HCTR2 authors' published vectors.
 
-Provenance: ``tests/vectors/hctr2_vectors.json`` is transcribed unchanged from
+Provenance: ``tests/data/vectors/hctr2_vectors.json`` is transcribed unchanged from
 google/hctr2 ``test_vectors/ours/`` (see its ``_provenance``), the source of the Linux
 ``aes_hctr2_tv_template``.  The kernel check (names in a Linux 6.1 HCTR2 directory) is
 in ``test_fscrypt_kernel61.py``.

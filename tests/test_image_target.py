@@ -25,8 +25,9 @@ from cipherdump.cli.main import cli
 from cipherdump.engine.restore_image import TargetFacts, make_image
 from cipherdump.errors import OutputError
 from cipherdump.ext4 import open_filesystem
+from shared_data import REPO
 
-SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.img"
+SAMPLE = REPO / "examples" / "sample.img"
 CLI = [sys.executable, "-c", "from cipherdump.cli.main import main; main()"]
 OLD = {"/old.txt": b"old text\n", "/olddir/data.bin": bytes(range(256)) * 20}
 
@@ -38,7 +39,7 @@ needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="no str
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(REPO / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

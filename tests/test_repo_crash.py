@@ -20,6 +20,7 @@ from cipherdump.repo import (
     Snapshot,
     Tree,
 )
+from shared_data import REPO
 
 KDF = KdfParams.insecure_for_tests()
 
@@ -59,7 +60,7 @@ def test_sigkill_at_random_points(tmp_path: Path) -> None:
     Repository.init(backend, b"pw", kdf=KDF, pack_size=8192).close()
     rng = random.Random(1234)
     env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(REPO / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     delays = [0.0, 0.05, 0.2, 0.5, 1.0] + [rng.uniform(0, 1.2) for _ in range(3)]
     for iteration, delay in enumerate(delays):

@@ -34,9 +34,10 @@ from cipherdump.repo.crypto import BOOTSTRAP_CIPHER, Cipher, MasterKey
 from cipherdump.repo.envelope import HEADER_SIZE, Magic, seal_file
 from cipherdump.repo.pack import ENTRY, TRAILER_SIZE
 from repo_formats import AEAD_OF_VERSION, AEADS, VERSIONS, init_repository, open_sealed
+from shared_data import REPO
 
 KDF = KdfParams.insecure_for_tests()
-SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.img"
+SAMPLE = REPO / "examples" / "sample.img"
 
 
 def _fill(repo: Repository, rounds: int = 2) -> list[Id]:

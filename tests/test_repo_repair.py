@@ -11,8 +11,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cipherdump.cli.main import cli
+from shared_data import REPO
 
-SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.img"
+SAMPLE = REPO / "examples" / "sample.img"
 ENV = {"CIPHERDUMP_INSECURE_TEST_KDF": "1", "CIPHERDUMP_PASSWORD": "pw"}
 
 

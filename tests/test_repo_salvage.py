@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cipherdump.cli.main import cli
+from shared_data import REPO
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = REPO / "examples"
 SAMPLE = EXAMPLES / "sample.img"
 KEYS = ["--key", str(EXAMPLES / "alice.key"), "--key", str(EXAMPLES / "bob.key")]
 ENV = {"CIPHERDUMP_INSECURE_TEST_KDF": "1", "CIPHERDUMP_PASSWORD": "x"}

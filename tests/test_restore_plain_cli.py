@@ -15,8 +15,9 @@ from pathlib import Path
 from click.testing import CliRunner, Result
 
 from cipherdump.cli.main import cli
+from shared_data import REPO
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = REPO / "examples"
 IMAGE = str(EXAMPLES / "sample.img")
 ALICE = str(EXAMPLES / "alice.key")
 BOB = str(EXAMPLES / "bob.key")
