@@ -1,5 +1,9 @@
 """Shared fixtures and the four test tiers.
 
+Folders: ``unit/<layer>``, ``vectors``, ``kernel`` (the 6.1 VM too) and ``e2e`` (the command
+line over whole images and repositories); helpers in ``support``, small checked-in data with
+its provenance in ``data``.
+
 * **unit**: pure tests on synthetic bytes; always run.
 * **vectors**: tests on checked-in external data in ``<repo>/../shared/testdata`` (or
   ``$CIPHERDUMP_SHARED/testdata``; fixture ``shared_testdata``, skipped with the reason when

@@ -29,7 +29,7 @@ What is good here and is to be kept so:
   (README's table is tested against it) and structured fields, not formatted strings.
 * The ``Backend`` protocol (``repo/backends/base.py``): narrow, keyed by (type, name),
   names validated in one place, an in-memory double, and one conformance suite
-  (tests/test_repo_backend_conformance.py) every backend must pass.
+  (tests/unit/repo/test_repo_backend_conformance.py) every backend must pass.
 * ``fscrypt/keys.py`` as the trust boundary: the only module, with plaintext restore,
   that touches key bytes; keys validated at construction, compared in constant time,
   kept out of ``repr``.

@@ -39,7 +39,7 @@ from cipherdump.cli import (
 # library and cipherdump.errors at the top.  The engine, the ext4 reader, fscrypt and
 # the repository (and with them cryptography, argon2, blake3, zstandard, crc32c, rich)
 # are imported inside the commands that use them, so `--help` and every command pay
-# only for what they run.  tests/test_cli_startup.py keeps it so.
+# only for what they run.  tests/unit/cli/test_cli_startup.py keeps it so.
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -3,7 +3,7 @@
 Provenance: ``tests/data/vectors/hctr2_vectors.json`` is transcribed unchanged from
 google/hctr2 ``test_vectors/ours/`` (see its ``_provenance``), the source of the Linux
 ``aes_hctr2_tv_template``.  The kernel check (names in a Linux 6.1 HCTR2 directory) is
-in ``test_fscrypt_kernel61.py``.
+in ``test_fscrypt_61.py``.
 """
 
 from __future__ import annotations

@@ -22,6 +22,17 @@ KERNEL_VECTORS_61 = SHARED_TESTDATA / "kernel-vectors-6.1"
 LOCAL_VECTORS = LOCAL_DATA / "vectors"
 
 
+def unpack(src: Path, dst: Path) -> Path:
+    """``src`` (gzip or zstd) decompressed into ``dst``."""
+    with src.open("rb") as f, dst.open("wb") as g:
+        if src.suffix == ".gz":
+            with gzip.open(f) as unzipped:
+                shutil.copyfileobj(unzipped, g)
+        else:
+            zstandard.ZstdDecompressor().copy_stream(f, g)
+    return dst
+
+
 @cache
 def load_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))

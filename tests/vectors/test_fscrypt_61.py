@@ -8,7 +8,7 @@ Two sources of ground truth:
   and, in casefolded directories, the stored SipHash dirhash.  So names, dirhashes and
   key identifiers are checked without reading the images.
 * The images, through cipherdump's ext4 reader: a symlink's context and a file's
-  data blocks.  (The keyed view over the same images is in test_keyed_kernel61.py.)
+  data blocks.  (The keyed view over the same images is in test_keyed_61.py.)
 """
 
 from __future__ import annotations

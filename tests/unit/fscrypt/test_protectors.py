@@ -54,8 +54,7 @@ from cipherdump.ondisk.acl import (
     encode_ext4_acl,
     ext4_acl_to_xattr,
 )
-from fscrypt_vectors import SHARED_TESTDATA, load_json
-from test_keyed_known_keys import _unpack
+from fscrypt_vectors import SHARED_TESTDATA, load_json, unpack
 
 KNOWN = SHARED_TESTDATA / "known_keys.json"
 needs_known = pytest.mark.skipif(not KNOWN.is_file(), reason="known_keys.json absent")
@@ -215,7 +214,7 @@ def test_disk1(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = SHARED_TESTDATA / "ext4-view-rs" / "test_disk1.bin.zst"
     if not src.is_file():
         pytest.skip("test_disk1 absent")
-    return _unpack(src, tmp_path_factory.mktemp("prot") / "disk1.img")
+    return unpack(src, tmp_path_factory.mktemp("prot") / "disk1.img")
 
 
 @needs_known
@@ -249,7 +248,7 @@ def test_test_disk1_raw_key_protector(test_disk1: Path) -> None:
 )
 def test_e4crypt_passphrases(tmp_path: Path, name: str, passphrase: bytes) -> None:
     known = load_json(KNOWN)[name]
-    img = _unpack(SHARED_TESTDATA / known["image"], tmp_path / "img")
+    img = unpack(SHARED_TESTDATA / known["image"], tmp_path / "img")
     with open_filesystem(str(img)) as fs:
         salt = fs.sb.s_encrypt_pw_salt
     assert salt.hex() == known["key_source"]["salt_uuid"].replace("-", "")

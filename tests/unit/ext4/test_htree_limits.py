@@ -6,7 +6,7 @@ sizes the fake dirent of an index node with ``ext4_dir_rec_len(0, dir)``, which 
 it: such a node holds one entry fewer.  The root's '.' and '..' are sized without it.
 dx_probe refuses a node whose limit differs, falls back to linear lookups and records an
 ext4 error.  e2fsck 1.47 expects the unhashed limit here, so it is no oracle for these
-directories: the kernel-made node below is (and tests/test_kernel61_vm.py).
+directories: the kernel-made node below is (and tests/kernel/test_kernel61_vm.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 SipHash vectors are from the SipHash paper (Aumasson and Bernstein, appendix A: key
 00..0f, messages 00..(n-1)).  Kernel checks of the same code are in
 ``test_fscrypt_crypto.py`` (IV_INO_LBLK_32 inode hashes, CTS names) and
-``test_fscrypt_kernel61.py`` (casefold dirhashes).
+``test_fscrypt_61.py`` (casefold dirhashes).
 """
 
 from __future__ import annotations

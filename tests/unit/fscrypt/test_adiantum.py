@@ -3,7 +3,7 @@
 Provenance: ``tests/data/vectors/adiantum_vectors.json`` is transcribed unchanged from
 google/adiantum ``test_vectors/ours/`` (see its ``_provenance``), the source of the Linux
 ``adiantum_xchacha12_aes_tv_template``.  The kernel check (names, symlink targets and
-contents written by Linux 6.1, including DIRECT_KEY) is in ``test_fscrypt_kernel61.py``.
+contents written by Linux 6.1, including DIRECT_KEY) is in ``test_fscrypt_61.py``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The host kernel has no casefolding, ESSIV or Adiantum, so for those images the only
 kernel that can say whether ``clone`` and ``restore --to-image`` wrote them right is
-one booted for the purpose (``tests/vm61``).  One guest boot checks, for every image of
+one booted for the purpose (``tests/support/vm61``).  One guest boot checks, for every image of
 ``kernel-vectors-6.1`` and two casefolded encrypted directories that guest made with
 index nodes (4 KiB and 1 KiB blocks), the original, its clone and its restore:
 

@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from test_backup_kernel import assert_ciphertext_is_on_disk, assert_lists_like_kernel
 
 import kernelfs
 from cipherdump.engine import backup as backup_module
@@ -21,7 +22,6 @@ from cipherdump.errors import BackendError, CipherdumpError, CorruptError
 from cipherdump.ext4 import open_filesystem
 from cipherdump.repo import KdfParams, LocalBackend, MemoryBackend, Repository
 from shared_data import REPO
-from test_backup_kernel import assert_ciphertext_is_on_disk, assert_lists_like_kernel
 
 pytestmark = pytest.mark.kernel
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("CIPHERDUMP_SHARED") or REPO.parent / "shared")
 SHARED_TESTDATA = SHARED / "testdata"
 # Small copies of shared data that unit tests rely on (see tests/data/README.md).
-LOCAL_DATA = Path(__file__).resolve().parent / "data"
+LOCAL_DATA = REPO / "tests" / "data"

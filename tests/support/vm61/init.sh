@@ -1,5 +1,5 @@
 #!/bin/sh
-# /init of the Linux 6.1 test guest (tests/test_kernel61_vm.py).  Loads the modules,
+# /init of the Linux 6.1 test guest (tests/kernel/test_kernel61_vm.py).  Loads the modules,
 # runs /jobs.sh (written by the host: calls of the functions below), writes /out as a
 # tar stream onto the disk with serial "results" and powers off.
 /bin/busybox --install -s /bin

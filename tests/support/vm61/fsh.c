@@ -1,5 +1,5 @@
 /*
- * fsh: the guest side of tests/test_kernel61_vm.py, built with `gcc -static` at test
+ * fsh: the guest side of tests/kernel/test_kernel61_vm.py, built with `gcc -static` at test
  * time and run inside a Linux 6.1 guest from its busybox initramfs.
  *
  *   fsh walk ROOT                 one line per object below ROOT, as the kernel shows it

@@ -8,21 +8,17 @@ directly (the e4crypt passphrase KDF is not cipherdump's business here).
 
 from __future__ import annotations
 
-import gzip
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import zstandard
 
 from cipherdump.engine.views.image import ImageNode, Problem
 from cipherdump.engine.views.image_keyed import KeyedNamespace
 from cipherdump.errors import CorruptError, KeyProblem, UnsupportedError
 from cipherdump.ext4 import Filesystem, open_filesystem
 from cipherdump.fscrypt.keys import KeyRing, MasterKey
-from fscrypt_vectors import SHARED_TESTDATA, load_json
+from fscrypt_vectors import SHARED_TESTDATA, load_json, unpack
 
 KNOWN = SHARED_TESTDATA / "known_keys.json"
 pytestmark = pytest.mark.skipif(not KNOWN.is_file(), reason="known_keys.json absent")
@@ -31,16 +27,6 @@ pytestmark = pytest.mark.skipif(not KNOWN.is_file(), reason="known_keys.json abs
 def _known(name: str) -> dict[str, Any]:
     data: dict[str, Any] = load_json(KNOWN)[name]
     return data
-
-
-def _unpack(src: Path, dst: Path) -> Path:
-    with src.open("rb") as f, dst.open("wb") as g:
-        if src.suffix == ".gz":
-            with gzip.open(f) as unzipped:
-                shutil.copyfileobj(unzipped, g)
-        else:
-            zstandard.ZstdDecompressor().copy_stream(f, g)
-    return dst
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +39,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Files
     }
     out = {}
     for i, (name, rel) in enumerate(paths.items()):
-        out[name] = open_filesystem(str(_unpack(SHARED_TESTDATA / rel, root / f"{i}.img")))
+        out[name] = open_filesystem(str(unpack(SHARED_TESTDATA / rel, root / f"{i}.img")))
     yield out
     for fs in out.values():
         fs.close()

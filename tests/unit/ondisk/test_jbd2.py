@@ -2,7 +2,7 @@
 journals: every tag format, revokes across transactions, escapes, torn and hostile logs.
 
 The journals here are made by a small encoder of this file; kernel-made journals, the
-reference, are in tests/test_journal_kernel.py.
+reference, are in tests/kernel/test_journal_kernel.py.
 """
 
 from __future__ import annotations

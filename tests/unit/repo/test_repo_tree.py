@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_repo_codec import INTS, reference_encode
 
 from cipherdump.errors import CorruptError
 from cipherdump.repo import codec
@@ -24,7 +25,6 @@ from cipherdump.repo.tree import (
     join_nodes,
     tree_spans,
 )
-from test_repo_codec import INTS, reference_encode
 
 LONG_KEY = "w" * 130
 LOCATE = ("context", "order", "source", "v" * 100, LONG_KEY)
