@@ -320,13 +320,14 @@ def _populate(
 
         inodes_total = len(plan.inos)
         blocks_total = plan.blocks(w.block_size)
-        last = [0.0]
+        last = 0.0
 
         def progress(stats: PopulateStats, name: bytes, *, force: bool = False) -> None:
+            nonlocal last
             now = time.monotonic()
-            if on_progress is None or (not force and now - last[0] < _PROGRESS_EVERY_S):
+            if on_progress is None or (not force and now - last < _PROGRESS_EVERY_S):
                 return
-            last[0] = now
+            last = now
             # The plan's totals are estimates (the root is there already, directory
             # blocks are guessed); the final event says what was done.
             bs = w.block_size

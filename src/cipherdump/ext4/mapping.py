@@ -148,9 +148,10 @@ def _extent_tree_runs(vol: Volume, ino: int, raw: RawInode) -> list[Run]:
     # Every block of a file is a distinct block of the filesystem, so a tree that maps
     # more than the filesystem holds reuses blocks: stop it before it drives work or
     # memory (a few index blocks can otherwise map billions of logical blocks).
-    budget = [fs.sb.s_blocks_count]
+    budget = fs.sb.s_blocks_count
 
     def walk(node: ExtentNode, depth_expected: int | None, lo: int, hi: int, at: str) -> None:
+        nonlocal budget
         if depth_expected is not None and node.eh_depth != depth_expected:
             raise CorruptError(
                 f"depth {node.eh_depth}, expected {depth_expected}",
@@ -173,8 +174,8 @@ def _extent_tree_runs(vol: Volume, ino: int, raw: RawInode) -> list[Run]:
                         structure="extent",
                         location=at,
                     )
-                budget[0] -= e.length
-                if budget[0] < 0:
+                budget -= e.length
+                if budget < 0:
                     raise CorruptError(
                         "extents map more blocks than the filesystem has",
                         structure="extent",
@@ -241,18 +242,19 @@ def _blockmap_runs(vol: Volume, ino: int, raw: RawInode) -> list[Run]:
     # A file cannot map more blocks than its i_blocks counts, which bounds the work a
     # hostile map can cause (self-references, huge fan-out of garbage pointers).
     # Nor can it map more blocks than the filesystem has (i_blocks is 48 bits wide).
-    budget = [min(max(blocks_512(vol.sb, raw, bs) // (bs // 512), 0), fs.sb.s_blocks_count) + 16]
+    budget = min(max(blocks_512(vol.sb, raw, bs) // (bs // 512), 0), fs.sb.s_blocks_count) + 16
     seen: set[int] = set()
 
     def add(lblk: int, pblk: int) -> None:
+        nonlocal budget
         if not fs.block_in_range(pblk):
             raise CorruptError(
                 f"block pointer {pblk} at logical {lblk} is outside the filesystem",
                 structure="block map",
                 location=where,
             )
-        budget[0] -= 1
-        if budget[0] < 0:
+        budget -= 1
+        if budget < 0:
             raise CorruptError(
                 "block map maps more blocks than i_blocks accounts for",
                 structure="block map",
@@ -269,6 +271,7 @@ def _blockmap_runs(vol: Volume, ino: int, raw: RawInode) -> list[Run]:
             out.append(_make_run(lblk, 1, pblk, False))
 
     def indirect(pblk: int, level: int, lblk: int) -> None:
+        nonlocal budget
         if pblk in seen:
             raise CorruptError(
                 f"indirect block {pblk} is referenced twice", structure="block map", location=where
@@ -280,8 +283,8 @@ def _blockmap_runs(vol: Volume, ino: int, raw: RawInode) -> list[Run]:
                 location=where,
             )
         seen.add(pblk)
-        budget[0] -= 1
-        if budget[0] < 0:
+        budget -= 1
+        if budget < 0:
             raise CorruptError(
                 "block map maps more blocks than i_blocks accounts for",
                 structure="block map",
