@@ -31,9 +31,8 @@ from bench_codec import best  # a sibling script: best of ``repeat`` timed calls
 
 from cipherdump.engine import backup as backup_mod
 from cipherdump.engine.filenode import file_context, file_node
-from cipherdump.engine.namespace import Namespace
-from cipherdump.engine.namespace import Node as NsNode
 from cipherdump.engine.parent import LOCATED_ATTRS
+from cipherdump.engine.views.image import ImageNode, Namespace
 from cipherdump.ext4 import open_filesystem
 from cipherdump.ondisk.dirhash import DX_HASH_HALF_MD4, ext4_dirhash, ext4_dirhashes
 from cipherdump.repo import Id, KdfParams, MemoryBackend, Repository
@@ -68,11 +67,11 @@ def main() -> None:
 
     with open_filesystem(str(args.image)) as fs:
         ns = Namespace(fs)
-        listed: list[tuple[NsNode, list[NsNode]]] = []
+        listed: list[tuple[ImageNode, list[ImageNode]]] = []
         todo = [ns.root_node()]
         while todo:
             node = todo.pop()
-            kids = [k for k in ns.iter_children(node) if isinstance(k, NsNode)]
+            kids = [k for k in ns.iter_children(node) if isinstance(k, ImageNode)]
             listed.append((node, kids))
             todo += [k for k in kids if k.inode.is_dir]
         encrypted = [(n.inode, n.inode.entries()) for n, _ in listed if n.inode.is_encrypted]

@@ -92,7 +92,7 @@ def one_file(fs: Any, number: int, file_type: Any, xattr_index: int) -> list[Any
 
 def measure(image: Path, repeat: int) -> dict[str, Any]:
     from cipherdump.ext4.fs import open_filesystem
-    from cipherdump.ext4.inode import FileType
+    from cipherdump.ext4.inode import InodeType
     from cipherdump.ondisk.dirhash import ext4_dirhash
     from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_ENCRYPTION
 
@@ -104,7 +104,7 @@ def measure(image: Path, repeat: int) -> dict[str, Any]:
     for rep in range(repeat):
         with open_filesystem(str(image)) as fs:
             t0 = time.perf_counter()
-            results = [one_file(fs, n, FileType, EXT4_XATTR_INDEX_ENCRYPTION) for n in files]
+            results = [one_file(fs, n, InodeType, EXT4_XATTR_INDEX_ENCRYPTION) for n in files]
             best = min(best, time.perf_counter() - t0)
         if rep == 0:
             for r in results:

@@ -45,7 +45,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cipherdump.repo.backends import direct
+from cipherdump.repo import direct_file
 from cipherdump.repo.backends.base import FileType, Handle
 from cipherdump.repo.backends.local import LocalBackend, LocalSpool
 from cipherdump.repo.crypto import Cipher, MasterKey
@@ -140,7 +140,7 @@ def run_variant(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.segment_mib:
-        direct.SEGMENT = args.segment_mib << 20
+        direct_file.SEGMENT = args.segment_mib << 20
     blobs = make_blobs(args.mib, args.seed)
     material = os.urandom(32)
     ids = [MasterKey(material).blob_id(b) for b in blobs]
@@ -162,8 +162,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "mib": args.mib,
         "blobs": len(blobs),
-        "segment_bytes": direct.SEGMENT,
-        "segments": direct.SEGMENTS,
+        "segment_bytes": direct_file.SEGMENT,
+        "segments": direct_file.SEGMENTS,
         "dir": args.dir or tempfile.gettempdir(),
         "rounds": args.rounds,
         "variants": {

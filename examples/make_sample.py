@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))  # the live-tier harness does the kernel work
+# The live-tier harness does the kernel work.
+sys.path.insert(0, str(HERE.parent / "tests" / "support"))
 
 import kernelfs  # noqa: E402
 

@@ -1,8 +1,13 @@
 """Shared fixtures and the four test tiers.
 
+Folders: ``unit/<layer>``, ``vectors``, ``kernel`` (the 6.1 VM too) and ``e2e`` (the command
+line over whole images and repositories); helpers in ``support``, small checked-in data with
+its provenance in ``data``.
+
 * **unit**: pure tests on synthetic bytes; always run.
-* **vectors**: tests on checked-in external data in ``<repo>/../shared/testdata`` (fixture
-  ``shared_testdata``, skipped when the directory is absent).
+* **vectors**: tests on checked-in external data in ``<repo>/../shared/testdata`` (or
+  ``$CIPHERDUMP_SHARED/testdata``; fixture ``shared_testdata``, skipped with the reason when
+  the directory is absent; see ``shared_data``).
 * **kernel**: tests marked ``@pytest.mark.kernel`` build real encrypted ext4 images with the running
   kernel through ``kernelfs``.  They skip with the reason when root, loop devices, e2fsprogs or
   fscrypt are missing, except under ``CI=true``, where a missing capability fails the test: CI must
@@ -27,9 +32,7 @@ import pytest
 import kernelfs
 import seaweed
 import vm61
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_TESTDATA = REPO.parent / "shared" / "testdata"
+from shared_data import SHARED_TESTDATA
 
 DEFAULT_KERNEL_IMAGE = "4k-v2-pad32"
 

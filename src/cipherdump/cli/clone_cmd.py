@@ -13,8 +13,6 @@ import click
 
 from cipherdump.cli import mounted, render
 
-EXIT_PARTIAL = 1
-
 
 def split_source(spec: str) -> tuple[str, bytes | None]:
     """``IMAGE`` or ``IMAGE:PATH`` (an existing file named with a colon wins)."""
@@ -30,6 +28,7 @@ def split_source(spec: str) -> tuple[str, bytes | None]:
 @click.option("--size", default=None, help="Size of a new OUT image (bytes or K/M/G).")
 @mounted.allow_mounted_option("Copy")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary object.")
+@render.one_line_errors
 def clone_cmd(source: str, out: str, size: str | None, allow_mounted: bool, as_json: bool) -> None:
     """Copy IMAGE (or its subtree PATH, with every ancestor directory) into OUT.img.
 
@@ -43,7 +42,7 @@ def clone_cmd(source: str, out: str, size: str | None, allow_mounted: bool, as_j
     image, path = split_source(source)
     check_image_target(out)
     mounted.check_mounted(image, allow_mounted=allow_mounted, doing="copy it")
-    on_progress, bar = render.image_progress_bar("clone")
+    on_progress, bar = render.progress_bar("clone")
     with bar:
         summary = clone_image(
             image, out, path=path, size=render.parse_size(size), on_progress=on_progress,
@@ -59,4 +58,4 @@ def clone_cmd(source: str, out: str, size: str | None, allow_mounted: bool, as_j
             + (f"; {summary['problems']} problems" if summary["problems"] else "")
         )
     if summary["problems"]:
-        sys.exit(EXIT_PARTIAL)
+        sys.exit(render.EXIT_PARTIAL)

@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from cipherdump.cli import render
 from cipherdump.errors import CipherdumpError, KeyProblem
 
 if TYPE_CHECKING:
-    from cipherdump.engine.keyed import KeyedNamespace
-    from cipherdump.engine.namespace import Namespace, Node
+    from cipherdump.engine.views.image import ImageNode, Namespace
+    from cipherdump.engine.views.image_keyed import KeyedNamespace
     from cipherdump.ext4 import Filesystem
     from cipherdump.fscrypt.keys import KeyRing
     from cipherdump.fscrypt.protectors import FscryptMetadata
@@ -133,12 +134,12 @@ def load_keys(keys: tuple[str, ...], key_dirs: tuple[str, ...]) -> LoadedKeys:
 def namespace(fs: Filesystem, loaded: LoadedKeys) -> Namespace:
     """A keyed namespace when keys were given, the key-less one otherwise."""
     for w in loaded.warnings:
-        click.echo(f"cipherdump: warning: {w}", err=True)
+        render.warn(w)
     if not loaded:
-        from cipherdump.engine.namespace import Namespace
+        from cipherdump.engine.views.image import Namespace
 
         return Namespace(fs)
-    from cipherdump.engine.keyed import KeyedNamespace
+    from cipherdump.engine.views.image_keyed import KeyedNamespace
 
     return KeyedNamespace(fs, loaded.ring, unverified_descriptors=loaded.unverified)
 
@@ -149,9 +150,9 @@ def as_keyed(ns: Namespace) -> KeyedNamespace | None:
     Without a key the keyed engine (and its ciphers) is never imported, and then no
     namespace can be a keyed one: the check does not import it either.
     """
-    if "cipherdump.engine.keyed" not in sys.modules:
+    if "cipherdump.engine.views.image_keyed" not in sys.modules:
         return None
-    from cipherdump.engine.keyed import KeyedNamespace
+    from cipherdump.engine.views.image_keyed import KeyedNamespace
 
     return ns if isinstance(ns, KeyedNamespace) else None
 
@@ -162,17 +163,16 @@ def report_keys(ns: Namespace) -> None:
     if keyed is None:
         return
     for policy in keyed.missing.values():
-        click.echo(f"cipherdump: warning: {keyed.missing_key_error(policy)}", err=True)
+        render.warn(str(keyed.missing_key_error(policy)))
     for key in keyed.keyring:
         if key.identifier not in keyed.used:
-            click.echo(
-                f"cipherdump: warning: key with identifier {key.identifier.hex()} "
-                f"(v1 descriptor {key.descriptor.hex()}) decrypted nothing that was read",
-                err=True,
+            render.warn(
+                f"key with identifier {key.identifier.hex()} "
+                f"(v1 descriptor {key.descriptor.hex()}) decrypted nothing that was read"
             )
 
 
-def keyed_stat_fields(ns: Namespace, node: Node) -> dict[str, Any]:
+def keyed_stat_fields(ns: Namespace, node: ImageNode) -> dict[str, Any]:
     """Extra ``stat`` fields in keyed mode: was the name decrypted, is the key present."""
     keyed = as_keyed(ns)
     if keyed is None:
@@ -327,7 +327,7 @@ def add_image_secrets(loaded: LoadedKeys, secrets: SecretOptions, fs: Filesystem
 
     def own_metadata() -> FscryptMetadata:
         from cipherdump.engine.fscrypt_meta import metadata_from_image
-        from cipherdump.engine.namespace import Namespace
+        from cipherdump.engine.views.image import Namespace
 
         return metadata_from_image(Namespace(fs))
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
+from cipherdump.cli import render
 from cipherdump.errors import InputError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,8 +49,7 @@ def check_mounted(source: str, *, allow_mounted: bool, doing: str) -> None:
             f"{source} is mounted read-write at {where}; unmount it or use a snapshot of it "
             f"(--allow-mounted would {doing} anyway, possibly inconsistent)"
         )
-    click.echo(
-        f"cipherdump: warning: {source} is mounted read-write at {where}: files changing "
-        f"while cipherdump reads them may come out inconsistent",
-        err=True,
+    render.warn(
+        f"{source} is mounted read-write at {where}: files changing "
+        f"while cipherdump reads them may come out inconsistent"
     )

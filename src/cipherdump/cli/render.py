@@ -1,16 +1,100 @@
-"""Turning on-disk bytes and records into terminal text and JSON."""
+"""Everything the commands print: on-disk bytes and records as terminal text and JSON,
+sizes, warnings and error lines, progress bars, and the exit codes the README lists.
+
+Every command module renders through here, so that a warning, a size or a partial
+failure looks and exits the same whichever command met it.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+import os
 import stat
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import click
+
+from cipherdump.errors import CipherdumpError
+
+if TYPE_CHECKING:
+    from cipherdump.progress import OnProgress, Progress
+
+# Exit codes that belong to no error class (the rest are each class's ``exit_code``).
+EXIT_PARTIAL = 1  # some objects could not be read or written; the rest were
+EXIT_INTERNAL = 70  # a bug: please report it
+
+# A line naming the paths of a damaged snapshot names at most this many (--json: all).
+PATHS_SHOWN = 10
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr."""
+    click.echo(f"cipherdump: warning: {message}", err=True)
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """One error line on stderr, then exit with ``code``."""
+    click.echo(f"cipherdump: error: {message}", err=True)
+    sys.exit(code)
+
+
+def one_line_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn every error into one line on stderr and an exit code, never a traceback.
+
+    Every command's function is wrapped by it, under its click decorators."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except CipherdumpError as err:
+            fail(str(err), err.exit_code)
+        except BrokenPipeError:
+            # Output piped into `head` and closed: not an error worth a message.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(0)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as err:
+            if os.environ.get("CIPHERDUMP_DEBUG"):
+                import traceback
+
+                traceback.print_exc()
+            fail(
+                f"internal error: {type(err).__name__}: {err} (set CIPHERDUMP_DEBUG=1 "
+                "for a traceback; please report it)",
+                EXIT_INTERNAL,
+            )
+
+    return wrapper
+
+
+def size(n: int) -> str:
+    """A byte count for people: ``512 B``, ``1.5 KiB`` … ``2.0 TiB``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def why(err: BaseException) -> str:
+    """What went wrong, without the path an ``OSError`` repeats."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err)
 
 
 def show_bytes(name: bytes) -> str:
@@ -143,15 +227,12 @@ def parse_size(text: str | None) -> int | None:
         raise click.UsageError(f"--size: cannot read {text!r} as a size") from None
 
 
-ProgressUpdate = Callable[[int, int | None, int], None]
-
-
 def progress_bar(
     description: str, *, count_inodes: bool = True
-) -> tuple[ProgressUpdate | None, AbstractContextManager[Any]]:
+) -> tuple[OnProgress | None, AbstractContextManager[Any]]:
     """A rich progress bar on stderr (bytes, rate, time left, and inodes if
-    ``count_inodes``) when stderr is a terminal; ``(None, a do-nothing context)``
-    otherwise.  The update takes ``(bytes done, bytes in all or None, inodes done)``."""
+    ``count_inodes``) when stderr is a terminal, driven by the job's progress events;
+    ``(None, a do-nothing context)`` otherwise."""
     if not sys.stderr.isatty():
         return None, nullcontext()
     # Imported here: rich takes a tenth of a second to import, and most runs have no bar.
@@ -159,11 +240,11 @@ def progress_bar(
     from rich.progress import (
         BarColumn,
         DownloadColumn,
-        Progress,
         TextColumn,
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
+    from rich.progress import Progress as Bar
 
     columns = [
         TextColumn("{task.description}"),
@@ -174,26 +255,13 @@ def progress_bar(
     ]
     if count_inodes:
         columns.append(TextColumn("{task.fields[inodes]} inodes"))
-    bar = Progress(*columns, console=Console(stderr=True), transient=True)
+    bar = Bar(*columns, console=Console(stderr=True), transient=True)
     task = bar.add_task(description, total=None, inodes=0)
 
-    def update(done: int, total: int | None, inodes: int) -> None:
-        bar.update(task, completed=done, total=total or None, inodes=inodes)
+    def update(event: Progress) -> None:
+        bar.update(
+            task, completed=event.bytes_done, total=event.bytes_total or None,
+            inodes=event.inodes_done,
+        )  # fmt: skip
 
     return update, bar
-
-
-def image_progress_bar(
-    description: str,
-) -> tuple[Callable[[dict[str, Any]], None] | None, AbstractContextManager[Any]]:
-    """A progress bar for writing an image (``restore --to-image``, ``clone``)."""
-    update, bar = progress_bar(description)
-    if update is None:
-        return None, bar
-    show = update
-
-    def on_event(event: dict[str, Any]) -> None:
-        bs = int(event.get("block_size", 1))
-        show(int(event["blocks"]) * bs, int(event["blocks_total"]) * bs, int(event["inodes"]))
-
-    return on_event, bar

@@ -5,9 +5,6 @@
 and writes plaintext under DIR only.  ``restore SNAPSHOT --to-image OUT.img`` writes a
 new ext4 image holding the ciphertext as it was (no key needed); that engine lives in
 :mod:`cipherdump.engine.restore_image`.
-
-Also ``snapshot_keys``: the keys for a snapshot (its own ``.fscrypt`` for passphrases),
-used by ``cat --key/--passphrase`` of a snapshot too.
 """
 
 from __future__ import annotations
@@ -20,57 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cipherdump.cli import keyopts, render, repo_cmds
-from cipherdump.errors import InputError, KeyProblem
+from cipherdump.cli import keyopts, render, sources
+from cipherdump.errors import InputError
 
 if TYPE_CHECKING:
-    from cipherdump.engine.plainwrite import WriteEvent
-    from cipherdump.engine.restore_plain import SnapshotSource
-    from cipherdump.engine.snapshot_view import SnapshotView
-    from cipherdump.fscrypt.keys import KeyRing
-    from cipherdump.fscrypt.protectors import FscryptMetadata
+    from cipherdump.progress import Progress
 
 # The restore engines, the repository and fscrypt are imported inside the functions
 # that use them, so that every other command starts without them.
-
-EXIT_PARTIAL = 1
-EXIT_UNUSABLE = 3
-
-
-def snapshot_keys(
-    view: SnapshotView,
-    keying: keyopts.KeyOptions,
-) -> KeyRing:
-    """Every master key the options give, with passphrases unlocked against the
-    snapshot's own ``.fscrypt`` (and ``--fscrypt-metadata``)."""
-
-    def own_metadata() -> FscryptMetadata:
-        from cipherdump.engine.fscrypt_meta import metadata_from_snapshot
-
-        return metadata_from_snapshot(view)
-
-    loaded = keying.load()
-    for w in loaded.warnings:
-        click.echo(f"cipherdump: warning: {w}", err=True)
-    salt = view.facts.get("encrypt_pw_salt")
-    keyopts.add_secret_keys(
-        loaded,
-        keying.secrets,
-        own_metadata,
-        e4crypt_salt=salt if isinstance(salt, bytes) else None,
-    )
-    return loaded.ring
-
-
-def report_snapshot_keys(source: SnapshotSource) -> None:
-    for policy in source.missing.values():
-        click.echo(f"cipherdump: warning: no key for policy {policy.describe()}", err=True)
-
-
-def _why(err: BaseException) -> str:
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    return str(err)
 
 
 @click.command(name="restore")
@@ -97,7 +51,8 @@ def _why(err: BaseException) -> str:
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON summary object.")
 @click.option("-v", "--verbose", is_flag=True, help="Print each path as it is written.")
 @keyopts.key_options
-@repo_cmds.snapshot_options
+@sources.snapshot_options
+@render.one_line_errors
 def restore_cmd(
     snapshot: str,
     target: str | None,
@@ -131,50 +86,40 @@ def restore_cmd(
         raise click.UsageError("--size goes with --to-image")
     assert target is not None
     from cipherdump.engine.restore_plain import restore_plain
-    from cipherdump.engine.snapshot_view import SnapshotView
+    from cipherdump.engine.views.snapshot import SnapshotView
 
     if not keying:
-        click.echo(
-            "cipherdump: warning: no key or passphrase given: only unencrypted parts can be "
-            "restored to plaintext",
-            err=True,
+        render.warn(
+            "no key or passphrase given: only unencrypted parts can be restored to plaintext"
         )
 
-    def show(ev: WriteEvent) -> None:
-        if verbose and ev.kind != "problem":
+    def show(ev: Progress) -> None:
+        if verbose:
             click.echo(render.show_bytes(ev.path), err=as_json)
 
-    with repo_cmds.open_repository(repo, password_file, lock=False) as repository:
-        snap_id, snap = repo_cmds.find_snapshot(repository, snapshot)
+    with sources.open_repository(repo, password_file, lock=False) as repository:
+        snap_id, snap = sources.find_snapshot(repository, snapshot)
         view = SnapshotView(repository, snap_id, snap)
-        ring = snapshot_keys(view, keying)
-        result, source = restore_plain(view, ring, target, path=os.fsencode(path), on_event=show)
+        ring = sources.snapshot_keys(view, keying)
+        result, source = restore_plain(view, ring, target, path=os.fsencode(path), on_progress=show)
         for p in result.problems:
             click.echo(
-                f"cipherdump: error: {render.problem_line(p.source_path, _why(p.error))}", err=True
+                f"cipherdump: error: {render.problem_line(p.source_path, render.why(p.error))}",
+                err=True,
             )
-        report_snapshot_keys(source)
+        sources.report_snapshot_keys(source)
     summary = result.summary()
     if as_json:
         click.echo(render.dumps({"snapshot": snap_id.hex, "target": target, **summary}))
     else:
         click.echo(
-            f"restored {result.files} files ({_size(result.bytes)}), "
+            f"restored {result.files} files ({render.size(result.bytes)}), "
             f"{result.dirs} dirs, {result.symlinks} symlinks, {result.hardlinks} hard links, "
             f"{result.specials} special files; {result.skipped} already there"
             + (f"; {len(result.problems)} problems" if result.problems else "")
         )
     if result.problems:
-        sys.exit(EXIT_PARTIAL)
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+        sys.exit(render.EXIT_PARTIAL)
 
 
 def _restore_to_image(
@@ -198,9 +143,9 @@ def _restore_to_image(
     from cipherdump.blockio.kinds import check_image_target
 
     check_image_target(out)  # before the password is asked for and the snapshot read
-    on_progress, bar = render.image_progress_bar("restore")
-    with repo_cmds.open_repository(repo, password_file, lock=False) as repository, bar:
-        snap_id, snap = repo_cmds.find_snapshot(repository, snapshot)
+    on_progress, bar = render.progress_bar("restore")
+    with sources.open_repository(repo, password_file, lock=False) as repository, bar:
+        snap_id, snap = sources.find_snapshot(repository, snapshot)
         wanted = os.fsencode(path)
         report = restore_to_image(
             repository,
@@ -219,38 +164,4 @@ def _restore_to_image(
         for k, v in report.items():
             click.echo(f"{k}: {v}")
     if isinstance(report, Mapping) and report.get("problems"):
-        sys.exit(EXIT_PARTIAL)
-
-
-def cat_snapshot_keyed(
-    repo: str,
-    password_file: str | None,
-    snapshot: str,
-    path: str,
-    keying: keyopts.KeyOptions,
-) -> None:
-    """``cat --key/--passphrase`` of a file in a snapshot: its plaintext."""
-    from cipherdump.engine.restore_plain import SnapshotSource
-    from cipherdump.engine.snapshot_view import SnapshotView
-
-    with repo_cmds.open_repository(repo, password_file, lock=False) as repository:
-        snap_id, snap = repo_cmds.find_snapshot(repository, snapshot)
-        view = SnapshotView(repository, snap_id, snap)
-        ring = snapshot_keys(view, keying)
-        source = SnapshotSource(view, ring)
-        node = source.resolve(os.fsencode(path))
-        if node.snap.kind != "file":
-            raise InputError(f"{path}: not a regular file")
-        if node.snap.is_encrypted:
-            try:
-                source.cipher(node.snap, path)
-            except KeyProblem:
-                report_snapshot_keys(source)
-                raise
-        out = sys.stdout.buffer
-        for piece in source.read_plaintext(node):
-            out.write(piece)
-        out.flush()
-
-
-__all__ = ["EXIT_UNUSABLE", "cat_snapshot_keyed", "restore_cmd", "snapshot_keys"]
+        sys.exit(render.EXIT_PARTIAL)

@@ -1,6 +1,6 @@
 """Key-less backup of an ext4 filesystem (or one directory of it) into a repository.
 
-The walk goes through :class:`~cipherdump.engine.namespace.Namespace`, so names are the
+The walk goes through :class:`~cipherdump.engine.views.image.Namespace`, so names are the
 raw bytes stored on disk and the no-key names Linux shows are computed on the way.
 Directories become trees bottom-up: a directory's tree is saved once all its entries
 are, so memory holds only the directories on the current path, and an unchanged
@@ -40,8 +40,6 @@ from cipherdump.engine.chunker import stored_length as stored_length_of
 from cipherdump.engine.describe import node_record
 from cipherdump.engine.filenode import file_context, file_node
 from cipherdump.engine.gctune import few_collections
-from cipherdump.engine.namespace import MAX_DEPTH, Namespace, Problem, bad_entry
-from cipherdump.engine.namespace import Node as NsNode
 from cipherdump.engine.nodeattrs import (
     NODE_ATTRS_VERSION,
     blake2b,
@@ -57,7 +55,6 @@ from cipherdump.engine.parent import (
     ParentIndex,
     encode_dir_table,
 )
-from cipherdump.engine.paths import child_path
 from cipherdump.engine.policies import PolicyCensus, uuid_text
 from cipherdump.engine.readahead import (
     DIRECT_GAP,
@@ -68,11 +65,13 @@ from cipherdump.engine.readahead import (
     merge_in_order,
     merge_ranges,
 )
+from cipherdump.engine.views.image import MAX_DEPTH, ImageNode, Namespace, Problem, bad_entry
+from cipherdump.engine.views.paths import child_path
 from cipherdump.engine.workers import WorkerDied, WorkerPool
 from cipherdump.errors import CipherdumpError, CorruptError, InputError, UnsupportedError
 from cipherdump.ext4 import Filesystem, Inode, Run
-from cipherdump.ext4.directory import Entry, dx_hash_version
-from cipherdump.ext4.inode import FileType
+from cipherdump.ext4.directory import Entry
+from cipherdump.ext4.inode import InodeType
 from cipherdump.ondisk.dirent import dirent_name_problem
 from cipherdump.ondisk.inode import (
     EXT4_CASEFOLD_FL,
@@ -82,8 +81,8 @@ from cipherdump.ondisk.inode import (
     InodePeek,
 )
 from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_ENCRYPTION
-from cipherdump.repo import BlobType, Id, Node, Repository, Snapshot
-from cipherdump.repo import FileType as RepoFileType
+from cipherdump.progress import OnProgress, Progress
+from cipherdump.repo import BlobType, FileType, Id, Node, Repository, Snapshot
 from cipherdump.repo.codec import Value, decode, encode
 from cipherdump.repo.pack import BlobTooLargeError
 from cipherdump.repo.tree import NodeSpan, join_nodes
@@ -144,18 +143,12 @@ class BackupStats:
         return asdict(self)
 
 
-@dataclass(frozen=True, slots=True)
-class BackupProgress:
-    """A progress event.  ``bytes_total`` and ``inodes_total`` are estimates from the
-    superblock (used blocks and inodes); ``bytes_done`` counts data read or reused."""
+@dataclass(slots=True)
+class _WorkerCounts:
+    """What the worker processes have reported done so far (for progress events)."""
 
-    inodes_done: int
-    inodes_total: int
-    bytes_done: int
-    bytes_total: int
-    bytes_read: int
-    path: bytes
-    finished: bool = False
+    inodes: int = 0
+    bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +162,6 @@ class BackupResult:
     repository_warnings: list[str] = field(default_factory=list)
 
 
-ProgressFn = Callable[[BackupProgress], None]
 ProblemFn = Callable[[bytes, CipherdumpError], None]
 
 
@@ -358,9 +350,9 @@ class _Frame:
     they were.
     """
 
-    node: NsNode
+    node: ImageNode
     attrs: dict[str, Value]
-    kids: list[NsNode | Problem | _Same | None]
+    kids: list[ImageNode | Problem | _Same | None]
     key: bytes | None = None
     reuse: DirRecord | None = None
     orders: dict[bytes, int] = field(default_factory=dict)
@@ -384,7 +376,7 @@ class _Backup:
         repo: Repository,
         fs: Filesystem,
         options: BackupOptions,
-        on_progress: ProgressFn | None,
+        on_progress: OnProgress | None,
         on_problem: ProblemFn | None,
     ) -> None:
         self.repo = repo
@@ -428,7 +420,7 @@ class _Backup:
         self.pool: WorkerPool | None = None
         self._jobs = 0
         self._done: dict[int, _DirDone] = {}
-        self._remote = [0, 0, 0]  # inodes done, bytes done, bytes read by workers
+        self._remote = _WorkerCounts()
         self._ends: list[_WorkerEnd] = []
         self._ended: set[int] = set()
         # What every source key starts from: the facts of this run and filesystem that
@@ -472,23 +464,22 @@ class _Backup:
         if not force and now - self._last_progress < _PROGRESS_EVERY_S:
             return
         self._last_progress = now
-        inodes_done = self._inodes_done + self._remote[0]
-        bytes_done = self._bytes_done + self._remote[1]
+        inodes_done = self._inodes_done + self._remote.inodes
+        bytes_done = self._bytes_done + self._remote.bytes
         total = bytes_done if finished else max(self._bytes_total, bytes_done)
         self.on_progress(
-            BackupProgress(
+            Progress(
                 inodes_done=inodes_done,
                 inodes_total=max(self._inodes_total, inodes_done),
                 bytes_done=bytes_done,
                 bytes_total=total,
-                bytes_read=self.stats.bytes_read + self._remote[2],
                 path=path,
                 finished=finished,
             )
         )
 
     # -- nodes ------------------------------------------------------------------------
-    def attrs_of(self, kid: NsNode, order: int, census: Census | None) -> dict[str, Value]:
+    def attrs_of(self, kid: ImageNode, order: int, census: Census | None) -> dict[str, Value]:
         """Every metadata field of the inode, and the ls record (see nodeattrs)."""
         ino = kid.inode
         raw = ino.raw
@@ -532,12 +523,12 @@ class _Backup:
             attrs["rdev"] = list(ino.device)
         if ino.has_inline_data:
             attrs["inline"] = raw.i_block
-        if ino.type is FileType.SYMLINK:
+        if ino.type is InodeType.SYMLINK:
             attrs["symlink"] = ino.symlink_data()
         extents = [[r.lblk, r.length, r.pblk, r.unwritten] for r in ino.runs if r.pblk is not None]
         if extents:
             attrs["extents"] = extents
-        if ino.type is not FileType.SYMLINK:
+        if ino.type is not InodeType.SYMLINK:
             # Only a symlink's record (its target, and the size Linux shows for an
             # encrypted one) can differ from the one derived from the fields above:
             # every other field of node_record is one of them by construction.
@@ -599,7 +590,7 @@ class _Backup:
             s.dirs_changed += 1
 
     def file_data(
-        self, kid: NsNode, unchanged: bool, first: bool
+        self, kid: ImageNode, unchanged: bool, first: bool
     ) -> tuple[tuple[int, ...], tuple[Id, ...]]:
         """The chunk indices and ids of a regular file: reused, or read and stored."""
         ino = kid.inode
@@ -658,7 +649,7 @@ class _Backup:
             self._links[ino.ino] = refs
         return refs
 
-    def make_node(self, kid: NsNode, order: int, frame: _Frame) -> Node | NodeSpan:
+    def make_node(self, kid: ImageNode, order: int, frame: _Frame) -> Node | NodeSpan:
         """A non-directory's node (directories get theirs when their tree is done)."""
         ino = kid.inode
         plain, context = file_context(ino)
@@ -670,7 +661,7 @@ class _Backup:
         first = self.first_visit(ino.ino)
         unchanged = self.classify_file(ino, lambda: fingerprint(attrs)) if first else False
         content: tuple[Id, ...] = ()
-        if ino.type is FileType.FILE and not ino.has_inline_data:
+        if ino.type is InodeType.FILE and not ino.has_inline_data:
             chunks, content = self.file_data(kid, unchanged, first)
             if content:
                 attrs["chunk_size"] = self.chunk_size
@@ -679,7 +670,7 @@ class _Backup:
         return Node(kid.raw_name, ino.type.value, content=content, attrs=attrs)
 
     def make_file_node(
-        self, kid: NsNode, order: int, frame: _Frame, context: bytes | None
+        self, kid: ImageNode, order: int, frame: _Frame, context: bytes | None
     ) -> NodeSpan:
         """:meth:`make_node` of a regular file of the shape :mod:`.filenode` encodes:
         the same counts and the same node, without an attrs dict."""
@@ -798,7 +789,11 @@ class _Backup:
         """
         fs = self.fs
         entries = directory.entries()  # first: it keeps the htree root's hash version
-        dx = dx_hash_version(directory, fs.sb.s_def_hash_version) if directory.is_indexed_dir else 0
+        dx = (
+            directory.directory.hash_version(fs.sb.s_def_hash_version)
+            if directory.is_indexed_dir
+            else 0
+        )
         flags = directory.flags & _NAME_FLAGS
         facts = (_KEY_VERSION, self.chunk_size, flags, directory.size, dx)
         h = blake2b(repr(facts).encode(), digest_size=16)
@@ -827,7 +822,7 @@ class _Backup:
             listed.append(_Listed(e, peek))
         return h.digest(), listed, sources
 
-    def open_dir(self, node: NsNode, order: int, depth: int, census: Census | None) -> _Frame:
+    def open_dir(self, node: ImageNode, order: int, depth: int, census: Census | None) -> _Frame:
         """``census``: where the directory's own context is counted (None in a reused
         directory, whose census is the parent snapshot's)."""
         attrs = self.attrs_of(node, order, census)
@@ -931,7 +926,7 @@ class _Backup:
         bs = self.fs.block_size
         budget = self._prefetch_window
         for kid in frame.kids:
-            if not isinstance(kid, NsNode):
+            if not isinstance(kid, ImageNode):
                 continue  # a problem, or a reused node
             child = kid.inode
             if (
@@ -966,7 +961,7 @@ class _Backup:
 
     def list_with_reuse(
         self, frame: _Frame, listed: list[_Listed]
-    ) -> list[NsNode | Problem | _Same | None]:
+    ) -> list[ImageNode | Problem | _Same | None]:
         """The entries as :meth:`Namespace.iter_children` lists them, but those with a
         reusable node put in ``frame.nodes`` at once, in one batch, without a display
         name nor a decoded inode (None holds their place in the list: an entry's
@@ -977,7 +972,7 @@ class _Backup:
         the inode of another entry cannot be read, the directory is listed as
         :meth:`Namespace.iter_children` lists it (one problem per bad entry) and
         nothing is reused, as in a backup without a parent."""
-        out: list[NsNode | Problem | _Same | None] = []
+        out: list[ImageNode | Problem | _Same | None] = []
         node = frame.node
         directory = node.inode
         reusable = frame.reusable
@@ -1008,7 +1003,7 @@ class _Backup:
                 return list(self.ns.iter_children(node))
             name = self.ns.display_name(directory, e)
             path = child_path(node.path, name)
-            out.append(NsNode(path, name, e.name, child, directory.is_encrypted, e.hash))
+            out.append(ImageNode(path, name, e.name, child, directory.is_encrypted, e.hash))
         # Reused in one go: the walk would spend more on each than the reuse costs.
         nodes, reuse = frame.nodes, self.reuse_node
         frame.files += len(batch)
@@ -1032,7 +1027,7 @@ class _Backup:
                 frame.orders[e.name] = position
                 name = self.ns.display_name(directory, e)
                 frame.kids.append(
-                    NsNode(
+                    ImageNode(
                         posixpath.join(frame.node.path, name),
                         name,
                         e.name,
@@ -1103,7 +1098,7 @@ class _Backup:
             return None
         return self.parent.dirs.get(int_attr(node.attrs, "ino", -1))
 
-    def run_walk(self, top: NsNode) -> tuple[Id, dict[str, Value]]:
+    def run_walk(self, top: ImageNode) -> tuple[Id, dict[str, Value]]:
         """Back up the directory ``top``; returns its tree id and its own attrs."""
         workers = self.worker_count()
         if workers:
@@ -1264,7 +1259,7 @@ class _Backup:
         self.repo.prepare_fork()
         self.pool = WorkerPool(count, self.serve)
 
-    def hand_out(self, kid: NsNode, order: int, stack: list[_Frame]) -> bool:
+    def hand_out(self, kid: ImageNode, order: int, stack: list[_Frame]) -> bool:
         """Give the directory ``kid`` of ``stack[-1]`` to a worker, if it has no
         subdirectories; False to walk it here.  With one worker, this process backs the
         directory up itself if the worker has no room for it; with more, it waits for
@@ -1334,8 +1329,8 @@ class _Backup:
                 self._done[done.number] = done
                 pool.in_flight[worker] -= 1
             elif kind == "progress":
-                for i, n in enumerate(message[1:]):
-                    self._remote[i] += n
+                self._remote.inodes += message[1]
+                self._remote.bytes += message[2]
             elif kind == "problem":
                 if self.on_problem is not None:
                     self.on_problem(message[1], message[2])
@@ -1387,12 +1382,12 @@ class _Backup:
         self.unmatched = {}
         self.seen = bytearray(len(self.seen))
         self._inodes_done = self._bytes_done = 0
-        sent = [0, 0, 0]
+        sent = _WorkerCounts()
 
-        def send_progress(event: BackupProgress) -> None:
-            now = [event.inodes_done, event.bytes_done, event.bytes_read]
-            conn.send(("progress", *(a - b for a, b in zip(now, sent, strict=True))))
-            sent[:] = now
+        def send_progress(event: Progress) -> None:
+            # What was done since the last event: the parent adds up every worker's.
+            conn.send(("progress", event.inodes_done - sent.inodes, event.bytes_done - sent.bytes))
+            sent.inodes, sent.bytes = event.inodes_done, event.bytes_done
 
         self.on_progress = send_progress
         self.on_problem = lambda path, err: conn.send(("problem", path, _picklable(err)))
@@ -1421,7 +1416,7 @@ class _Backup:
 
     def run_job(self, job: _DirJob) -> _DirDone:
         self.seen_dirs.update(job.ancestors)  # as the parent's walk knows them
-        node = NsNode(
+        node = ImageNode(
             job.path,
             job.name,
             job.raw_name,
@@ -1439,7 +1434,7 @@ class _Backup:
         records, self.dir_records = self.dir_records, []
         return _DirDone(job.number, tree_id.raw, frame.attrs, frame.errors, census, records)
 
-    def ancestors(self, top: NsNode) -> list[Value]:
+    def ancestors(self, top: ImageNode) -> list[Value]:
         """The directories from ``/`` down to ``top``'s parent, metadata and contexts."""
         out: list[Value] = []
         parts = [p for p in top.path.split(b"/") if p]
@@ -1452,9 +1447,9 @@ class _Backup:
         return out
 
 
-def _repo_sizes(repo: Repository) -> dict[tuple[RepoFileType, str], int]:
-    sizes: dict[tuple[RepoFileType, str], int] = {}
-    for file_type in (RepoFileType.PACK, RepoFileType.INDEX, RepoFileType.SNAPSHOT):
+def _repo_sizes(repo: Repository) -> dict[tuple[FileType, str], int]:
+    sizes: dict[tuple[FileType, str], int] = {}
+    for file_type in (FileType.PACK, FileType.INDEX, FileType.SNAPSHOT):
         for info in repo.backend.list(file_type):
             sizes[(file_type, info.name)] = info.size
     return sizes
@@ -1465,7 +1460,7 @@ def backup(
     fs: Filesystem,
     options: BackupOptions | None = None,
     *,
-    on_progress: ProgressFn | None = None,
+    on_progress: OnProgress | None = None,
     on_problem: ProblemFn | None = None,
 ) -> BackupResult:
     """Back up ``fs`` (``options.path`` of it) into ``repo`` as a new snapshot."""
@@ -1606,7 +1601,6 @@ def snapshot_summary(snap_id: Id, snap: Snapshot) -> dict[str, Any]:
 
 __all__ = [
     "BackupOptions",
-    "BackupProgress",
     "BackupResult",
     "BackupStats",
     "ParentIndex",

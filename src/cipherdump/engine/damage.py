@@ -13,7 +13,7 @@ import posixpath
 from dataclasses import dataclass
 
 from cipherdump.engine.nodeattrs import display_name
-from cipherdump.engine.snapshot_view import SnapshotView
+from cipherdump.engine.views.snapshot import SnapshotView
 from cipherdump.errors import CipherdumpError
 from cipherdump.repo import BlobType, Id, Repository
 

@@ -10,10 +10,10 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from cipherdump.engine.namespace import Namespace, Node
+from cipherdump.engine.views.image import ImageNode, Namespace
 from cipherdump.errors import CipherdumpError
 from cipherdump.ext4 import Filesystem, Inode
-from cipherdump.ext4.inode import FileType
+from cipherdump.ext4.inode import InodeType
 from cipherdump.ext4.journal import JournalInfo
 from cipherdump.fscrypt.context import EncryptionContext, decode_context, mode_name
 from cipherdump.ondisk.dirhash import hash_version_name
@@ -21,7 +21,7 @@ from cipherdump.ondisk.inode import FLAG_NAMES
 from cipherdump.ondisk.superblock import EXT2_ERROR_FS, EXT2_VALID_FS
 
 
-def node_record(ns: Namespace, node: Node) -> dict[str, Any]:
+def node_record(ns: Namespace, node: ImageNode) -> dict[str, Any]:
     """The fields ``ls --json`` prints for one object (``stat`` prints a superset)."""
     ino = node.inode
     rec: dict[str, Any] = {
@@ -38,7 +38,7 @@ def node_record(ns: Namespace, node: Node) -> dict[str, Any]:
         "encrypted": ino.is_encrypted,
         "name_encrypted": node.name_encrypted,
     }
-    if ino.type is FileType.SYMLINK:
+    if ino.type is InodeType.SYMLINK:
         target = ns.symlink_target(ino)
         rec["target"] = target
         if ino.is_encrypted:
@@ -50,7 +50,7 @@ def node_record(ns: Namespace, node: Node) -> dict[str, Any]:
     return rec
 
 
-def stat_record(ns: Namespace, node: Node) -> dict[str, Any]:
+def stat_record(ns: Namespace, node: ImageNode) -> dict[str, Any]:
     """Every inode field, the decoded context, the name ciphertext and the block map.
 
     ``size`` is what ``stat`` shows without the key; ``i_size`` the on-disk field.
@@ -90,7 +90,7 @@ def stat_record(ns: Namespace, node: Node) -> dict[str, Any]:
     ctx_raw = ino.encryption_context
     if ctx_raw is not None:
         rec["context"] = context_record(ctx_raw)
-    if ino.type is FileType.SYMLINK and ino.is_encrypted:
+    if ino.type is InodeType.SYMLINK and ino.is_encrypted:
         rec["symlink_stored_hex"] = ino.symlink_data().hex()
     rec["extents"] = [
         {"lblk": r.lblk, "length": r.length, "pblk": r.pblk, "unwritten": r.unwritten}

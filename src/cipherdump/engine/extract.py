@@ -8,7 +8,7 @@ sockets, hard links within the subtree, modes, owners, nanosecond timestamps,
 not copied: the copy is plaintext.
 
 This module is the image side: a :class:`~cipherdump.engine.plainwrite.TreeSource` over
-a :class:`~cipherdump.engine.keyed.KeyedNamespace`.  An object that cannot be decrypted
+a :class:`~cipherdump.engine.views.image_keyed.KeyedNamespace`.  An object that cannot be decrypted
 (no matching key, wrong key) or read is skipped and reported as an
 :class:`ExtractProblem`; ciphertext is never written as if it were plaintext.
 """
@@ -16,22 +16,21 @@ a :class:`~cipherdump.engine.keyed.KeyedNamespace`.  An object that cannot be de
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-from cipherdump.engine.keyed import KeyedNamespace, Segment
-from cipherdump.engine.namespace import Node, Problem
 from cipherdump.engine.plainwrite import (
     ObjectMeta,
-    WriteEvent,
     WriteProblem,
     WriteResult,
     write_tree,
 )
+from cipherdump.engine.views.image import ImageNode, Problem
+from cipherdump.engine.views.image_keyed import KeyedNamespace, Segment
+from cipherdump.progress import OnProgress
 
-__all__ = ["ExtractEvent", "ExtractProblem", "ExtractResult", "ImageSource", "extract"]
+__all__ = ["ExtractProblem", "ExtractResult", "ImageSource", "extract"]
 
 # The writer's result types, under the names extract has always used.
-ExtractEvent = WriteEvent
 ExtractProblem = WriteProblem
 ExtractResult = WriteResult
 
@@ -42,7 +41,7 @@ class ImageSource:
     def __init__(self, ns: KeyedNamespace) -> None:
         self.ns = ns
 
-    def meta(self, node: Node) -> ObjectMeta:
+    def meta(self, node: ImageNode) -> ObjectMeta:
         inode = node.inode
         return ObjectMeta(
             ino=inode.ino,
@@ -59,28 +58,28 @@ class ImageSource:
             xattrs=tuple((x.index, x.name, x.value) for x in inode.xattrs),
         )
 
-    def name(self, node: Node) -> bytes:
+    def name(self, node: ImageNode) -> bytes:
         return node.name
 
-    def iter_children(self, node: Node) -> Iterator[Node | Problem]:
+    def iter_children(self, node: ImageNode) -> Iterator[ImageNode | Problem]:
         return self.ns.iter_children(node)
 
-    def require_decryptable(self, node: Node, where: str) -> None:
+    def require_decryptable(self, node: ImageNode, where: str) -> None:
         self.ns.require_cipher(node.inode, where)
 
-    def iter_segments(self, node: Node) -> Iterator[Segment]:
+    def iter_segments(self, node: ImageNode) -> Iterator[Segment]:
         return self.ns.iter_segments(node.inode)
 
-    def symlink_target(self, node: Node) -> bytes:
+    def symlink_target(self, node: ImageNode) -> bytes:
         return self.ns.symlink_target(node.inode)
 
 
 def extract(
     ns: KeyedNamespace,
-    top: Node,
+    top: ImageNode,
     dest: str | bytes | os.PathLike[str],
     *,
-    on_event: Callable[[ExtractEvent], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> ExtractResult:
     """Write the plaintext of ``top`` to ``dest``.
 
@@ -88,4 +87,4 @@ def extract(
     own metadata goes onto ``dest``).  Any other ``top`` is written as ``dest``, or
     into ``dest`` under its name when ``dest`` is an existing directory.
     """
-    return write_tree(ImageSource(ns), top, dest, on_event=on_event, shown_top=top.path)
+    return write_tree(ImageSource(ns), top, dest, on_progress=on_progress, shown_top=top.path)

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cipherdump.engine.namespace import Node as NsNode
+from cipherdump.engine.views.image import ImageNode
 from cipherdump.ext4 import Inode
-from cipherdump.ext4.inode import FileType
+from cipherdump.ext4.inode import InodeType
 from cipherdump.ondisk.inode import EXT4_INLINE_DATA_FL
 from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_ENCRYPTION
 from cipherdump.repo import Id, codec
@@ -47,7 +47,7 @@ def file_context(inode: Inode) -> tuple[bool, bytes | None]:
     """(whether :func:`file_node` can describe ``inode``, its encryption context)."""
     raw = inode.raw
     if (
-        inode.type is not FileType.FILE
+        inode.type is not InodeType.FILE
         or raw.i_flags & EXT4_INLINE_DATA_FL
         or not raw.has_extra["crtime"]
     ):
@@ -64,7 +64,7 @@ def file_context(inode: Inode) -> tuple[bool, bytes | None]:
 
 
 def file_node(
-    kid: NsNode,
+    kid: ImageNode,
     order: int,
     located: tuple[str, ...],
     *,

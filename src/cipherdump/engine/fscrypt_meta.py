@@ -16,10 +16,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from cipherdump.engine.namespace import Namespace
-from cipherdump.engine.snapshot_view import SnapshotView
+from cipherdump.engine.views.image import Namespace
+from cipherdump.engine.views.snapshot import SnapshotView
 from cipherdump.errors import CipherdumpError, KeyProblem
-from cipherdump.ext4.inode import FileType
+from cipherdump.ext4.inode import InodeType
 from cipherdump.fscrypt.e4crypt import e4crypt_master_key
 from cipherdump.fscrypt.keys import MasterKey
 from cipherdump.fscrypt.protectors import FscryptMetadata
@@ -53,7 +53,7 @@ def metadata_from_image(ns: Namespace) -> FscryptMetadata:
             return out
         for kid in kids:
             inode = kid.inode
-            if inode.is_encrypted or inode.type is not FileType.FILE or inode.size > _MAX_FILE:
+            if inode.is_encrypted or inode.type is not InodeType.FILE or inode.size > _MAX_FILE:
                 continue
             out[kid.name.decode("utf-8", "replace")] = inode.read(0, inode.size)
         return out

@@ -2,9 +2,10 @@
 snapshot).
 
 A :class:`TreeSource` says what a tree holds: per object its :class:`ObjectMeta`, its
-children, its plaintext contents as data and hole :class:`~cipherdump.engine.keyed.Segment`
-objects and its symlink target.  :class:`PlainWriter` writes that under a destination
-directory as ``cp -a`` would: regular files (sparse files stay sparse), directories,
+children, its plaintext contents as data and hole
+:class:`~cipherdump.engine.views.image_keyed.Segment` objects and its symlink target.
+:class:`PlainWriter` writes that under a destination directory as ``cp -a`` would:
+regular files (sparse files stay sparse), directories,
 symlinks, FIFOs, device nodes and sockets, hard links within the tree, modes, owners,
 nanosecond timestamps, ``user.``/``trusted.``/``security.`` xattrs and POSIX ACLs
 (converted from ext4's compact form to the xattr form).  The encryption context is not
@@ -23,7 +24,8 @@ replaced.  So an interrupted restore can simply be run again.
 
 An object that cannot be decrypted (no matching key, wrong key) or read is skipped and
 reported as a :class:`WriteProblem`; ciphertext is never written as if it were
-plaintext.  The writer never prints: pass ``on_event`` to follow progress.
+plaintext.  The writer never prints: pass ``on_progress`` to follow progress (one event an
+object; problems are in the result).
 """
 
 from __future__ import annotations
@@ -31,13 +33,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from cipherdump.engine.keyed import Segment, invalid_name_reason
-from cipherdump.engine.namespace import MAX_DEPTH, Problem
+from cipherdump.engine.views.image import MAX_DEPTH, Problem
+from cipherdump.engine.views.image_keyed import Segment, invalid_name_reason
 from cipherdump.errors import CipherdumpError, CorruptError, InputError, OutputError
 from cipherdump.ondisk.acl import ext4_acl_to_xattr
 from cipherdump.ondisk.xattr import (
@@ -48,12 +50,12 @@ from cipherdump.ondisk.xattr import (
     EXT4_XATTR_INDEX_USER,
     PREFIXES,
 )
+from cipherdump.progress import OnProgress, Progress
 
 __all__ = [
     "ObjectMeta",
     "PlainWriter",
     "TreeSource",
-    "WriteEvent",
     "WriteProblem",
     "WriteResult",
     "write_tree",
@@ -132,16 +134,6 @@ class WriteProblem:
     source_path: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
-class WriteEvent:
-    """Progress: ``kind`` is ``"file"``, ``"dir"``, ``"symlink"``, ``"special"``,
-    ``"hardlink"``, ``"skipped"`` or ``"problem"``; ``path`` is relative to the destination."""
-
-    kind: str
-    path: bytes
-    size: int = 0
-
-
 @dataclass
 class WriteResult:
     """What was written, and what was not."""
@@ -174,12 +166,12 @@ class PlainWriter(Generic[N]):
     def __init__(
         self,
         source: TreeSource[N],
-        on_event: Callable[[WriteEvent], None] | None = None,
+        on_progress: OnProgress | None = None,
         *,
         resume: bool = False,
     ) -> None:
         self.src = source
-        self.on_event = on_event
+        self.on_progress = on_progress
         self.resume = resume
         self.result = WriteResult()
         self.is_root = os.geteuid() == 0
@@ -196,9 +188,12 @@ class PlainWriter(Generic[N]):
         self.top_is_dest = False
 
     # -- reporting ---------------------------------------------------------------------
-    def event(self, kind: str, rel: tuple[bytes, ...], size: int = 0) -> None:
-        if self.on_event is not None:
-            self.on_event(WriteEvent(kind, b"/".join(rel), size))
+    def event(self, rel: tuple[bytes, ...]) -> None:
+        """One object written (or found there already): a progress event naming it."""
+        if self.on_progress is not None:
+            r = self.result
+            done = r.files + r.dirs + r.symlinks + r.specials + r.hardlinks + r.skipped
+            self.on_progress(Progress(r.bytes, inodes_done=done, path=b"/".join(rel)))
 
     def problem(self, rel: tuple[bytes, ...], error: CipherdumpError | OSError) -> None:
         path = b"/".join(rel) or b"."
@@ -207,8 +202,6 @@ class PlainWriter(Generic[N]):
             where = os.path.join(self.shown_dest, b"/".join(rel)) or b"."
             raise OutputError(f"{_bshow(where)}: {error.strerror}") from error
         self.result.problems.append(WriteProblem(path, error, self.source_path(rel)))
-        if self.on_event is not None:
-            self.on_event(WriteEvent("problem", path))
 
     def shown(self, rel: tuple[bytes, ...]) -> str:
         return _bshow(self.source_path(rel))
@@ -223,7 +216,7 @@ class PlainWriter(Generic[N]):
 
     def skipped(self, rel: tuple[bytes, ...]) -> None:
         self.result.skipped += 1
-        self.event("skipped", rel)
+        self.event(rel)
 
     # -- the walk ----------------------------------------------------------------------
     def write_dir_into(self, node: N, dest_fd: int, rel: tuple[bytes, ...]) -> None:
@@ -299,7 +292,7 @@ class PlainWriter(Generic[N]):
                     os.mkdir(name, 0o700, dir_fd=parent_fd)
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
         self.result.dirs += 1
-        self.event("dir", rel)
+        self.event(rel)
         return fd
 
     def finish_dir(self, meta: ObjectMeta, fd: int, rel: tuple[bytes, ...]) -> None:
@@ -396,7 +389,7 @@ class PlainWriter(Generic[N]):
                 os.close(fd)
         self.result.files += 1
         self.result.bytes += written
-        self.event("file", rel, meta.size)
+        self.event(rel)
 
     def make_symlink(
         self, node: N, meta: ObjectMeta, parent_fd: int, name: bytes, rel: tuple[bytes, ...]
@@ -416,7 +409,7 @@ class PlainWriter(Generic[N]):
         self.set_owner_at(parent_fd, name, meta)
         os.utime(name, ns=(meta.atime_ns, meta.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
         self.result.symlinks += 1
-        self.event("symlink", rel)
+        self.event(rel)
 
     def make_special(
         self, meta: ObjectMeta, parent_fd: int, name: bytes, rel: tuple[bytes, ...]
@@ -441,7 +434,7 @@ class PlainWriter(Generic[N]):
         finally:
             os.close(fd)
         self.result.specials += 1
-        self.event("special", rel)
+        self.event(rel)
 
     def make_hardlink(
         self, first: tuple[bytes, ...], parent_fd: int, name: bytes, rel: tuple[bytes, ...]
@@ -459,7 +452,7 @@ class PlainWriter(Generic[N]):
         finally:
             os.close(src)
         self.result.hardlinks += 1
-        self.event("hardlink", rel)
+        self.event(rel)
 
     def _open_below(self, rel: tuple[bytes, ...]) -> int:
         """An ``O_PATH`` fd of ``rel`` below the root, never following a symlink."""
@@ -520,7 +513,7 @@ def write_tree(
     top: N,
     dest: str | bytes | os.PathLike[str],
     *,
-    on_event: Callable[[WriteEvent], None] | None = None,
+    on_progress: OnProgress | None = None,
     resume: bool = False,
     shown_top: bytes = b"",
 ) -> WriteResult:
@@ -533,7 +526,7 @@ def write_tree(
     own metadata goes onto ``dest``).  Any other ``top`` is written as ``dest``, or
     into ``dest`` under its name when ``dest`` is an existing directory.
     """
-    w = PlainWriter(source, on_event, resume=resume)
+    w = PlainWriter(source, on_progress, resume=resume)
     w.shown_top = shown_top
     meta = source.meta(top)
     dest_b = os.fsencode(dest)

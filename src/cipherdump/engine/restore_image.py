@@ -32,7 +32,7 @@ from cipherdump.blockio import TargetLock
 from cipherdump.blockio.mounts import find_mounts
 from cipherdump.engine.gctune import few_collections
 from cipherdump.engine.nodeattrs import bytes_attr, int_attr, list_attr
-from cipherdump.engine.snapshot_view import SnapNode, SnapshotView
+from cipherdump.engine.views.snapshot import SnapNode, SnapshotView
 from cipherdump.errors import (
     CipherdumpError,
     InputError,
@@ -45,10 +45,10 @@ from cipherdump.ext4.build import (
     FilesystemTree,
     ImageWriter,
     NewInode,
+    NewRun,
     Plan,
     PopulateStats,
     Populator,
-    Run,
     SrcNode,
     plan_tree,
 )
@@ -56,12 +56,12 @@ from cipherdump.ext4.build.node import BlockReader
 from cipherdump.fscrypt.context import decode_context
 from cipherdump.ondisk import features as F
 from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_SYSTEM
+from cipherdump.progress import OnProgress, Progress
 from cipherdump.repo import BlobType, Id, Repository, Snapshot
 from cipherdump.repo.codec import Value
 
 # Called with {"inodes", "inodes_total", "blocks", "blocks_total", "block_size"} at most
 # every _PROGRESS_EVERY_S seconds and once at the end; the totals are the plan's estimate.
-Progress = Callable[[dict[str, Any]], None]
 # Called with the path and the error of each entry left out of the image.
 OnProblem = Callable[[bytes, CipherdumpError], None]
 _PROGRESS_EVERY_S = 0.1
@@ -256,7 +256,7 @@ def _plan_and_write(
     source: Any,
     facts: TargetFacts,
     size: int | None,
-    on_progress: Progress | None,
+    on_progress: OnProgress | None,
 ) -> tuple[PopulateStats, bool, bool]:
     """Plan the tree, make (or open) the target and write it: (stats, whether the target
     was created, whether inode numbers are kept).  The target is locked throughout."""
@@ -312,7 +312,7 @@ def _publish(partial: str, out_path: str) -> None:
 
 def _populate(
     out_path: str, root: SrcNode, tree: Any, plan: Plan, facts: TargetFacts, *, created: bool,
-    ties: bool, on_progress: Progress | None,
+    ties: bool, on_progress: OnProgress | None,
 ) -> PopulateStats:  # fmt: skip
     with ImageWriter(out_path) as w:
         if created:
@@ -320,23 +320,26 @@ def _populate(
 
         inodes_total = len(plan.inos)
         blocks_total = plan.blocks(w.block_size)
-        last = [0.0]
+        last = 0.0
 
         def progress(stats: PopulateStats, name: bytes, *, force: bool = False) -> None:
+            nonlocal last
             now = time.monotonic()
-            if on_progress is None or (not force and now - last[0] < _PROGRESS_EVERY_S):
+            if on_progress is None or (not force and now - last < _PROGRESS_EVERY_S):
                 return
-            last[0] = now
+            last = now
             # The plan's totals are estimates (the root is there already, directory
             # blocks are guessed); the final event says what was done.
+            bs = w.block_size
             on_progress(
-                {
-                    "inodes": stats.inodes,
-                    "inodes_total": stats.inodes if force else max(inodes_total, stats.inodes),
-                    "blocks": stats.blocks,
-                    "blocks_total": stats.blocks if force else max(blocks_total, stats.blocks),
-                    "block_size": w.block_size,
-                }
+                Progress(
+                    bytes_done=stats.blocks * bs,
+                    bytes_total=(stats.blocks if force else max(blocks_total, stats.blocks)) * bs,
+                    inodes_done=stats.inodes,
+                    inodes_total=stats.inodes if force else max(inodes_total, stats.inodes),
+                    path=name,
+                    finished=force,
+                )
             )
 
         pop = Populator(w, tree, require_inos=ties, on_progress=progress)
@@ -429,7 +432,7 @@ class _ChainTree:
 
 def clone_image(
     image: str, out_path: str, *, path: bytes | None = None, size: int | None = None,
-    on_progress: Progress | None = None, on_problem: OnProblem | None = None,
+    on_progress: OnProgress | None = None, on_problem: OnProblem | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Copy the tree of ``image`` (or the subtree at ``path``) into ``out_path``."""
     started = time.monotonic()
@@ -521,7 +524,7 @@ class SnapshotTree:
                 if isinstance(e, tuple | list) and len(e) == 4:
                     lblk, length, _pblk, unwritten = e
                     if isinstance(lblk, int) and isinstance(length, int):
-                        src.runs.append(Run(lblk, length, bool(unwritten)))
+                        src.runs.append(NewRun(lblk, length, bool(unwritten)))
         elif snap.kind == "symlink":
             src.symlink = bytes_attr(a, "symlink")
         return src
@@ -583,7 +586,7 @@ def restore_to_image(
     *,
     path: bytes | None,
     size: int | None,
-    on_progress: Progress | None = None,
+    on_progress: OnProgress | None = None,
     on_problem: OnProblem | None = None,
 ) -> dict[str, Any]:
     """Write the snapshot (or the subtree at ``path``, with its ancestors) into an image.

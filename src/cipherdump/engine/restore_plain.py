@@ -5,13 +5,8 @@ under ``target`` with :mod:`cipherdump.engine.plainwrite`, the writer ``extract`
 modes, owners, nanosecond times, xattrs and ACLs (not the encryption context), symlinks,
 hard links, special files, and sparse files kept sparse.  Unencrypted parts are written
 as they were; encrypted parts need the key of their policy (an object no key given can
-decrypt is a problem of its own, never written as ciphertext).
-
-Names are decrypted with the parent directory's context and inode number, contents with
-the file's, exactly as the kernel would on the original filesystem (the snapshot keeps
-the inode numbers, contexts, block size and filesystem UUID that needs).  Every
-decrypted name and symlink target is encrypted again and must give back the stored
-ciphertext, so a wrong key is reported instead of producing garbage names.
+decrypt is a problem of its own, never written as ciphertext).  The decryption is the
+keyed snapshot view's (:mod:`cipherdump.engine.views.snapshot_keyed`).
 
 Restores resume: what is already under ``target`` and identical is skipped (see
 :mod:`~cipherdump.engine.plainwrite`), so an interrupted restore is simply run again.
@@ -21,326 +16,15 @@ Nothing is ever written outside ``target``.
 from __future__ import annotations
 
 import os
-import posixpath
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from cipherdump.engine.gctune import few_collections
-from cipherdump.engine.keyed import Segment, invalid_name_reason
-from cipherdump.engine.namespace import Problem
-from cipherdump.engine.nodeattrs import bytes_attr, int_attr, list_attr
-from cipherdump.engine.paths import child_path, resolve_path
-from cipherdump.engine.plainwrite import ObjectMeta, WriteEvent, WriteResult, write_tree
-from cipherdump.engine.snapshot_view import SnapNode, SnapshotView
-from cipherdump.errors import (
-    CipherdumpError,
-    CorruptError,
-    KeyProblem,
-    UnsupportedError,
-)
-from cipherdump.fscrypt.context import Policy, decode_context
-from cipherdump.fscrypt.inode_cipher import InodeCipher
+from cipherdump.engine.plainwrite import WriteResult, write_tree
+from cipherdump.engine.views.snapshot import SnapshotView
+from cipherdump.engine.views.snapshot_keyed import KeyedSnapshotView, PlainNode
 from cipherdump.fscrypt.keys import KeyRing
-from cipherdump.fscrypt.symlink import decode_encrypted_symlink
-from cipherdump.ondisk.inode import EXT4_ENCRYPT_FL
-from cipherdump.repo import BlobType, Id
+from cipherdump.progress import OnProgress
 
-__all__ = ["PlainNode", "SnapshotSource", "restore_plain"]
-
-# Plaintext decrypted per step: bounded memory for huge files.
-_STEP = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class PlainNode:
-    """A snapshot object with its plaintext name and path (no-key names where no key
-    matched the parent)."""
-
-    snap: SnapNode
-    name: bytes
-    path: bytes
-
-
-class SnapshotSource:
-    """A snapshot's tree with plaintext names, targets and contents where a key matches.
-
-    ``used`` collects the identifiers of keys that decrypted something and ``missing``
-    the policies no key matched (for messages), as :class:`KeyedNamespace` does.
-    """
-
-    def __init__(self, view: SnapshotView, keyring: KeyRing) -> None:
-        self.view = view
-        self.keyring = keyring
-        self.block_size = view.block_size
-        uuid = view.facts.get("uuid")
-        self.fs_uuid = uuid if isinstance(uuid, bytes) and len(uuid) == 16 else None
-        self.used: set[bytes] = set()
-        self.missing: dict[bytes, Policy] = {}
-        self._ciphers: dict[int, InodeCipher | CipherdumpError] = {}
-        self._blob: tuple[Id, bytes] | None = None
-
-    # -- keys --------------------------------------------------------------------------
-    def _cipher(self, snap: SnapNode) -> InodeCipher | CipherdumpError:
-        ino = int_attr(snap.attrs, "ino")
-        cached = self._ciphers.get(ino)
-        if cached is not None:
-            return cached
-        result: InodeCipher | CipherdumpError
-        raw = bytes_attr(snap.attrs, "context")
-        try:
-            if raw is None:
-                raise CorruptError(
-                    "encrypt flag set but no encryption context",
-                    structure="encryption context",
-                    location=f"inode {ino}",
-                )
-            ctx = decode_context(raw)
-            key = self.keyring.find(ctx.policy)
-            if key is None:
-                self.missing.setdefault(ctx.policy.key_spec, ctx.policy)
-                result = KeyProblem(f"no key for policy {ctx.policy.describe()}")
-            else:
-                result = InodeCipher(
-                    key, ctx, ino=ino, block_size=self.block_size, fs_uuid=self.fs_uuid
-                )
-        except CipherdumpError as err:
-            result = err
-        except ValueError as err:  # e.g. an IV_INO_LBLK policy without the UUID
-            result = UnsupportedError(f"inode {ino}: {err}")
-        if len(self._ciphers) > 65536:
-            self._ciphers.clear()
-        self._ciphers[ino] = result
-        return result
-
-    def cipher(self, snap: SnapNode, where: str = "") -> InodeCipher:
-        got = self._cipher(snap)
-        if isinstance(got, KeyProblem):
-            raise KeyProblem(f"{where or 'inode ' + str(int_attr(snap.attrs, 'ino'))}: {got}")
-        if isinstance(got, CipherdumpError):
-            raise got
-        key = self.keyring.find(got.policy)
-        if key is not None:
-            self.used.add(key.identifier)
-        return got
-
-    def names_decrypted(self, snap: SnapNode) -> bool:
-        return not snap.is_encrypted or isinstance(self._cipher(snap), InodeCipher)
-
-    # -- TreeSource --------------------------------------------------------------------
-    def meta(self, node: PlainNode) -> ObjectMeta:
-        a = node.snap.attrs
-        rdev = 0
-        dev = list_attr(a, "rdev")
-        if len(dev) == 2 and isinstance(dev[0], int) and isinstance(dev[1], int):
-            rdev = os.makedev(dev[0], dev[1])
-        xattrs: list[tuple[int, bytes, bytes]] = []
-        for item in list_attr(a, "xattrs"):
-            if isinstance(item, tuple | list) and len(item) == 3:
-                index, name, value = item
-                if isinstance(index, int) and isinstance(name, bytes) and isinstance(value, bytes):
-                    xattrs.append((index, name, value))
-        return ObjectMeta(
-            ino=int_attr(a, "ino"),
-            kind=node.snap.kind,
-            mode=int_attr(a, "mode"),
-            uid=int_attr(a, "uid"),
-            gid=int_attr(a, "gid"),
-            size=int_attr(a, "size"),
-            links=int_attr(a, "links", 1),
-            atime_ns=int_attr(a, "atime_ns"),
-            mtime_ns=int_attr(a, "mtime_ns"),
-            rdev=rdev,
-            encrypted=bool(int_attr(a, "flags") & EXT4_ENCRYPT_FL),
-            xattrs=tuple(xattrs),
-        )
-
-    def name(self, node: PlainNode) -> bytes:
-        return node.name
-
-    def iter_children(self, node: PlainNode) -> Iterator[PlainNode | Problem]:
-        parent = node.snap
-        kids = []
-        for kid in self.view.children(parent):
-            if kid.problem is None:
-                kids.append(kid)
-            else:
-                yield Problem(child_path(node.path, kid.name), kid.refuse())
-        if not parent.is_encrypted or not self.names_decrypted(parent):
-            for kid in kids:
-                yield PlainNode(kid, kid.name, posixpath.join(node.path, kid.name))
-            return
-        cipher = self.cipher(parent)
-        ino = int_attr(parent.attrs, "ino")
-        for kid in kids:
-            try:
-                name = self._decrypt_name(cipher, kid.raw_name, ino, int_attr(kid.attrs, "ino"))
-            except CipherdumpError as err:
-                yield Problem(posixpath.join(node.path, kid.name), err)
-                continue
-            yield PlainNode(kid, name, posixpath.join(node.path, name))
-
-    def _decrypt_name(self, cipher: InodeCipher, ct: bytes, dir_ino: int, ino: int) -> bytes:
-        where = f"directory inode {dir_ino}, entry inode {ino}"
-        try:
-            plain = cipher.decrypt_name(ct)
-        except CorruptError as err:
-            raise CorruptError(str(err), location=where) from None
-        # The kernel pads with NULs to an exact length: re-encryption must give the
-        # stored bytes back, or the key is wrong (or the name damaged).
-        if not plain or cipher.encrypt_name(plain) != ct:
-            raise KeyProblem(
-                f"{where}: encrypted name does not decrypt to a valid plaintext "
-                "(wrong key or damaged data)"
-            )
-        reason = invalid_name_reason(plain)
-        if reason is not None:
-            raise CorruptError(f"decrypted {reason} is not a valid file name", location=where)
-        return plain
-
-    def require_decryptable(self, node: PlainNode, where: str) -> None:
-        self.cipher(node.snap, where)
-
-    def symlink_target(self, node: PlainNode) -> bytes:
-        a = node.snap.attrs
-        stored = bytes_attr(a, "symlink")
-        if not node.snap.is_encrypted:
-            target = stored if stored is not None else bytes_attr(a, "target")
-            if target is None:
-                raise CorruptError("symlink without a target", location=_where(node))
-            return target
-        if stored is None:
-            raise CorruptError(
-                "encrypted symlink without its stored payload", location=_where(node)
-            )
-        # The snapshot keeps the ``i_size`` bytes of the payload, without the NUL after
-        # them that the decoder looks for.
-        ct = decode_encrypted_symlink(
-            stored + b"\0", int_attr(a, "size"), self.block_size, location=_where(node)
-        )
-        cipher = self.cipher(node.snap, _where(node))
-        plain = cipher.decrypt_name(ct)
-        if not plain or cipher.encrypt_symlink_target(plain) != ct:
-            raise KeyProblem(
-                f"{_where(node)}: symlink target does not decrypt to a valid plaintext "
-                "(wrong key or damaged data)"
-            )
-        return plain
-
-    def iter_segments(self, node: PlainNode) -> Iterator[Segment]:
-        snap = node.snap
-        a = snap.attrs
-        size = int_attr(a, "size")
-        cipher = self.cipher(snap, _where(node)) if snap.is_encrypted else None
-        if size == 0:
-            return
-        if bytes_attr(a, "inline") is not None:
-            if cipher is not None:
-                raise UnsupportedError(f"{_where(node)}: encrypted inline data is not supported")
-            yield Segment(0, size, b"".join(self.view.iter_stored(snap, size)))
-            return
-        bs = self.block_size
-        du = cipher.data_unit_size if cipher is not None else bs
-        runs: list[tuple[int, int]] = []
-        for e in list_attr(a, "extents"):
-            if isinstance(e, tuple | list) and len(e) == 4:
-                lblk, length, _pblk, unwritten = e
-                if isinstance(lblk, int) and isinstance(length, int) and not unwritten:
-                    runs.append((lblk * bs, (lblk + length) * bs))
-        if "extents" not in a:
-            runs = [(0, size)]
-        runs.sort()
-        pos = 0
-        for start, end in runs:
-            end = min(end, size)
-            if start >= end or start < pos:
-                continue
-            if start > pos:
-                yield Segment(pos, start - pos, None)
-            off = start
-            while off < end:
-                want = min(_STEP, end - off)
-                units = -(-want // du)
-                raw = self._read_stored(snap, off, units * du)
-                if cipher is not None:
-                    raw = cipher.decrypt_data_units(off // du, raw)
-                yield Segment(off, want, raw[:want])
-                off += want
-            pos = end
-        if pos < size:
-            yield Segment(pos, size - pos, None)
-
-    def _read_stored(self, snap: SnapNode, offset: int, length: int) -> bytes:
-        """Stored bytes ``[offset, offset + length)`` from the file's chunks."""
-        a = snap.attrs
-        chunk_size = int_attr(a, "chunk_size", self.view.chunk_size)
-        chunk_of: dict[int, Id] = {}
-        indices = a.get("chunks", ())
-        if isinstance(indices, tuple):
-            for index, blob_id in zip(indices, snap.node.content, strict=False):
-                if isinstance(index, int):
-                    chunk_of[index] = blob_id
-        out = bytearray()
-        pos, end = offset, offset + length
-        while pos < end:
-            index, within = divmod(pos, chunk_size)
-            n = min(chunk_size - within, end - pos)
-            found = chunk_of.get(index)
-            if found is None:
-                out += bytes(n)
-            else:
-                if self._blob is None or self._blob[0] != found:
-                    self._blob = (found, self.view.repo.load_blob(BlobType.DATA, found))
-                piece = self._blob[1][within : within + n]
-                out += piece
-                out += bytes(n - len(piece))
-            pos += n
-        return bytes(out)
-
-    # -- paths -------------------------------------------------------------------------
-    def root(self) -> PlainNode:
-        return PlainNode(self.view.root_node(), b"/", b"/")
-
-    def resolve(self, path: bytes) -> PlainNode:
-        """A typed path: plaintext names where a key matches, or the no-key names."""
-        return resolve_path(
-            self.root(),
-            path,
-            lookup=self._lookup,
-            is_dir=lambda n: n.snap.is_dir,
-            shown_path=lambda n: n.path,
-        )
-
-    def _lookup(self, parent: PlainNode, part: bytes) -> PlainNode:
-        if parent.snap.is_encrypted and self.names_decrypted(parent.snap):
-            for kid in self.iter_children(parent):
-                if isinstance(kid, PlainNode) and kid.name == part:
-                    return kid
-        # No-key or raw names (and unencrypted directories).
-        snap = self.view.lookup(parent.snap, part)
-        name = snap.name
-        if parent.snap.is_encrypted and self.names_decrypted(parent.snap):
-            cipher = self.cipher(parent.snap)
-            name = self._decrypt_name(
-                cipher,
-                snap.raw_name,
-                int_attr(parent.snap.attrs, "ino"),
-                int_attr(snap.attrs, "ino"),
-            )
-        return PlainNode(snap, name, posixpath.join(parent.path, name))
-
-    def read_plaintext(self, node: PlainNode) -> Iterator[bytes]:
-        """The whole file, holes as zeros, in pieces (for ``cat``)."""
-        if node.snap.kind != "file":
-            raise CipherdumpError(f"{_show(node.path)}: not a regular file")
-        for seg in self.iter_segments(node):
-            if seg.data is not None:
-                yield seg.data
-                continue
-            left = seg.length
-            while left:
-                n = min(left, _STEP)
-                yield bytes(n)
-                left -= n
+__all__ = ["restore_plain"]
 
 
 def restore_plain(
@@ -349,8 +33,8 @@ def restore_plain(
     target: str | bytes | os.PathLike[str],
     *,
     path: bytes = b"/",
-    on_event: Callable[[WriteEvent], None] | None = None,
-) -> tuple[WriteResult, SnapshotSource]:
+    on_progress: OnProgress | None = None,
+) -> tuple[WriteResult, KeyedSnapshotView]:
     """Write the plaintext of ``path`` of the snapshot under ``target``.
 
     A directory fills ``target`` (created if missing, merged into if it exists, its
@@ -358,21 +42,13 @@ def restore_plain(
     directory, else as ``target``.  Returns the result and the source (whose ``used``
     and ``missing`` say which keys mattered).
     """
-    source = SnapshotSource(view, keyring)
+    source = KeyedSnapshotView(view, keyring)
     top = source.resolve(path)
     if top.snap.is_dir:
         # The restore target stands for the top directory; its name does not matter.
         top = PlainNode(top.snap, top.name if top.name != b"/" else b".", top.path)
     with few_collections():
         result = write_tree(
-            source, top, target, on_event=on_event, resume=True, shown_top=path or b"/"
+            source, top, target, on_progress=on_progress, resume=True, shown_top=path or b"/"
         )
     return result, source
-
-
-def _where(node: PlainNode) -> str:
-    return f"{_show(node.path)} (inode {int_attr(node.snap.attrs, 'ino')})"
-
-
-def _show(path: bytes) -> str:
-    return path.decode("utf-8", "backslashreplace")

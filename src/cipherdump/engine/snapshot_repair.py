@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 from cipherdump.engine.nodeattrs import display_name
 from cipherdump.engine.parent import LOCATED_ATTRS
-from cipherdump.engine.snapshot_view import SnapshotView
+from cipherdump.engine.views.snapshot import SnapshotView
 from cipherdump.errors import CipherdumpError
 from cipherdump.repo import BlobType, Id, Node, Repository, Snapshot
 from cipherdump.repo.tree import join_nodes

@@ -9,6 +9,6 @@ anything above.
 """
 
 from cipherdump.ext4.fs import Filesystem, open_filesystem
-from cipherdump.ext4.inode import FileType, Inode, Run
+from cipherdump.ext4.inode import Inode, InodeType, Run
 
-__all__ = ["FileType", "Filesystem", "Inode", "Run", "open_filesystem"]
+__all__ = ["Filesystem", "Inode", "InodeType", "Run", "open_filesystem"]

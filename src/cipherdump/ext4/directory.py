@@ -7,11 +7,14 @@ every leaf entry exactly once and survives damaged index nodes.
 
 from __future__ import annotations
 
+import stat
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cipherdump.errors import ChecksumError, CipherdumpError, CorruptError
+from cipherdump.ext4.xattr import read_inline_data
 from cipherdump.ondisk.csum import crc32c_le, inode_csum_seed
 from cipherdump.ondisk.dirent import (
     DIRENT_TAIL_SIZE,
@@ -26,13 +29,17 @@ from cipherdump.ondisk.dirent import (
     rec_len_from_disk,
     scan_dirents,
 )
+from cipherdump.ondisk.inode import (
+    EXT4_CASEFOLD_FL,
+    EXT4_ENCRYPT_FL,
+    EXT4_INDEX_FL,
+    EXT4_INLINE_DATA_FL,
+    RawInode,
+)
 from cipherdump.ondisk.records import record_maker
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from cipherdump.ext4.fs import Filesystem
-    from cipherdump.ext4.inode import Inode
+    from cipherdump.ext4.volume import Run, Volume
 
 # Bound on directory size in blocks; a real directory of millions of entries stays far
 # below it, a hostile i_size does not drive the loop.
@@ -55,11 +62,119 @@ class Entry:
 _make_entry = record_maker(Entry)
 
 
+# What Directory keeps of its htree root before block 0 was read.
+_UNREAD = object()
+
+
+class Directory:
+    """One directory: its entries, read once, and its htree root's hash version.
+
+    Made from the volume, the inode number, the record and the block map (a function,
+    so that the map is computed only when a block is read and shared with the inode
+    view).  The hash version is kept by whichever reads block 0 first, listing the
+    entries or asking :meth:`hash_version`; either order gives the same answers.
+    """
+
+    __slots__ = ("_by_name", "_entries", "_root_hash", "_runs", "fs", "ino", "raw")
+
+    def __init__(self, vol: Volume, ino: int, raw: RawInode, runs: Callable[[], list[Run]]) -> None:
+        self.fs = vol
+        self.ino = ino
+        self.raw = raw
+        self._runs = runs
+        self._entries: list[Entry] | None = None
+        self._by_name: dict[bytes, Entry] | None = None
+        # The dx_root's hash version (None: block 0 holds no htree root), or _UNREAD.
+        self._root_hash: object = _UNREAD
+
+    # The inode facts the readers below ask for.
+    @property
+    def runs(self) -> list[Run]:
+        return self._runs()
+
+    @property
+    def size(self) -> int:
+        return self.raw.i_size
+
+    @property
+    def generation(self) -> int:
+        return self.raw.i_generation
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.raw.i_mode)
+
+    @property
+    def is_indexed_dir(self) -> bool:
+        return self.is_dir and bool(self.raw.i_flags & EXT4_INDEX_FL)
+
+    @property
+    def is_encrypted(self) -> bool:
+        return bool(self.raw.i_flags & EXT4_ENCRYPT_FL)
+
+    @property
+    def is_casefolded(self) -> bool:
+        return bool(self.raw.i_flags & EXT4_CASEFOLD_FL)
+
+    @property
+    def has_inline_data(self) -> bool:
+        return bool(self.raw.i_flags & EXT4_INLINE_DATA_FL)
+
+    def inline_data(self) -> bytes:
+        return read_inline_data(self.fs, self.ino, self.raw)
+
+    # -- entries -----------------------------------------------------------------------
+    def entries(self) -> list[Entry]:
+        """Entries without the directory's own ``.`` and ``..``, raw name bytes, disk
+        order; read on first use."""
+        if self._entries is None:
+            self._entries = read_entries(self)
+        return self._entries
+
+    @property
+    def loaded(self) -> bool:
+        """Whether :meth:`entries` has already read the directory."""
+        return self._entries is not None
+
+    def entry_named(self, name: bytes) -> Entry | None:
+        """The entry with exactly these name bytes, by a dictionary built on first use."""
+        if self._by_name is None:
+            self._by_name = {}
+            for e in self.entries():
+                self._by_name.setdefault(e.name, e)
+        return self._by_name.get(name)
+
+    # -- htree -------------------------------------------------------------------------
+    def keep_root(self, block0: bytes) -> None:
+        """Keep the hash version of block 0's htree root (read by whoever read it)."""
+        root = decode_dx_root(block0)
+        self._root_hash = root.hash_version if root is not None else None
+
+    def hash_version(self, default: int) -> int:
+        """The hash version recorded in the htree root, or ``default`` if unreadable."""
+        if self._root_hash is _UNREAD:
+            runs = [r for r in self.runs if r.lblk == 0 and r.pblk is not None]
+            if not runs or runs[0].pblk is None:
+                return default
+            try:
+                self.keep_root(self.fs.read_block(runs[0].pblk))
+            except CorruptError:
+                return default
+        version = self._root_hash
+        return version if isinstance(version, int) else default
+
+    def htree_find(
+        self, hash_of: Callable[[int], int], match: Callable[[Entry], bool]
+    ) -> Entry | None:
+        """An entry found through the htree index, or None: see :func:`htree_find`."""
+        return htree_find(self, hash_of, match)
+
+
 # Blocks of a directory read at once (at most).
 _DIR_READ_BLOCKS = 64
 
 
-def read_entries(dir_inode: Inode) -> list[Entry]:
+def read_entries(dir_inode: Directory) -> list[Entry]:
     if not dir_inode.is_dir:
         raise CorruptError(
             "not a directory", structure="directory", location=f"inode {dir_inode.ino}"
@@ -128,7 +243,7 @@ def read_entries(dir_inode: Inode) -> list[Entry]:
             if lblk == 0 and dir_inode.is_indexed_dir:
                 # Block 0 of an htree holds '.', '..' and the dx_root behind '..'; the
                 # rest of the block may be stale bytes from before indexing.
-                _keep_dx_root(dir_inode, block)
+                dir_inode.keep_root(block)
                 if _is_dx_root(block, bs):
                     limit = dx_root_limit(bs, seed is not None)
                     _check_dx(fs, block, DX_ROOT_COUNT_OFFSET, limit, seed, at)
@@ -183,7 +298,7 @@ def _leaf_entries(
 
 
 def _check_dx(
-    fs: Filesystem, block: bytes, count_offset: int, limit: int, seed: int | None, at: str
+    fs: Volume, block: bytes, count_offset: int, limit: int, seed: int | None, at: str
 ) -> None:
     """Verify an htree index block's limit (``limit``, what the kernel's dx_probe
     demands) and checksum (with ``seed``).  A full scan does not need the index, so a
@@ -242,25 +357,6 @@ def _public(raw: list[DirentTuple], *, inline: bool = False) -> list[Entry]:
     ]
 
 
-def _keep_dx_root(dir_inode: Inode, block: bytes) -> None:
-    root = decode_dx_root(block)
-    dir_inode.dx_root_hash = root.hash_version if root is not None else None
-
-
-def dx_hash_version(dir_inode: Inode, default: int) -> int:
-    """The hash version recorded in an htree root, or ``default`` if it is unreadable."""
-    if dir_inode.dx_root_hash == -1:
-        runs = [r for r in dir_inode.runs if r.lblk == 0 and r.pblk is not None]
-        if not runs or runs[0].pblk is None:
-            return default
-        try:
-            _keep_dx_root(dir_inode, dir_inode.fs.read_block(runs[0].pblk))
-        except CorruptError:
-            return default
-    version = dir_inode.dx_root_hash
-    return default if version is None else version
-
-
 # -- htree lookup -------------------------------------------------------------------------
 
 _DX_COUNT = struct.Struct("<HH")
@@ -270,7 +366,7 @@ _DX_MAX_LEVELS = 3  # 2 without largedir, 3 with it
 
 
 def htree_find(
-    dir_inode: Inode, hash_of: Callable[[int], int], match: Callable[[Entry], bool]
+    dir_inode: Directory, hash_of: Callable[[int], int], match: Callable[[Entry], bool]
 ) -> Entry | None:
     """An entry of an indexed directory found through its htree, or None.
 

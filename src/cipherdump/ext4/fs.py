@@ -15,8 +15,8 @@ from cipherdump.errors import (
 )
 from cipherdump.ext4.inode import Inode
 from cipherdump.ext4.journal import JournalInfo, load_journal
-from cipherdump.ext4.mapping import Run
 from cipherdump.ext4.orphans import NO_ORPHANS, Orphans, clip_runs, find_orphans
+from cipherdump.ext4.volume import Run
 from cipherdump.ondisk import features as F
 from cipherdump.ondisk.csum import fs_csum_seed
 from cipherdump.ondisk.groupdesc import (
@@ -25,7 +25,13 @@ from cipherdump.ondisk.groupdesc import (
     decode_group_desc,
     group_desc_csum,
 )
-from cipherdump.ondisk.inode import InodePeek, decode_inode, inode_record_csum, peek_inode
+from cipherdump.ondisk.inode import (
+    InodePeek,
+    RawInode,
+    decode_inode,
+    inode_record_csum,
+    peek_inode,
+)
 from cipherdump.ondisk.superblock import (
     SUPERBLOCK_OFFSET,
     SUPERBLOCK_SIZE,
@@ -65,7 +71,8 @@ class Filesystem(Closable):
         if replay:
             self._replay_journal()
         # As the kernel's mount does after replaying the journal.
-        self.orphans = find_orphans(self)
+        errno = self.journal.errno if self.journal is not None else 0
+        self.orphans = find_orphans(self, journal_errno=errno)
         for message in self.orphans.warnings:
             self.warn(message)
 
@@ -296,6 +303,10 @@ class Filesystem(Closable):
         if len(cache) > _INODE_CACHE_SIZE:
             cache.popitem(last=False)
         return node
+
+    def raw_inode(self, ino: int) -> RawInode:
+        """The decoded, checked record of inode ``ino`` (through the inode cache)."""
+        return self.inode(ino).raw
 
     def inode_record(self, ino: int) -> tuple[bytes, InodePeek]:
         """Inode ``ino``'s on-disk record and the few fields :func:`peek_inode` reads

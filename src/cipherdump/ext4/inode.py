@@ -8,20 +8,26 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from cipherdump.errors import CorruptError, UnsupportedError
-from cipherdump.ext4.directory import read_entries
-from cipherdump.ext4.mapping import Run as Run
-from cipherdump.ext4.mapping import map_runs
-from cipherdump.ext4.xattr import Xattr, read_inode_body_xattrs, read_xattrs
+from cipherdump.ext4.directory import Directory
+from cipherdump.ext4.mapping import (
+    FAST_SYMLINK_MAX,
+    blocks_512,
+    is_fast_symlink,
+    map_runs,
+    read_mapped,
+)
+from cipherdump.ext4.volume import Run as Run
+from cipherdump.ext4.xattr import Xattr, read_inline_data, read_xattrs
 from cipherdump.ondisk import features as F
 from cipherdump.ondisk import inode as I
-from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_ENCRYPTION, EXT4_XATTR_INDEX_SYSTEM
+from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_ENCRYPTION
 
 if TYPE_CHECKING:
     from cipherdump.ext4.directory import Entry
-    from cipherdump.ext4.fs import Filesystem
+    from cipherdump.ext4.volume import Volume
 
 
-class FileType(enum.Enum):
+class InodeType(enum.Enum):
     FILE = "file"
     DIR = "dir"
     SYMLINK = "symlink"
@@ -33,18 +39,14 @@ class FileType(enum.Enum):
 
 
 _FMT_TO_TYPE = {
-    stat.S_IFREG: FileType.FILE,
-    stat.S_IFDIR: FileType.DIR,
-    stat.S_IFLNK: FileType.SYMLINK,
-    stat.S_IFCHR: FileType.CHARDEV,
-    stat.S_IFBLK: FileType.BLOCKDEV,
-    stat.S_IFIFO: FileType.FIFO,
-    stat.S_IFSOCK: FileType.SOCKET,
+    stat.S_IFREG: InodeType.FILE,
+    stat.S_IFDIR: InodeType.DIR,
+    stat.S_IFLNK: InodeType.SYMLINK,
+    stat.S_IFCHR: InodeType.CHARDEV,
+    stat.S_IFBLK: InodeType.BLOCKDEV,
+    stat.S_IFIFO: InodeType.FIFO,
+    stat.S_IFSOCK: InodeType.SOCKET,
 }
-
-# A fast symlink keeps its target in i_block, whose 60 bytes bound the target length.
-FAST_SYMLINK_MAX = 60
-
 
 # Flag and feature bits asked for on every inode, as plain module constants.
 _ENCRYPT_FL = I.EXT4_ENCRYPT_FL
@@ -66,39 +68,30 @@ class Inode:
 
     __slots__ = (
         "__weakref__",
-        "_by_name",
-        "_entries",
+        "_directory",
         "_runs",
         "_xattrs",
-        "dx_root_hash",
         "fs",
         "ino",
         "raw",
         "type",
     )
 
-    fs: Filesystem
+    fs: Volume
     ino: int
     raw: I.RawInode
     #: The file type, from the mode's format bits (``UNKNOWN`` for none of the seven).
-    type: FileType
-    #: An indexed directory's hash version as its block 0 records it (None if that
-    #: block holds no htree root), kept by whichever read that block first
-    #: (:func:`~cipherdump.ext4.directory.read_entries` or ``dx_hash_version``); -1
-    #: until then.  On a block device each read of the block waits for the disk.
-    dx_root_hash: int | None
+    type: InodeType
 
-    def __init__(self, fs: Filesystem, ino: int, raw: I.RawInode) -> None:
+    def __init__(self, fs: Volume, ino: int, raw: I.RawInode) -> None:
         self.fs = fs
         self.ino = ino
         self.raw = raw
         # Set once here: walks ask every inode its type many times over.
-        self.type = _FMT_TO_TYPE.get(raw.i_mode & _S_IFMT, FileType.UNKNOWN)
+        self.type = _FMT_TO_TYPE.get(raw.i_mode & _S_IFMT, InodeType.UNKNOWN)
         self._xattrs: list[Xattr] | None = None
         self._runs: list[Run] | None = None
-        self._entries: list[Entry] | None = None
-        self._by_name: dict[bytes, Entry] | None = None
-        self.dx_root_hash = -1
+        self._directory: Directory | None = None
 
     def __repr__(self) -> str:
         return f"<Inode {self.ino} {self.type.value} size={self.size}>"
@@ -110,15 +103,15 @@ class Inode:
 
     @property
     def is_dir(self) -> bool:
-        return self.type is FileType.DIR
+        return self.type is InodeType.DIR
 
     @property
     def is_file(self) -> bool:
-        return self.type is FileType.FILE
+        return self.type is InodeType.FILE
 
     @property
     def is_symlink(self) -> bool:
-        return self.type is FileType.SYMLINK
+        return self.type is InodeType.SYMLINK
 
     @property
     def uid(self) -> int:
@@ -147,10 +140,6 @@ class Inode:
     @property
     def project_id(self) -> int:
         return self.raw.i_projid
-
-    @property
-    def in_use(self) -> bool:
-        return self.raw.i_mode != 0 and self.raw.i_dtime == 0
 
     # The four timestamps: I.timestamp_ns, written out (they are asked for per file).
     @property
@@ -182,13 +171,7 @@ class Inode:
     @property
     def blocks_512(self) -> int:
         """``st_blocks``: 512-byte units, whatever the huge_file encoding on disk."""
-        raw = self.raw
-        if not self.fs.sb.s_feature_ro_compat & _RO_COMPAT_HUGE_FILE:
-            # Like the kernel: without huge_file, l_i_blocks_high means nothing.
-            return raw.i_blocks & 0xFFFFFFFF
-        if raw.i_flags & _HUGE_FILE_FL:
-            return raw.i_blocks * (self.fs.block_size // 512)
-        return raw.i_blocks
+        return blocks_512(self.fs.sb, self.raw, self.fs.block_size)
 
     @property
     def st_blocks(self) -> int:
@@ -202,7 +185,7 @@ class Inode:
     @property
     def device(self) -> tuple[int, int] | None:
         """(major, minor) of a character or block device node."""
-        if self.type is not FileType.CHARDEV and self.type is not FileType.BLOCKDEV:
+        if self.type is not InodeType.CHARDEV and self.type is not InodeType.BLOCKDEV:
             return None
         b = self.raw.i_block
         old = int.from_bytes(b[0:4], "little")
@@ -238,22 +221,13 @@ class Inode:
 
     @property
     def is_indexed_dir(self) -> bool:
-        return self.type is FileType.DIR and self.raw.i_flags & _INDEX_FL != 0
+        return self.type is InodeType.DIR and self.raw.i_flags & _INDEX_FL != 0
 
     @property
     def is_fast_symlink(self) -> bool:
-        """Target in ``i_block``: decided the way the kernel decides it.
-
-        Like ``ext4_inode_is_fast_symlink``: with the ea_inode feature by ``i_size``
-        alone, otherwise by an ``i_blocks`` that counts nothing but the xattr block (one
-        cluster).  Neither the extents flag nor the encrypt flag enters into it.
-        """
-        if self.type is not FileType.SYMLINK or self.raw.i_flags & _INLINE_DATA_FL:
-            return False
-        if self.fs.sb.has_incompat(F.INCOMPAT_EA_INODE):
-            return 0 < self.size < FAST_SYMLINK_MAX
-        ea_blocks = (self.fs.sb.cluster_size // 512) if self.raw.i_file_acl else 0
-        return self.blocks_512 == ea_blocks
+        """Target in ``i_block``, decided the way the kernel decides it
+        (:func:`~cipherdump.ext4.mapping.is_fast_symlink`)."""
+        return is_fast_symlink(self.fs.sb, self.raw)
 
     # -- xattrs ----------------------------------------------------------------------
     @property
@@ -261,7 +235,7 @@ class Inode:
         """All xattrs, in-inode first then the external block, values resolved."""
         xattrs = self._xattrs
         if xattrs is None:
-            xattrs = self._xattrs = read_xattrs(self)
+            xattrs = self._xattrs = read_xattrs(self.fs, self.ino, self.raw)
         return xattrs
 
     def xattr(self, index: int, name: bytes) -> bytes | None:
@@ -285,7 +259,9 @@ class Inode:
         """
         runs = self._runs
         if runs is None:
-            runs = self._runs = self.fs.orphan_runs(self.ino, map_runs(self), self.raw.i_size)
+            runs = self._runs = self.fs.orphan_runs(
+                self.ino, map_runs(self.fs, self.ino, self.raw), self.raw.i_size
+            )
         return runs
 
     def mapped_runs(self) -> list[Run]:
@@ -293,30 +269,7 @@ class Inode:
 
     def inline_data(self) -> bytes:
         """The bytes of an inline-data inode: ``i_block`` then ``system.data``."""
-        if not self.has_inline_data:
-            raise UnsupportedError(f"inode {self.ino} has no inline data")
-        if not self.fs.sb.has_incompat(F.INCOMPAT_INLINE_DATA):
-            raise CorruptError(
-                "inline_data flag on a filesystem without the inline_data feature",
-                structure="inode",
-                location=f"inode {self.ino}",
-            )
-        if self.uses_extents:
-            raise CorruptError(
-                "both inline_data and extents flags are set",
-                structure="inode",
-                location=f"inode {self.ino}",
-            )
-        # system.data always lives in the inode body (the kernel looks nowhere else), so
-        # a damaged xattr block does not make the inline data unreadable.
-        for x in read_inode_body_xattrs(self):
-            if x.index == EXT4_XATTR_INDEX_SYSTEM and x.name == b"data":
-                return self.raw.i_block + x.value
-        raise CorruptError(
-            "inline_data flag is set but the system.data xattr is missing",
-            structure="inode",
-            location=f"inode {self.ino}",
-        )
+        return read_inline_data(self.fs, self.ino, self.raw)
 
     def read(self, offset: int = 0, length: int | None = None) -> bytes:
         """Bytes of the file as stored: ciphertext for encrypted inodes, zeros for holes.
@@ -343,29 +296,7 @@ class Inode:
     def read_raw(self, start: int, end: int) -> bytes:
         """Stored bytes of [start, end) by block map, not capped at ``i_size``; holes and
         unwritten extents read as zeros."""
-        bs = self.fs.block_size
-        out = bytearray()
-        first = start // bs
-        last = (end - 1) // bs
-        for run in self.runs:
-            if run.lblk + run.length <= first or run.lblk > last:
-                continue
-            lo = max(run.lblk, first)
-            hi = min(run.lblk + run.length - 1, last)
-            want_pos = lo * bs
-            cur = first * bs + len(out)
-            if want_pos > cur:
-                out += bytes(want_pos - cur)
-            count = hi - lo + 1
-            if run.pblk is None or run.unwritten:
-                out += bytes(count * bs)
-            else:
-                out += self.fs.read_block(run.pblk + (lo - run.lblk), count)
-        total = (last - first + 1) * bs
-        if len(out) < total:
-            out += bytes(total - len(out))
-        skip = start - first * bs
-        return bytes(out[skip : skip + (end - start)])
+        return read_mapped(self.fs, self.runs, start, end)
 
     def iter_blocks(self, max_blocks: int = 256) -> Iterator[tuple[Run, bytes]]:
         """Yield (run piece, bytes) for every mapped, written block range, in order."""
@@ -442,6 +373,14 @@ class Inode:
         return self.read_raw(0, self.fs.block_size)
 
     # -- directories -----------------------------------------------------------------
+    @property
+    def directory(self) -> Directory:
+        """This directory's entries and htree root (read on first use, then kept)."""
+        d = self._directory
+        if d is None:
+            d = self._directory = Directory(self.fs, self.ino, self.raw, lambda: self.runs)
+        return d
+
     def entries(self) -> list[Entry]:
         """Directory entries (without the directory's own ``.`` and ``..``), raw name
         bytes, disk order.  Entries with names no directory may hold (another ``..``,
@@ -449,19 +388,13 @@ class Inode:
 
         Read once per inode view; the filesystem keeps recently used views.
         """
-        if self._entries is None:
-            self._entries = read_entries(self)
-        return self._entries
+        return self.directory.entries()
 
     @property
     def entries_loaded(self) -> bool:
         """Whether :meth:`entries` has already read the directory."""
-        return self._entries is not None
+        return self._directory is not None and self._directory.loaded
 
     def entry_named(self, name: bytes) -> Entry | None:
         """The entry with exactly these name bytes, by a dictionary built on first use."""
-        if self._by_name is None:
-            self._by_name = {}
-            for e in self.entries():
-                self._by_name.setdefault(e.name, e)
-        return self._by_name.get(name)
+        return self.directory.entry_named(name)

@@ -14,16 +14,19 @@ replay before it, with a warning saying so.
 from __future__ import annotations
 
 import bisect
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cipherdump.errors import CorruptError, InputError, UnsupportedError
+from cipherdump.ext4.mapping import map_runs
 from cipherdump.ondisk import features as F
 from cipherdump.ondisk import jbd2 as J
+from cipherdump.ondisk.inode import EXT4_ENCRYPT_FL
 
 if TYPE_CHECKING:
-    from cipherdump.ext4.fs import Filesystem
+    from cipherdump.ext4.volume import Volume
 
 _MASK = 0xFFFFFFFF
 # The ext4 fast-commit area's first tag: EXT4_FC_TAG_HEAD (le16 tag, le16 length, then
@@ -279,7 +282,7 @@ class JournalInfo:
     errno: int = 0  # s_errno: an error the last mount recorded (the journal aborted)
 
 
-def load_journal(fs: Filesystem) -> tuple[JournalInfo | None, dict[int, tuple[int, bool]]]:
+def load_journal(fs: Volume) -> tuple[JournalInfo | None, dict[int, tuple[int, bool]]]:
     """The journal of ``fs`` (opened on its unreplayed source), and the overlay
     {filesystem block -> (physical block of the journal's copy, escaped)} the kernel's
     recovery on mount would write, when the filesystem needs recovery.
@@ -358,13 +361,15 @@ def _errno_note(jsb: J.JournalSuperblock) -> tuple[str, ...]:
 class _JournalFile:
     """The journal inode's blocks: logical block -> physical block through its map."""
 
-    def __init__(self, fs: Filesystem, inum: int) -> None:
+    def __init__(self, fs: Volume, inum: int) -> None:
         self.fs = fs
         where = f"journal inode {inum}"
-        inode = fs.inode(inum)
-        if not inode.is_file or inode.is_encrypted or inode.links == 0:
+        inode = fs.raw_inode(inum)
+        is_file = stat.S_ISREG(inode.i_mode)
+        if not is_file or inode.i_flags & EXT4_ENCRYPT_FL or inode.i_links_count == 0:
             raise CorruptError("is not a regular file in use", structure=where)
-        self.runs = [r for r in inode.runs if r.pblk is not None and not r.unwritten]
+        runs = fs.orphan_runs(inum, map_runs(fs, inum, inode), inode.i_size)
+        self.runs = [r for r in runs if r.pblk is not None and not r.unwritten]
         self._starts = [r.lblk for r in self.runs]
         raw = self.read(0)
         jsb = J.decode_journal_superblock(raw)
@@ -373,7 +378,7 @@ class _JournalFile:
                 f"journal block size {jsb.s_blocksize} is not the filesystem's {fs.block_size}",
                 structure="journal superblock",
             )
-        blocks = inode.size // fs.block_size
+        blocks = inode.i_size // fs.block_size
         if jsb.s_maxlen > blocks:
             raise CorruptError(
                 f"journal of {jsb.s_maxlen} blocks in a file of {blocks}",

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import stat
 import struct
-from dataclasses import dataclass
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from cipherdump.errors import ChecksumError, CorruptError
+from cipherdump.ext4.volume import Run
+from cipherdump.ondisk import features as F
 from cipherdump.ondisk.csum import crc32c_le, inode_csum_seed
 from cipherdump.ondisk.extent import (
     EXT4_EXT_MAGIC,
@@ -24,28 +25,19 @@ from cipherdump.ondisk.extent import (
     decode_extent_node,
     extent_tail_offset,
 )
-from cipherdump.ondisk.inode import EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL
+from cipherdump.ondisk.inode import (
+    EXT4_EXTENTS_FL,
+    EXT4_HUGE_FILE_FL,
+    EXT4_INLINE_DATA_FL,
+    RawInode,
+)
 from cipherdump.ondisk.records import record_maker
+from cipherdump.ondisk.superblock import Superblock
 
 if TYPE_CHECKING:
-    from cipherdump.ext4.inode import Inode
+    from cipherdump.ext4.volume import Volume
 
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    """``length`` logical blocks from ``lblk``: at ``pblk``, or a hole when ``pblk`` is None.
-
-    ``unwritten`` marks preallocated extents that read as zeros.
-    """
-
-    lblk: int
-    length: int
-    pblk: int | None
-    unwritten: bool = False
-
-    @property
-    def is_hole(self) -> bool:
-        return self.pblk is None
+__all__ = ["Run", "blocks_512", "is_fast_symlink", "map_runs", "read_mapped"]
 
 
 _make_run = record_maker(Run)
@@ -60,17 +52,16 @@ _EXTENT_HEADER = struct.Struct("<HHHHI")  # magic, entries, max, depth, generati
 _EXTENT_LEAF = struct.Struct("<IHHI")  # ee_block, ee_len, ee_start_hi, ee_start_lo
 
 
-def map_runs(inode: Inode) -> list[Run]:
-    raw = inode.raw
+def map_runs(vol: Volume, ino: int, raw: RawInode) -> list[Run]:
     fmt = stat.S_IFMT(raw.i_mode)
-    if raw.i_flags & EXT4_INLINE_DATA_FL or (fmt == stat.S_IFLNK and inode.is_fast_symlink):
+    if raw.i_flags & EXT4_INLINE_DATA_FL or (fmt == stat.S_IFLNK and is_fast_symlink(vol.sb, raw)):
         return []
     if fmt in _UNMAPPED_TYPES:
         return []
     if raw.i_flags & EXT4_EXTENTS_FL:
-        mapped = _extent_runs(inode)
+        mapped = _extent_runs(vol, ino, raw)
     else:
-        mapped = _blockmap_runs(inode)
+        mapped = _blockmap_runs(vol, ino, raw)
     if len(mapped) > 1:
         mapped.sort(key=_by_lblk)
     out: list[Run] = []
@@ -80,33 +71,33 @@ def map_runs(inode: Inode) -> list[Run]:
             raise CorruptError(
                 f"overlapping mappings at logical block {r.lblk}",
                 structure="block map",
-                location=f"inode {inode.ino}",
+                location=f"inode {ino}",
             )
         if r.lblk > pos:
             out.append(_make_run(pos, r.lblk - pos, None, False))
         out.append(r)
         pos = r.lblk + r.length
-    bs = inode.fs.block_size
+    bs = vol.block_size
     end = min((raw.i_size + bs - 1) // bs, _MAX_LBLK)
     if end > pos:
         out.append(_make_run(pos, end - pos, None, False))
     return out
 
 
-def _extent_runs(inode: Inode) -> list[Run]:
+def _extent_runs(vol: Volume, ino: int, raw: RawInode) -> list[Run]:
     """The mapped runs of an extent tree, in tree order.
 
     A root that is a valid leaf (the extents of most files) is read here, with the
     checks :func:`_extent_tree_runs` makes of a leaf, in the same order and with the
     same errors; any other root goes there.
     """
-    i_block = inode.raw.i_block
+    i_block = raw.i_block
     if len(i_block) < 12:
-        return _extent_tree_runs(inode)
+        return _extent_tree_runs(vol, ino, raw)
     magic, entries, emax, depth, _ = _EXTENT_HEADER.unpack_from(i_block, 0)
     if depth or magic != EXT4_EXT_MAGIC or not entries <= emax <= (len(i_block) - 12) // 12:
-        return _extent_tree_runs(inode)
-    sb = inode.fs.sb
+        return _extent_tree_runs(vol, ino, raw)
+    sb = vol.sb
     first, total = sb.s_first_data_block, sb.s_blocks_count
     budget = total
     out: list[Run] = []
@@ -123,32 +114,32 @@ def _extent_runs(inode: Inode) -> list[Run]:
             raise CorruptError(
                 f"extent at logical {lblk} lies outside its index range",
                 structure="extent",
-                location=f"inode {inode.ino}",
+                location=f"inode {ino}",
             )
         if start < first or start + length > total:  # Filesystem.block_in_range
             raise CorruptError(
                 f"extent points to blocks {start}+{length} outside the filesystem",
                 structure="extent",
-                location=f"inode {inode.ino}",
+                location=f"inode {ino}",
             )
         budget -= length
         if budget < 0:
             raise CorruptError(
                 "extents map more blocks than the filesystem has",
                 structure="extent",
-                location=f"inode {inode.ino}",
+                location=f"inode {ino}",
             )
         out.append(_make_run(lblk, length, start, unwritten))
     return out
 
 
-def _extent_tree_runs(inode: Inode) -> list[Run]:
-    fs = inode.fs
-    where = f"inode {inode.ino}"
-    root = decode_extent_node(inode.raw.i_block, where)
+def _extent_tree_runs(vol: Volume, ino: int, raw: RawInode) -> list[Run]:
+    fs = vol
+    where = f"inode {ino}"
+    root = decode_extent_node(raw.i_block, where)
     # Only index blocks are checksummed apart from the inode: most files need no seed.
     seed = (
-        inode_csum_seed(fs.csum_seed, inode.ino, inode.generation)
+        inode_csum_seed(fs.csum_seed, ino, raw.i_generation)
         if root.eh_depth and fs.sb.metadata_csum
         else None
     )
@@ -157,9 +148,10 @@ def _extent_tree_runs(inode: Inode) -> list[Run]:
     # Every block of a file is a distinct block of the filesystem, so a tree that maps
     # more than the filesystem holds reuses blocks: stop it before it drives work or
     # memory (a few index blocks can otherwise map billions of logical blocks).
-    budget = [fs.sb.s_blocks_count]
+    budget = fs.sb.s_blocks_count
 
     def walk(node: ExtentNode, depth_expected: int | None, lo: int, hi: int, at: str) -> None:
+        nonlocal budget
         if depth_expected is not None and node.eh_depth != depth_expected:
             raise CorruptError(
                 f"depth {node.eh_depth}, expected {depth_expected}",
@@ -182,8 +174,8 @@ def _extent_tree_runs(inode: Inode) -> list[Run]:
                         structure="extent",
                         location=at,
                     )
-                budget[0] -= e.length
-                if budget[0] < 0:
+                budget -= e.length
+                if budget < 0:
                     raise CorruptError(
                         "extents map more blocks than the filesystem has",
                         structure="extent",
@@ -240,28 +232,29 @@ def _verify_extent_block(block: bytes, seed: int, where: str) -> None:
         )
 
 
-def _blockmap_runs(inode: Inode) -> list[Run]:
-    fs = inode.fs
-    where = f"inode {inode.ino}"
+def _blockmap_runs(vol: Volume, ino: int, raw: RawInode) -> list[Run]:
+    fs = vol
+    where = f"inode {ino}"
     bs = fs.block_size
     per = bs // 4
-    ptrs = struct.unpack("<15I", inode.raw.i_block)
+    ptrs = struct.unpack("<15I", raw.i_block)
     out: list[Run] = []
     # A file cannot map more blocks than its i_blocks counts, which bounds the work a
     # hostile map can cause (self-references, huge fan-out of garbage pointers).
     # Nor can it map more blocks than the filesystem has (i_blocks is 48 bits wide).
-    budget = [min(max(inode.blocks_512 // (bs // 512), 0), fs.sb.s_blocks_count) + 16]
+    budget = min(max(blocks_512(vol.sb, raw, bs) // (bs // 512), 0), fs.sb.s_blocks_count) + 16
     seen: set[int] = set()
 
     def add(lblk: int, pblk: int) -> None:
+        nonlocal budget
         if not fs.block_in_range(pblk):
             raise CorruptError(
                 f"block pointer {pblk} at logical {lblk} is outside the filesystem",
                 structure="block map",
                 location=where,
             )
-        budget[0] -= 1
-        if budget[0] < 0:
+        budget -= 1
+        if budget < 0:
             raise CorruptError(
                 "block map maps more blocks than i_blocks accounts for",
                 structure="block map",
@@ -278,6 +271,7 @@ def _blockmap_runs(inode: Inode) -> list[Run]:
             out.append(_make_run(lblk, 1, pblk, False))
 
     def indirect(pblk: int, level: int, lblk: int) -> None:
+        nonlocal budget
         if pblk in seen:
             raise CorruptError(
                 f"indirect block {pblk} is referenced twice", structure="block map", location=where
@@ -289,8 +283,8 @@ def _blockmap_runs(inode: Inode) -> list[Run]:
                 location=where,
             )
         seen.add(pblk)
-        budget[0] -= 1
-        if budget[0] < 0:
+        budget -= 1
+        if budget < 0:
             raise CorruptError(
                 "block map maps more blocks than i_blocks accounts for",
                 structure="block map",
@@ -316,3 +310,60 @@ def _blockmap_runs(inode: Inode) -> list[Run]:
             indirect(p, level, base)
         base += per**level
     return [r for r in out if r.lblk < _MAX_LBLK]
+
+
+# A fast symlink keeps its target in i_block, whose 60 bytes bound the target length.
+FAST_SYMLINK_MAX = 60
+
+
+def blocks_512(sb: Superblock, raw: RawInode, block_size: int) -> int:
+    """``st_blocks``: 512-byte units, whatever the huge_file encoding on disk."""
+    if not sb.s_feature_ro_compat & F.RO_COMPAT_HUGE_FILE:
+        # Like the kernel: without huge_file, l_i_blocks_high means nothing.
+        return raw.i_blocks & 0xFFFFFFFF
+    if raw.i_flags & EXT4_HUGE_FILE_FL:
+        return raw.i_blocks * (block_size // 512)
+    return raw.i_blocks
+
+
+def is_fast_symlink(sb: Superblock, raw: RawInode) -> bool:
+    """Target in ``i_block``: decided the way the kernel decides it.
+
+    Like ``ext4_inode_is_fast_symlink``: with the ea_inode feature by ``i_size``
+    alone, otherwise by an ``i_blocks`` that counts nothing but the xattr block (one
+    cluster).  Neither the extents flag nor the encrypt flag enters into it.
+    """
+    if stat.S_IFMT(raw.i_mode) != stat.S_IFLNK or raw.i_flags & EXT4_INLINE_DATA_FL:
+        return False
+    if sb.has_incompat(F.INCOMPAT_EA_INODE):
+        return 0 < raw.i_size < FAST_SYMLINK_MAX
+    ea_blocks = (sb.cluster_size // 512) if raw.i_file_acl else 0
+    return blocks_512(sb, raw, sb.block_size) == ea_blocks
+
+
+def read_mapped(vol: Volume, runs: list[Run], start: int, end: int) -> bytes:
+    """Stored bytes of [start, end) by the block map ``runs``, not capped at any size;
+    holes and unwritten extents read as zeros."""
+    bs = vol.block_size
+    out = bytearray()
+    first = start // bs
+    last = (end - 1) // bs
+    for run in runs:
+        if run.lblk + run.length <= first or run.lblk > last:
+            continue
+        lo = max(run.lblk, first)
+        hi = min(run.lblk + run.length - 1, last)
+        want_pos = lo * bs
+        cur = first * bs + len(out)
+        if want_pos > cur:
+            out += bytes(want_pos - cur)
+        count = hi - lo + 1
+        if run.pblk is None or run.unwritten:
+            out += bytes(count * bs)
+        else:
+            out += vol.read_block(run.pblk + (lo - run.lblk), count)
+    total = (last - first + 1) * bs
+    if len(out) < total:
+        out += bytes(total - len(out))
+    skip = start - first * bs
+    return bytes(out[skip : skip + (end - start)])

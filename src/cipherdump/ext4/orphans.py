@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cipherdump.errors import CipherdumpError
-from cipherdump.ext4.mapping import Run
+from cipherdump.ext4.mapping import map_runs
+from cipherdump.ext4.volume import Run
 from cipherdump.ondisk.features import RO_COMPAT_ORPHAN_PRESENT
 from cipherdump.ondisk.superblock import EXT2_ERROR_FS
 
 if TYPE_CHECKING:
-    from cipherdump.ext4.fs import Filesystem
+    from cipherdump.ext4.volume import Volume
 
 EXT4_ORPHAN_BLOCK_MAGIC = 0x0B10CA04
 COMPAT_ORPHAN_FILE = 0x1000
@@ -42,8 +43,9 @@ class Orphans:
 NO_ORPHANS = Orphans(frozenset(), frozenset(), ())
 
 
-def find_orphans(fs: Filesystem) -> Orphans:
-    """The orphans of ``fs``, and what the kernel would do with each."""
+def find_orphans(fs: Volume, *, journal_errno: int = 0) -> Orphans:
+    """The orphans of ``fs``, and what the kernel would do with each.  ``journal_errno``
+    is the error the journal superblock records (s_errno), if any."""
     sb = fs.sb
     # Without orphan_present (cleared by a clean unmount) the orphan file is empty:
     # not reading it keeps opening a clean filesystem to its superblock and descriptors.
@@ -54,7 +56,7 @@ def find_orphans(fs: Filesystem) -> Orphans:
     )
     if not sb.s_last_orphan and not has_file:
         return NO_ORPHANS
-    if sb.s_state & EXT2_ERROR_FS or (fs.journal is not None and fs.journal.errno):
+    if sb.s_state & EXT2_ERROR_FS or journal_errno:
         # The kernel then clears the orphan list without processing it.
         return NO_ORPHANS
     warnings: list[str] = []
@@ -66,15 +68,15 @@ def find_orphans(fs: Filesystem) -> Orphans:
     truncated: set[int] = set()
     for ino in found:
         try:
-            node = fs.inode(ino)
+            node = fs.raw_inode(ino)
         except CipherdumpError as exc:
             warnings.append(f"orphan inode {ino} cannot be read: {exc}")
             continue
-        (truncated if node.links else deleted).add(ino)
+        (truncated if node.i_links_count else deleted).add(ino)
     return Orphans(frozenset(deleted), frozenset(truncated), tuple(warnings))
 
 
-def _orphan_list(fs: Filesystem, found: list[int], warnings: list[str]) -> None:
+def _orphan_list(fs: Volume, found: list[int], warnings: list[str]) -> None:
     ino = fs.sb.s_last_orphan
     seen: set[int] = set()
     while ino:
@@ -94,11 +96,13 @@ def _orphan_list(fs: Filesystem, found: list[int], warnings: list[str]) -> None:
         ino = struct.unpack_from("<I", raw, 0x14)[0]  # i_dtime: the next orphan
 
 
-def _orphan_file(fs: Filesystem, found: list[int], warnings: list[str]) -> None:
+def _orphan_file(fs: Volume, found: list[int], warnings: list[str]) -> None:
     inum = fs.sb.s_orphan_file_inum
     bs = fs.block_size
     try:
-        runs = fs.inode(inum).mapped_runs()
+        raw = fs.raw_inode(inum)
+        mapped = fs.orphan_runs(inum, map_runs(fs, inum, raw), raw.i_size)
+        runs = [r for r in mapped if r.pblk is not None]
     except CipherdumpError as exc:
         warnings.append(f"the orphan file (inode {inum}) cannot be read: {exc}")
         return

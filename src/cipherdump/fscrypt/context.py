@@ -49,10 +49,6 @@ FLAG_IV_INO_LBLK_32 = 0x10
 _V1_FLAGS = 0x07
 _V2_FLAGS = 0x1F
 
-# Mode pairs the kernel accepts (policy.c): anything else is not a real policy.
-_V1_PAIRS = {(1, 4), (5, 6), (9, 9)}
-_V2_PAIRS = _V1_PAIRS | {(1, 10), (7, 8)}
-
 
 def mode_name(mode: int) -> str:
     return MODE_NAMES.get(mode, f"mode-{mode}")
@@ -166,12 +162,6 @@ class EncryptionContext:
     @property
     def version(self) -> int:
         return self.policy.version
-
-    def is_supported_policy(self) -> bool:
-        """Whether the kernel would accept this mode pair and flag set at all."""
-        p = self.policy
-        pairs = _V1_PAIRS if p.version == 1 else _V2_PAIRS
-        return (p.contents_mode, p.filenames_mode) in pairs
 
 
 def decode_context(raw: bytes) -> EncryptionContext:

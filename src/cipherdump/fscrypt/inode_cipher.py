@@ -27,7 +27,7 @@ from cipherdump.fscrypt.kdf import (
     hashed_ino,
     mode_spec,
 )
-from cipherdump.fscrypt.keys import KeyRing, MasterKey
+from cipherdump.fscrypt.keys import MasterKey
 from cipherdump.fscrypt.modes import ContentsCipher, NamesCipher, contents_cipher, names_cipher
 from cipherdump.fscrypt.names import FNAME_MIN_MSG_LEN, NAME_MAX, ciphertext_name_length
 from cipherdump.fscrypt.symlink import max_symlink_ciphertext
@@ -82,20 +82,6 @@ class InodeCipher:
         self._names: NamesCipher | None = None
         self._hashed_ino: int | None = None
         self._dirhash_key: bytes | None = None
-
-    @classmethod
-    def from_keyring(
-        cls,
-        keyring: KeyRing,
-        context: EncryptionContext,
-        *,
-        ino: int,
-        block_size: int,
-        fs_uuid: bytes | None = None,
-    ) -> InodeCipher:
-        """Like the constructor, with the key looked up (``KeyProblem`` if missing)."""
-        key = keyring.key_for(context.policy)
-        return cls(key, context, ino=ino, block_size=block_size, fs_uuid=fs_uuid)
 
     def __repr__(self) -> str:
         return f"InodeCipher(ino={self.ino}, {self._context.policy.describe()})"

@@ -96,10 +96,6 @@ class RawInode:
     has_extra: dict[str, bool]
     raw: bytes
 
-    @property
-    def has_crtime(self) -> bool:
-        return self.has_extra["crtime"]
-
 
 _make_raw_inode = record_maker(RawInode)
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cipherdump.errors import CipherdumpError
+from cipherdump.progress import OnProgress, Progress
 from cipherdump.repo.backends.base import Backend, FileType, Handle
-from cipherdump.repo.blobs.store import load_index_file
+from cipherdump.repo.blobstore import load_index_file
 from cipherdump.repo.config import decode_config
 from cipherdump.repo.crypto import MasterKey, file_id
 from cipherdump.repo.ids import BlobType, Id
@@ -84,9 +85,9 @@ class Checker:
         *,
         read_data: bool,
         own_lock: str | None = None,
-        on_progress: Callable[[int, int], None] | None = None,
+        on_progress: OnProgress | None = None,
     ) -> None:
-        """``on_progress(bytes read, bytes to read)`` follows ``read_data`` pack by pack."""
+        """``on_progress`` follows ``read_data`` pack by pack (bytes of packs read)."""
         self.on_progress = on_progress
         self.backend = backend
         self.key = key
@@ -117,11 +118,11 @@ class Checker:
             total, done = sum(packs.values()), 0
             for name, loaded in self._loaded(sorted(packs)):
                 if self.on_progress is not None:
-                    self.on_progress(done, total)
+                    self.on_progress(Progress(done, total, finished=done == total))
                 self._read_pack(name, loaded)
                 done += packs[name]
             if self.on_progress is not None:
-                self.on_progress(done, total)
+                self.on_progress(Progress(done, total, finished=done == total))
         unused = len(used) - sum(used)
         if unused:
             self.info(f"{unused} indexed blobs are used by no snapshot")

@@ -92,11 +92,6 @@ def bytes_value(raw: bytes) -> bytes:
     return (_BYTES_HEAD[n] if n < 0x80 else bytes_head(n)) + raw
 
 
-def encode_varint(n: int, out: bytearray) -> None:
-    """Append the varint of ``n`` >= 0 to ``out``."""
-    out += varint(n)
-
-
 # Encoded ints by value, tag included: the fields of a tree's nodes repeat (modes,
 # owners, flags, sizes, chunk sizes, a file's equal timestamps).  Emptied when full.
 _INTS: dict[int, bytes] = {}

@@ -50,10 +50,6 @@ class MemoryIndex:
         number = self._pack_numbers.get(pack_id)
         return None if number is None else self._pack_sizes[number]
 
-    def iter_packs(self) -> Iterator[tuple[Id, int]]:
-        """(pack id, pack size) of every indexed pack."""
-        yield from zip(self._packs, self._pack_sizes, strict=True)
-
     def add_pack(self, pack_id: Id, size: int, raw_entries: bytes) -> int:
         """Add a pack's 48-byte entries (already validated); returns how many were new.
 

@@ -121,7 +121,7 @@ def open_blob(key: MasterKey, entry: PackEntry, sealed: bytes | memoryview, wher
 @runtime_checkable
 class InPlaceFile(Protocol):
     """What a pack's file may offer so that blobs are sealed straight into its buffers
-    (see :class:`~cipherdump.repo.backends.direct.DirectAppendFile`)."""
+    (see :class:`~cipherdump.repo.direct_file.DirectAppendFile`)."""
 
     def reserve(self, length: int) -> memoryview | None:
         """A writable view of the file's next ``length`` bytes, or None."""

@@ -12,12 +12,13 @@ superseded, and readers pass over them even where they are damaged.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cipherdump.errors import CorruptError, IntegrityError
+from cipherdump.progress import OnProgress, Progress
 from cipherdump.repo.backends.base import Backend, FileInfo, FileType, Handle
-from cipherdump.repo.blobs.store import load_index_file
+from cipherdump.repo.blobstore import load_index_file
 from cipherdump.repo.crypto import MasterKey, file_id
 from cipherdump.repo.ids import Id, is_hex_id
 from cipherdump.repo.index import IndexFile, PackRecord, encode_index
@@ -34,10 +35,10 @@ class RepairReport:
 
 
 def rebuild_index(
-    backend: Backend, key: MasterKey, on_progress: Callable[[int, int], None] | None = None
+    backend: Backend, key: MasterKey, on_progress: OnProgress | None = None
 ) -> RepairReport:
     """Index every readable pack in one new index file that replaces all others.
-    ``on_progress(bytes of the packs done, bytes of all packs)``.  The caller holds
+    ``on_progress`` counts bytes of packs done.  The caller holds
     the repository's lock."""
     report = RepairReport()
     old = [info.name for info in backend.list(FileType.INDEX)]
@@ -61,7 +62,7 @@ def rebuild_index(
                 report.damaged.append(f"{exc} (left out of the index)")
         done += info.size
         if on_progress is not None:
-            on_progress(done, total)
+            on_progress(Progress(done, total, finished=done == total))
     report.index_id, report.replaced = replace_index(backend, key, records, old)
     report.packs = len(records)
     report.blobs = sum(r.count for r in records)

@@ -15,8 +15,9 @@ from cipherdump.errors import (
     KeyProblem,
     NotFoundError,
 )
+from cipherdump.progress import OnProgress
 from cipherdump.repo.backends.base import Backend, FileType, Handle, ObjectMissing
-from cipherdump.repo.blobs.store import INDEX_EVERY_PACKS, BlobStore
+from cipherdump.repo.blobstore import INDEX_EVERY_PACKS, BlobStore
 from cipherdump.repo.check import Checker, CheckReport
 from cipherdump.repo.config import (
     DEFAULT_CIPHER,
@@ -289,9 +290,9 @@ class Repository:
     # Maintenance ----------------------------------------------------------------------
 
     def check(
-        self, *, read_data: bool = False, on_progress: Callable[[int, int], None] | None = None
+        self, *, read_data: bool = False, on_progress: OnProgress | None = None
     ) -> CheckReport:
-        """``on_progress(bytes read, bytes to read)`` follows ``read_data``."""
+        """``on_progress`` follows ``read_data`` (bytes of packs read)."""
         own = self._lock.name if self._lock is not None else None
         checker = Checker(
             _uncached(self.backend),
@@ -302,7 +303,7 @@ class Repository:
         )
         return checker.run()
 
-    def repair_index(self, on_progress: Callable[[int, int], None] | None = None) -> RepairReport:
+    def repair_index(self, on_progress: OnProgress | None = None) -> RepairReport:
         """Rebuild the index from the packs' own headers (see :mod:`.repair`); needs
         the lock.  Blobs added but not yet flushed are flushed first."""
         if self._lock is None:
@@ -313,7 +314,7 @@ class Repository:
         return report
 
     def repair_packs(
-        self, *, dry_run: bool = False, on_progress: Callable[[int, int], None] | None = None
+        self, *, dry_run: bool = False, on_progress: OnProgress | None = None
     ) -> PackRepairReport:
         """Salvage damaged packs (see :mod:`.salvage`); needs the lock.  Blobs added
         but not yet flushed are flushed first."""

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cipherdump.errors import CipherdumpError
+from cipherdump.progress import OnProgress, Progress
 from cipherdump.repo.backends.base import Backend, FileInfo, FileType, Handle
 from cipherdump.repo.crypto import MasterKey
 from cipherdump.repo.ids import BlobType, Id, is_hex_id
@@ -97,11 +98,11 @@ def repair_packs(
     pack_size: int,
     *,
     dry_run: bool = False,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> PackRepairReport:
     """Read every pack; salvage what is readable of the damaged ones, index the rest,
     remove the damaged packs (see the module's docstring).  ``dry_run`` reads and
-    reports only.  ``on_progress(bytes of packs read, bytes of all packs)``.  The
+    reports only.  ``on_progress`` counts bytes of packs read.  The
     caller holds the repository's lock.  A backend error ends it before anything is
     removed (a pack that cannot be read now is not known to be damaged)."""
     report = PackRepairReport()
@@ -148,7 +149,7 @@ def repair_packs(
                 )
             done += info.size
             if on_progress is not None:
-                on_progress(done, total)
+                on_progress(Progress(done, total, finished=done == total))
         present = {Id.from_hex(info.name) for info in packs}
         for pack_id, record in known.items():
             if pack_id not in present:  # named by an index file, lost outside cipherdump

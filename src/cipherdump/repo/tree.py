@@ -73,10 +73,6 @@ class Tree:
                 return node
         raise KeyError(name)
 
-    def blob_refs(self) -> Iterable[Id]:
-        for node in self.nodes:
-            yield from node.content
-
 
 # A node is the map {"attrs", "content"?, "kind", "name", "subtree"?} (keys in byte
 # order): encoded directly, without building the map.  Its head is the tag and key

@@ -10,7 +10,7 @@ or ``cipherdump.repo``.
 from cipherdump.ext4.build.directory import HashParams, NewEntry, layout_directory
 from cipherdump.ext4.build.fs_source import FilesystemTree, inode_spec
 from cipherdump.ext4.build.image import ImageWriter, NoSpaceError
-from cipherdump.ext4.build.node import NewInode, Run
+from cipherdump.ext4.build.node import NewInode, NewRun
 from cipherdump.ext4.build.populate import (
     Plan,
     PopulateStats,
@@ -26,11 +26,11 @@ __all__ = [
     "ImageWriter",
     "NewEntry",
     "NewInode",
+    "NewRun",
     "NoSpaceError",
     "Plan",
     "PopulateStats",
     "Populator",
-    "Run",
     "SrcNode",
     "TreeSource",
     "inode_spec",

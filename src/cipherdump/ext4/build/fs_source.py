@@ -5,10 +5,10 @@ from __future__ import annotations
 import bisect
 
 from cipherdump.errors import CorruptError
-from cipherdump.ext4.build.node import BlockReader, NewInode, Run
+from cipherdump.ext4.build.node import BlockReader, NewInode, NewRun
 from cipherdump.ext4.build.populate import SrcNode
 from cipherdump.ext4.fs import Filesystem
-from cipherdump.ext4.inode import FileType, Inode
+from cipherdump.ext4.inode import Inode, InodeType
 from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_ENCRYPTION, EXT4_XATTR_INDEX_SYSTEM
 
 
@@ -52,14 +52,14 @@ class FilesystemTree:
     def node(self, inode: Inode, name: bytes, hash: tuple[int, int] | None = None) -> SrcNode:
         spec = inode_spec(inode)
         node = SrcNode(name=name, ino=inode.ino, spec=spec, handle=inode, hash=hash)
-        if inode.type is FileType.FILE:
+        if inode.type is InodeType.FILE:
             if inode.has_inline_data:
                 node.inline = inode.raw.i_block
             else:
                 node.runs = [
-                    Run(r.lblk, r.length, r.unwritten) for r in inode.runs if r.pblk is not None
+                    NewRun(r.lblk, r.length, r.unwritten) for r in inode.runs if r.pblk is not None
                 ]
-        elif inode.type is FileType.SYMLINK:
+        elif inode.type is InodeType.SYMLINK:
             node.symlink = inode.symlink_data()
         return node
 

@@ -72,7 +72,7 @@ class NewInode:
 
 
 @dataclass(frozen=True, slots=True)
-class Run:
+class NewRun:
     """Logical run of a file: ``length`` blocks at ``lblk``; unwritten ones read as zeros."""
 
     lblk: int
@@ -155,7 +155,7 @@ def finish_inode(
 
 
 def write_regular(
-    w: ImageWriter, ino: int, spec: NewInode, runs: list[Run], read: BlockReader,
+    w: ImageWriter, ino: int, spec: NewInode, runs: list[NewRun], read: BlockReader,
     *, inline: bytes | None = None,
 ) -> int:  # fmt: skip
     """A regular file: allocate and fill its runs; holes stay holes.  Returns blocks used."""

@@ -19,7 +19,7 @@ from cipherdump.ext4.build.image import ImageWriter
 from cipherdump.ext4.build.node import (
     BlockReader,
     NewInode,
-    Run,
+    NewRun,
     set_links,
     write_directory,
     write_regular,
@@ -70,7 +70,7 @@ class SrcNode:
     spec: NewInode
     handle: object
     hash: tuple[int, int] | None = None
-    runs: list[Run] = field(default_factory=list)
+    runs: list[NewRun] = field(default_factory=list)
     symlink: bytes | None = None
     inline: bytes | None = None
 

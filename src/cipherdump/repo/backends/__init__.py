@@ -3,5 +3,5 @@
 A backend knows no format, no key and no blob: it must not import anything from
 ``cipherdump.repo`` except :mod:`cipherdump.repo.backends.base` and
 :mod:`cipherdump.repo.ids`.  Every backend passes the one conformance suite in
-``tests/test_repo_backend_conformance.py``.
+``tests/unit/repo/test_repo_backend_conformance.py``.
 """

@@ -71,7 +71,7 @@ class ShortFile(BackendError):
     """A range past the end of a file was asked for.  The storage did not fail: the
     file is shorter than its reader expected, which for a repository file whose size
     an index records means the file was cut short or replaced (damage, not a backend
-    failure: see :meth:`~cipherdump.repo.blobs.store.BlobStore.load`)."""
+    failure: see :meth:`~cipherdump.repo.blobstore.BlobStore.load`)."""
 
 
 class Backend(Protocol):

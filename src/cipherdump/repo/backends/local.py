@@ -32,7 +32,7 @@ from cipherdump.repo.backends.base import (
     ShortFile,
     check_range,
 )
-from cipherdump.repo.backends.direct import DirectAppendFile
+from cipherdump.repo.direct_file import DirectAppendFile
 from cipherdump.repo.ids import is_hex_id
 
 FILE_MODE = 0o600

@@ -1,1 +1,0 @@
-"""Blob storage: deduplicating writes into packs, index deltas, and blob reads."""
