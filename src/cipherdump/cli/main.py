@@ -21,6 +21,7 @@ import click
 
 from cipherdump import __version__
 from cipherdump.cli import clone_cmd, keyopts, mounted, render, repo_cmds, restore_cmd
+from cipherdump.cli.lifecycle import LIFECYCLE_COMMANDS
 from cipherdump.errors import CipherdumpError, InputError, KeyProblem
 
 if TYPE_CHECKING:
@@ -439,7 +440,7 @@ def _why(err: BaseException) -> str:
 
 
 # init, backup, snapshots, diff, check: the repository commands.
-for _command in repo_cmds.COMMANDS:
+for _command in (*repo_cmds.COMMANDS, *LIFECYCLE_COMMANDS):
     assert _command.callback is not None
     _command.callback = one_line_errors(_command.callback)
     cli.add_command(_command)

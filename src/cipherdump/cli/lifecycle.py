@@ -1,0 +1,11 @@
+"""The commands that keep a repository over years (forget, tag, prune, unlock, key,
+stats), one module each; listed here so that ``main`` registers them in one line."""
+
+from __future__ import annotations
+
+import click
+
+from cipherdump.cli.forget_cmd import forget_cmd
+from cipherdump.cli.tag_cmd import tag_cmd
+
+LIFECYCLE_COMMANDS: tuple[click.Command, ...] = (forget_cmd, tag_cmd)
