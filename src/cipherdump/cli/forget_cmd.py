@@ -60,6 +60,7 @@ def _keep(name: str, what: str) -> Callable[[F], F]:
 )
 @click.option("--utc", is_flag=True, help="Read hours, days... in UTC, not local time.")
 @click.option("--dry-run", is_flag=True, help="Say what would be kept and why; remove nothing.")
+@click.option("--prune", "then_prune", is_flag=True, help="Then prune (if snapshots were removed).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @repo_option
 @password_option
@@ -76,6 +77,7 @@ def forget_cmd(
     group_by: str,
     utc: bool,
     dry_run: bool,
+    then_prune: bool,
     as_json: bool,
     repo: str | None,
     password_file: str | None,
@@ -85,7 +87,7 @@ def forget_cmd(
     Snapshots are grouped (by default by host, filesystem UUID and path) and the
     --keep-* rules applied to each group on its own, as restic does: each rule keeps
     snapshots by itself, and a snapshot any rule keeps stays.  A policy with no rule
-    is refused.  Only the snapshots are removed; `prune` frees the data
+    is refused.  Only the snapshots are removed; `prune` (or --prune) frees the data
     no snapshot uses any more.  Takes the repository's exclusive lock (exit 8 while
     another process uses it).
     """
@@ -154,12 +156,23 @@ def forget_cmd(
         if not as_json:
             _show(plan)
         removed = 0 if dry_run else remove_snapshots(repository, doomed)
+    pruned = None
+    if not as_json:
+        if dry_run:
+            click.echo(f"would remove {len(doomed)} snapshots (dry run: nothing changed)")
+        else:
+            click.echo(f"removed {removed} snapshots")
+    if then_prune and removed:
+        # The lock was released in between: prune takes it again, and reads the
+        # snapshots afresh (a backup finished meanwhile is respected).
+        from cipherdump.cli.prune_cmd import run_prune, show_prune
+
+        pruned = run_prune(repo, password_file)
+        if not as_json:
+            show_prune(pruned)
     if as_json:
-        click.echo(render.dumps({"dry_run": dry_run, "groups": plan, "removed": removed}))
-    elif dry_run:
-        click.echo(f"would remove {len(doomed)} snapshots (dry run: nothing changed)")
-    else:
-        click.echo(f"removed {removed} snapshots")
+        out = {"dry_run": dry_run, "groups": plan, "removed": removed, "prune": pruned}
+        click.echo(render.dumps(out))
 
 
 def _entry(sid: Any, time_ns: int, reasons: tuple[str, ...], utc: bool) -> dict[str, Any]:

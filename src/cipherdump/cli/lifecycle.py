@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from cipherdump.cli.forget_cmd import forget_cmd
+from cipherdump.cli.prune_cmd import prune_cmd
 from cipherdump.cli.tag_cmd import tag_cmd
 
-LIFECYCLE_COMMANDS: tuple[click.Command, ...] = (forget_cmd, tag_cmd)
+LIFECYCLE_COMMANDS: tuple[click.Command, ...] = (forget_cmd, tag_cmd, prune_cmd)

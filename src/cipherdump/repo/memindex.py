@@ -166,6 +166,11 @@ class MemoryIndex:
                 slot = (slot + 1) & mask
             slots[slot] = row
 
+    def iter_locations(self) -> Iterator[tuple[int, int, int]]:
+        """(pack number, sealed length, row) of every indexed blob, without making an
+        entry object for each; pack numbers count :meth:`iter_packs` from 0."""
+        yield from zip(self._pack, self._length, range(len(self)), strict=True)
+
     def rows_per_pack(self) -> dict[Id, int]:
         """How many indexed blobs each pack holds."""
         counts = [0] * len(self._packs)

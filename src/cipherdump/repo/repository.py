@@ -30,6 +30,7 @@ from cipherdump.repo.ids import BlobType, Id, is_hex_id
 from cipherdump.repo.keyfile import encode_key_file, unwrap_key_file
 from cipherdump.repo.lock import Lock, remove_locks
 from cipherdump.repo.pack import PACK_VERSION
+from cipherdump.repo.prune import PruneOptions, PruneStats, prune
 from cipherdump.repo.repair import RepairReport, rebuild_index
 from cipherdump.repo.salvage import PackRepairReport, repair_packs
 from cipherdump.repo.snapshot import Snapshot, decode_snapshot, encode_snapshot
@@ -321,6 +322,27 @@ class Repository:
         )
         self._store.forget_index()
         return report
+
+    def prune(
+        self,
+        options: PruneOptions,
+        on_progress: Callable[[str, int, int], None] | None = None,
+    ) -> PruneStats:
+        """Free what no snapshot uses (see :mod:`.prune`); needs the lock, which is
+        kept fresh throughout.  Blobs added but not yet flushed are flushed first."""
+        if self._lock is None:
+            raise BackendError("prune needs the repository's exclusive lock")
+        self._store.flush()
+        stats = prune(
+            self.backend,
+            self._key,
+            self.config.pack_size,
+            options,
+            on_progress=on_progress,
+            refresh=self.refresh_lock,
+        )
+        self._store.forget_index()
+        return stats
 
     def unlock(self, *, all_locks: bool = False) -> list[str]:
         """Remove stale locks (or every lock but ours); returns the names removed."""

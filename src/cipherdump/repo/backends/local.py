@@ -191,7 +191,8 @@ class LocalBackend:
             if file_type is FileType.CONFIG:
                 config = self.root / "config"
                 if config.is_file():
-                    yield FileInfo("", config.stat().st_size)
+                    st = config.stat()
+                    yield FileInfo("", st.st_size, st.st_mtime_ns)
                 return
             top = self.root / file_type.value
             if file_type is FileType.PACK:
@@ -204,7 +205,8 @@ class LocalBackend:
                     if is_hex_id(entry.name) and entry.is_file(follow_symlinks=False):
                         if file_type is FileType.PACK and directory.name != entry.name[:2]:
                             continue  # not where its name puts it: see misplaced()
-                        yield FileInfo(entry.name, entry.stat(follow_symlinks=False).st_size)
+                        st = entry.stat(follow_symlinks=False)
+                        yield FileInfo(entry.name, st.st_size, st.st_mtime_ns)
         except OSError as exc:
             raise BackendError(f"cannot list {file_type.value} in {self.location}: {exc}") from exc
 
