@@ -8,5 +8,6 @@ import click
 from cipherdump.cli.forget_cmd import forget_cmd
 from cipherdump.cli.prune_cmd import prune_cmd
 from cipherdump.cli.tag_cmd import tag_cmd
+from cipherdump.cli.unlock_cmd import unlock_cmd
 
-LIFECYCLE_COMMANDS: tuple[click.Command, ...] = (forget_cmd, tag_cmd, prune_cmd)
+LIFECYCLE_COMMANDS: tuple[click.Command, ...] = (forget_cmd, tag_cmd, prune_cmd, unlock_cmd)

@@ -97,13 +97,31 @@ def _password(password_file: str | None, *, confirm: bool = False) -> bytes:
     return resolve_password(password_file, prompt=prompt)
 
 
-def open_repository(repo: str | None, password_file: str | None, *, lock: bool) -> Repository:
+def open_repository(
+    repo: str | None,
+    password_file: str | None,
+    *,
+    lock: bool,
+    exclusive: bool = True,
+    lock_optional: bool = False,
+) -> Repository:
+    """``lock``: take the repository's lock, ``exclusive`` or shared.  With
+    ``lock_optional`` (readers), a repository whose storage refuses the lock file (a
+    read-only copy) is read without one, with a warning."""
+    from cipherdump.errors import BackendError
     from cipherdump.repo import LocalBackend, Repository
 
     path = _need_repo(repo)
     if not Path(path).is_dir():
         raise NotFoundError(f"no repository at {path}")
-    repository = Repository.open(LocalBackend(path), _password(password_file), lock=lock)
+    password = _password(password_file)
+    try:
+        repository = Repository.open(LocalBackend(path), password, lock=lock, exclusive=exclusive)
+    except BackendError as exc:
+        if not (lock and lock_optional):
+            raise
+        _warn(f"{exc}: reading without a lock")
+        repository = Repository.open(LocalBackend(path), password, lock=False)
     repository.set_warning_handler(_warn)
     return repository
 
@@ -296,7 +314,8 @@ def backup_cmd(
         for w in fs.warnings:
             _warn(w)
         shown = len(fs.warnings)
-        repository = open_repository(repo, password_file, lock=True)
+        # Shared: other hosts may back up into the repository at the same time.
+        repository = open_repository(repo, password_file, lock=True, exclusive=False)
         try:
             options = BackupOptions(
                 path=os.fsencode(path),
@@ -498,7 +517,8 @@ def check(read_data: bool, repo: str | None, password_file: str | None, as_json:
     from cipherdump.engine.damage import damaged_snapshots
     from cipherdump.repo import Finding
 
-    with open_repository(repo, password_file, lock=False) as repository, bar:
+    shared = {"lock": True, "exclusive": False, "lock_optional": True}
+    with open_repository(repo, password_file, **shared) as repository, bar:
         report = repository.check(read_data=read_data, on_progress=on_progress)
         damaged = damaged_snapshots(repository, report.bad_blobs)
     for snap in damaged:

@@ -144,7 +144,9 @@ def restore_cmd(
         if verbose and ev.kind != "problem":
             click.echo(render.show_bytes(ev.path), err=as_json)
 
-    with repo_cmds.open_repository(repo, password_file, lock=False) as repository:
+    with repo_cmds.open_repository(
+        repo, password_file, lock=True, exclusive=False, lock_optional=True
+    ) as repository:
         snap_id, snap = repo_cmds.find_snapshot(repository, snapshot)
         view = SnapshotView(repository, snap_id, snap)
         ring = snapshot_keys(view, keying)
@@ -199,7 +201,12 @@ def _restore_to_image(
 
     check_image_target(out)  # before the password is asked for and the snapshot read
     on_progress, bar = render.image_progress_bar("restore")
-    with repo_cmds.open_repository(repo, password_file, lock=False) as repository, bar:
+    with (
+        repo_cmds.open_repository(
+            repo, password_file, lock=True, exclusive=False, lock_optional=True
+        ) as repository,
+        bar,
+    ):
         snap_id, snap = repo_cmds.find_snapshot(repository, snapshot)
         wanted = os.fsencode(path)
         report = restore_to_image(

@@ -52,20 +52,26 @@ class Repository:
         config: RepoConfig,
         *,
         lock: bool,
+        exclusive: bool = True,
         index_every_packs: int = INDEX_EVERY_PACKS,
         spool_dir: str | None = None,
         pack_version: int = PACK_VERSION,
     ) -> None:
-        """``pack_version``: of the packs it writes; tests write version 1, as the first
-        writers did."""
+        """``lock``: take the repository's lock, exclusive (prune, forget, repairs) or
+        shared (``exclusive=False``: backups and readers, many at once), and keep it
+        fresh from a thread until :meth:`close`.  ``pack_version``: of the packs it
+        writes; tests write version 1, as the first writers did."""
         self.backend = backend
         self.config = config
         # Everything but key files and the config is sealed with the config's cipher.
         key = key.with_cipher(config.cipher)
         self._key = key
-        self._lock = Lock.acquire(backend, key) if lock else None
+        self._lock = Lock.acquire(backend, key, exclusive=exclusive) if lock else None
         if self._lock is not None:
+            self._lock.start_refresher()
+        if self._lock is not None and exclusive:
             # No one else writes now: temporary files are what killed writers left.
+            # (Under a shared lock they may be another backup's packs in the making.)
             remove_leftovers = getattr(backend, "remove_leftovers", None)
             if remove_leftovers is not None:
                 remove_leftovers()
@@ -110,6 +116,7 @@ class Repository:
         password: bytes,
         *,
         lock: bool = True,
+        exclusive: bool = True,
         index_every_packs: int = INDEX_EVERY_PACKS,
         spool_dir: str | None = None,
     ) -> Repository:
@@ -125,6 +132,7 @@ class Repository:
             key,
             config,
             lock=lock,
+            exclusive=exclusive,
             index_every_packs=index_every_packs,
             spool_dir=spool_dir,
         )
@@ -233,8 +241,7 @@ class Repository:
 
     def remove_snapshot(self, snapshot_id: Id) -> None:
         """Remove a snapshot file (``repair snapshots --forget``); needs the lock."""
-        if self._lock is None:
-            raise BackendError("removing a snapshot needs the repository's lock")
+        self._need_exclusive("removing a snapshot")
         self.backend.remove(Handle(FileType.SNAPSHOT, snapshot_id.hex))
 
     def load_snapshot(self, snapshot_id: Id) -> Snapshot:
@@ -298,8 +305,7 @@ class Repository:
     def repair_index(self, on_progress: Callable[[int, int], None] | None = None) -> RepairReport:
         """Rebuild the index from the packs' own headers (see :mod:`.repair`); needs
         the lock.  Blobs added but not yet flushed are flushed first."""
-        if self._lock is None:
-            raise BackendError("repairing the index needs the repository's lock")
+        self._need_exclusive("repairing the index")
         self._store.flush()
         report = rebuild_index(self.backend, self._key, on_progress)
         self._store.forget_index()
@@ -310,8 +316,7 @@ class Repository:
     ) -> PackRepairReport:
         """Salvage damaged packs (see :mod:`.salvage`); needs the lock.  Blobs added
         but not yet flushed are flushed first."""
-        if self._lock is None:
-            raise BackendError("repairing packs needs the repository's lock")
+        self._need_exclusive("repairing packs")
         self._store.flush()
         report = repair_packs(
             self.backend,
@@ -330,8 +335,7 @@ class Repository:
     ) -> PruneStats:
         """Free what no snapshot uses (see :mod:`.prune`); needs the lock, which is
         kept fresh throughout.  Blobs added but not yet flushed are flushed first."""
-        if self._lock is None:
-            raise BackendError("prune needs the repository's exclusive lock")
+        self._need_exclusive("prune")
         self._store.flush()
         stats = prune(
             self.backend,
@@ -344,13 +348,15 @@ class Repository:
         self._store.forget_index()
         return stats
 
-    def unlock(self, *, all_locks: bool = False) -> list[str]:
-        """Remove stale locks (or every lock but ours); returns the names removed."""
-        removed = remove_locks(self.backend, self._key, all_locks=all_locks)
-        if self._lock is not None and all_locks:
-            self._lock.release()
-            self._lock = Lock.acquire(self.backend, self._key)
-        return removed
+    def _need_exclusive(self, what: str) -> None:
+        if self._lock is None or not self._lock.exclusive:
+            raise BackendError(f"{what} needs the repository's exclusive lock")
+
+    def unlock(self, *, all_locks: bool = False) -> list[tuple[str, str]]:
+        """Remove stale locks (or, with ``all_locks``, every lock but this handle's
+        own); returns (name, who held it) of each removed."""
+        own = self._lock.name if self._lock is not None else None
+        return remove_locks(self.backend, self._key, all_locks=all_locks, keep=own)
 
     def close(self) -> None:
         """Release the lock; unflushed blobs are discarded."""
