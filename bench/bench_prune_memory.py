@@ -4,7 +4,8 @@ For each size, a repository is made with that many small data blobs (16 bytes ea
 so the run measures the index and the marks, not the data), referenced by snapshots of
 1 000-blob trees; half the snapshots are then removed, so that prune has half the blobs
 to drop.  Each prune runs in a fresh process, whose peak RSS (``ru_maxrss``) is
-reported beside that of a process that only opened the repository (the baseline).
+reported beside that of a process that only imported the repository's modules (the
+baseline: the interpreter, cryptography, zstandard...).
 
     python3 bench/bench_prune_memory.py --blobs 250000 1000000
 """
@@ -30,12 +31,12 @@ CHILD = """
 import json, resource, sys, time
 from cipherdump.repo import LocalBackend, Repository
 from cipherdump.repo.prune import PruneOptions
-repo = Repository.open(LocalBackend(sys.argv[1]), b"pw")
 start = time.perf_counter()
 stats = None
 if sys.argv[2] == "prune":
+    repo = Repository.open(LocalBackend(sys.argv[1]), b"pw")
     stats = repo.prune(PruneOptions()).as_dict()
-repo.close()
+    repo.close()
 print(json.dumps({"seconds": time.perf_counter() - start,
                   "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "stats": stats}))

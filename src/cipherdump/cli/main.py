@@ -21,7 +21,7 @@ import click
 
 from cipherdump import __version__
 from cipherdump.cli import clone_cmd, keyopts, mounted, render, repo_cmds, restore_cmd
-from cipherdump.cli.lifecycle import LIFECYCLE_COMMANDS
+from cipherdump.cli.lifecycle import LIFECYCLE_COMMANDS, LIFECYCLE_GROUPS
 from cipherdump.errors import CipherdumpError, InputError, KeyProblem
 
 if TYPE_CHECKING:
@@ -446,7 +446,7 @@ for _command in (*repo_cmds.COMMANDS, *LIFECYCLE_COMMANDS):
     cli.add_command(_command)
 
 # repair index: the repository's own first aid.
-for _group in repo_cmds.GROUPS:
+for _group in (*repo_cmds.GROUPS, *LIFECYCLE_GROUPS):
     for _sub in _group.commands.values():
         assert _sub.callback is not None
         _sub.callback = one_line_errors(_sub.callback)

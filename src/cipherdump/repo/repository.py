@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
@@ -27,7 +28,7 @@ from cipherdump.repo.config import (
 )
 from cipherdump.repo.crypto import Cipher, KdfParams, MasterKey, file_id
 from cipherdump.repo.ids import BlobType, Id, is_hex_id
-from cipherdump.repo.keyfile import encode_key_file, unwrap_key_file
+from cipherdump.repo.keyfile import decode_key_params, encode_key_file, unwrap_key_file
 from cipherdump.repo.lock import Lock, remove_locks
 from cipherdump.repo.pack import PACK_VERSION
 from cipherdump.repo.prune import PruneOptions, PruneStats, prune
@@ -35,6 +36,16 @@ from cipherdump.repo.repair import RepairReport, rebuild_index
 from cipherdump.repo.salvage import PackRepairReport, repair_packs
 from cipherdump.repo.snapshot import Snapshot, decode_snapshot, encode_snapshot
 from cipherdump.repo.tree import Tree, decode_tree, encode_tree
+
+
+@dataclass(frozen=True, slots=True)
+class KeyListing:
+    """One key file as ``key list`` shows it."""
+
+    name: str
+    params: KdfParams | None
+    mtime_ns: int | None
+    current: bool
 
 
 class Repository:
@@ -105,9 +116,13 @@ class Repository:
             raise BackendError(f"{backend.location} already holds a repository")
         key = MasterKey.generate()
         config = RepoConfig.new(pack_size, cipher)
-        _save(backend, FileType.KEY, encode_key_file(key, password, kdf or KdfParams.default()))
+        name = _save(
+            backend, FileType.KEY, encode_key_file(key, password, kdf or KdfParams.default())
+        )
         backend.save(Handle(FileType.CONFIG), io.BytesIO(encode_config(key, config)))
-        return cls(backend, key, config, lock=lock)
+        repo = cls(backend, key, config, lock=lock)
+        repo.key_name = name.hex
+        return repo
 
     @classmethod
     def open(
@@ -125,9 +140,9 @@ class Repository:
             config_data = backend.load(Handle(FileType.CONFIG))
         except ObjectMissing:
             raise NotFoundError(f"no repository at {backend.location} (no config)") from None
-        key = _unlock(backend, password)
+        key, key_name = _unlock(backend, password)
         config = decode_config(key, config_data)
-        return cls(
+        repo = cls(
             backend,
             key,
             config,
@@ -136,6 +151,13 @@ class Repository:
             index_every_packs=index_every_packs,
             spool_dir=spool_dir,
         )
+        repo.key_name = key_name
+        return repo
+
+    # Keys (several passwords for one master key) ----------------------------------------
+
+    # The key file this handle was opened (or made) with.
+    key_name: str | None = None
 
     def add_key(self, password: bytes, kdf: KdfParams | None = None) -> Id:
         """Write another key file wrapping the same master key; returns its name."""
@@ -144,6 +166,58 @@ class Repository:
             FileType.KEY,
             encode_key_file(self._key, password, kdf or KdfParams.default()),
         )
+
+    def list_keys(self) -> list[KeyListing]:
+        """Every key file: name, KDF parameters (None if it cannot be parsed), when it
+        was saved (if the backend says), and whether this handle was opened with it."""
+        out = []
+        for info in self.backend.list(FileType.KEY):
+            try:
+                params: KdfParams | None = decode_key_params(
+                    self.backend.load(Handle(FileType.KEY, info.name))
+                )[0]
+            except CipherdumpError:
+                params = None
+            out.append(KeyListing(info.name, params, info.mtime_ns, info.name == self.key_name))
+        return sorted(out, key=lambda k: (k.mtime_ns or 0, k.name))
+
+    def find_key(self, prefix: str) -> str:
+        """The key file a unique prefix of its name names."""
+        names = [i.name for i in self.backend.list(FileType.KEY) if i.name.startswith(prefix)]
+        if not prefix or not names:
+            raise NotFoundError(f"no key file matches {prefix!r}")
+        if len(names) > 1:
+            raise NotFoundError(f"key prefix {prefix!r} is ambiguous ({len(names)} match)")
+        return names[0]
+
+    def remove_key(self, name: str) -> None:
+        """Remove a key file (exclusive lock).  Neither the last key file nor the one
+        this handle was opened with can be removed: a repository with no password, or
+        a mistyped id, would lose everything."""
+        self._need_exclusive("removing a key")
+        names = [i.name for i in self.backend.list(FileType.KEY)]
+        if name not in names:
+            raise NotFoundError(f"no key file {name} in {self.backend.location}")
+        if len(names) == 1:
+            raise KeyProblem(f"keys/{name} is the repository's last key: it cannot be removed")
+        if name == self.key_name:
+            raise KeyProblem(
+                f"keys/{name} is the key this password opened: to remove it, give the "
+                "password of another key"
+            )
+        self.backend.remove(Handle(FileType.KEY, name))
+
+    def change_password(self, password: bytes, kdf: KdfParams | None = None) -> str:
+        """Replace this handle's key file by one for ``password`` (exclusive lock): the
+        new file is saved before the old one is removed, so either password works at
+        any instant.  Rewrites no data.  Returns the new key file's name."""
+        self._need_exclusive("changing the password")
+        old = self.key_name
+        new = self.add_key(password, kdf).hex
+        if old is not None and old != new:
+            self.backend.remove(Handle(FileType.KEY, old))
+        self.key_name = new
+        return new
 
     # Blobs and trees ------------------------------------------------------------------
 
@@ -388,8 +462,9 @@ def _save(backend: Backend, file_type: FileType, data: bytes) -> Id:
     return name
 
 
-def _unlock(backend: Backend, password: bytes) -> MasterKey:
-    """Try every key file; name damaged ones if none opens."""
+def _unlock(backend: Backend, password: bytes) -> tuple[MasterKey, str]:
+    """Try every key file; name damaged ones if none opens.  Returns the master key
+    and the name of the key file that opened."""
     damaged: list[str] = []
     tried = 0
     for info in backend.list(FileType.KEY):
@@ -400,7 +475,7 @@ def _unlock(backend: Backend, password: bytes) -> MasterKey:
             damaged.append(str(handle))
         tried += 1
         try:
-            return unwrap_key_file(data, password)
+            return unwrap_key_file(data, password), info.name
         except KeyProblem:
             continue
         except CipherdumpError:
