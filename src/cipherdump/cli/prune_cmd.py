@@ -13,7 +13,7 @@ from cipherdump.cli.repo_cmds import open_repository, password_option, repo_opti
 _PHASES = {"index": "loading the index", "mark": "marking", "repack": "repacking"}
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(value) < 1024:
@@ -58,23 +58,23 @@ def show_prune(stats: dict[str, Any]) -> None:
     would = "would " if stats["dry_run"] else ""
     click.echo(
         f"{stats['snapshots']} snapshots use {stats['blobs_used']} of {stats['blobs']} "
-        f"blobs ({_size(stats['used'])} of {_size(stats['size'])} in {stats['packs']} packs; "
-        f"{_size(stats['unused_before'])} unused)"
+        f"blobs ({size_text(stats['used'])} of {size_text(stats['size'])} in "
+        f"{stats['packs']} packs; {size_text(stats['unused_before'])} unused)"
     )
     click.echo(
         f"{would}remove {stats['packs_removed']} unused packs, repack "
         f"{stats['packs_repacked']} ({stats['blobs_repacked']} blobs, "
-        f"{_size(stats['bytes_repacked'])}), remove {stats['unindexed_removed']} packs "
+        f"{size_text(stats['bytes_repacked'])}), remove {stats['unindexed_removed']} packs "
         f"no index names"
         + (f" (kept {stats['unindexed_kept']} younger ones)" if stats["unindexed_kept"] else "")
     )
     click.echo(
-        f"{would}free {_size(stats['freed'])}; {_size(stats['unused_after'])} unused left"
+        f"{would}free {size_text(stats['freed'])}; {size_text(stats['unused_after'])} unused left"
         + (" (dry run: nothing changed)" if stats["dry_run"] else "")
     )
 
 
-def _byte_size(text: str) -> int:
+def _bytesize_text(text: str) -> int:
     units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     number = text.strip().lower().removesuffix("b").removesuffix("i")
     unit = number[-1:] if number[-1:] in units else ""
@@ -121,7 +121,7 @@ def prune_cmd(
     cannot be read, or a needed blob that is in no pack, stops it before it changes
     anything (exit 5).
     """
-    limit = _byte_size(max_repack_size) if max_repack_size is not None else None
+    limit = _bytesize_text(max_repack_size) if max_repack_size is not None else None
     stats = run_prune(
         repo, password_file, max_unused=max_unused, max_repack_size=limit, dry_run=dry_run
     )

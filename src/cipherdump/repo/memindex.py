@@ -166,6 +166,10 @@ class MemoryIndex:
                 slot = (slot + 1) & mask
             slots[slot] = row
 
+    def sizes(self, row: int) -> tuple[int, int]:
+        """(sealed length, plaintext length) of the blob in ``row``."""
+        return self._length[row], self._raw_length[row]
+
     def iter_locations(self) -> Iterator[tuple[int, int, int]]:
         """(pack number, sealed length, row) of every indexed blob, without making an
         entry object for each; pack numbers count :meth:`iter_packs` from 0."""

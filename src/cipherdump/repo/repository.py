@@ -35,6 +35,7 @@ from cipherdump.repo.prune import PruneOptions, PruneStats, prune
 from cipherdump.repo.repair import RepairReport, rebuild_index
 from cipherdump.repo.salvage import PackRepairReport, repair_packs
 from cipherdump.repo.snapshot import Snapshot, decode_snapshot, encode_snapshot
+from cipherdump.repo.stats import RepoStats, repository_stats
 from cipherdump.repo.tree import Tree, decode_tree, encode_tree
 
 
@@ -421,6 +422,17 @@ class Repository:
         )
         self._store.forget_index()
         return stats
+
+    def stats(
+        self,
+        snapshots: list[tuple[Id, Snapshot]],
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> RepoStats:
+        """Sizes of these snapshots, each and together, and of the packs (see
+        :mod:`.stats`)."""
+        self._store.flush()
+        pairs = [(sid, snap.tree) for sid, snap in snapshots]
+        return repository_stats(self.backend, self._key, pairs, on_progress)
 
     def _need_exclusive(self, what: str) -> None:
         if self._lock is None or not self._lock.exclusive:
