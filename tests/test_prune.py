@@ -79,6 +79,8 @@ def test_forget_then_prune_frees_and_keeps_every_byte(repo: Path) -> None:
     assert again["packs_removed"] == again["packs_repacked"] == 0 and again["freed"] == 0
     text = run(repo, "prune")
     assert "free 0 B" in text.stdout
+    # Nothing to do is nothing freed, not minus an empty pack's header.
+    assert json.loads(run(repo, "prune", "--dry-run", "--json").stdout)["freed"] == 0
 
 
 def test_dry_run_changes_nothing(repo: Path) -> None:

@@ -17,8 +17,8 @@ repository's exclusive lock):
    is saved, the old index stands, and after it, the new one).
 5. Only then remove the old index files, then the packs.
 
-Memory: the index is the compact :class:`~.memindex.MemoryIndex` (about 66 bytes a
-blob) plus one byte a blob to mark it; index files are read one at a time, twice
+Memory: the index is the lean :class:`~.markindex.MarkIndex` (about 42 bytes a blob:
+16-byte id prefixes) plus one byte a blob to mark it; index files are read one at a time, twice
 (once for what they supersede, once to write the new index), and never all held.
 """
 
@@ -36,7 +36,7 @@ from cipherdump.repo.blobs.store import INDEX_MAX_ENTRIES, load_index_file
 from cipherdump.repo.crypto import MasterKey, file_id
 from cipherdump.repo.ids import BlobType, Id, is_hex_id
 from cipherdump.repo.index import IndexFile, PackRecord, encode_index
-from cipherdump.repo.memindex import MemoryIndex
+from cipherdump.repo.markindex import MarkIndex
 from cipherdump.repo.pack import (
     FLAG_ZSTD,
     PACK_VERSION,
@@ -145,7 +145,7 @@ def prune(
     for name in index_names:
         superseded.update(i.hex for i in _load_index(backend, key, name).supersedes)
     live = [n for n in index_names if n not in superseded]
-    index = MemoryIndex()
+    index = MarkIndex()
     for number, name in enumerate(live):
         for pack in _load_index(backend, key, name).packs:
             if pack.id.hex in listed:
@@ -213,7 +213,9 @@ def prune(
         stats.bytes_repacked = sum(used_bytes[n] for n in repack)
         stats.blobs_repacked = sum(used_count[n] for n in repack)
         # The new packs will hold what is copied, with headers of their own.
-        stats.freed = freed - stats.bytes_repacked - _overhead(stats.blobs_repacked)
+        stats.freed = freed - stats.bytes_repacked
+        if stats.blobs_repacked:
+            stats.freed -= _overhead(stats.blobs_repacked)
         return stats
 
     # 4. Repacked packs, then the new index.
@@ -264,7 +266,7 @@ def _overhead(count: int) -> int:
 def _mark(
     backend: Backend,
     key: MasterKey,
-    index: MemoryIndex,
+    index: MarkIndex,
     used: bytearray,
     root: Id,
     snap_name: str,
@@ -316,7 +318,7 @@ def _missing(blob_type: BlobType, blob_id: Id, snap_name: str) -> _Stop:
     )
 
 
-def _usage(index: MemoryIndex, used: bytearray) -> tuple[array[int], array[int]]:
+def _usage(index: MarkIndex, used: bytearray) -> tuple[array[int], array[int]]:
     """Per pack number: the sealed bytes and the number of its used blobs."""
     used_bytes = array("Q", bytes(8 * index.pack_count))
     used_count = array("Q", bytes(8 * index.pack_count))
@@ -368,7 +370,7 @@ class _PackSink:
 def _repack(
     backend: Backend,
     key: MasterKey,
-    index: MemoryIndex,
+    index: MarkIndex,
     used: bytearray,
     pack_id: Id,
     sink: _PackSink,
@@ -427,6 +429,14 @@ def _write_index(
         written.add(name.hex)
         keep_fresh()
 
+    def add(pack: PackRecord) -> None:
+        nonlocal batch, entries
+        batch.append(pack)
+        entries += pack.count
+        if entries >= INDEX_MAX_ENTRIES:
+            save(batch, ())
+            batch, entries = [], 0
+
     superseded = {i.hex for n in old_names for i in _load_index(backend, key, n).supersedes}
     for name in old_names:
         if name in superseded:
@@ -435,11 +445,9 @@ def _write_index(
             if pack.id in doomed or pack.id in emitted or pack.id.hex not in listed:
                 continue
             emitted.add(pack.id)
-            batch.append(pack)
-            entries += pack.count
-            if entries >= INDEX_MAX_ENTRIES:
-                save(batch, ())
-                batch, entries = [], 0
-    supersedes = tuple(Id.from_hex(n) for n in old_names)
-    save([*batch, *new_records], supersedes)
+            add(pack)
+    for pack in new_records:
+        add(pack)
+    # The last file, however few entries it has left, supersedes every old one.
+    save(batch, tuple(Id.from_hex(n) for n in old_names))
     return written
