@@ -153,3 +153,40 @@ def test_unlock_removes_only_stale_locks_unless_told(repo: Path) -> None:
     assert forced.exit_code == 0 and "warning" in forced.stderr
     assert "pid 9 on elsewhere" in forced.stdout
     assert not list((repo / "locks").iterdir())
+
+
+def test_prune_racing_backups_loses_nothing(repo: Path, tmp_path: Path) -> None:
+    if shutil.which("mke2fs") is None:
+        pytest.skip("needs mke2fs")
+    images = [make_image(tmp_path, seed) for seed in range(3)]
+    env = {**os.environ, **ENV, "PYTHONPATH": SRC, "CIPHERDUMP_REPOSITORY": str(repo)}
+    for image in images[:2]:  # something to forget and prune
+        assert run(repo, "backup", str(image)).exit_code == 0
+    assert run(repo, "forget", "--keep-last", "1", "--group-by", "").exit_code == 0
+    for round_ in range(3):
+        image = images[round_]
+
+        def start(*args: str) -> subprocess.Popen[str]:
+            return subprocess.Popen(
+                [sys.executable, "-c", MAIN, *args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+
+        backup = start("backup", "--json", str(image))
+        prune = start("prune", "--max-unused", "0")
+        b_out, b_err = backup.communicate(timeout=300)
+        _, p_err = prune.communicate(timeout=300)
+        # Whichever came second was refused (exit 8) or both ran one after the other.
+        assert backup.returncode in (0, 8), b_err
+        assert prune.returncode in (0, 8), p_err
+        check = run(repo, "check", "--read-data")
+        assert check.exit_code == 0, check.output
+        if backup.returncode == 0:
+            sid = json.loads(b_out.splitlines()[-1])["snapshot_id"]
+            assert _listing("-r", str(repo), sid[:12]) == _listing(str(image))
+    # Every snapshot left still reads whole.
+    assert run(repo, "prune", "--max-unused", "0").exit_code == 0
+    assert run(repo, "check", "--read-data").exit_code == 0
