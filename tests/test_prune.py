@@ -251,3 +251,19 @@ def test_prune_killed_at_many_points_leaves_a_usable_repository(tmp_path: Path) 
         verify(work, days[-4:])
         assert json.loads(run(work, "prune", "--json", "--max-unused", "0").stdout)["freed"] == 0
         shutil.rmtree(work)
+
+
+def test_small_index_files_while_repacking(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # New packs are indexed as they accumulate, old packs in bounded files: with a
+    # limit of one entry, a file for each pack; only the last supersedes the old ones.
+    import cipherdump.repo.prune as prune_module
+
+    monkeypatch.setattr(prune_module, "INDEX_MAX_ENTRIES", 1)
+    assert run(repo, "forget", "--keep-last", "3").exit_code == 0
+    old_index = {p.name for p in (repo / "index").iterdir()}
+    stats = json.loads(run(repo, "prune", "--json", "--max-unused", "0").stdout)
+    assert stats["packs_repacked"] >= 1 and stats["new_packs"]
+    assert stats["index_files_written"] > len(stats["new_packs"]) + 3
+    new_index = {p.name for p in (repo / "index").iterdir()}
+    assert not new_index & old_index and len(new_index) == stats["index_files_written"]
+    verify(repo, DAYS[-3:])

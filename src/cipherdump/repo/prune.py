@@ -12,9 +12,10 @@ repository's exclusive lock):
    unused first, until the unused space left is at most ``max_unused_percent`` of what
    is used (restic's measure), within ``max_repack_bytes``; packs no index names go
    once they are older than :data:`UNINDEXED_GRACE_NS`.
-4. Write the repacked packs, then the new index: files that list every pack kept and
-   the new ones, the last of which supersedes every index file there was (so until it
-   is saved, the old index stands, and after it, the new one).
+4. Write the repacked packs (indexed as they accumulate, in files that supersede
+   nothing), then the new index: files that list every pack kept and the new ones,
+   the last of which supersedes every index file there was (so until it is saved, the
+   old index stands, and after it, the new one).
 5. Only then remove the old index files, then the packs.
 
 Memory: the index is the lean :class:`~.markindex.MarkIndex` (about 42 bytes a blob:
@@ -219,7 +220,21 @@ def prune(
         return stats
 
     # 4. Repacked packs, then the new index.
-    sink = _PackSink(backend, key, pack_size)
+    # The new packs are indexed as they accumulate, in files that supersede nothing
+    # (their blobs are then listed twice, which is harmless), so that their entries are
+    # never all held: a prune that repacks everything would hold 48 bytes a blob.
+    early: list[str] = []
+    new_sizes: list[int] = []
+
+    def index_new(records: list[PackRecord]) -> None:
+        stats.new_packs.extend(r.id.hex for r in records)
+        new_sizes.extend(r.size for r in records)
+        data = encode_index(key, IndexFile(tuple(records)))
+        name = file_id(data).hex
+        backend.save(Handle(FileType.INDEX, name), io.BytesIO(data))
+        early.append(name)
+
+    sink = _PackSink(backend, key, pack_size, index_new)
     try:
         total = sum(sizes[n] for n in repack)
         done = 0
@@ -233,11 +248,11 @@ def prune(
         sink.finish_all()
     finally:
         sink.close()
-    stats.new_packs = [r.id.hex for r in sink.records]
-    freed -= sum(r.size for r in sink.records)
+    stats.new_packs.extend(r.id.hex for r in sink.records)
+    freed -= sum(new_sizes) + sum(r.size for r in sink.records)
     stats.freed = freed
     written = _write_index(backend, key, index_names, doomed, listed, sink.records, keep_fresh)
-    stats.index_files_written = len(written)
+    stats.index_files_written = len(written) + len(early)
 
     # 5. Only now remove what the new index no longer names.
     for name in index_names:
@@ -332,10 +347,19 @@ def _usage(index: MarkIndex, used: bytearray) -> tuple[array[int], array[int]]:
 class _PackSink:
     """Writes blobs into new packs of one type each, as the blob store would."""
 
-    def __init__(self, backend: Backend, key: MasterKey, pack_size: int) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        key: MasterKey,
+        pack_size: int,
+        on_index: Callable[[list[PackRecord]], None],
+    ) -> None:
         self.backend, self.key, self.pack_size = backend, key, pack_size
         self.writers: dict[BlobType, PackWriter] = {}
+        # Saved packs not yet in an index file; ``on_index`` is handed them (and they
+        # are forgotten) once they hold INDEX_MAX_ENTRIES entries.
         self.records: list[PackRecord] = []
+        self.on_index = on_index
 
     def add(self, blob_type: BlobType, blob_id: Id, plaintext: bytes, compress: bool) -> None:
         writer = self.writers.get(blob_type)
@@ -354,6 +378,9 @@ class _PackSink:
                 pack_id, stream, entries = writer.finish()
                 self.backend.save(Handle(FileType.PACK, pack_id.hex), stream)
                 self.records.append(PackRecord(pack_id, writer.size, entries))
+                if sum(r.count for r in self.records) >= INDEX_MAX_ENTRIES:
+                    self.on_index(self.records)
+                    self.records = []
         finally:
             writer.close()
 
