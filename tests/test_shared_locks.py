@@ -190,3 +190,22 @@ def test_prune_racing_backups_loses_nothing(repo: Path, tmp_path: Path) -> None:
     # Every snapshot left still reads whole.
     assert run(repo, "prune", "--max-unused", "0").exit_code == 0
     assert run(repo, "check", "--read-data").exit_code == 0
+
+
+def test_a_shared_lock_sweeps_temporary_files_only_when_alone(repo: Path) -> None:
+    # What a killed backup left is removed by the next one, unless another process
+    # holds a lock: then it may be that process's pack in the making.
+    leftover = repo / "data" / ".tmp-0123456789abcdef"
+    other = Repository.open(LocalBackend(str(repo)), b"pw", exclusive=False)
+    try:
+        leftover.write_bytes(b"half a pack")
+        Repository.open(LocalBackend(str(repo)), b"pw", exclusive=False).close()
+        assert leftover.exists()
+    finally:
+        other.close()
+    Repository.open(LocalBackend(str(repo)), b"pw", exclusive=False).close()
+    assert not leftover.exists()
+    # A lock being written by another process now is left alone.
+    (repo / "locks" / ".tmp-0123456789abcdef").write_bytes(b"a lock")
+    Repository.open(LocalBackend(str(repo)), b"pw", exclusive=False).close()
+    assert (repo / "locks" / ".tmp-0123456789abcdef").exists()

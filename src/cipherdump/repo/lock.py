@@ -164,6 +164,9 @@ class Lock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failure: RepositoryLockedError | None = None
+        # Whether any other live lock (shared: exclusive ones refuse) was seen, before
+        # or after this one was written.
+        self.others_live = False
 
     @classmethod
     def acquire(
@@ -173,9 +176,14 @@ class Lock:
         clock: Callable[[], int] = time.time_ns,
         *,
         exclusive: bool = True,
+        before_write: Callable[[], None] | None = None,
     ) -> Lock:
+        """``before_write()`` runs after the first look at the other locks and before
+        this one is written (to list what is there before it)."""
         lock = cls(backend, key, clock, exclusive=exclusive)
         lock._check_others(remove_dead=True)
+        if before_write is not None:
+            before_write()
         lock._write()
         try:
             # Two processes racing both see each other here and both back off.
@@ -284,6 +292,7 @@ class Lock:
                 if remove_dead and is_dead_here(other):
                     self._remove(info.name)
                 continue
+            self.others_live = True
             if self.exclusive or other.exclusive:
                 raise LockedError(
                     locked_message(self._backend.location, info.name, other, self.exclusive)

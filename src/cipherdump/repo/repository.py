@@ -78,15 +78,32 @@ class Repository:
         # Everything but key files and the config is sealed with the config's cipher.
         key = key.with_cipher(config.cipher)
         self._key = key
-        self._lock = Lock.acquire(backend, key, exclusive=exclusive) if lock else None
+        list_leftovers = getattr(backend, "list_leftovers", None)
+        remove_leftovers = getattr(backend, "remove_leftovers", None)
+        before: set[str] = set()
+
+        def note_leftovers() -> None:
+            if list_leftovers is not None and not exclusive:
+                # (Not in locks/: there it may be a lock being written this instant.)
+                before.update(n for n in list_leftovers() if not n.startswith("locks/"))
+
+        self._lock = (
+            Lock.acquire(backend, key, exclusive=exclusive, before_write=note_leftovers)
+            if lock
+            else None
+        )
         if self._lock is not None:
             self._lock.start_refresher()
-        if self._lock is not None and exclusive:
-            # No one else writes now: temporary files are what killed writers left.
-            # (Under a shared lock they may be another backup's packs in the making.)
-            remove_leftovers = getattr(backend, "remove_leftovers", None)
-            if remove_leftovers is not None:
+        if self._lock is not None and remove_leftovers is not None:
+            if exclusive:
+                # No one else writes now: temporary files are what killed writers left.
                 remove_leftovers()
+            elif before and not self._lock.others_live:
+                # Under a shared lock they may be another backup's packs in the making;
+                # but those there before this lock was written, when no other lock was
+                # live then or after, belong to no live writer (a writer writes its
+                # lock before any temporary file).
+                remove_leftovers(only=before)
         self._store = BlobStore(
             backend,
             key,
