@@ -116,7 +116,10 @@ def open_repository(
         raise NotFoundError(f"no repository at {path}")
     password = _password(password_file)
     try:
-        repository = Repository.open(LocalBackend(path), password, lock=lock, exclusive=exclusive)
+        # Readers (lock_optional) leave temporary files alone: check reports them.
+        repository = Repository.open(
+            LocalBackend(path), password, lock=lock, exclusive=exclusive, tidy=not lock_optional
+        )
     except BackendError as exc:
         if not (lock and lock_optional):
             raise

@@ -65,13 +65,16 @@ class Repository:
         *,
         lock: bool,
         exclusive: bool = True,
+        tidy: bool = True,
         index_every_packs: int = INDEX_EVERY_PACKS,
         spool_dir: str | None = None,
         pack_version: int = PACK_VERSION,
     ) -> None:
         """``lock``: take the repository's lock, exclusive (prune, forget, repairs) or
         shared (``exclusive=False``: backups and readers, many at once), and keep it
-        fresh from a thread until :meth:`close`.  ``pack_version``: of the packs it
+        fresh from a thread until :meth:`close`.  ``tidy``: with the lock, remove the
+        temporary files killed writers left where that is safe (readers pass False:
+        ``check`` reports them).  ``pack_version``: of the packs it
         writes; tests write version 1, as the first writers did."""
         self.backend = backend
         self.config = config
@@ -94,7 +97,7 @@ class Repository:
         )
         if self._lock is not None:
             self._lock.start_refresher()
-        if self._lock is not None and remove_leftovers is not None:
+        if self._lock is not None and remove_leftovers is not None and tidy:
             if exclusive:
                 # No one else writes now: temporary files are what killed writers left.
                 remove_leftovers()
@@ -150,6 +153,7 @@ class Repository:
         *,
         lock: bool = True,
         exclusive: bool = True,
+        tidy: bool = True,
         index_every_packs: int = INDEX_EVERY_PACKS,
         spool_dir: str | None = None,
     ) -> Repository:
@@ -166,6 +170,7 @@ class Repository:
             config,
             lock=lock,
             exclusive=exclusive,
+            tidy=tidy,
             index_every_packs=index_every_packs,
             spool_dir=spool_dir,
         )
