@@ -374,6 +374,7 @@ def test_a_locked_repository_has_its_own_exit_code_and_names_the_holder(
         for args in (("backup", SAMPLE), ("repair", "index")):
             line = run(*args, env=repo).one_line_error(8)
             assert f"pid {os.getpid()} on {socket.gethostname()} since " in line, line
+            assert "(exclusive lock)" in line
             assert "lock file locks/" in line and "wait for that process" in line
         # Readers need no lock.
         assert run("snapshots", env=repo).code == 0
@@ -387,7 +388,7 @@ def test_a_lock_held_on_another_host_says_how_to_remove_it() -> None:
 
     line = locked_message("local:/r", "ab" * 32, LockInfo(0, "elsewhere", 7))
     assert "pid 7 on elsewhere" in line and "locks/" + "ab" * 32 in line
-    assert "delete the lock file" in line
+    assert "unlock --remove-all" in line
 
 
 # -- a source mounted read-write --------------------------------------------------------------

@@ -208,7 +208,8 @@ def test_check_tells_a_live_writer_from_an_interrupted_one(pristine: Path, tmp_p
     for index_file in (repo / "index").iterdir():
         index_file.unlink()  # every pack unreferenced, as a writer's before its index
     (repo / "data" / ".tmp-0123456789abcdef").write_bytes(b"partial pack")
-    writer = Repository.open(LocalBackend(repo), b"x", lock=True)
+    # A backup's lock is shared: check, a reader, runs beside it.
+    writer = Repository.open(LocalBackend(repo), b"x", lock=True, exclusive=False)
     try:
         (repo / "data" / ".tmp-0123456789abcdef").write_bytes(b"partial pack")
         live = run(repo, "check")

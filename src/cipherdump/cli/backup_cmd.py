@@ -100,7 +100,8 @@ def backup_cmd(
         for w in fs.warnings:
             render.warn(w)
         shown = len(fs.warnings)
-        repository = sources.open_repository(repo, password_file, lock=True)
+        # Shared: other hosts may back up into the repository at the same time.
+        repository = sources.open_repository(repo, password_file, lock=True, exclusive=False)
         try:
             options = BackupOptions(
                 path=os.fsencode(path),

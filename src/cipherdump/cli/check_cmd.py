@@ -27,7 +27,8 @@ def check(read_data: bool, repo: str | None, password_file: str | None, as_json:
     from cipherdump.engine.damage import damaged_snapshots
     from cipherdump.repo import Finding
 
-    with sources.open_repository(repo, password_file, lock=False) as repository, bar:
+    shared = {"lock": True, "exclusive": False, "lock_optional": True}
+    with sources.open_repository(repo, password_file, **shared) as repository, bar:
         report = repository.check(read_data=read_data, on_progress=on_progress)
         damaged = damaged_snapshots(repository, report.bad_blobs)
     for snap in damaged:

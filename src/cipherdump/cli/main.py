@@ -26,13 +26,19 @@ from cipherdump.cli import (
     clone_cmd,
     diff_cmd,
     extract_cmd,
+    forget_cmd,
     info_cmd,
     init_cmd,
+    key_cmd,
     ls_cmd,
+    prune_cmd,
     repair_cmd,
     restore_cmd,
     snapshots_cmd,
     stat_cmd,
+    stats_cmd,
+    tag_cmd,
+    unlock_cmd,
 )
 
 # Start-up: this module and the cli modules it loads import only click, the standard
@@ -67,6 +73,13 @@ cli.add_command(snapshots_cmd.snapshots)
 cli.add_command(diff_cmd.diff)
 cli.add_command(check_cmd.check)
 cli.add_command(repair_cmd.repair)
+# Keeping a repository over years.
+cli.add_command(forget_cmd.forget_cmd)
+cli.add_command(tag_cmd.tag_cmd)
+cli.add_command(prune_cmd.prune_cmd)
+cli.add_command(unlock_cmd.unlock_cmd)
+cli.add_command(key_cmd.key_group)
+cli.add_command(stats_cmd.stats_cmd)
 # Writing a snapshot or an image back out.
 cli.add_command(restore_cmd.restore_cmd)
 cli.add_command(clone_cmd.clone_cmd)

@@ -97,7 +97,9 @@ def restore_cmd(
         if verbose:
             click.echo(render.show_bytes(ev.path), err=as_json)
 
-    with sources.open_repository(repo, password_file, lock=False) as repository:
+    with sources.open_repository(
+        repo, password_file, lock=True, exclusive=False, lock_optional=True
+    ) as repository:
         snap_id, snap = sources.find_snapshot(repository, snapshot)
         view = SnapshotView(repository, snap_id, snap)
         ring = sources.snapshot_keys(view, keying)
@@ -144,7 +146,12 @@ def _restore_to_image(
 
     check_image_target(out)  # before the password is asked for and the snapshot read
     on_progress, bar = render.progress_bar("restore")
-    with sources.open_repository(repo, password_file, lock=False) as repository, bar:
+    with (
+        sources.open_repository(
+            repo, password_file, lock=True, exclusive=False, lock_optional=True
+        ) as repository,
+        bar,
+    ):
         snap_id, snap = sources.find_snapshot(repository, snapshot)
         wanted = os.fsencode(path)
         report = restore_to_image(

@@ -106,12 +106,33 @@ def password(password_file: str | None, *, confirm: bool = False) -> bytes:
     return resolve_password(password_file, prompt=prompt)
 
 
-def open_repository(repo: str | None, password_file: str | None, *, lock: bool) -> Repository:
+def open_repository(
+    repo: str | None,
+    password_file: str | None,
+    *,
+    lock: bool,
+    exclusive: bool = True,
+    lock_optional: bool = False,
+) -> Repository:
+    """``lock``: take the repository's lock, ``exclusive`` or shared.  With
+    ``lock_optional`` (readers), a repository whose storage refuses the lock file (a
+    read-only copy) is read without one, with a warning."""
+    from cipherdump.errors import BackendError
     from cipherdump.repo import Repository
     from cipherdump.repo.location import open_backend
 
     backend = open_backend(need_repo(repo))
-    repository = Repository.open(backend, password(password_file), lock=lock)
+    secret = password(password_file)
+    try:
+        # Readers (lock_optional) leave temporary files alone: check reports them.
+        repository = Repository.open(
+            backend, secret, lock=lock, exclusive=exclusive, tidy=not lock_optional
+        )
+    except BackendError as exc:
+        if not (lock and lock_optional):
+            raise
+        render.warn(f"{exc}: reading without a lock")
+        repository = Repository.open(backend, secret, lock=False)
     repository.set_warning_handler(render.warn)
     return repository
 

@@ -50,6 +50,10 @@ class MemoryIndex:
         number = self._pack_numbers.get(pack_id)
         return None if number is None else self._pack_sizes[number]
 
+    def iter_packs(self) -> Iterator[tuple[Id, int]]:
+        """(pack id, pack size) of every indexed pack."""
+        yield from zip(self._packs, self._pack_sizes, strict=True)
+
     def add_pack(self, pack_id: Id, size: int, raw_entries: bytes) -> int:
         """Add a pack's 48-byte entries (already validated); returns how many were new.
 
@@ -166,6 +170,15 @@ class MemoryIndex:
             while slots[slot]:
                 slot = (slot + 1) & mask
             slots[slot] = row
+
+    def sizes(self, row: int) -> tuple[int, int]:
+        """(sealed length, plaintext length) of the blob in ``row``."""
+        return self._length[row], self._raw_length[row]
+
+    def iter_locations(self) -> Iterator[tuple[int, int, int]]:
+        """(pack number, sealed length, row) of every indexed blob, without making an
+        entry object for each; pack numbers count :meth:`iter_packs` from 0."""
+        yield from zip(self._pack, self._length, range(len(self)), strict=True)
 
     def rows_per_pack(self) -> dict[Id, int]:
         """How many indexed blobs each pack holds."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
@@ -28,13 +29,25 @@ from cipherdump.repo.config import (
 )
 from cipherdump.repo.crypto import Cipher, KdfParams, MasterKey, file_id
 from cipherdump.repo.ids import BlobType, Id, is_hex_id
-from cipherdump.repo.keyfile import encode_key_file, unwrap_key_file
+from cipherdump.repo.keyfile import decode_key_params, encode_key_file, unwrap_key_file
 from cipherdump.repo.lock import Lock, remove_locks
 from cipherdump.repo.pack import PACK_VERSION
+from cipherdump.repo.prune import PruneOptions, PruneStats, prune
 from cipherdump.repo.repair import RepairReport, rebuild_index
 from cipherdump.repo.salvage import PackRepairReport, repair_packs
 from cipherdump.repo.snapshot import Snapshot, decode_snapshot, encode_snapshot
+from cipherdump.repo.stats import RepoStats, repository_stats
 from cipherdump.repo.tree import Tree, decode_tree, encode_tree
+
+
+@dataclass(frozen=True, slots=True)
+class KeyListing:
+    """One key file as ``key list`` shows it."""
+
+    name: str
+    params: KdfParams | None
+    mtime_ns: int | None
+    current: bool
 
 
 class Repository:
@@ -52,12 +65,18 @@ class Repository:
         config: RepoConfig,
         *,
         lock: bool,
+        exclusive: bool = True,
+        tidy: bool = True,
         index_every_packs: int = INDEX_EVERY_PACKS,
         spool_dir: str | None = None,
         pack_version: int = PACK_VERSION,
     ) -> None:
-        """``pack_version``: of the packs it writes; tests write version 1, as the first
-        writers did."""
+        """``lock``: take the repository's lock, exclusive (prune, forget, repairs) or
+        shared (``exclusive=False``: backups and readers, many at once), and keep it
+        fresh from a thread until :meth:`close`.  ``tidy``: with the lock, remove the
+        temporary files killed writers left where that is safe (readers pass False:
+        ``check`` reports them).  ``pack_version``: of the packs it
+        writes; tests write version 1, as the first writers did."""
         self.backend = backend
         self.config = config
         # A local cache of a remote repository is per repository id (repo/cache.py).
@@ -67,12 +86,32 @@ class Repository:
         # Everything but key files and the config is sealed with the config's cipher.
         key = key.with_cipher(config.cipher)
         self._key = key
-        self._lock = Lock.acquire(backend, key) if lock else None
+        list_leftovers = getattr(backend, "list_leftovers", None)
+        remove_leftovers = getattr(backend, "remove_leftovers", None)
+        before: set[str] = set()
+
+        def note_leftovers() -> None:
+            if list_leftovers is not None and not exclusive:
+                # (Not in locks/: there it may be a lock being written this instant.)
+                before.update(n for n in list_leftovers() if not n.startswith("locks/"))
+
+        self._lock = (
+            Lock.acquire(backend, key, exclusive=exclusive, before_write=note_leftovers)
+            if lock
+            else None
+        )
         if self._lock is not None:
-            # No one else writes now: temporary files are what killed writers left.
-            remove_leftovers = getattr(backend, "remove_leftovers", None)
-            if remove_leftovers is not None:
+            self._lock.start_refresher()
+        if self._lock is not None and remove_leftovers is not None and tidy:
+            if exclusive:
+                # No one else writes now: temporary files are what killed writers left.
                 remove_leftovers()
+            elif before and not self._lock.others_live:
+                # Under a shared lock they may be another backup's packs in the making;
+                # but those there before this lock was written, when no other lock was
+                # live then or after, belong to no live writer (a writer writes its
+                # lock before any temporary file).
+                remove_leftovers(only=before)
         self._store = BlobStore(
             backend,
             key,
@@ -103,9 +142,13 @@ class Repository:
             raise BackendError(f"{backend.location} already holds a repository")
         key = MasterKey.generate()
         config = RepoConfig.new(pack_size, cipher)
-        _save(backend, FileType.KEY, encode_key_file(key, password, kdf or KdfParams.default()))
+        name = _save(
+            backend, FileType.KEY, encode_key_file(key, password, kdf or KdfParams.default())
+        )
         backend.save(Handle(FileType.CONFIG), io.BytesIO(encode_config(key, config)))
-        return cls(backend, key, config, lock=lock)
+        repo = cls(backend, key, config, lock=lock)
+        repo.key_name = name.hex
+        return repo
 
     @classmethod
     def open(
@@ -114,6 +157,8 @@ class Repository:
         password: bytes,
         *,
         lock: bool = True,
+        exclusive: bool = True,
+        tidy: bool = True,
         index_every_packs: int = INDEX_EVERY_PACKS,
         spool_dir: str | None = None,
     ) -> Repository:
@@ -122,16 +167,25 @@ class Repository:
             config_data = backend.load(Handle(FileType.CONFIG))
         except ObjectMissing:
             raise NotFoundError(f"no repository at {backend.location} (no config)") from None
-        key = _unlock(backend, password)
+        key, key_name = _unlock(backend, password)
         config = decode_config(key, config_data)
-        return cls(
+        repo = cls(
             backend,
             key,
             config,
             lock=lock,
+            exclusive=exclusive,
+            tidy=tidy,
             index_every_packs=index_every_packs,
             spool_dir=spool_dir,
         )
+        repo.key_name = key_name
+        return repo
+
+    # Keys (several passwords for one master key) ----------------------------------------
+
+    # The key file this handle was opened (or made) with.
+    key_name: str | None = None
 
     def add_key(self, password: bytes, kdf: KdfParams | None = None) -> Id:
         """Write another key file wrapping the same master key; returns its name."""
@@ -140,6 +194,58 @@ class Repository:
             FileType.KEY,
             encode_key_file(self._key, password, kdf or KdfParams.default()),
         )
+
+    def list_keys(self) -> list[KeyListing]:
+        """Every key file: name, KDF parameters (None if it cannot be parsed), when it
+        was saved (if the backend says), and whether this handle was opened with it."""
+        out = []
+        for info in self.backend.list(FileType.KEY):
+            try:
+                params: KdfParams | None = decode_key_params(
+                    self.backend.load(Handle(FileType.KEY, info.name))
+                )[0]
+            except CipherdumpError:
+                params = None
+            out.append(KeyListing(info.name, params, info.mtime_ns, info.name == self.key_name))
+        return sorted(out, key=lambda k: (k.mtime_ns or 0, k.name))
+
+    def find_key(self, prefix: str) -> str:
+        """The key file a unique prefix of its name names."""
+        names = [i.name for i in self.backend.list(FileType.KEY) if i.name.startswith(prefix)]
+        if not prefix or not names:
+            raise NotFoundError(f"no key file matches {prefix!r}")
+        if len(names) > 1:
+            raise NotFoundError(f"key prefix {prefix!r} is ambiguous ({len(names)} match)")
+        return names[0]
+
+    def remove_key(self, name: str) -> None:
+        """Remove a key file (exclusive lock).  Neither the last key file nor the one
+        this handle was opened with can be removed: a repository with no password, or
+        a mistyped id, would lose everything."""
+        self._need_exclusive("removing a key")
+        names = [i.name for i in self.backend.list(FileType.KEY)]
+        if name not in names:
+            raise NotFoundError(f"no key file {name} in {self.backend.location}")
+        if len(names) == 1:
+            raise KeyProblem(f"keys/{name} is the repository's last key: it cannot be removed")
+        if name == self.key_name:
+            raise KeyProblem(
+                f"keys/{name} is the key this password opened: to remove it, give the "
+                "password of another key"
+            )
+        self.backend.remove(Handle(FileType.KEY, name))
+
+    def change_password(self, password: bytes, kdf: KdfParams | None = None) -> str:
+        """Replace this handle's key file by one for ``password`` (exclusive lock): the
+        new file is saved before the old one is removed, so either password works at
+        any instant.  Rewrites no data.  Returns the new key file's name."""
+        self._need_exclusive("changing the password")
+        old = self.key_name
+        new = self.add_key(password, kdf).hex
+        if old is not None and old != new:
+            self.backend.remove(Handle(FileType.KEY, old))
+        self.key_name = new
+        return new
 
     # Blobs and trees ------------------------------------------------------------------
 
@@ -237,8 +343,7 @@ class Repository:
 
     def remove_snapshot(self, snapshot_id: Id) -> None:
         """Remove a snapshot file (``repair snapshots --forget``); needs the lock."""
-        if self._lock is None:
-            raise BackendError("removing a snapshot needs the repository's lock")
+        self._need_exclusive("removing a snapshot")
         self.backend.remove(Handle(FileType.SNAPSHOT, snapshot_id.hex))
 
     def load_snapshot(self, snapshot_id: Id) -> Snapshot:
@@ -306,8 +411,7 @@ class Repository:
     def repair_index(self, on_progress: OnProgress | None = None) -> RepairReport:
         """Rebuild the index from the packs' own headers (see :mod:`.repair`); needs
         the lock.  Blobs added but not yet flushed are flushed first."""
-        if self._lock is None:
-            raise BackendError("repairing the index needs the repository's lock")
+        self._need_exclusive("repairing the index")
         self._store.flush()
         report = rebuild_index(_uncached(self.backend), self._key, on_progress)
         self._store.forget_index()
@@ -318,8 +422,7 @@ class Repository:
     ) -> PackRepairReport:
         """Salvage damaged packs (see :mod:`.salvage`); needs the lock.  Blobs added
         but not yet flushed are flushed first."""
-        if self._lock is None:
-            raise BackendError("repairing packs needs the repository's lock")
+        self._need_exclusive("repairing packs")
         self._store.flush()
         report = repair_packs(
             _uncached(self.backend),
@@ -331,13 +434,46 @@ class Repository:
         self._store.forget_index()
         return report
 
-    def unlock(self, *, all_locks: bool = False) -> list[str]:
-        """Remove stale locks (or every lock but ours); returns the names removed."""
-        removed = remove_locks(self.backend, self._key, all_locks=all_locks)
-        if self._lock is not None and all_locks:
-            self._lock.release()
-            self._lock = Lock.acquire(self.backend, self._key)
-        return removed
+    def prune(
+        self,
+        options: PruneOptions,
+        on_progress: Callable[[str, int, int], None] | None = None,
+    ) -> PruneStats:
+        """Free what no snapshot uses (see :mod:`.prune`); needs the lock, which is
+        kept fresh throughout.  Blobs added but not yet flushed are flushed first."""
+        self._need_exclusive("prune")
+        self._store.flush()
+        stats = prune(
+            self.backend,
+            self._key,
+            self.config.pack_size,
+            options,
+            on_progress=on_progress,
+            refresh=self.refresh_lock,
+        )
+        self._store.forget_index()
+        return stats
+
+    def stats(
+        self,
+        snapshots: list[tuple[Id, Snapshot]],
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> RepoStats:
+        """Sizes of these snapshots, each and together, and of the packs (see
+        :mod:`.stats`)."""
+        self._store.flush()
+        pairs = [(sid, snap.tree) for sid, snap in snapshots]
+        return repository_stats(self.backend, self._key, pairs, on_progress)
+
+    def _need_exclusive(self, what: str) -> None:
+        if self._lock is None or not self._lock.exclusive:
+            raise BackendError(f"{what} needs the repository's exclusive lock")
+
+    def unlock(self, *, all_locks: bool = False) -> list[tuple[str, str]]:
+        """Remove stale locks (or, with ``all_locks``, every lock but this handle's
+        own); returns (name, who held it) of each removed."""
+        own = self._lock.name if self._lock is not None else None
+        return remove_locks(self.backend, self._key, all_locks=all_locks, keep=own)
 
     def close(self) -> None:
         """Release the lock; unflushed blobs are discarded."""
@@ -376,8 +512,9 @@ def _save(backend: Backend, file_type: FileType, data: bytes) -> Id:
     return name
 
 
-def _unlock(backend: Backend, password: bytes) -> MasterKey:
-    """Try every key file; name damaged ones if none opens."""
+def _unlock(backend: Backend, password: bytes) -> tuple[MasterKey, str]:
+    """Try every key file; name damaged ones if none opens.  Returns the master key
+    and the name of the key file that opened."""
     damaged: list[str] = []
     tried = 0
     for info in backend.list(FileType.KEY):
@@ -388,7 +525,7 @@ def _unlock(backend: Backend, password: bytes) -> MasterKey:
             damaged.append(str(handle))
         tried += 1
         try:
-            return unwrap_key_file(data, password)
+            return unwrap_key_file(data, password), info.name
         except KeyProblem:
             continue
         except CipherdumpError:

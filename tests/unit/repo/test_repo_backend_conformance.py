@@ -112,6 +112,21 @@ def test_list_is_per_type_and_complete(backend: Backend) -> None:
     assert list(backend.list(FileType.CONFIG)) == []
 
 
+def test_list_gives_modification_times(backend: Backend) -> None:
+    # prune deletes an unindexed pack only when it is old: the time must be the save's.
+    import time
+
+    before = time.time_ns()
+    _save(backend, Handle(FileType.PACK, NAME_A), b"pack")
+    after = time.time_ns()
+    (info,) = backend.list(FileType.PACK)
+    assert info.mtime_ns is not None
+    # Filesystem timestamps are coarse (allow one tick of the kernel's clock), and S3
+    # listings give the time to the second: the save's second is as good for prune.
+    earliest = before // 1_000_000_000 * 1_000_000_000 - 20_000_000
+    assert earliest <= info.mtime_ns <= after + 20_000_000
+
+
 def test_overwrite_replaces(backend: Backend) -> None:
     h = Handle(FileType.LOCK, NAME_A)
     _save(backend, h, b"first version")

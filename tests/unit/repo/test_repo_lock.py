@@ -1,4 +1,4 @@
-"""The exclusive lock: contention, stale locks, refresh, damaged locks."""
+"""Locks, exclusive and shared: contention, stale locks, refresh, lost locks, damaged locks."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_stale_locks_are_removed() -> None:
+def test_only_locks_of_processes_provably_gone_are_removed_unasked() -> None:
     backend = MemoryBackend()
     key = MasterKey.generate()
     host = socket.gethostname()
@@ -63,12 +63,97 @@ def test_stale_locks_are_removed() -> None:
     live = _plant(backend, key, LockInfo(time.time_ns(), "elsewhere", 1))
     with pytest.raises(LockedError):
         Lock.acquire(backend, key)
-    assert set(_locks(backend)) == {live}  # the stale ones went anyway
+    # The dead one went; the old one from elsewhere may be a suspended process's: it
+    # blocks nobody, but only unlock removes it.
+    assert set(_locks(backend)) == {live, old}
     backend.remove(Handle(FileType.LOCK, live))
     lock = Lock.acquire(backend, key)
-    assert _locks(backend) == [lock.name]
+    assert set(_locks(backend)) == {lock.name, old}
     lock.release()
-    assert dead and old
+    assert dead
+
+
+def test_a_dead_pid_in_another_pid_namespace_is_not_dead() -> None:
+    # Two containers may share a host name; a pid in another namespace says nothing.
+    from cipherdump.repo.lock import is_dead_here, pid_namespace
+
+    host = socket.gethostname()
+    gone = _dead_pid()
+    assert is_dead_here(LockInfo(time.time_ns(), host, gone, True, pid_namespace()))
+    assert not is_dead_here(LockInfo(time.time_ns(), host, gone, True, "pid:[1]"))
+    assert not is_dead_here(LockInfo(time.time_ns(), "elsewhere", gone))
+
+
+def test_shared_locks_coexist_and_exclude_an_exclusive_one() -> None:
+    backend = MemoryBackend()
+    key = MasterKey.generate()
+    first = Lock.acquire(backend, key, exclusive=False)
+    second = Lock.acquire(backend, key, exclusive=False)
+    with pytest.raises(LockedError, match=r"shared lock.*needs it alone"):
+        Lock.acquire(backend, key)
+    first.release()
+    second.release()
+    alone = Lock.acquire(backend, key)
+    with pytest.raises(LockedError, match="exclusive lock"):
+        Lock.acquire(backend, key, exclusive=False)
+    alone.release()
+    assert _locks(backend) == []
+
+
+def test_old_lock_files_without_the_field_are_exclusive() -> None:
+    from cipherdump.repo import codec
+    from cipherdump.repo.envelope import Magic, seal_file
+    from cipherdump.repo.lock import decode_lock
+
+    key = MasterKey.generate()
+    body = {"v": 1, "time_ns": 5, "hostname": "h", "pid": 3, "nonce": bytes(16)}
+    info = decode_lock(key, seal_file(key, Magic.LOCK, codec.encode(body)), "lock")
+    assert info.exclusive and info.pidns == ""
+
+
+def test_a_removed_lock_stops_its_holder() -> None:
+    from cipherdump.repo.lock import LockLostError
+
+    backend = MemoryBackend()
+    key = MasterKey.generate()
+    now = [time.time_ns()]
+    lock = Lock.acquire(backend, key, clock=lambda: now[0], exclusive=False)
+    assert lock.name is not None
+    backend.remove(Handle(FileType.LOCK, lock.name))  # unlock --remove-all, say
+    now[0] += REFRESH_EVERY_NS
+    with pytest.raises(LockLostError, match="was removed"):
+        lock.refresh_if_due()
+    with pytest.raises(LockLostError):  # and stays stopped
+        lock.refresh_if_due()
+
+
+def test_a_lock_not_refreshed_in_time_stops_its_holder() -> None:
+    from cipherdump.repo.lock import ABORT_AFTER_NS, LockLostError
+
+    backend = MemoryBackend()
+    key = MasterKey.generate()
+    now = [time.time_ns()]
+    lock = Lock.acquire(backend, key, clock=lambda: now[0])
+    now[0] += ABORT_AFTER_NS + 1  # suspended, say
+    with pytest.raises(LockLostError, match="not refreshed for 25 minutes"):
+        lock.refresh_if_due()
+    lock.release()
+
+
+def test_the_refresher_thread_keeps_the_lock_fresh() -> None:
+    backend = MemoryBackend()
+    key = MasterKey.generate()
+    now = [time.time_ns()]
+    lock = Lock.acquire(backend, key, clock=lambda: now[0], exclusive=False)
+    first = lock.name
+    lock.start_refresher(interval_s=0.01)
+    now[0] += REFRESH_EVERY_NS
+    deadline = time.monotonic() + 5
+    while lock.name == first and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert lock.name != first and _locks(backend) == [lock.name]
+    lock.release()
+    assert _locks(backend) == []
 
 
 def test_refresh_replaces_the_lock_file() -> None:
@@ -96,6 +181,6 @@ def test_damaged_lock_blocks_until_unlocked() -> None:
         report = repo.check()
         assert any(f.file == f"locks/{'ab' * 32}" for f in report.errors)
         assert repo.unlock() == []  # not provably stale
-        assert repo.unlock(all_locks=True) == ["ab" * 32]
+        assert [name for name, _ in repo.unlock(all_locks=True)] == ["ab" * 32]
     Repository.open(backend, b"pw").close()
     assert os.getpid() > 0

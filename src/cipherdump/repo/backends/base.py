@@ -51,10 +51,16 @@ class Handle:
 
 @dataclass(frozen=True, slots=True)
 class FileInfo:
-    """One entry of :meth:`Backend.list`."""
+    """One entry of :meth:`Backend.list`.
+
+    ``mtime_ns``: when the file was last saved, in ns since the epoch, by the storage's
+    clock, or None if the backend cannot tell.  ``prune`` deletes a pack no index names
+    only once it is older than a safety margin (a writer whose lock was lost may not
+    have indexed it yet); without a time it keeps such a pack."""
 
     name: str
     size: int
+    mtime_ns: int | None = None
 
 
 class ObjectMissing(BackendError):
@@ -81,7 +87,8 @@ class Backend(Protocol):
       crash at any point.  Saving an existing name replaces it atomically.
     * ``load`` with ``length=None`` reads to the end; a range past the end raises
       :class:`BackendError`.  A missing file raises :class:`ObjectMissing`.
-    * ``list`` yields every complete file of one type, in no particular order.
+    * ``list`` yields every complete file of one type, in no particular order, with its
+      size and, where the storage keeps one, its modification time.
     * Every other failure of the storage raises :class:`BackendError`.
     """
 

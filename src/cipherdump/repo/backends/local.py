@@ -191,7 +191,8 @@ class LocalBackend:
             if file_type is FileType.CONFIG:
                 config = self.root / "config"
                 if config.is_file():
-                    yield FileInfo("", config.stat().st_size)
+                    st = config.stat()
+                    yield FileInfo("", st.st_size, st.st_mtime_ns)
                 return
             top = self.root / file_type.value
             if file_type is FileType.PACK:
@@ -204,7 +205,8 @@ class LocalBackend:
                     if is_hex_id(entry.name) and entry.is_file(follow_symlinks=False):
                         if file_type is FileType.PACK and directory.name != entry.name[:2]:
                             continue  # not where its name puts it: see misplaced()
-                        yield FileInfo(entry.name, entry.stat(follow_symlinks=False).st_size)
+                        st = entry.stat(follow_symlinks=False)
+                        yield FileInfo(entry.name, st.st_size, st.st_mtime_ns)
         except OSError as exc:
             raise BackendError(f"cannot list {file_type.value} in {self.location}: {exc}") from exc
 
@@ -266,21 +268,38 @@ class LocalBackend:
             raise BackendError(f"cannot list {self.location}: {exc}") from exc
         return sorted(out)
 
-    def remove_leftovers(self) -> int:
-        """Remove the ``.tmp-*`` files that interrupted writers left; returns how many.
-
-        Only for the holder of the exclusive lock: no one else writes, so every
-        temporary file is one that will never be finished.
-        """
-        removed = 0
+    def list_leftovers(self) -> set[str]:
+        """The ``.tmp-*`` files there are now, as paths in the repository."""
+        found = set()
         dirs = [self.root / t.value for t in _SUBDIRS]
         try:
             dirs += [Path(e.path) for e in _scandir(self.root / FileType.PACK.value) if e.is_dir()]
             for directory in dirs:
                 for entry in _scandir(directory):
                     if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
-                        os.unlink(entry.path)
-                        removed += 1
+                        found.add(str(Path(entry.path).relative_to(self.root)))
+        except OSError as exc:
+            raise BackendError(f"cannot list temporary files in {self.location}: {exc}") from exc
+        return found
+
+    def remove_leftovers(self, only: set[str] | None = None) -> int:
+        """Remove the ``.tmp-*`` files that interrupted writers left (with ``only``,
+        those of them it names, from :meth:`list_leftovers`); returns how many.
+
+        For the holder of the exclusive lock (no one else writes, so every temporary
+        file is one that will never be finished), or with ``only`` for the holder of a
+        shared lock: the files there were before it wrote its lock, when the lock
+        check before and after found no other live lock (a writer makes its lock
+        before any temporary file, so these belong to no live writer).
+        """
+        removed = 0
+        try:
+            for name in self.list_leftovers() if only is None else only:
+                try:
+                    os.unlink(self.root / name)
+                except FileNotFoundError:
+                    continue
+                removed += 1
         except OSError as exc:
             raise BackendError(f"cannot clean up {self.location}: {exc}") from exc
         return removed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -23,6 +24,8 @@ class MemoryBackend:
 
     def __init__(self) -> None:
         self.files: dict[Handle, bytes] = {}
+        # When each file was saved (tests may set ``files`` directly: then no time).
+        self.times: dict[Handle, int] = {}
 
     @property
     def location(self) -> str:
@@ -34,6 +37,7 @@ class MemoryBackend:
             parts.append(chunk)
         # Assigning once at the end keeps the write atomic for readers.
         self.files[handle] = b"".join(parts)
+        self.times[handle] = time.time_ns()
 
     def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> bytes:
         data = self._get(handle)
@@ -46,9 +50,14 @@ class MemoryBackend:
     def remove(self, handle: Handle) -> None:
         self._get(handle)
         del self.files[handle]
+        self.times.pop(handle, None)
 
     def list(self, file_type: FileType) -> Iterator[FileInfo]:
-        found = [FileInfo(h.name, len(d)) for h, d in self.files.items() if h.type is file_type]
+        found = [
+            FileInfo(h.name, len(d), self.times.get(h))
+            for h, d in self.files.items()
+            if h.type is file_type
+        ]
         yield from found
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ SeaweedFS, and it lets go of the GIL while it waits.
 
 from __future__ import annotations
 
+import datetime
 import re
 import tempfile
 from collections.abc import Iterator
@@ -224,7 +225,9 @@ class S3Backend:
                     else:
                         name = rest
                     if is_hex_id(name):
-                        found.append(FileInfo(name, int(meta["size"])))
+                        modified = meta.get("last_modified")
+                        mtime_ns = None if modified is None else _ns(modified)
+                        found.append(FileInfo(name, int(meta["size"]), mtime_ns))
         except _ERRORS as exc:
             self._fail(exc, "list", file_type.value)
         yield from found
@@ -311,3 +314,8 @@ def _reason(exc: Exception, status: int | None, code: str) -> str:
     if " - " in first:
         first = first.rsplit(" - ", 1)[1]
     return f"{first} ({kind.group(1).lower()})" if kind else first
+
+
+def _ns(when: datetime.datetime) -> int:
+    """A listing's ``last_modified`` in ns since the epoch (the storage's clock)."""
+    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1_000
