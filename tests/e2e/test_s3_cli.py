@@ -289,6 +289,22 @@ def test_cache_is_used_and_rebuilt_when_damaged(
     assert not (tmp_path / "off").exists()
 
 
+def test_storage_options_on_the_command_line(seaweedfs: seaweed.SeaweedFS, tmp_path: Path) -> None:
+    """--cache-dir, --no-cache and --connections do what their environment variables do,
+    and win over them."""
+    location = seaweedfs.location()
+    env = seaweedfs.env(CIPHERDUMP_REPOSITORY=location, CIPHERDUMP_CACHE_DIR=str(tmp_path / "e"))
+    assert run("init", "--cache-dir", tmp_path / "o", env=env).code == 0
+    backed = run("backup", "--cache-dir", tmp_path / "o", "--connections", "2", SAMPLE, env=env)
+    assert backed.code == 0, backed
+    (folder,) = (tmp_path / "o").iterdir()
+    assert any((folder / "snapshots").iterdir())
+    assert not (tmp_path / "e").exists()
+    assert run("snapshots", "--no-cache", env=env).code == 0
+    assert not (tmp_path / "e").exists()
+    assert "--connections" in run("snapshots", "--connections", "0", env=env).stderr
+
+
 def test_check_reads_the_repository_not_the_cache(
     seaweedfs: seaweed.SeaweedFS, tmp_path: Path
 ) -> None:

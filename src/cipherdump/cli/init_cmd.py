@@ -56,7 +56,7 @@ def init(
     path = sources.need_repo(repo)
     parse(path)  # a location cipherdump does not know is refused before the prompt
     password = sources.password(password_file, confirm=True)
-    backend = create_backend(path)
+    backend = create_backend(path, sources.storage_settings())
     chosen = Cipher[_CIPHERS[cipher]]
     kdf = KdfParams.default()
     with Repository.init(backend, password, kdf=kdf, pack_size=pack_size, cipher=chosen) as r:

@@ -10,6 +10,7 @@ snapshot (its own ``.fscrypt`` unlocks passphrases).
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -58,8 +59,52 @@ def open_image(image: str) -> Iterator[Filesystem]:
 # -- repositories and snapshots ---------------------------------------------------------------
 
 
+# Settings of the storage behind a repository, given as options; each overrides the
+# environment variable of the same meaning (repo.location and repo.cache read them).
+_STORAGE_SETTINGS = "cipherdump.storage_settings"
+
+
+def _storage_setting(variable: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def keep(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value is not None and value is not False:
+            shown = "1" if value is True else str(value)
+            ctx.meta.setdefault(_STORAGE_SETTINGS, {})[variable] = shown
+
+    return keep
+
+
+def storage_settings() -> dict[str, str]:
+    """The environment with the storage options of this command line applied."""
+    ctx = click.get_current_context(silent=True)
+    given: dict[str, str] = ctx.meta.get(_STORAGE_SETTINGS, {}) if ctx is not None else {}
+    return {**os.environ, **given}
+
+
 def repo_option(fn: F) -> F:
-    """``-r/--repo``, also from ``CIPHERDUMP_REPOSITORY``."""
+    """``-r/--repo``, also from ``CIPHERDUMP_REPOSITORY``, with the storage options
+    (``--connections``, ``--cache-dir``, ``--no-cache``)."""
+    fn = click.option(
+        "--connections",
+        type=click.IntRange(1, 64),
+        expose_value=False,
+        callback=_storage_setting("CIPHERDUMP_S3_CONNECTIONS"),
+        help="S3: transfers in flight at once (default 5; or set CIPHERDUMP_S3_CONNECTIONS).",
+    )(fn)
+    fn = click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=str),
+        expose_value=False,
+        callback=_storage_setting("CIPHERDUMP_CACHE_DIR"),
+        help="S3: where the local cache of index, snapshots and trees lives "
+        "(default $XDG_CACHE_HOME/cipherdump; or set CIPHERDUMP_CACHE_DIR).",
+    )(fn)
+    fn = click.option(
+        "--no-cache",
+        is_flag=True,
+        expose_value=False,
+        callback=_storage_setting("CIPHERDUMP_NO_CACHE"),
+        help="S3: read everything from the storage, keep no local cache.",
+    )(fn)
     return click.option(
         "-r",
         "--repo",
@@ -121,7 +166,7 @@ def open_repository(
     from cipherdump.repo import Repository
     from cipherdump.repo.location import open_backend
 
-    backend = open_backend(need_repo(repo))
+    backend = open_backend(need_repo(repo), storage_settings())
     secret = password(password_file)
     try:
         # Readers (lock_optional) leave temporary files alone: check reports them.
