@@ -9,7 +9,6 @@ import click
 
 from cipherdump.cli import render
 from cipherdump.cli.sources import open_repository, password_option, repo_option
-from cipherdump.progress import Progress
 
 _PHASES = {"index": "loading the index", "mark": "marking", "repack": "repacking"}
 
@@ -35,6 +34,8 @@ def run_prune(
         # Each phase counts its own steps (snapshots, index files, packs): the bar
         # starts over with each.
         if update is not None:
+            from cipherdump.progress import Progress
+
             update(Progress(done, total, finished=done == total))
 
     # A dry run changes nothing, but still takes the lock: what it reports must be

@@ -8,7 +8,6 @@ import click
 
 from cipherdump.cli import render
 from cipherdump.cli.sources import find_snapshot, open_repository, password_option, repo_option
-from cipherdump.progress import Progress
 
 
 @click.command(name="stats")
@@ -31,6 +30,8 @@ def stats_cmd(
 
     def on_progress(done: int, total: int) -> None:
         if update is not None:
+            from cipherdump.progress import Progress
+
             update(Progress(done, total, finished=done == total))
 
     shared = {"lock": True, "exclusive": False, "lock_optional": True}

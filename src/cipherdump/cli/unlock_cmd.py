@@ -34,11 +34,7 @@ def unlock_cmd(
     """
     with open_repository(repo, password_file, lock=False) as repository:
         if remove_all:
-            click.echo(
-                "cipherdump: warning: removing every lock, also of processes that may "
-                "still be running",
-                err=True,
-            )
+            render.warn("removing every lock, also of processes that may still be running")
         removed = repository.unlock(all_locks=remove_all)
     if as_json:
         click.echo(
