@@ -39,6 +39,7 @@ from cipherdump.repo.backends.base import (
     FileType,
     Handle,
     Spool,
+    WrappedBackend,
     open_spool,
 )
 from cipherdump.repo.crypto import file_id
@@ -59,29 +60,12 @@ def default_cache_root(env: Mapping[str, str]) -> Path | None:
     return base / "cipherdump"
 
 
-class CachingBackend:
+class CachingBackend(WrappedBackend):
     def __init__(self, inner: Backend, root: Path) -> None:
         self.inner = inner
         self._root = root
         self._dir: Path | None = None
         self.hits = 0  # files served from the cache, for tests
-
-    # -- attributes of the backend it wraps -------------------------------------------
-    @property
-    def location(self) -> str:
-        return self.inner.location
-
-    @property
-    def shared_between_processes(self) -> bool:
-        return bool(getattr(self.inner, "shared_between_processes", False))
-
-    @property
-    def connections(self) -> int:
-        return int(getattr(self.inner, "connections", 1))
-
-    @property
-    def read_ahead(self) -> int:
-        return int(getattr(self.inner, "read_ahead", 0))
 
     @property
     def uncached(self) -> Backend:

@@ -131,6 +131,29 @@ class Spool(Protocol):
         ...
 
 
+class WrappedBackend:
+    """A backend that wraps another (retries, a cache) and passes on the attributes
+    readers ask of the storage behind it; ``inner`` is the wrapped backend."""
+
+    inner: Backend
+
+    @property
+    def location(self) -> str:
+        return self.inner.location
+
+    @property
+    def shared_between_processes(self) -> bool:
+        return bool(getattr(self.inner, "shared_between_processes", False))
+
+    @property
+    def read_ahead(self) -> int:
+        return int(getattr(self.inner, "read_ahead", 0))
+
+    @property
+    def connections(self) -> int:
+        return int(getattr(self.inner, "connections", 1))
+
+
 def open_spool(backend: Backend, file_type: FileType) -> Spool | None:
     """A spool for a new file of ``file_type`` if the backend offers them, else None."""
     opener = getattr(backend, "open_spool", None)

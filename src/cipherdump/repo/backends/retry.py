@@ -31,6 +31,7 @@ from cipherdump.repo.backends.base import (
     ObjectMissing,
     Spool,
     TransientError,
+    WrappedBackend,
     open_spool,
 )
 
@@ -41,7 +42,7 @@ FIRST_WAIT = 0.5
 LONGEST_WAIT = 15.0
 
 
-class RetryBackend:
+class RetryBackend(WrappedBackend):
     def __init__(
         self,
         inner: Backend,
@@ -59,22 +60,6 @@ class RetryBackend:
         self._sleep = sleep
         self._clock = clock
         self.retries = 0  # how many tries were repeated, for tests and reports
-
-    @property
-    def location(self) -> str:
-        return self.inner.location
-
-    @property
-    def shared_between_processes(self) -> bool:
-        return bool(getattr(self.inner, "shared_between_processes", False))
-
-    @property
-    def read_ahead(self) -> int:
-        return int(getattr(self.inner, "read_ahead", 0))
-
-    @property
-    def connections(self) -> int:
-        return int(getattr(self.inner, "connections", 1))
 
     def call(self, fn: Callable[[], T]) -> T:
         """``fn()``, tried again on transient errors within the time bound."""
