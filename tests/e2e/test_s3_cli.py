@@ -177,7 +177,10 @@ def test_a_lock_on_s3_stops_a_second_writer(seaweedfs: seaweed.SeaweedFS, tmp_pa
     with Repository.open(backend, b"pw", lock=True):
         line = run("backup", SAMPLE, env=env).one_line_error(8)
         assert "locked" in line and location in line
-        assert run("snapshots", env=env).code == 0  # readers need no lock
+        # Readers take a shared lock, which an exclusive one keeps out.
+        assert "locked" in run("snapshots", env=env).one_line_error(8)
+    with Repository.open(backend, b"pw", lock=True, exclusive=False):
+        assert run("snapshots", env=env).code == 0  # beside a backup's shared lock
     assert list(backend.list(FileType.LOCK)) == []
     assert run("backup", SAMPLE, env=env).code == 0
 

@@ -114,7 +114,7 @@ def _cat_snapshot(
     units."""
     from cipherdump.engine.nodeattrs import int_attr
 
-    with sources.open_repository(repo, password_file, lock=False) as repository:
+    with sources.open_reader(repo, password_file) as repository:
         view = sources.snapshot_view(repository, snapshot)
         node = view.resolve(os.fsencode(path))
         if node.kind != "file":
@@ -144,7 +144,7 @@ def _cat_snapshot_keyed(
     """``--key/--passphrase``: the plaintext of a file in a snapshot."""
     from cipherdump.engine.views.snapshot_keyed import KeyedSnapshotView
 
-    with sources.open_repository(repo, password_file, lock=False) as repository:
+    with sources.open_reader(repo, password_file) as repository:
         view = sources.snapshot_view(repository, snapshot)
         ring = sources.snapshot_keys(view, keying)
         source = KeyedSnapshotView(view, ring)

@@ -21,7 +21,7 @@ def diff(
     modified, U metadata only."""
     from cipherdump.engine.views.diff import iter_diff
 
-    with sources.open_repository(repo, password_file, lock=False) as repository:
+    with sources.open_reader(repo, password_file) as repository:
         v1, v2 = (
             sources.snapshot_view(repository, snapshot1),
             sources.snapshot_view(repository, snapshot2),

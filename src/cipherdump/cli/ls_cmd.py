@@ -98,7 +98,7 @@ def _ls_snapshot(
     from cipherdump.engine.views.image import Problem
 
     problems = 0
-    with sources.open_repository(repo, password_file, lock=False) as repository:
+    with sources.open_reader(repo, password_file) as repository:
         view = sources.snapshot_view(repository, snapshot)
         top = view.resolve(os.fsencode(path))
         items: list[SnapNode | Problem] = (

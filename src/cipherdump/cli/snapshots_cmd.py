@@ -22,7 +22,7 @@ def snapshots(repo: str | None, password_file: str | None, as_json: bool) -> Non
     from cipherdump.engine.backup import snapshot_summary
 
     damaged: list[CipherdumpError] = []
-    with sources.open_repository(repo, password_file, lock=False) as repository:
+    with sources.open_reader(repo, password_file) as repository:
         items = [snapshot_summary(i, s) for i, s in repository.list_snapshots(damaged)]
     _list_snapshots(items, as_json)
     for err in damaged:

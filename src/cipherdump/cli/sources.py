@@ -162,24 +162,31 @@ def open_repository(
     """``lock``: take the repository's lock, ``exclusive`` or shared.  With
     ``lock_optional`` (readers), a repository whose storage refuses the lock file (a
     read-only copy) is read without one, with a warning."""
-    from cipherdump.errors import BackendError
     from cipherdump.repo import Repository
     from cipherdump.repo.location import open_backend
 
     backend = open_backend(need_repo(repo), storage_settings())
     secret = password(password_file)
-    try:
-        # Readers (lock_optional) leave temporary files alone: check reports them.
-        repository = Repository.open(
-            backend, secret, lock=lock, exclusive=exclusive, tidy=not lock_optional
-        )
-    except BackendError as exc:
-        if not (lock and lock_optional):
-            raise
-        render.warn(f"{exc}: reading without a lock")
-        repository = Repository.open(backend, secret, lock=False)
+    # Readers (lock_optional) leave temporary files alone: check reports them.
+    repository = Repository.open(
+        backend,
+        secret,
+        lock=lock,
+        exclusive=exclusive,
+        tidy=not lock_optional,
+        lock_optional=lock_optional,
+    )
+    if repository.lock_refused is not None:
+        render.warn(f"{repository.lock_refused}: reading without a lock")
     repository.set_warning_handler(render.warn)
     return repository
+
+
+def open_reader(repo: str | None, password_file: str | None) -> Repository:
+    """The repository under a shared lock, for a command that only reads it: a prune or
+    forget (exclusive) cannot delete what it reads meanwhile, and it is refused (exit 8)
+    while one runs; a read-only copy is read without a lock, with a warning."""
+    return open_repository(repo, password_file, lock=True, exclusive=False, lock_optional=True)
 
 
 def find_snapshot(repository: Repository, ref: str) -> tuple[Id, Snapshot]:

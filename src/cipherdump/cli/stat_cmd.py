@@ -59,6 +59,6 @@ def _stat_image(image: str, path: str, keying: keyopts.KeyOptions) -> dict[str, 
 def _stat_snapshot(
     repo: str, password_file: str | None, snapshot: str, path: str
 ) -> dict[str, Any]:
-    with sources.open_repository(repo, password_file, lock=False) as repository:
+    with sources.open_reader(repo, password_file) as repository:
         view = sources.snapshot_view(repository, snapshot)
         return view.stat_record(view.resolve(os.fsencode(path)))

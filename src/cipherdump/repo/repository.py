@@ -67,6 +67,7 @@ class Repository:
         lock: bool,
         exclusive: bool = True,
         tidy: bool = True,
+        lock_optional: bool = False,
         index_every_packs: int = INDEX_EVERY_PACKS,
         spool_dir: str | None = None,
         pack_version: int = PACK_VERSION,
@@ -75,7 +76,9 @@ class Repository:
         shared (``exclusive=False``: backups and readers, many at once), and keep it
         fresh from a thread until :meth:`close`.  ``tidy``: with the lock, remove the
         temporary files killed writers left where that is safe (readers pass False:
-        ``check`` reports them).  ``pack_version``: of the packs it
+        ``check`` reports them).  ``lock_optional`` (readers): where the storage
+        refuses the lock file (a read-only copy), go on without one and say why in
+        :attr:`lock_refused`.  ``pack_version``: of the packs it
         writes; tests write version 1, as the first writers did."""
         self.backend = backend
         self.config = config
@@ -95,11 +98,20 @@ class Repository:
                 # (Not in locks/: there it may be a lock being written this instant.)
                 before.update(n for n in list_leftovers() if not n.startswith("locks/"))
 
-        self._lock = (
-            Lock.acquire(backend, key, exclusive=exclusive, before_write=note_leftovers)
-            if lock
-            else None
-        )
+        # Why a lock_optional reader goes without its lock (the caller warns).
+        self.lock_refused: BackendError | None = None
+        self._lock: Lock | None = None
+        if lock:
+            try:
+                self._lock = Lock.acquire(
+                    backend, key, exclusive=exclusive, before_write=note_leftovers
+                )
+            except BackendError as exc:
+                # Only the lock's own writes land here: the config and key were read
+                # already, so a wrong endpoint or password fails once, before this.
+                if not lock_optional:
+                    raise
+                self.lock_refused = exc
         if self._lock is not None:
             self._lock.start_refresher()
         if self._lock is not None and remove_leftovers is not None and tidy:
@@ -159,6 +171,7 @@ class Repository:
         lock: bool = True,
         exclusive: bool = True,
         tidy: bool = True,
+        lock_optional: bool = False,
         index_every_packs: int = INDEX_EVERY_PACKS,
         spool_dir: str | None = None,
     ) -> Repository:
@@ -176,6 +189,7 @@ class Repository:
             lock=lock,
             exclusive=exclusive,
             tidy=tidy,
+            lock_optional=lock_optional,
             index_every_packs=index_every_packs,
             spool_dir=spool_dir,
         )
