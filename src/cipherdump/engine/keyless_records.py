@@ -30,8 +30,13 @@ INO: Final = "ino"
 #: ``i_flags``, decimal ASCII (casefold, inline data, ... which copies drop).
 FLAGS: Final = "flags"
 
+#: On the root only (views: an xattr of the mount's root; tar: a global PAX header): the
+#: filesystem facts a restored image must match, as UTF-8 JSON with the fields of
+#: ``engine.restore_image.TargetFacts`` (``uuid``, ``hash_seed``, ``volume_name`` in hex).
+FILESYSTEM: Final = "filesystem"
+
 #: The records a view or tar may carry, in the order they are listed.
-ALL: Final = (SIZE, CONTEXT, NAME, HASH, SYMLINK, INO, FLAGS)
+ALL: Final = (SIZE, CONTEXT, NAME, HASH, SYMLINK, INO, FLAGS, FILESYSTEM)
 
 #: PAX record keyword prefix of ``dump --ciphertext``; binary values are base64
 #: (RFC 4648, with padding), numbers decimal.
