@@ -24,9 +24,11 @@ from cipherdump.cli import (
     cat_cmd,
     check_cmd,
     clone_cmd,
+    completion_cmd,
     diff_cmd,
     extract_cmd,
     forget_cmd,
+    globalopts,
     info_cmd,
     init_cmd,
     key_cmd,
@@ -39,6 +41,7 @@ from cipherdump.cli import (
     stats_cmd,
     tag_cmd,
     unlock_cmd,
+    version_cmd,
 )
 
 # Start-up: this module and the cli modules it loads import only click, the standard
@@ -50,14 +53,28 @@ from cipherdump.cli import (
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cipherdump")
-def cli() -> None:
+@globalopts.global_options
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    repo: str | None,
+    password_file: str | None,
+    as_json: bool | None,
+    quiet: bool,
+    verbose: bool | None,
+) -> None:
     """Back up and inspect fscrypt-encrypted ext4 filesystems without the users' keys.
 
     Reads the ext4 on-disk format of an image, an unmounted device or a snapshot
     directly; the source is only ever opened read-only.  Encrypted names are shown as
     Linux shows them without the key (no-key names), and such names can be typed as
     paths.
+
+    Options before the command (-r, --password-file, --json, -v, --cache-dir, ...)
+    serve every command that takes them; a command's own spelling wins over them.
     """
+    given = {"repo": repo, "password_file": password_file, "as_json": as_json}
+    globalopts.take_global_options(ctx, quiet, {**given, "verbose": verbose})
 
 
 # Reading an image or a snapshot.
@@ -83,6 +100,9 @@ cli.add_command(stats_cmd.stats_cmd)
 # Writing a snapshot or an image back out.
 cli.add_command(restore_cmd.restore_cmd)
 cli.add_command(clone_cmd.clone_cmd)
+# Habits: the shell's completion, and the versions for a bug report.
+cli.add_command(completion_cmd.completion_cmd)
+cli.add_command(version_cmd.version_cmd)
 
 
 def main() -> None:

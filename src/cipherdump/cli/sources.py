@@ -10,14 +10,17 @@ snapshot (its own ``.fscrypt`` unlocks passphrases).
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from cipherdump.cli import keyopts, render
+from cipherdump.cli import globalopts, keyopts, render
+
+# Re-exported: commands name them through this module.
+from cipherdump.cli.globalopts import ENV_REPOSITORY as ENV_REPOSITORY
+from cipherdump.cli.globalopts import storage_settings as storage_settings
 from cipherdump.errors import CipherdumpError
 
 if TYPE_CHECKING:
@@ -30,8 +33,6 @@ if TYPE_CHECKING:
 
 # The ext4 reader and the repository (cryptography, argon2, blake3, zstandard) are
 # imported inside the functions that use them: `--help` starts without them.
-
-ENV_REPOSITORY = "CIPHERDUMP_REPOSITORY"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,61 +60,19 @@ def open_image(image: str) -> Iterator[Filesystem]:
 # -- repositories and snapshots ---------------------------------------------------------------
 
 
-# Settings of the storage behind a repository, given as options; each overrides the
-# environment variable of the same meaning (repo.location and repo.cache read them).
-_STORAGE_SETTINGS = "cipherdump.storage_settings"
-
-
-def _storage_setting(variable: str) -> Callable[[click.Context, click.Parameter, Any], None]:
-    def keep(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
-        if value is not None and value is not False:
-            shown = "1" if value is True else str(value)
-            ctx.meta.setdefault(_STORAGE_SETTINGS, {})[variable] = shown
-
-    return keep
-
-
-def storage_settings() -> dict[str, str]:
-    """The environment with the storage options of this command line applied."""
-    ctx = click.get_current_context(silent=True)
-    given: dict[str, str] = ctx.meta.get(_STORAGE_SETTINGS, {}) if ctx is not None else {}
-    return {**os.environ, **given}
-
-
 def repo_option(fn: F) -> F:
-    """``-r/--repo``, also from ``CIPHERDUMP_REPOSITORY``, with the storage options
-    (``--connections``, ``--cache-dir``, ``--no-cache``)."""
-    fn = click.option(
-        "--connections",
-        type=click.IntRange(1, 64),
-        expose_value=False,
-        callback=_storage_setting("CIPHERDUMP_S3_CONNECTIONS"),
-        help="S3: transfers in flight at once (default 5; or set CIPHERDUMP_S3_CONNECTIONS).",
-    )(fn)
-    fn = click.option(
-        "--cache-dir",
-        type=click.Path(file_okay=False, path_type=str),
-        expose_value=False,
-        callback=_storage_setting("CIPHERDUMP_CACHE_DIR"),
-        help="S3: where the local cache of index, snapshots and trees lives "
-        "(default $XDG_CACHE_HOME/cipherdump; or set CIPHERDUMP_CACHE_DIR).",
-    )(fn)
-    fn = click.option(
-        "--no-cache",
-        is_flag=True,
-        expose_value=False,
-        callback=_storage_setting("CIPHERDUMP_NO_CACHE"),
-        help="S3: read everything from the storage, keep no local cache.",
-    )(fn)
+    """``-r/--repo``, also from ``CIPHERDUMP_REPOSITORY`` or given before the command,
+    with the storage options (``--connections``, ``--cache-dir``, ``--no-cache``)."""
     return click.option(
         "-r",
         "--repo",
         "repo",
         envvar=ENV_REPOSITORY,
+        cls=globalopts.RepoOption,
         metavar="LOCATION",
         help=f"Repository: a directory, or s3:https://HOST/BUCKET/PREFIX or s3:BUCKET/PREFIX "
         f"(or set {ENV_REPOSITORY}).",
-    )(fn)
+    )(globalopts.storage_options(fn))
 
 
 def password_option(fn: F) -> F:
