@@ -24,14 +24,22 @@ class Progress:
     ``inodes_total`` (objects: files, directories, links) so far; totals may be
     estimates that grow.  ``path`` is the object just handled, where there is one.
     ``finished`` marks the last event, whose totals are what was done.
+
+    A job of several steps (prune: the index files, the snapshots, then the bytes to
+    repack) names the step in ``phase``; each starts its counts over.  A step that
+    counts things other than bytes and inodes (snapshots, index files, trees) counts
+    them in ``items_done`` of ``items_total``, and ``phase`` names them.
     """
 
-    bytes_done: int
+    bytes_done: int = 0
     bytes_total: int | None = None
     inodes_done: int = 0
     inodes_total: int | None = None
     path: bytes = b""
     finished: bool = False
+    phase: str = ""
+    items_done: int = 0
+    items_total: int | None = None
 
 
 OnProgress = Callable[[Progress], None]

@@ -268,3 +268,26 @@ def test_small_index_files_while_repacking(repo: Path, monkeypatch: pytest.Monke
     new_index = {p.name for p in (repo / "index").iterdir()}
     assert not new_index & old_index and len(new_index) == stats["index_files_written"]
     verify(repo, DAYS[-3:])
+
+
+def test_prune_reports_its_phases_as_progress_events(repo: Path) -> None:
+    """Prune reports with the one progress event every job uses: its phases in order,
+    items (index files, snapshots, packs removed) or bytes (repacking) towards each
+    phase's total, the last event marked finished."""
+    from cipherdump.progress import Progress
+    from cipherdump.repo.prune import PruneOptions
+
+    assert run(repo, "forget", "--keep-last", "2").exit_code == 0
+    events: list[Progress] = []
+    with Repository.open(LocalBackend(str(repo)), PASSWORD) as r:
+        r.prune(PruneOptions(max_unused_percent=0), events.append)
+    phases = list(dict.fromkeys(e.phase for e in events))
+    assert phases == ["loading index files", "marking snapshots", "repacking", "removing packs"]
+    for e in events:
+        if e.phase == "repacking":
+            assert e.bytes_total is not None and 0 < e.bytes_done <= e.bytes_total
+        else:
+            assert e.items_total is not None and 0 < e.items_done <= e.items_total
+    marked = [e for e in events if e.phase == "marking snapshots"]
+    assert marked[-1].items_done == marked[-1].items_total == 2
+    assert events[-1].finished and not any(e.finished for e in events[:-1])

@@ -4,7 +4,6 @@ snapshots."""
 from __future__ import annotations
 
 import sys
-from contextlib import nullcontext
 
 import click
 
@@ -20,9 +19,7 @@ from cipherdump.errors import IntegrityError
 @render.one_line_errors
 def check(read_data: bool, repo: str | None, password_file: str | None, as_json: bool) -> None:
     """Verify the repository; exit code 5 names damage if any is found."""
-    on_progress, bar = (
-        render.progress_bar("check", count_inodes=False) if read_data else (None, nullcontext())
-    )
+    on_progress, bar = render.progress_bar("check", count_inodes=False)
 
     from cipherdump.engine.damage import damaged_snapshots
     from cipherdump.repo import Finding

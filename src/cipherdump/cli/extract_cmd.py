@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 import click
@@ -47,9 +48,14 @@ def extract_cmd(
     mounted.check_mounted(image, allow_mounted=allow_mounted, doing="extract from it")
     loaded = keying.load()
 
+    # -v prints each path instead of a bar (which has no total: the tree is not counted first).
+    update, bar = (None, nullcontext()) if verbose else render.progress_bar("extract")
+
     def show(ev: Progress) -> None:
         if verbose:
             click.echo(render.show_bytes(ev.path), err=as_json)
+        elif update is not None:
+            update(ev)
 
     with sources.open_image(image) as fs:
         keyopts.add_image_secrets(loaded, keying.secrets, fs)
@@ -57,7 +63,8 @@ def extract_cmd(
         if not isinstance(ns, KeyedNamespace):
             ns = KeyedNamespace(fs, loaded.ring)
         top = ns.resolve(os.fsencode(path))
-        result = extract(ns, top, dest, on_progress=show)
+        with bar:
+            result = extract(ns, top, dest, on_progress=show)
         for p in result.problems:
             click.echo(
                 f"cipherdump: error: {render.problem_line(p.source_path, render.why(p.error))}",

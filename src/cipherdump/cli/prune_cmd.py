@@ -10,8 +10,6 @@ import click
 from cipherdump.cli import render
 from cipherdump.cli.sources import open_repository, password_option, repo_option
 
-_PHASES = {"index": "loading the index", "mark": "marking", "repack": "repacking"}
-
 
 def run_prune(
     repo: str | None,
@@ -28,16 +26,9 @@ def run_prune(
     options = PruneOptions(
         max_unused_percent=max_unused, max_repack_bytes=max_repack_size, dry_run=dry_run
     )
-    update, bar = render.progress_bar("prune", count_inodes=False)
-
-    def on_progress(_phase: str, done: int, total: int) -> None:
-        # Each phase counts its own steps (snapshots, index files, packs): the bar
-        # starts over with each.
-        if update is not None:
-            from cipherdump.progress import Progress
-
-            update(Progress(done, total, finished=done == total))
-
+    # Each phase counts its own steps (index files, snapshots, bytes, packs): the bar
+    # starts over with each.
+    on_progress, bar = render.progress_bar("prune", count_inodes=False)
     # A dry run changes nothing, but still takes the lock: what it reports must be
     # what a real run would do now, not half of a backup's work.
     with open_repository(repo, password_file, lock=True) as repository, bar:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
+from cipherdump.cli import globalopts
 from cipherdump.errors import CipherdumpError
 
 if TYPE_CHECKING:
@@ -230,38 +231,71 @@ def parse_size(text: str | None) -> int | None:
 def progress_bar(
     description: str, *, count_inodes: bool = True
 ) -> tuple[OnProgress | None, AbstractContextManager[Any]]:
-    """A rich progress bar on stderr (bytes, rate, time left, and inodes if
-    ``count_inodes``) when stderr is a terminal, driven by the job's progress events;
-    ``(None, a do-nothing context)`` otherwise."""
-    if not sys.stderr.isatty():
+    """A rich progress bar on stderr, driven by the job's progress events, when stderr
+    is a terminal and ``-q`` was not given; ``(None, a do-nothing context)`` otherwise,
+    so that a log or a pipe gets nothing extra.
+
+    The bar shows the share done, bytes and rate (or the items a phase counts: index
+    files, snapshots, trees), the time left, and inodes if ``count_inodes``.  A job
+    of several phases names each after ``description``; each starts the bar over."""
+    if globalopts.quiet() or not sys.stderr.isatty():
         return None, nullcontext()
     # Imported here: rich takes a tenth of a second to import, and most runs have no bar.
     from rich.console import Console
     from rich.progress import (
         BarColumn,
-        DownloadColumn,
+        ProgressColumn,
+        Task,
+        TaskProgressColumn,
         TextColumn,
         TimeRemainingColumn,
-        TransferSpeedColumn,
     )
     from rich.progress import Progress as Bar
+    from rich.text import Text
 
-    columns = [
+    class Amount(ProgressColumn):
+        """Bytes done of the total and the rate, or items done of the total."""
+
+        def render(self, task: Task) -> Text:
+            if task.total is None and not task.completed:
+                return Text("")  # nothing known yet
+            if task.fields["items"]:
+                total = "?" if task.total is None else str(int(task.total))
+                return Text(f"{int(task.completed)}/{total}")
+            total = "?" if task.total is None else size(int(task.total))
+            rate = f"  {size(int(task.speed))}/s" if task.speed else ""
+            return Text(f"{size(int(task.completed))}/{total}{rate}")
+
+    columns: list[ProgressColumn] = [
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        TaskProgressColumn(),
+        Amount(),
         TimeRemainingColumn(),
     ]
     if count_inodes:
-        columns.append(TextColumn("{task.fields[inodes]} inodes"))
+        columns.append(TextColumn("{task.fields[inodes]}"))
     bar = Bar(*columns, console=Console(stderr=True), transient=True)
-    task = bar.add_task(description, total=None, inodes=0)
+    task = bar.add_task(description, total=None, items=False, inodes="")
+    phase = [""]
 
     def update(event: Progress) -> None:
-        bar.update(
-            task, completed=event.bytes_done, total=event.bytes_total or None,
-            inodes=event.inodes_done,
-        )  # fmt: skip
+        items = event.items_total is not None or event.items_done > 0
+        inodes = f"{event.inodes_done} inodes"
+        if event.inodes_total is not None:
+            inodes = f"{event.inodes_done}/{event.inodes_total} inodes"
+        shown: dict[str, Any] = {
+            "completed": event.items_done if items else event.bytes_done,
+            "total": (event.items_total if items else event.bytes_total) or None,
+            "items": items,
+            "inodes": inodes,
+        }
+        if event.phase != phase[0]:
+            # A new phase: the bar, its rate and its time left start over.
+            phase[0] = event.phase
+            name = f"{description}: {event.phase}" if event.phase else description
+            bar.reset(task, description=name, **shown)
+        else:
+            bar.update(task, **shown)
 
     return update, bar

@@ -13,6 +13,8 @@ import importlib
 import os
 import sys
 from collections.abc import Mapping
+from contextlib import nullcontext
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -93,9 +95,22 @@ def restore_cmd(
             "no key or passphrase given: only unencrypted parts can be restored to plaintext"
         )
 
+    # -v prints each path instead of a bar.
+    update, bar = (None, nullcontext()) if verbose else render.progress_bar("restore")
+    totals: tuple[int, int] | None = None
+
     def show(ev: Progress) -> None:
         if verbose:
             click.echo(render.show_bytes(ev.path), err=as_json)
+        elif update is not None:
+            if totals is not None:
+                total_bytes, total_inodes = totals
+                ev = replace(
+                    ev,
+                    bytes_total=max(total_bytes, ev.bytes_done),
+                    inodes_total=max(total_inodes, ev.inodes_done),
+                )
+            update(ev)
 
     with sources.open_repository(
         repo, password_file, lock=True, exclusive=False, lock_optional=True
@@ -103,7 +118,12 @@ def restore_cmd(
         snap_id, snap = sources.find_snapshot(repository, snapshot)
         view = SnapshotView(repository, snap_id, snap)
         ring = sources.snapshot_keys(view, keying)
-        result, source = restore_plain(view, ring, target, path=os.fsencode(path), on_progress=show)
+        if os.fsencode(path).strip(b"/") == b"":
+            totals = _snapshot_totals(snap.attrs.get("stats"))
+        with bar:
+            result, source = restore_plain(
+                view, ring, target, path=os.fsencode(path), on_progress=show
+            )
         for p in result.problems:
             click.echo(
                 f"cipherdump: error: {render.problem_line(p.source_path, render.why(p.error))}",
@@ -122,6 +142,23 @@ def restore_cmd(
         )
     if result.problems:
         sys.exit(render.EXIT_PARTIAL)
+
+
+def _snapshot_totals(stats: object) -> tuple[int, int] | None:
+    """What the backup of a snapshot counted (its data bytes, its files and directories):
+    the totals a restore of all of it works towards, for the time left.  Estimates:
+    symlinks, special files and links are not counted, and parts no key opens are
+    skipped."""
+    if not isinstance(stats, Mapping):
+        return None
+    counts = {k: v for k, v in stats.items() if isinstance(v, int)}
+    data = counts.get("bytes_read", 0) + counts.get("bytes_reused", 0)
+    inodes = sum(
+        counts.get(f"{kind}_{how}", 0)
+        for kind in ("files", "dirs")
+        for how in ("new", "changed", "unchanged")
+    )
+    return data, inodes
 
 
 def _restore_to_image(

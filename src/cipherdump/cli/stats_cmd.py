@@ -26,14 +26,7 @@ def stats_cmd(
     repository (compressed and encrypted).  The repository line adds the packs and
     the bytes in them no snapshot uses (what prune can free).
     """
-    update, bar = render.progress_bar("stats", count_inodes=False)
-
-    def on_progress(done: int, total: int) -> None:
-        if update is not None:
-            from cipherdump.progress import Progress
-
-            update(Progress(done, total, finished=done == total))
-
+    on_progress, bar = render.progress_bar("stats", count_inodes=False)
     shared = {"lock": True, "exclusive": False, "lock_optional": True}
     with open_repository(repo, password_file, **shared) as repository, bar:
         if refs:

@@ -40,6 +40,8 @@ from cipherdump.repo.tree import decode_tree
 
 # Packs downloaded ahead by check --read-data from a remote backend, at most.
 READ_AHEAD_PACKS = 4
+# The walk of the trees reports every this many trees (a tree costs far more than an event).
+_TREES_A_EVENT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +89,8 @@ class Checker:
         own_lock: str | None = None,
         on_progress: OnProgress | None = None,
     ) -> None:
-        """``on_progress`` follows ``read_data`` pack by pack (bytes of packs read)."""
+        """``on_progress`` follows the walk of the trees (items: trees; every
+        ``_TREES_A_EVENT``), then ``read_data`` pack by pack (bytes of packs read)."""
         self.on_progress = on_progress
         self.backend = backend
         self.key = key
@@ -118,11 +121,15 @@ class Checker:
             total, done = sum(packs.values()), 0
             for name, loaded in self._loaded(sorted(packs)):
                 if self.on_progress is not None:
-                    self.on_progress(Progress(done, total, finished=done == total))
+                    self.on_progress(
+                        Progress(done, total, finished=done == total, phase="reading packs")
+                    )
                 self._read_pack(name, loaded)
                 done += packs[name]
             if self.on_progress is not None:
-                self.on_progress(Progress(done, total, finished=done == total))
+                self.on_progress(
+                    Progress(done, total, finished=done == total, phase="reading packs")
+                )
         unused = len(used) - sum(used)
         if unused:
             self.info(f"{unused} indexed blobs are used by no snapshot")
@@ -244,11 +251,17 @@ class Checker:
             roots.append((snap.tree, str(handle)))
         seen: set[Id] = set()
         queue: deque[tuple[Id, str]] = deque(roots)
+        # The trees indexed: those to walk, unless some are used by no snapshot.
+        trees = self.index.count(BlobType.TREE)
         while queue:
             tree_id, parent = queue.popleft()
             if tree_id in seen:
                 continue
             seen.add(tree_id)
+            if self.on_progress is not None and len(seen) % _TREES_A_EVENT == 1:
+                self.on_progress(
+                    Progress(phase="checking trees", items_done=len(seen) - 1, items_total=trees)
+                )
             tree_data = self._load_blob(BlobType.TREE, tree_id, parent, used)
             if tree_data is None:
                 continue
@@ -272,6 +285,10 @@ class Checker:
                         self.report.bad_blobs.add((BlobType.DATA, blob_id))
                     else:
                         used[row] = 1
+        if self.on_progress is not None:
+            self.on_progress(
+                Progress(phase="checking trees", items_done=len(seen), items_total=len(seen))
+            )
 
     def _load_blob(
         self, blob_type: BlobType, blob_id: Id, user: str, used: bytearray

@@ -38,6 +38,10 @@ class MemoryIndex:
     def __len__(self) -> int:
         return len(self._type)
 
+    def count(self, blob_type: BlobType) -> int:
+        """How many blobs of ``blob_type`` are indexed."""
+        return self._type.count(blob_type.value)
+
     @property
     def pack_count(self) -> int:
         return len(self._packs)

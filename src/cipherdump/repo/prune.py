@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cipherdump.errors import InputError, IntegrityError
+from cipherdump.progress import OnProgress, Progress
 from cipherdump.repo.backends.base import Backend, FileInfo, FileType, Handle
 from cipherdump.repo.blobstore import INDEX_MAX_ENTRIES, load_index_file
 from cipherdump.repo.crypto import MasterKey, file_id
@@ -58,8 +59,6 @@ DEFAULT_MAX_UNUSED_PERCENT = 5.0
 # What a pack spends besides its blobs: sealed header (40 + 48 a blob) and trailer.
 _PACK_OVERHEAD = 40 + TRAILER_SIZE
 _ENTRY_OVERHEAD = 48
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,14 +112,16 @@ def prune(
     pack_size: int,
     options: PruneOptions,
     *,
-    on_progress: Progress | None = None,
+    on_progress: OnProgress | None = None,
     refresh: Callable[[], None] | None = None,
     clock: Callable[[], int] = time.time_ns,
 ) -> PruneStats:
-    """Run prune; see the module's docstring.  ``on_progress(phase, done, total)``;
-    ``refresh()`` is called often, to keep the caller's lock fresh."""
+    """Run prune; see the module's docstring.  ``on_progress`` follows its phases:
+    "loading index files", "marking snapshots" (items), "repacking" (bytes of packs),
+    "removing packs" (items); ``refresh()`` is called often, to keep the caller's lock
+    fresh."""
     stats = PruneStats(dry_run=options.dry_run)
-    progress = on_progress or (lambda _phase, _done, _total: None)
+    progress = on_progress or (lambda _event: None)
     keep_fresh = refresh or (lambda: None)
 
     # 1. Snapshots, then the index.
@@ -151,7 +152,9 @@ def prune(
         for pack in _load_index(backend, key, name).packs:
             if pack.id.hex in listed:
                 index.add_pack(pack.id, pack.size, pack.raw_entries)
-        progress("index", number + 1, len(live))
+        progress(
+            Progress(phase="loading index files", items_done=number + 1, items_total=len(live))
+        )
     stats.blobs = len(index)
     stats.packs = index.pack_count
 
@@ -159,7 +162,7 @@ def prune(
     used = bytearray(len(index))
     for number, (tree, snap_name) in enumerate(roots):
         stats.trees += _mark(backend, key, index, used, tree, snap_name, keep_fresh)
-        progress("mark", number + 1, len(roots))
+        progress(Progress(phase="marking snapshots", items_done=number + 1, items_total=len(roots)))
     stats.blobs_used = sum(used)
 
     # 3. Plan.
@@ -244,7 +247,7 @@ def prune(
             stats.blobs_repacked += count
             done += sizes[number]
             keep_fresh()
-            progress("repack", done, total)
+            progress(Progress(done, total, phase="repacking"))
         sink.finish_all()
     finally:
         sink.close()
@@ -263,7 +266,14 @@ def prune(
     for number, name in enumerate(gone):
         backend.remove(Handle(FileType.PACK, name))
         keep_fresh()
-        progress("remove", number + 1, len(gone))
+        progress(
+            Progress(
+                phase="removing packs",
+                items_done=number + 1,
+                items_total=len(gone),
+                finished=number + 1 == len(gone),
+            )
+        )
     return stats
 
 

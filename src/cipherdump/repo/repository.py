@@ -451,7 +451,7 @@ class Repository:
     def prune(
         self,
         options: PruneOptions,
-        on_progress: Callable[[str, int, int], None] | None = None,
+        on_progress: OnProgress | None = None,
     ) -> PruneStats:
         """Free what no snapshot uses (see :mod:`.prune`); needs the lock, which is
         kept fresh throughout.  Blobs added but not yet flushed are flushed first."""
@@ -471,7 +471,7 @@ class Repository:
     def stats(
         self,
         snapshots: list[tuple[Id, Snapshot]],
-        on_progress: Callable[[int, int], None] | None = None,
+        on_progress: OnProgress | None = None,
     ) -> RepoStats:
         """Sizes of these snapshots, each and together, and of the packs (see
         :mod:`.stats`)."""

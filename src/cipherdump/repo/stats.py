@@ -16,10 +16,10 @@ the marks and one integer a tree for the sizes of trees already walked.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cipherdump.errors import IntegrityError
+from cipherdump.progress import OnProgress, Progress
 from cipherdump.repo.backends.base import Backend, FileType, Handle
 from cipherdump.repo.blobstore import load_index_file
 from cipherdump.repo.crypto import MasterKey
@@ -129,10 +129,10 @@ def repository_stats(
     backend: Backend,
     key: MasterKey,
     snapshots: list[tuple[Id, Id]],
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> RepoStats:
     """Sizes of each of ``snapshots`` ((snapshot id, root tree) pairs) and of them
-    together, and of the packs."""
+    together, and of the packs; ``on_progress`` counts the snapshots walked (items)."""
     index = load_index(backend, key)
     walker = _Walker(backend, key, index)
     stats = RepoStats(indexed_blobs=len(index))
@@ -146,7 +146,15 @@ def repository_stats(
         combined = int.from_bytes(all_marks, "little") | int.from_bytes(marks, "little")
         all_marks = bytearray(combined.to_bytes(len(index), "little"))
         if on_progress is not None:
-            on_progress(number + 1, len(snapshots))
+            done, total = number + 1, len(snapshots)
+            on_progress(
+                Progress(
+                    phase="walking snapshots",
+                    items_done=done,
+                    items_total=total,
+                    finished=done == total,
+                )
+            )
     used_bytes = 0
     for pack_number, length, row in index.iter_locations():
         del pack_number

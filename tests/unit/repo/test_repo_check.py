@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cipherdump.errors import CipherdumpError
+from cipherdump.progress import Progress
 from cipherdump.repo import (
     BlobType,
     FileType,
@@ -246,14 +247,26 @@ def test_a_blob_stored_by_two_processes_of_one_writer_checks_clean(tmp_path: Pat
 def test_read_data_reports_progress_pack_by_pack(tmp_path: Path) -> None:
     backend = _build(tmp_path / "repo")
     total = sum(info.size for info in backend.list(FileType.PACK))
-    events: list[tuple[int, int]] = []
+    read: list[tuple[int, int]] = []
+    walked: list[Progress] = []
+
+    def keep(event: Progress) -> None:
+        if event.phase == "reading packs":
+            read.append((event.bytes_done, event.bytes_total or 0))
+        else:
+            walked.append(event)
+
     with Repository.open(backend, b"pw") as repo:
-        assert repo.check(
-            read_data=True, on_progress=lambda e: events.append((e.bytes_done, e.bytes_total or 0))
-        ).ok
-        assert repo.check(on_progress=lambda e: events.append((-1, -1))).ok  # none without
-    assert events[0] == (0, total) and events[-1] == (total, total)
-    assert all(a[0] <= b[0] for a, b in itertools.pairwise(events))
+        assert repo.check(read_data=True, on_progress=keep).ok
+        trees = repo.check().trees
+        walked.clear()
+        assert repo.check(on_progress=keep).ok  # the walk of the trees only
+    assert read[0] == (0, total) and read[-1] == (total, total)
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(read))
+    # The walk counts trees towards the number indexed, and ends with the number walked.
+    assert walked and all(e.phase == "checking trees" and e.bytes_total is None for e in walked)
+    assert walked[-1].items_done == walked[-1].items_total == trees
+    assert all(e.items_total is not None and e.items_done <= e.items_total for e in walked)
 
 
 def test_a_tree_layout_that_does_not_match_its_nodes_is_an_error(tmp_path: Path) -> None:
