@@ -1,9 +1,10 @@
 """How far a long job is: the one progress event every layer reports with.
 
-Backup, restore (to an image and to plaintext), clone, extract, check and repair each
-take ``on_progress: OnProgress | None`` and call it with a :class:`Progress` now and
-then; what could not be done goes to an ``on_problem(path, error)`` callback or into the
-job's result, never into a progress event.  Jobs never print: the command line turns
+Backup, restore (to an image and to plaintext), clone, extract, check, repair, prune
+and stats each take ``on_progress: OnProgress | None`` and call it with a
+:class:`Progress` now and then; what could not be done goes to an
+``on_problem(path, error)`` callback or into the job's result, never into a progress
+event.  Jobs never print: the command line turns
 events into a progress bar (or ``-v`` lines).  This module sits beside ``errors`` at the
 bottom of the layers, so that the repository can report with it too.
 """
