@@ -1,7 +1,8 @@
 """Where commands read from: an ext4 image (or device) and a repository's snapshots.
 
 ``open_image`` opens a filesystem and shows its warnings.  The repository comes from
-``-r/--repo`` or ``CIPHERDUMP_REPOSITORY``; its password from ``--password-file``,
+``-r/--repo`` (after or before the command: see :mod:`.globalopts`) or
+``CIPHERDUMP_REPOSITORY``; its password from ``--password-file`` (after or before),
 ``CIPHERDUMP_PASSWORD_FILE``, ``CIPHERDUMP_PASSWORD`` or a prompt.  A snapshot is named
 by a unique prefix of its id or by ``latest``.  ``snapshot_keys`` gathers the keys for a
 snapshot (its own ``.fscrypt`` unlocks passphrases).
