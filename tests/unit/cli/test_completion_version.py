@@ -103,3 +103,17 @@ def test_version_names_the_packages_and_the_mount_extra() -> None:
         assert out["mount"]["mfusepy"] == version("mfusepy")
     short = CliRunner().invoke(cli, ["--version"])
     assert short.exit_code == 0 and __version__ in short.stdout
+
+
+@pytest.mark.parametrize(("shell", "cword"), [("bash", "1"), ("zsh", "1"), ("fish", "sna")])
+def test_the_scripts_protocol_completes_a_command(shell: str, cword: str, tmp_path: Path) -> None:
+    """What each script asks cipherdump (click's protocol: the words so far in
+    COMP_WORDS, the one being completed in COMP_CWORD) is answered with the commands
+    that fit; zsh and fish need not be installed for this."""
+    env = fake_cipherdump(tmp_path)
+    env.update(_CIPHERDUMP_COMPLETE=f"{shell}_complete", COMP_WORDS="cipherdump sna")
+    env["COMP_CWORD"] = cword
+    proc = subprocess.run(["cipherdump"], env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "snapshots" in proc.stdout.replace(",", "\n").split("\n")  # bash: type,value
+    assert "restore" not in proc.stdout
