@@ -52,7 +52,7 @@ from cipherdump.cli import (
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="cipherdump")
+@click.version_option(__version__, prog_name="cipherdump", message="%(prog)s %(version)s")
 @globalopts.global_options
 @click.pass_context
 def cli(
