@@ -10,11 +10,12 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
+from test_s3_cli import SAMPLE, run
 
 import seaweed
-from test_s3_cli import SAMPLE, run
 
 
 def _process_profile(tmp_path: Path, endpoint: str, script: str) -> dict[str, str]:
@@ -86,7 +87,7 @@ class _Metadata(BaseHTTPRequestHandler):
 
     TOKEN = "imds-token"
     ROLE = "backup-role"
-    asked: list[str] = []
+    asked: ClassVar[list[str]] = []
 
     def log_message(self, format: str, *args: object) -> None:  # quiet
         pass
