@@ -1,19 +1,26 @@
-"""A lean index for marking blobs in use (``prune``): about 42 bytes a blob.
+"""A lean index for marking blobs in use (``prune``): about 32 bytes a data blob.
 
-:class:`~.memindex.MemoryIndex` keeps every blob's whole id (32 bytes) for writers that
-must never mistake one blob for another.  Prune only asks "is this blob indexed, and
-where", so it keeps the first 16 bytes of each id.  Ids are keyed BLAKE3 outputs,
-uniform and independent: among ten million blobs the chance that an absent blob shares
-its 16-byte prefix with a present one is below 10^-25, and the only harm it could do
-is to keep a blob that is not used (never to drop one that is).  With the hash table
-filled to at most 0.6 (linear probing stays short), ten million blobs take about 420
-MiB where the writers' index takes 660.
+:class:`~.memindex.MemoryIndex` keeps every blob's whole entry (a 32-byte id, offset,
+lengths, flags) for writers that must never mistake one blob for another and read any
+blob by its location.  Prune asks less.  Of a data blob it asks only "is it indexed,
+in which pack, and how long is it sealed" (a pack it repacks is read whole, blobs
+located by that pack's own header); only tree blobs, which it reads one by one while
+marking, need offset, flags and plaintext length.  So a data blob costs a 16-byte id
+prefix, a type byte, a pack number and a sealed length (25 bytes), plus its share of
+the hash table, and the columns are allocated once from the entry count the caller
+read from the index files (no growth by over-allocation, no rehash at the peak).
+
+Ids are keyed BLAKE3 outputs, uniform and independent: among ten million blobs the
+chance that two indexed blobs share a 16-byte prefix is below 10^-24, and the chance
+that an absent blob matches a present one's prefix below 10^-25; the only harm the
+latter could do is keep a blob that is not used.
 """
 
 from __future__ import annotations
 
 import sys
 from array import array
+from bisect import bisect_left
 from collections.abc import Iterator
 
 from cipherdump.repo.ids import BlobType, Id
@@ -25,22 +32,32 @@ _BIG_ENDIAN = sys.byteorder == "big"
 
 
 class MarkIndex:
-    def __init__(self) -> None:
-        self._prefixes = bytearray()
-        self._type = bytearray()
-        self._flags = bytearray()
-        self._pack = array("I")
-        self._offset = array("I")
-        self._length = array("I")
-        self._raw_length = array("I")
-        self._slots = array("I", bytes(4 * _MIN_SLOTS))
-        self._mask = _MIN_SLOTS - 1
+    def __init__(self, expected: int = 0) -> None:
+        """``expected``: how many entries the packs to be added hold in all (duplicates
+        included), so that the columns and the hash table are sized once.  More may be
+        added; the columns then grow."""
+        capacity = max(expected, 0)
+        self._count = 0
+        self._prefixes = bytearray(PREFIX * capacity)
+        self._type = bytearray(capacity)
+        self._pack = array("I", bytes(4 * capacity))
+        self._length = array("I", bytes(4 * capacity))
+        # Tree blobs only, by ascending row (rows are numbered as blobs are added).
+        self._tree_rows = array("I")
+        self._tree_offset = array("I")
+        self._tree_raw_length = array("I")
+        self._tree_flags = bytearray()
+        size = _MIN_SLOTS
+        while 5 * capacity > 3 * size:
+            size *= 2
+        self._slots = array("I", bytes(4 * size))
+        self._mask = size - 1
         self._packs: list[Id] = []
         self._pack_sizes: list[int] = []
         self._pack_numbers: dict[Id, int] = {}
 
     def __len__(self) -> int:
-        return len(self._type)
+        return self._count
 
     @property
     def pack_count(self) -> int:
@@ -60,31 +77,38 @@ class MarkIndex:
             self._pack_numbers[pack_id] = number
         count = len(raw_entries) // ENTRY_SIZE
         raw = bytes(raw_entries[: count * ENTRY_SIZE])
-        self._reserve(len(self) + count)
+        self._reserve(self._count + count)
         words = array("I", raw)
         hashes = array("Q", raw)[2::6]
         if _BIG_ENDIAN:
             words.byteswap()
             hashes.byteswap()
         slots, mask, prefixes, types = self._slots, self._mask, self._prefixes, self._type
+        tree = BlobType.TREE
+        row = self._count
         for i, hashed in enumerate(hashes):
             at = i * ENTRY_SIZE
             prefix = raw[at + 16 : at + 16 + PREFIX]
+            blob_type = raw[at]
             slot = hashed & mask
             while value := slots[slot]:
                 start = (value - 1) * PREFIX
-                if types[value - 1] == raw[at] and prefixes[start : start + PREFIX] == prefix:
+                if types[value - 1] == blob_type and prefixes[start : start + PREFIX] == prefix:
                     break
                 slot = (slot + 1) & mask
             else:
-                slots[slot] = len(types) + 1
-                prefixes += prefix
-                types.append(raw[at])
-                self._flags.append(raw[at + 1])
-                self._pack.append(number)
-                self._offset.append(words[i * 12 + 1])
-                self._length.append(words[i * 12 + 2])
-                self._raw_length.append(words[i * 12 + 3])
+                slots[slot] = row + 1
+                prefixes[row * PREFIX : (row + 1) * PREFIX] = prefix
+                types[row] = blob_type
+                self._pack[row] = number
+                self._length[row] = words[i * 12 + 2]
+                if blob_type == tree:
+                    self._tree_rows.append(row)
+                    self._tree_offset.append(words[i * 12 + 1])
+                    self._tree_raw_length.append(words[i * 12 + 3])
+                    self._tree_flags.append(raw[at + 1])
+                row += 1
+        self._count = row
 
     def row(self, blob_type: BlobType, blob_id: Id) -> int:
         """The blob's row (rows number blobs densely from 0), or -1."""
@@ -100,29 +124,40 @@ class MarkIndex:
             slot = (slot + 1) & self._mask
         return -1
 
-    def lookup(self, blob_type: BlobType, blob_id: Id) -> tuple[Id, PackEntry] | None:
-        row = self.row(blob_type, blob_id)
+    def tree_location(self, tree_id: Id) -> tuple[Id, PackEntry] | None:
+        """Where the tree blob is: its pack and its entry there, or None."""
+        row = self.row(BlobType.TREE, tree_id)
         if row < 0:
             return None
+        at = bisect_left(self._tree_rows, row)
         entry = PackEntry(
-            blob_type,
-            self._flags[row],
-            self._offset[row],
+            BlobType.TREE,
+            self._tree_flags[at],
+            self._tree_offset[at],
             self._length[row],
-            self._raw_length[row],
-            blob_id,
+            self._tree_raw_length[at],
+            tree_id,
         )
         return self._packs[self._pack[row]], entry
 
-    def sizes(self, row: int) -> tuple[int, int]:
-        """(sealed length, plaintext length) of the blob in ``row``."""
-        return self._length[row], self._raw_length[row]
+    def pack_number(self, row: int) -> int:
+        """The number (in :meth:`iter_packs` order) of the pack the index uses for ``row``."""
+        return self._pack[row]
 
     def iter_locations(self) -> Iterator[tuple[int, int, int]]:
         """(pack number, sealed length, row) of every indexed blob."""
-        yield from zip(self._pack, self._length, range(len(self)), strict=True)
+        # range first: zip stops there, past the rows the columns keep spare.
+        for row, number, length in zip(range(self._count), self._pack, self._length, strict=False):
+            yield number, length, row
 
     def _reserve(self, n: int) -> None:
+        if n > len(self._type):
+            # More than announced: grow the columns (by half again, at least to n).
+            grow = max(n, len(self._type) * 3 // 2) - len(self._type)
+            self._prefixes += bytes(PREFIX * grow)
+            self._type += bytes(grow)
+            self._pack.frombytes(bytes(4 * grow))
+            self._length.frombytes(bytes(4 * grow))
         # At most 0.6 full: 5 slots for every 3 blobs.
         if 5 * n <= 3 * len(self._slots):
             return
@@ -135,7 +170,7 @@ class MarkIndex:
         # A view, not a copy: at ten million blobs a copy of the prefixes would be
         # 160 MiB more at the peak.
         with memoryview(self._prefixes) as view, view.cast("Q") as words:
-            for row, hashed in enumerate(words[::2], 1):
+            for row, hashed in enumerate(words[: 2 * self._count : 2], 1):
                 if _BIG_ENDIAN:
                     hashed = int.from_bytes(hashed.to_bytes(8, "big"), "little")
                 slot = hashed & mask

@@ -18,9 +18,11 @@ repository's exclusive lock):
    old index stands, and after it, the new one).
 5. Only then remove the old index files, then the packs.
 
-Memory: the index is the lean :class:`~.markindex.MarkIndex` (about 42 bytes a blob:
-16-byte id prefixes) plus one byte a blob to mark it; index files are read one at a time, twice
-(once for what they supersede, once to write the new index), and never all held.
+Memory: the index is the lean :class:`~.markindex.MarkIndex` (about 32 bytes a data
+blob: a 16-byte id prefix, pack number, sealed length, hash slots; offsets only for
+trees), sized once from the entry count of the first pass, plus one byte a blob to mark
+it; index files are read one at a time, three times (what they supersede and how many
+entries they have, to index, to write the new index), and never all held.
 """
 
 from __future__ import annotations
@@ -144,10 +146,12 @@ def prune(
     index_names = [i.name for i in backend.list(FileType.INDEX) if is_hex_id(i.name)]
     listed = {i.name: i for i in backend.list(FileType.PACK) if is_hex_id(i.name)}
     superseded: set[str] = set()
+    entries: dict[str, int] = {}
     for name in index_names:
-        superseded.update(i.hex for i in _load_index(backend, key, name).supersedes)
+        supersedes, entries[name] = _supersedes_and_entries(backend, key, name, listed)
+        superseded.update(i.hex for i in supersedes)
     live = [n for n in index_names if n not in superseded]
-    index = MarkIndex()
+    index = MarkIndex(expected=sum(entries[n] for n in live))
     for number, name in enumerate(live):
         for pack in _load_index(backend, key, name).packs:
             if pack.id.hex in listed:
@@ -242,7 +246,7 @@ def prune(
         total = sum(sizes[n] for n in repack)
         done = 0
         for number in repack:
-            copied, count = _repack(backend, key, index, used, pack_ids[number], sink)
+            copied, count = _repack(backend, key, index, used, pack_ids[number], number, sink)
             stats.bytes_repacked += copied
             stats.blobs_repacked += count
             done += sizes[number]
@@ -277,6 +281,15 @@ def prune(
     return stats
 
 
+def _supersedes_and_entries(
+    backend: Backend, key: MasterKey, name: str, listed: dict[str, FileInfo]
+) -> tuple[tuple[Id, ...], int]:
+    """What an index file supersedes, and how many entries it has for packs that exist
+    (so that the mark index is sized once)."""
+    index_file = _load_index(backend, key, name)
+    return index_file.supersedes, sum(p.count for p in index_file.packs if p.id.hex in listed)
+
+
 def _load_index(backend: Backend, key: MasterKey, name: str) -> IndexFile:
     try:
         return load_index_file(backend, key, name)
@@ -309,7 +322,7 @@ def _mark(
         if used[row]:
             continue
         used[row] = 1
-        found = index.lookup(BlobType.TREE, tree_id)
+        found = index.tree_location(tree_id)
         assert found is not None
         pack_id, entry = found
         handle = Handle(FileType.PACK, pack_id.hex)
@@ -410,11 +423,14 @@ def _repack(
     index: MarkIndex,
     used: bytearray,
     pack_id: Id,
+    number: int,
     sink: _PackSink,
 ) -> tuple[int, int]:
     """Copy the used blobs the index locates in this pack into new packs; each is
     authenticated and checked against its id on the way (a damaged one stops prune
-    before anything is removed).  Returns (sealed bytes copied, blobs copied)."""
+    before anything is removed).  A blob copied is marked 2 in ``used``, so that a
+    second copy in the same pack is not copied again.  Returns (sealed bytes copied,
+    blobs copied)."""
     handle = Handle(FileType.PACK, pack_id.hex)
     data = backend.load(handle)
     where = str(handle)
@@ -424,11 +440,9 @@ def _repack(
     copied = count = 0
     for entry in entries:
         row = index.row(entry.type, entry.id)
-        if row < 0 or not used[row]:
-            continue
-        found = index.lookup(entry.type, entry.id)
-        if found is None or found[0] != pack_id or found[1].offset != entry.offset:
-            continue  # the copy the index uses is elsewhere
+        if row < 0 or used[row] != 1 or index.pack_number(row) != number:
+            continue  # unused, copied already, or the copy the index uses is elsewhere
+        used[row] = 2
         try:
             plain = open_blob(key, entry, data[entry.offset : entry.offset + entry.length], where)
         except IntegrityError as exc:

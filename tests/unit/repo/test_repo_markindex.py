@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import random
 
+import pytest
+
 from cipherdump.repo.ids import BlobType, Id
 from cipherdump.repo.markindex import MarkIndex
 from cipherdump.repo.memindex import MemoryIndex
@@ -23,10 +25,12 @@ def _entries(ids: list[tuple[BlobType, Id]], rng: random.Random) -> bytes:
     return b"".join(out)
 
 
-def test_agrees_with_the_memory_index() -> None:
+@pytest.mark.parametrize("expected", [0, 1000, 5000 + 350, 20000])
+def test_agrees_with_the_memory_index(expected: int) -> None:
+    # Announced too few (the columns grow), exactly the entries, and too many.
     rng = random.Random(7)
     blobs = [(rng.choice(list(BlobType)), Id(os.urandom(32))) for _ in range(5000)]
-    lean, full = MarkIndex(), MemoryIndex()
+    lean, full = MarkIndex(expected), MemoryIndex()
     packs = []
     for start in range(0, len(blobs), 700):
         pack_id = Id(os.urandom(32))
@@ -40,8 +44,18 @@ def test_agrees_with_the_memory_index() -> None:
     assert [p for p, _ in lean.iter_packs()] == packs
     for blob_type, blob_id in blobs:
         found = full.lookup(blob_type, blob_id)
-        assert found is not None and lean.lookup(blob_type, blob_id) == found
-        assert lean.sizes(lean.row(blob_type, blob_id)) == (found[1].length, found[1].raw_length)
+        assert found is not None
+        row = lean.row(blob_type, blob_id)
+        assert packs[lean.pack_number(row)] == found[0]
+        if blob_type is BlobType.TREE:
+            assert lean.tree_location(blob_id) == found
+        else:
+            assert lean.tree_location(blob_id) is None
+    lengths = {row: length for _, length, row in lean.iter_locations()}
+    for blob_type, blob_id in blobs:
+        found = full.lookup(blob_type, blob_id)
+        assert found is not None
+        assert lengths[lean.row(blob_type, blob_id)] == found[1].length
     for _ in range(2000):
         assert lean.row(BlobType.DATA, Id(os.urandom(32))) == -1
     # The same id as the other type is another blob.

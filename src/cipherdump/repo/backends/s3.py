@@ -27,7 +27,7 @@ import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import obstore
 from obstore.exceptions import (
@@ -111,6 +111,14 @@ class S3Backend:
             endpoint = f"{scheme}://{target.bucket}.{rest}"
         if endpoint is not None:
             config["endpoint"] = endpoint
+        if settings.metadata_endpoint is not None:
+            config["metadata_endpoint"] = settings.metadata_endpoint
+        provider: dict[str, Any] = {}
+        if settings.credential_process is not None:
+            config.pop("access_key_id", None)
+            config.pop("secret_access_key", None)
+            config.pop("session_token", None)
+            provider["credential_provider"] = settings.credential_process
         config["virtual_hosted_style_request"] = endpoint is not None and not target.path_style
         try:
             self._store = S3Store(
@@ -124,6 +132,7 @@ class S3Backend:
                     "pool_max_idle_per_host": str(self.connections),
                 },
                 retry_config={"max_retries": 0},  # RetryBackend retries, with its bound
+                **provider,
             )
         except _ERRORS as exc:
             raise BackendError(f"cannot use {target.location}: {_first_line(exc)}") from None
