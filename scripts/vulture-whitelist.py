@@ -91,3 +91,6 @@ unindexed_kept  # unused variable (src/cipherdump/repo/prune.py)
 index_files_written  # unused variable (src/cipherdump/repo/prune.py)
 index_files_removed  # unused variable (src/cipherdump/repo/prune.py)
 _.default_map  # click reads it when it makes a command's context (src/cipherdump/cli/globalopts.py)
+_.log_message  # http.server calls it (tests/e2e/test_s3_credentials.py)
+_.do_PUT  # http.server dispatches by method name (tests/e2e/test_s3_credentials.py)
+_.do_GET  # likewise
