@@ -25,6 +25,7 @@ from cipherdump.cli import (
     check_cmd,
     clone_cmd,
     diff_cmd,
+    dump_cmd,
     extract_cmd,
     forget_cmd,
     info_cmd,
@@ -83,6 +84,7 @@ cli.add_command(stats_cmd.stats_cmd)
 # Writing a snapshot or an image back out.
 cli.add_command(restore_cmd.restore_cmd)
 cli.add_command(clone_cmd.clone_cmd)
+cli.add_command(dump_cmd.dump_cmd)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ decrypted; a target that cannot keep them is refused.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -126,6 +127,52 @@ class TargetFacts:
             log_groups_per_flex=sb.s_log_groups_per_flex,
             volume_name=sb.s_volume_name.rstrip(b"\0"),
         )
+
+
+# The ``filesystem`` record of key-less copies (docs/keyless-records.md): the fields
+# above as UTF-8 JSON, bytes in hex.
+_FACT_BYTES = ("uuid", "hash_seed", "volume_name")
+
+
+def facts_to_json(facts: TargetFacts) -> bytes:
+    """The ``filesystem`` record of ``facts``."""
+    rec: dict[str, Any] = {}
+    for name in TargetFacts.__dataclass_fields__:
+        value = getattr(facts, name)
+        rec[name] = value.hex() if isinstance(value, bytes) else value
+    rec["features"] = list(facts.features)
+    return json.dumps(rec, sort_keys=True).encode()
+
+
+def facts_from_json(raw: bytes, where: str) -> TargetFacts:
+    """Read a ``filesystem`` record back; every field must be there (nothing is guessed)."""
+    try:
+        rec = json.loads(raw.decode("utf-8"))
+        if not isinstance(rec, dict):
+            raise ValueError("not an object")
+        missing = [n for n in TargetFacts.__dataclass_fields__ if n not in rec]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
+        values: dict[str, Any] = {}
+        for name in TargetFacts.__dataclass_fields__:
+            value = rec[name]
+            if name in _FACT_BYTES:
+                values[name] = bytes.fromhex(value)
+            elif name == "features":
+                if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                    raise ValueError("features is not a list of names")
+                values[name] = tuple(value)
+            elif isinstance(value, int) and not isinstance(value, bool):
+                values[name] = value
+            else:
+                raise ValueError(f"{name} is not a number")
+        if len(values["uuid"]) != 16 or len(values["hash_seed"]) != 16:
+            raise ValueError("uuid and hash_seed must be 16 bytes")
+        if values["block_size"] not in (1024, 2048, 4096, 8192, 16384, 32768, 65536):
+            raise ValueError(f"block size {values['block_size']}")
+    except (ValueError, TypeError, UnicodeDecodeError) as err:
+        raise InputError(f"{where}: the filesystem record cannot be read: {err}") from None
+    return TargetFacts(**values)
 
 
 # -- the target image ----------------------------------------------------------------

@@ -130,7 +130,7 @@ def test_help_lists_every_command() -> None:
     out = CliRunner().invoke(cli, ["--help"]).output
     expected = {"backup", "cat", "check", "clone", "diff", "extract", "info", "init", "ls"}
     expected |= {"repair", "restore", "snapshots", "stat"}
-    expected |= {"forget", "tag", "prune", "unlock", "key", "stats"}
+    expected |= {"forget", "tag", "prune", "unlock", "key", "stats", "dump"}
     assert set(cli.commands) == expected
     for name in expected:
         assert f"  {name} " in out
