@@ -365,12 +365,15 @@ def dump_ciphertext(
             except CipherdumpError as err:
                 d.result.problems.append((node.path, err))
                 continue
-            stack.append(
-                (k if k.problem is None else Problem(k.path, k.refuse()), arcname + b"/" + k.name)
-                 for k in kids
-            )  # fmt: skip
+            stack.append(_named(kids, arcname))
     d.tar.close()
     return d.result
+
+
+def _named(kids: list[SnapNode], parent: bytes) -> Iterator[tuple[SnapNode | Problem, bytes]]:
+    """A directory's children with their member names (problems in line)."""
+    for k in kids:
+        yield (k if k.problem is None else Problem(k.path, k.refuse())), parent + b"/" + k.name
 
 
 def _cipher_member(d: _Dump, view: SnapshotView, snap: SnapNode, arcname: bytes) -> None:

@@ -32,6 +32,8 @@ from typing import Any
 from cipherdump.blockio import TargetLock
 from cipherdump.blockio.mounts import find_mounts
 from cipherdump.engine.gctune import few_collections
+from cipherdump.engine.keyless_ingest import Copy, Ingested, ingest
+from cipherdump.engine.keyless_records import FILESYSTEM, pax_keyword, xattr_name
 from cipherdump.engine.nodeattrs import bytes_attr, int_attr, list_attr
 from cipherdump.engine.views.snapshot import SnapNode, SnapshotView
 from cipherdump.errors import (
@@ -661,3 +663,51 @@ def restore_to_image(
     _report(stats, on_problem)
     return _summary(stats, out_path, started, snapshot=snapshot_id.hex, created=created,
                     path=os.fsdecode(path or b"/"), keeps_inode_numbers=ties)  # fmt: skip
+
+
+# -- restore from a key-less copy (tar or directory) ------------------------------------
+
+
+class CopiedTree:
+    """A key-less copy as a tree source: the nodes :func:`ingest` checked, data read
+    from the copy (zeros past its end: the last block of a file)."""
+
+    def __init__(self, ingested: Ingested, block_size: int) -> None:
+        self.ingested = ingested
+        self.bs = block_size
+
+    def children(self, node: SrcNode) -> list[SrcNode]:
+        return self.ingested.children.get(node.ino, [])
+
+    def reader(self, node: SrcNode) -> BlockReader:
+        read_at, _size = self.ingested.readers[node.ino]
+        bs = self.bs
+
+        def read(lblk: int, count: int) -> bytes:
+            return read_at(lblk * bs, count * bs)
+
+        return read
+
+
+def restore_copy_to_image(
+    copy: Copy, out_path: str, *, size: int | None, on_progress: OnProgress | None = None,
+    on_problem: OnProblem | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Write a key-less copy (``restore --from-tar``/``--from-dir``) into an image:
+    the same image a key-less restore of the snapshot makes.  Raises
+    :class:`~cipherdump.engine.keyless_ingest.CopyRefused` (before anything is
+    written) when records are missing or inconsistent."""
+    started = time.monotonic()
+    if copy.filesystem is None:
+        raise InputError(
+            f"{copy.shown}: no filesystem record ({pax_keyword(FILESYSTEM)} / "
+            f"{xattr_name(FILESYSTEM)} on the root): the block size, UUID and hash seed "
+            "of the original cannot be guessed"
+        )
+    facts = facts_from_json(copy.filesystem, copy.shown)
+    ingested = ingest(copy.entries, facts.block_size, copy.shown)
+    tree = CopiedTree(ingested, facts.block_size)
+    stats, created, ties = _plan_and_write(out_path, ingested.root, tree, facts, size, on_progress)
+    _report(stats, on_problem)
+    return _summary(stats, out_path, started, source=copy.shown, created=created,
+                    keeps_inode_numbers=ties)  # fmt: skip
