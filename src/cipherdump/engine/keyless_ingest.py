@@ -184,7 +184,12 @@ class _Checker:
     def check_context(self, e: CopiedEntry, parent_encrypted: bool) -> bytes | None:
         context = e.records.get(R.CONTEXT)
         if context is None:
-            if parent_encrypted and e.kind in _ENCRYPTABLE:
+            if parent_encrypted and e.kind == "symlink":
+                self.fail(e, f"an encrypted symlink without its context record: Linux keeps "
+                             f"no {R.XATTR_PREFIX}* xattrs on symlinks, and the copy did not "
+                             f"keep trusted.cipherdump.{R.CONTEXT} (as root, cp -a, rsync -aAX "
+                             "and tar --xattrs do)")  # fmt: skip
+            elif parent_encrypted and e.kind in _ENCRYPTABLE:
                 self.fail(
                     e,
                     f"no context record ({R.xattr_name(R.CONTEXT)}) under an encrypted "
