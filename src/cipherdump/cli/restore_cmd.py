@@ -4,7 +4,9 @@
 (``--key``, ``--key-dir``, ``--passphrase``, ``--passphrase-file``, ``--protector-key``)
 and writes plaintext under DIR only.  ``restore SNAPSHOT --to-image OUT.img`` writes a
 new ext4 image holding the ciphertext as it was (no key needed); that engine lives in
-:mod:`cipherdump.engine.restore_image`.
+:mod:`cipherdump.engine.restore_image`.  ``restore --from-tar FILE`` and ``--from-dir
+DIR`` (with ``--to-image``) make the same image from a key-less copy made outside the
+repository (``dump --ciphertext``, a copy of the ciphertext view).
 """
 
 from __future__ import annotations
