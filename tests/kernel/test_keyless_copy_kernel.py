@@ -108,6 +108,29 @@ def test_tar_from_standard_input(kernel_image_v2: kernelfs.KernelImage, tmp_path
     assert_like_original(kernel_image_v2, out)
 
 
+def test_tar_of_a_subtree(kernel_image_v2: kernelfs.KernelImage, tmp_path: Path) -> None:
+    """dump --ciphertext of a subtree keeps the directories above it (their contexts):
+    the image is the one restore --to-image --path makes."""
+    ki = kernel_image_v2
+    repo, _tar = dumped(ki, tmp_path)
+    sub = next(p for p, n in ki.no_key.items() if n.kind == "dir" and p != b"." and b"/" in p)
+    path = "/enc/" + os.fsdecode(sub)
+    tar = tmp_path / "sub.tar"
+    done = run("dump", "-r", str(repo), "latest", path, "--ciphertext", "-o", str(tar))
+    assert done.exit_code == 0, done.output
+    out, direct = tmp_path / "sub.img", tmp_path / "direct.img"
+    assert run("restore", "--from-tar", str(tar), "--to-image", str(out)).exit_code == 0
+    done = run("restore", "-r", str(repo), "latest", "--path", path, "--to-image", str(direct))
+    assert done.exit_code == 0, done.output
+    ok, report = e2fsck_clean(out)
+    assert ok, report
+    a, b = kernel_views(ki, out), kernel_views(ki, direct)
+    for got, want in zip(a, b, strict=True):
+        assert comparable(got) == comparable(want)
+    # Files of the subtree read with the key.
+    assert any(n.kind == "reg" and n.sha256 is not None for n in a[1].values())
+
+
 def errors(result: Result) -> list[str]:
     return [line for line in result.output.splitlines() if line.startswith("cipherdump: error")]
 
@@ -205,8 +228,8 @@ def tar_to_dir(tar: Path, dest: Path) -> None:
                     os.utime(path, ns=(t, t), follow_symlinks=False)
 
 
-@pytest.mark.parametrize("kernel_image", ["4k-v2-pad32", "4k-stable-v2-pad32-lblk64"],
-                         indirect=True)  # fmt: skip
+@pytest.mark.parametrize("kernel_image", ["4k-v2-pad32", "4k-stable-v2-pad32-lblk64",
+                                          "1k-v1-pad4"], indirect=True)  # fmt: skip
 def test_dir_copies(kernel_image: kernelfs.KernelImage, tmp_path: Path) -> None:
     ki = kernel_image
     _repo, tar = dumped(ki, tmp_path)

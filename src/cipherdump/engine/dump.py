@@ -188,15 +188,15 @@ class _Dump:
             done = r.files + r.dirs + r.symlinks + r.specials + r.hardlinks
             self.on_progress(Progress(r.bytes, inodes_done=done, path=path))
 
-    def link_to(self, ino: int, links: int, arcname: bytes) -> bytes | None:
-        """The first member of a hard-linked inode met before, or None (then this
-        member is the first)."""
-        if links <= 1:
-            return None
-        first = self.links.get(ino)
-        if first is None:
+    def link_to(self, ino: int, links: int) -> bytes | None:
+        """The member a hard-linked inode was written as, or None."""
+        return self.links.get(ino) if links > 1 else None
+
+    def written(self, ino: int, links: int, arcname: bytes, first: bytes | None) -> None:
+        """A non-directory member is in the archive: later links of its inode point to
+        it (only once written, so that none points to a member left out)."""
+        if links > 1 and first is None:
             self.links[ino] = arcname
-        return first
 
 
 # -- plaintext ------------------------------------------------------------------------
@@ -247,7 +247,7 @@ def _plain_member(
         d.result.dirs += 1
         d.event(node.path)
         return ((k, arcname + b"/" + (k.name if isinstance(k, PlainNode) else b"")) for k in kids)
-    first = d.link_to(meta.ino, meta.links, arcname)
+    first = d.link_to(meta.ino, meta.links)
     if first is not None:
         d.add(arcname, LNKTYPE, common, linkname=first, pax=pax)
         d.result.hardlinks += 1
@@ -274,6 +274,7 @@ def _plain_member(
     else:
         d.result.skipped.append((node.path, f"{where}: a {meta.kind} has no tar form; left out"))
         return None
+    d.written(meta.ino, meta.links, arcname, first)
     d.event(node.path)
     return None
 
@@ -394,7 +395,8 @@ def _cipher_member(d: _Dump, view: SnapshotView, snap: SnapNode, arcname: bytes)
         d.result.dirs += 1
         d.event(snap.path)
         return
-    first = d.link_to(int_attr(a, "ino"), int_attr(a, "links", 1), arcname)
+    ino, links = int_attr(a, "ino"), int_attr(a, "links", 1)
+    first = d.link_to(ino, links)
     if first is not None:
         d.add(arcname, LNKTYPE, common, linkname=first, pax=pax)
         d.result.hardlinks += 1
@@ -430,6 +432,7 @@ def _cipher_member(d: _Dump, view: SnapshotView, snap: SnapNode, arcname: bytes)
     else:
         d.result.skipped.append((snap.path, f"{where}: a {snap.kind} has no tar form; left out"))
         return
+    d.written(ino, links, arcname, first)
     d.event(snap.path)
 
 
