@@ -11,7 +11,6 @@ a key.  Without a key an encrypted tree is refused unless --ciphertext is given.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import stat
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+import cipherdump
 import kernelfs
 from cipherdump.cli.main import cli
 
@@ -269,9 +269,9 @@ def test_refuses_a_terminal_and_leaves_no_partial_output(
     )
     proc = subprocess.run(
         ["script", "-qec", f"python3 -c \"{script}\"", "/dev/null"],
-        capture_output=True, env={**os.environ, **ENV}, timeout=120,
+        capture_output=True, timeout=120,
+        env={**os.environ, **ENV, "PYTHONPATH": str(Path(cipherdump.__file__).parents[1])},
     )  # fmt: skip
     if b"refusing" not in proc.stdout + proc.stderr and shutil.which("script") is None:
         pytest.skip("script(1) is not installed")
     assert b"refusing to write a tar archive to a terminal" in proc.stdout + proc.stderr
-    _ = io
