@@ -275,3 +275,24 @@ def test_refuses_a_terminal_and_leaves_no_partial_output(
     if b"refusing" not in proc.stdout + proc.stderr and shutil.which("script") is None:
         pytest.skip("script(1) is not installed")
     assert b"refusing to write a tar archive to a terminal" in proc.stdout + proc.stderr
+
+
+def test_a_dump_failing_midway_leaves_the_old_output(
+    kernel_image_v2: kernelfs.KernelImage, tmp_path: Path
+) -> None:
+    """--output is renamed into place only when complete: damage met after members were
+    written fails the dump (one line, the damage's exit code) and leaves FILE as it was."""
+    repo = backed_up(kernel_image_v2.image, tmp_path)
+    biggest = max((p for p in (repo / "data").rglob("*") if p.is_file()),
+                  key=lambda p: p.stat().st_size)  # fmt: skip
+    data = bytearray(biggest.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    biggest.chmod(0o644)
+    biggest.write_bytes(bytes(data))
+    out = tmp_path / "old.tar"
+    out.write_bytes(b"old")
+    done = run("dump", "-r", str(repo), "latest", "/", "--ciphertext", "-o", str(out))
+    assert done.exit_code == 5, done.output
+    assert len(done.output.strip().splitlines()) == 1
+    assert out.read_bytes() == b"old" and not list(tmp_path.glob(".old.tar.*"))
