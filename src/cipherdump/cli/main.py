@@ -26,6 +26,7 @@ from cipherdump.cli import (
     clone_cmd,
     completion_cmd,
     diff_cmd,
+    dump_cmd,
     extract_cmd,
     forget_cmd,
     globalopts,
@@ -103,6 +104,7 @@ cli.add_command(clone_cmd.clone_cmd)
 # Habits: the shell's completion, and the versions for a bug report.
 cli.add_command(completion_cmd.completion_cmd)
 cli.add_command(version_cmd.version_cmd)
+cli.add_command(dump_cmd.dump_cmd)
 
 
 def main() -> None:

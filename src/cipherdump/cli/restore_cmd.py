@@ -4,7 +4,9 @@
 (``--key``, ``--key-dir``, ``--passphrase``, ``--passphrase-file``, ``--protector-key``)
 and writes plaintext under DIR only.  ``restore SNAPSHOT --to-image OUT.img`` writes a
 new ext4 image holding the ciphertext as it was (no key needed); that engine lives in
-:mod:`cipherdump.engine.restore_image`.
+:mod:`cipherdump.engine.restore_image`.  ``restore --from-tar FILE`` and ``--from-dir
+DIR`` (with ``--to-image``) make the same image from a key-less copy made outside the
+repository (``dump --ciphertext``, a copy of the ciphertext view).
 """
 
 from __future__ import annotations
@@ -30,7 +32,21 @@ if TYPE_CHECKING:
 
 
 @click.command(name="restore")
-@click.argument("snapshot")
+@click.argument("snapshot", required=False)
+@click.option(
+    "--from-tar",
+    "from_tar",
+    metavar="FILE",
+    help="Instead of a snapshot: a key-less tar of dump --ciphertext (- for standard "
+    "input); needs --to-image.",
+)
+@click.option(
+    "--from-dir",
+    "from_dir",
+    metavar="DIR",
+    help="Instead of a snapshot: a tree copied from the ciphertext view with its xattrs "
+    "(cp -a, rsync -aAX, tar --xattrs, restic); needs --to-image.",
+)
 @click.option(
     "--target",
     metavar="DIR",
@@ -56,7 +72,9 @@ if TYPE_CHECKING:
 @sources.snapshot_options
 @render.one_line_errors
 def restore_cmd(
-    snapshot: str,
+    snapshot: str | None,
+    from_tar: str | None,
+    from_dir: str | None,
     target: str | None,
     to_image: str | None,
     size: str | None,
@@ -76,7 +94,24 @@ def restore_cmd(
     key given can decrypt are skipped with an error (exit 1); unencrypted parts are
     restored as they are.  Files already in DIR and identical are skipped, so an
     interrupted restore can be run again.  Nothing is written outside DIR.
+
+    --from-tar FILE and --from-dir DIR make the same image from a key-less copy made
+    outside the repository (docs/keyless-records.md): its records must all be there and
+    agree, or each missing or inconsistent one is named and nothing is written (exit 3).
     """
+    sources_given = [x for x in (snapshot, from_tar, from_dir) if x is not None]
+    if len(sources_given) != 1:
+        raise click.UsageError("give exactly one of SNAPSHOT, --from-tar FILE or --from-dir DIR")
+    if from_tar is not None or from_dir is not None:
+        if to_image is None or target is not None:
+            raise click.UsageError("--from-tar and --from-dir restore with --to-image OUT.img")
+        if keying:
+            raise click.UsageError("--to-image restores ciphertext; it takes no key")
+        if path != "/":
+            raise click.UsageError("--path goes with a snapshot")
+        _restore_copy(from_tar, from_dir, to_image, size, as_json)
+        return
+    assert snapshot is not None
     if (target is None) == (to_image is None):
         raise click.UsageError("give exactly one of --target DIR or --to-image OUT.img")
     if to_image is not None:
@@ -159,6 +194,44 @@ def _snapshot_totals(stats: object) -> tuple[int, int] | None:
         for how in ("new", "changed", "unchanged")
     )
     return data, inodes
+
+
+def _restore_copy(
+    from_tar: str | None, from_dir: str | None, out: str, size: str | None, as_json: bool
+) -> None:
+    """``--from-tar``/``--from-dir``: each missing or inconsistent record on a line of
+    its own, then the error that ends the run."""
+    from cipherdump.blockio.kinds import check_image_target
+    from cipherdump.engine.keyless_ingest import CopyRefused
+    from cipherdump.engine.restore_image import restore_copy_to_image
+
+    check_image_target(out)
+    on_progress, bar = render.progress_bar("restore")
+    try:
+        if from_tar is not None:
+            from cipherdump.engine.keyless_tar import open_tar_copy
+
+            opened = open_tar_copy(from_tar, os.path.dirname(os.path.abspath(out)))
+        else:
+            assert from_dir is not None
+            from cipherdump.engine.keyless_dir import open_dir_copy
+
+            opened = open_dir_copy(from_dir)
+        with opened as copy, bar:
+            report = restore_copy_to_image(copy, out, size=render.parse_size(size),
+                                           on_progress=on_progress,
+                                           on_problem=render.print_problem)  # fmt: skip
+    except CopyRefused as err:
+        for line in err.shown:
+            click.echo(f"cipherdump: error: {line}", err=True)
+        raise
+    if as_json:
+        click.echo(render.dumps(dict(report)))
+    else:
+        for k, v in report.items():
+            click.echo(f"{k}: {v}")
+    if report.get("problems"):
+        sys.exit(render.EXIT_PARTIAL)
 
 
 def _restore_to_image(

@@ -19,6 +19,7 @@ decrypted; a target that cannot keep them is refused.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -31,6 +32,8 @@ from typing import Any
 from cipherdump.blockio import TargetLock
 from cipherdump.blockio.mounts import find_mounts
 from cipherdump.engine.gctune import few_collections
+from cipherdump.engine.keyless_ingest import Copy, Ingested, ingest
+from cipherdump.engine.keyless_records import FILESYSTEM, pax_keyword, xattr_name
 from cipherdump.engine.nodeattrs import bytes_attr, int_attr, list_attr
 from cipherdump.engine.views.snapshot import SnapNode, SnapshotView
 from cipherdump.errors import (
@@ -126,6 +129,52 @@ class TargetFacts:
             log_groups_per_flex=sb.s_log_groups_per_flex,
             volume_name=sb.s_volume_name.rstrip(b"\0"),
         )
+
+
+# The ``filesystem`` record of key-less copies (docs/keyless-records.md): the fields
+# above as UTF-8 JSON, bytes in hex.
+_FACT_BYTES = ("uuid", "hash_seed", "volume_name")
+
+
+def facts_to_json(facts: TargetFacts) -> bytes:
+    """The ``filesystem`` record of ``facts``."""
+    rec: dict[str, Any] = {}
+    for name in TargetFacts.__dataclass_fields__:
+        value = getattr(facts, name)
+        rec[name] = value.hex() if isinstance(value, bytes) else value
+    rec["features"] = list(facts.features)
+    return json.dumps(rec, sort_keys=True).encode()
+
+
+def facts_from_json(raw: bytes, where: str) -> TargetFacts:
+    """Read a ``filesystem`` record back; every field must be there (nothing is guessed)."""
+    try:
+        rec = json.loads(raw.decode("utf-8"))
+        if not isinstance(rec, dict):
+            raise ValueError("not an object")
+        missing = [n for n in TargetFacts.__dataclass_fields__ if n not in rec]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
+        values: dict[str, Any] = {}
+        for name in TargetFacts.__dataclass_fields__:
+            value = rec[name]
+            if name in _FACT_BYTES:
+                values[name] = bytes.fromhex(value)
+            elif name == "features":
+                if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                    raise ValueError("features is not a list of names")
+                values[name] = tuple(value)
+            elif isinstance(value, int) and not isinstance(value, bool):
+                values[name] = value
+            else:
+                raise ValueError(f"{name} is not a number")
+        if len(values["uuid"]) != 16 or len(values["hash_seed"]) != 16:
+            raise ValueError("uuid and hash_seed must be 16 bytes")
+        if values["block_size"] not in (1024, 2048, 4096, 8192, 16384, 32768, 65536):
+            raise ValueError(f"block size {values['block_size']}")
+    except (ValueError, TypeError, UnicodeDecodeError) as err:
+        raise InputError(f"{where}: the filesystem record cannot be read: {err}") from None
+    return TargetFacts(**values)
 
 
 # -- the target image ----------------------------------------------------------------
@@ -614,3 +663,51 @@ def restore_to_image(
     _report(stats, on_problem)
     return _summary(stats, out_path, started, snapshot=snapshot_id.hex, created=created,
                     path=os.fsdecode(path or b"/"), keeps_inode_numbers=ties)  # fmt: skip
+
+
+# -- restore from a key-less copy (tar or directory) ------------------------------------
+
+
+class CopiedTree:
+    """A key-less copy as a tree source: the nodes :func:`ingest` checked, data read
+    from the copy (zeros past its end: the last block of a file)."""
+
+    def __init__(self, ingested: Ingested, block_size: int) -> None:
+        self.ingested = ingested
+        self.bs = block_size
+
+    def children(self, node: SrcNode) -> list[SrcNode]:
+        return self.ingested.children.get(node.ino, [])
+
+    def reader(self, node: SrcNode) -> BlockReader:
+        read_at, _size = self.ingested.readers[node.ino]
+        bs = self.bs
+
+        def read(lblk: int, count: int) -> bytes:
+            return read_at(lblk * bs, count * bs)
+
+        return read
+
+
+def restore_copy_to_image(
+    copy: Copy, out_path: str, *, size: int | None, on_progress: OnProgress | None = None,
+    on_problem: OnProblem | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Write a key-less copy (``restore --from-tar``/``--from-dir``) into an image:
+    the same image a key-less restore of the snapshot makes.  Raises
+    :class:`~cipherdump.engine.keyless_ingest.CopyRefused` (before anything is
+    written) when records are missing or inconsistent."""
+    started = time.monotonic()
+    if copy.filesystem is None:
+        raise InputError(
+            f"{copy.shown}: no filesystem record ({pax_keyword(FILESYSTEM)} / "
+            f"{xattr_name(FILESYSTEM)} on the root): the block size, UUID and hash seed "
+            "of the original cannot be guessed"
+        )
+    facts = facts_from_json(copy.filesystem, copy.shown)
+    ingested = ingest(copy.entries, facts.block_size, copy.shown)
+    tree = CopiedTree(ingested, facts.block_size)
+    stats, created, ties = _plan_and_write(out_path, ingested.root, tree, facts, size, on_progress)
+    _report(stats, on_problem)
+    return _summary(stats, out_path, started, source=copy.shown, created=created,
+                    keeps_inode_numbers=ties)  # fmt: skip

@@ -132,6 +132,7 @@ def test_help_lists_every_command() -> None:
     expected |= {"repair", "restore", "snapshots", "stat"}
     expected |= {"forget", "tag", "prune", "unlock", "key", "stats"}
     expected |= {"completion", "version"}
+    expected |= {"forget", "tag", "prune", "unlock", "key", "stats", "dump"}
     assert set(cli.commands) == expected
     for name in expected:
         assert f"  {name} " in out

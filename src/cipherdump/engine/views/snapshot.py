@@ -94,6 +94,8 @@ def _node_from(value: Value, subtree: Id | None, what: str) -> Node:
 class SnapshotView:
     def __init__(self, repo: Repository, snapshot_id: Id, snapshot: Snapshot) -> None:
         self.repo = repo
+        # The last data chunk read by :meth:`read_stored`.
+        self._kept: tuple[Id, bytes] | None = None
         self.id = snapshot_id
         self.snapshot = snapshot
         attrs = snapshot.attrs
@@ -289,6 +291,34 @@ class SnapshotView:
             return decode_context(context).policy.data_unit_size(self.block_size)
         except CipherdumpError:
             return self.block_size
+
+    def read_stored(self, node: SnapNode, offset: int, length: int) -> bytes:
+        """The file's stored bytes ``[offset, offset + length)`` from its chunks (chunks
+        not stored read as zeros); one chunk is kept between calls."""
+        a = node.attrs
+        size = int_attr(a, "chunk_size", self.chunk_size)
+        indices = a.get("chunks", ())
+        chunk_of: dict[int, Id] = {}
+        if isinstance(indices, tuple):
+            for index, blob_id in zip(indices, node.node.content, strict=False):
+                if isinstance(index, int):
+                    chunk_of[index] = blob_id
+        out = bytearray()
+        pos, end = offset, offset + length
+        while pos < end:
+            index, within = divmod(pos, size)
+            n = min(size - within, end - pos)
+            found = chunk_of.get(index)
+            if found is None:
+                out += bytes(n)
+            else:
+                if self._kept is None or self._kept[0] != found:
+                    self._kept = (found, self.repo.load_blob(BlobType.DATA, found))
+                piece = self._kept[1][within : within + n]
+                out += piece
+                out += bytes(n - len(piece))
+            pos += n
+        return bytes(out)
 
     def iter_stored(self, node: SnapNode, length: int) -> Iterator[bytes]:
         """The file's stored bytes ``[0, length)``: chunks, holes and unwritten as zeros."""
