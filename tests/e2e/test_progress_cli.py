@@ -1,4 +1,5 @@
-"""Progress of the long commands: a rich bar on stderr when stderr is a terminal (run
+"""Progress of the long commands (backup, both restores, clone, extract, check, prune,
+stats, dump): a rich bar on stderr when stderr is a terminal (run
 here on a pseudo-terminal), and nothing extra when it is not (a log, a pipe) or with
 ``-q``."""
 
@@ -64,6 +65,7 @@ def commands(repo: Path, out: Path) -> dict[str, tuple[list[str], str]]:
         "check --read-data": ([*r, "check", "--read-data"], "check: reading packs"),
         "prune": ([*r, "prune", "--max-unused", "0"], "prune: marking snapshots"),
         "stats": ([*r, "stats"], "stats: walking snapshots"),
+        "dump": ([*r, "dump", "latest", "/public", "--output", str(out / "d.tar")], "dump"),
     }  # fmt: skip
 
 
