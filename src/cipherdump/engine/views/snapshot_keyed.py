@@ -38,7 +38,6 @@ from cipherdump.fscrypt.inode_cipher import InodeCipher
 from cipherdump.fscrypt.keys import KeyRing
 from cipherdump.fscrypt.symlink import decode_encrypted_symlink
 from cipherdump.ondisk.inode import EXT4_ENCRYPT_FL
-from cipherdump.repo import BlobType, Id
 
 __all__ = ["KeyedSnapshotView", "PlainNode"]
 
@@ -78,7 +77,6 @@ class KeyedSnapshotView:
         )
         # The policies no key matched (for messages).
         self.missing: dict[bytes, Policy] = self._ciphers.missing
-        self._blob: tuple[Id, bytes] | None = None
 
     # -- keys --------------------------------------------------------------------------
     def _cipher(self, snap: SnapNode) -> InodeCipher | CipherdumpError:
@@ -244,7 +242,7 @@ class KeyedSnapshotView:
             while off < end:
                 want = min(_STEP, end - off)
                 units = -(-want // du)
-                raw = self._read_stored(snap, off, units * du)
+                raw = self.view.read_stored(snap, off, units * du)
                 if cipher is not None:
                     raw = cipher.decrypt_data_units(off // du, raw)
                 yield Segment(off, want, raw[:want])
@@ -252,33 +250,6 @@ class KeyedSnapshotView:
             pos = end
         if pos < size:
             yield Segment(pos, size - pos, None)
-
-    def _read_stored(self, snap: SnapNode, offset: int, length: int) -> bytes:
-        """Stored bytes ``[offset, offset + length)`` from the file's chunks."""
-        a = snap.attrs
-        chunk_size = int_attr(a, "chunk_size", self.view.chunk_size)
-        chunk_of: dict[int, Id] = {}
-        indices = a.get("chunks", ())
-        if isinstance(indices, tuple):
-            for index, blob_id in zip(indices, snap.node.content, strict=False):
-                if isinstance(index, int):
-                    chunk_of[index] = blob_id
-        out = bytearray()
-        pos, end = offset, offset + length
-        while pos < end:
-            index, within = divmod(pos, chunk_size)
-            n = min(chunk_size - within, end - pos)
-            found = chunk_of.get(index)
-            if found is None:
-                out += bytes(n)
-            else:
-                if self._blob is None or self._blob[0] != found:
-                    self._blob = (found, self.view.repo.load_blob(BlobType.DATA, found))
-                piece = self._blob[1][within : within + n]
-                out += piece
-                out += bytes(n - len(piece))
-            pos += n
-        return bytes(out)
 
     # -- paths -------------------------------------------------------------------------
     def root(self) -> PlainNode:
