@@ -18,6 +18,7 @@ kernel cannot show without the key: the stored bytes of a file and its context.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -172,7 +173,14 @@ def test_ciphertext_mount_shows_what_the_kernel_shows_without_the_key(
         assert links and all(os.fsdecode(p) in entries for p in links)
         for p in links:
             assert entries[os.fsdecode(p)]["ino"] == kernel_image.no_key[p].ino
-            assert "symlink" in entries[os.fsdecode(p)] and "context" in entries[os.fsdecode(p)]
+            entry = entries[os.fsdecode(p)]
+            assert base64.b64decode(entry["context"]) == kernelfs.debugfs_context(
+                kernel_image.image, kernel_image.no_key[p].ino
+            )
+            # The payload only where the no-key target (long form: 252 characters)
+            # does not hold it whole.
+            target = kernel_image.no_key[p].link_target or b""
+            assert ("symlink" in entry) == (len(target) == 252), p
     assert served.exit_code == 0, served.stderr()
     assert served.unmounted_cleanly
 

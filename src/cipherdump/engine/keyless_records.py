@@ -41,7 +41,7 @@ ALL: Final = (SIZE, CONTEXT, NAME, HASH, SYMLINK, INO, FLAGS, FILESYSTEM)
 #: Views only, on a directory: the records of its entries that cannot carry ``user.``
 #: xattrs (symlinks, device nodes, FIFOs, sockets: Linux refuses them ``user.*``) and
 #: the per-entry ones (``name``, ``hash``) of its hard-linked files, as UTF-8 JSON from
-#: shown name to records (numbers as numbers, bytes in hex).  A tar needs none: each of
+#: shown name to records (numbers as numbers, bytes in base64).  A tar needs none: each of
 #: its entries carries its own PAX records.
 ENTRIES: Final = "entries"
 

@@ -14,6 +14,7 @@ with its directory instead, in ``user.cipherdump.entries``; so do the per-entry 
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 from collections.abc import Iterable, Mapping
@@ -22,6 +23,7 @@ from typing import Any
 
 from cipherdump.engine import keyless_records as records
 from cipherdump.errors import CipherdumpError
+from cipherdump.fscrypt.nokey import NOKEY_PREFIX_SIZE
 from cipherdump.ondisk.acl import ext4_acl_to_xattr
 from cipherdump.ondisk.inode import EXT4_ENCRYPT_FL
 from cipherdump.ondisk.xattr import (
@@ -85,9 +87,21 @@ class ObjectFacts:
         return self.kind in _CARRIERS
 
     @property
+    def long_name(self) -> bool:
+        """An encrypted name its no-key name does not hold whole (the kernel's long form
+        keeps a prefix and a digest), so ``name`` is the only copy of it."""
+        return self.name_encrypted and len(self.raw_name) > NOKEY_PREFIX_SIZE
+
+    @property
+    def long_symlink(self) -> bool:
+        """An encrypted symlink whose no-key target does not hold the whole payload."""
+        return self.symlink is not None and len(self.symlink) - 2 > NOKEY_PREFIX_SIZE
+
+    @property
     def links_elsewhere(self) -> bool:
-        """A hard-linked file: its per-entry records go to its directory too."""
-        return self.kind == "file" and self.links > 1 and self.name_encrypted
+        """A hard-linked file with a long name: a copy stores one ``name`` for all its
+        links, so its own goes to its directory too."""
+        return self.kind == "file" and self.links > 1 and self.long_name
 
 
 def object_records(facts: ObjectFacts) -> dict[str, bytes]:
@@ -152,22 +166,39 @@ def entries_record(kids: Iterable[tuple[bytes, ObjectFacts]]) -> bytes | None:
     whose records cannot travel with its inode, those records; None when there is none.
 
     UTF-8 JSON: an object from shown name to an object of records, numbers as JSON
-    numbers and bytes in hex.
+    numbers and bytes in base64 (RFC 4648, padded).  Only what the entry does not show
+    itself is there, because ext4 holds all the xattrs of one inode in one block (a
+    copy onto ext4 fails past it): ``ino``, ``flags`` and ``context`` always; ``name``
+    and ``symlink`` only where the no-key name or target is the long form, which does
+    not hold them whole.  A short no-key name decodes to the hash and the whole
+    ciphertext name, a short no-key target to the whole symlink ciphertext (whose
+    length gives the payload).
     """
     out: dict[str, dict[str, Any]] = {}
     for name, facts in kids:
         if not facts.has_records or (facts.carries_records and not facts.links_elsewhere):
             continue
-        entry: dict[str, Any] = {}
-        for record, value in object_records(facts).items():
-            if record in (records.SIZE, records.INO, records.FLAGS):
-                entry[record] = int(value)
-            else:
-                entry[record] = value.hex()
+        entry: dict[str, Any] = {
+            records.INO: facts.ino,
+            records.FLAGS: facts.flags,
+        }
+        if facts.context is not None:
+            entry[records.CONTEXT] = _b64(facts.context)
+        if facts.long_name:
+            entry[records.NAME] = _b64(facts.raw_name)
+            if facts.stored_hash is not None:
+                h, minor = facts.stored_hash
+                entry[records.HASH] = _b64(h.to_bytes(4, "little") + minor.to_bytes(4, "little"))
+        if facts.long_symlink and facts.symlink is not None:
+            entry[records.SYMLINK] = _b64(facts.symlink)
         out[name.decode("utf-8", "surrogateescape")] = entry
     if not out:
         return None
     return json.dumps(out, separators=(",", ":")).encode("utf-8", "surrogateescape")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 def filesystem_record(facts: Any) -> bytes:
