@@ -81,6 +81,7 @@ class RepositoryLayout:
         self._listed: list[_Listed] = []
         self._loaded_at: float | None = None
         self._trees: dict[Id, SnapshotTree | CipherdumpError] = {}
+        self.reported: set[Id] = set()  # snapshots that cannot be opened, named once
         self.root: MountNode = _Dir(self, b"/", self._top)
         self.loads = 0  # how often the list was read (tests)
 
@@ -250,7 +251,14 @@ class _SnapshotDir(MountNode):
         return self.layout.tree(self.item).root
 
     def attr(self) -> Attr:
-        return self._root().attr()
+        try:
+            return self._root().attr()
+        except CipherdumpError as err:
+            # Listed anyway (so that snapshots/ still lists); using it fails with EIO.
+            if self.item.id not in self.layout.reported:
+                self.layout.reported.add(self.item.id)
+                self.layout.problem(b"/snapshots/" + self.item.name, err)
+            return _Dir(self.layout, b"/snapshots/" + self.item.name, dict).attr()
 
     def children(self) -> Mapping[bytes, MountNode]:
         return self._root().children()
