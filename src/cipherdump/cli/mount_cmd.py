@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cipherdump.cli import keyopts, render, sources
+from cipherdump.cli import keyopts, mounted, render, sources
 from cipherdump.errors import CipherdumpError, OutputError
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ def _cache_size(_ctx: click.Context, _param: click.Parameter, value: str) -> int
     help="Let other users use the mount (the modes and owners shown still apply; "
     "needs user_allow_other in /etc/fuse.conf unless root).",
 )
+@mounted.allow_mounted_option("With --ciphertext, serve")
 @keyopts.key_options
 @sources.snapshot_options
 @render.one_line_errors
@@ -63,6 +64,7 @@ def mount_cmd(
     ciphertext: bool,
     cache_size: int,
     allow_other: bool,
+    allow_mounted: bool,
     keying: keyopts.KeyOptions,
     repo: str | None,
     password_file: str | None,
@@ -101,6 +103,10 @@ def mount_cmd(
         source, mountpoint = None, first
     if not os.path.isdir(mountpoint):
         raise click.UsageError(f"mount point {mountpoint!r} is not a directory")
+    if source is not None:
+        # Other tools copy what the view serves: as for backup, a live source may
+        # come out inconsistent.
+        mounted.check_mounted(source, allow_mounted=allow_mounted, doing="serve it")
     serve = _fuse()
     if source is not None:
         _mount_ciphertext(serve, source, mountpoint, allow_other)
