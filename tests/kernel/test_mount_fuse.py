@@ -217,6 +217,11 @@ def test_repository_mount_without_and_with_keys(
         _check_nokey(ours, top, kernel_image, tmp_path, same_inos=False)
         again = snapshot_view(mnt / "latest" / enc)
         assert {p: n.ino for p, n in again.items()} == {p: n.ino for p, n in ours.items()}
+        # The mount holds a shared lock: what needs an exclusive one waits for it.
+        tagging = subprocess.run(
+            [*CLI, "tag", "--add", "x", short], env=_env(repo), capture_output=True, timeout=120
+        )
+        assert tagging.returncode == 8, tagging.stderr
     assert served.exit_code == 0, served.stderr()
     assert served.unmounted_cleanly
 

@@ -13,9 +13,11 @@ number and a remount shows the same ones.  Blobs are read through a shared
 
 from __future__ import annotations
 
+import bisect
 import stat
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import cached_property
 
 from cipherdump.engine.keyless_records import FILESYSTEM, xattr_name
@@ -105,20 +107,13 @@ class SnapshotTree:
         """Whether a key given opens this encrypted object."""
         return self.keyed is not None and snap.is_encrypted and self.keyed.names_decrypted(snap)
 
-    def stored(self, snap: SnapNode, offset: int, length: int) -> bytes:
+    def stored(self, snap: SnapNode, offset: int, length: int, layout: FileLayout) -> bytes:
         """Stored bytes ``[offset, offset + length)`` of a file, through the cache;
         chunks not stored (holes, unwritten) read as zeros."""
-        a = snap.attrs
-        if bytes_attr(a, "inline") is not None:
+        if bytes_attr(snap.attrs, "inline") is not None:
             data = b"".join(self.view.iter_stored(snap, offset + length))
             return data[offset:]
-        chunk_size = int_attr(a, "chunk_size", self.view.chunk_size)
-        chunk_of: dict[int, Id] = {}
-        indices = a.get("chunks", ())
-        if isinstance(indices, tuple):
-            for index, blob_id in zip(indices, snap.node.content, strict=False):
-                if isinstance(index, int):
-                    chunk_of[index] = blob_id
+        chunk_size, chunk_of = layout.chunk_size, layout.chunks
         out = bytearray()
         pos, end = offset, offset + length
         while pos < end:
@@ -131,30 +126,25 @@ class SnapshotTree:
             pos += n
         return bytes(out)
 
-    def plaintext(self, snap: SnapNode, path: bytes, offset: int, length: int) -> bytes:
+    def plaintext(
+        self, snap: SnapNode, path: bytes, offset: int, length: int, layout: FileLayout
+    ) -> bytes:
         """Decrypted bytes ``[offset, offset + length)`` (within ``i_size``): data
         units in mapped, written runs are decrypted, the rest reads as zeros."""
         keyed = self.keyed
         assert keyed is not None
         cipher = keyed.cipher(snap, path.decode("utf-8", "backslashreplace"))
         du = cipher.data_unit_size
-        bs = self.view.block_size
-        a = snap.attrs
-        runs: list[tuple[int, int]] = []
-        for e in list_attr(a, "extents"):
-            if isinstance(e, tuple | list) and len(e) == 4:
-                lblk, count, _pblk, unwritten = e
-                if isinstance(lblk, int) and isinstance(count, int) and not unwritten:
-                    runs.append((lblk * bs, (lblk + count) * bs))
-        if "extents" not in a and snap.node.content:
-            # A snapshot without a block map but with data (no extents were kept):
-            # all of it is mapped.  Without either, the file is one hole.
-            runs = [(0, int_attr(a, "size"))]
         first = offset // du * du
         last = -(-(offset + length) // du) * du
         out = bytearray()
         pos = first
-        for start, end in sorted(runs):
+        # The runs overlapping [first, last), found by bisection: a read costs the
+        # same at the end of a file of many runs as at its start.
+        i = bisect.bisect_right(layout.run_ends, first)
+        for start, end in layout.runs[i:]:
+            if start >= last:
+                break
             start, end = max(start, pos), min(end, last)
             if start >= end:
                 continue
@@ -162,12 +152,47 @@ class SnapshotTree:
                 out += bytes(start - pos)
             # Runs are in blocks, a block holds whole data units: start is aligned.
             units = -(-(end - start) // du)
-            raw = self.stored(snap, start, units * du)
+            raw = self.stored(snap, start, units * du, layout)
             out += cipher.decrypt_data_units(start // du, raw)[: end - start]
             pos = end
         if pos < last:
             out += bytes(last - pos)
         return bytes(out[offset - first : offset - first + length])
+
+
+@dataclass(frozen=True, slots=True)
+class FileLayout:
+    """Where a file's bytes are: its chunks by index, and its written runs (byte
+    ranges, sorted) with their ends for bisection; made once per file."""
+
+    chunk_size: int
+    chunks: dict[int, Id]
+    runs: list[tuple[int, int]]
+    run_ends: list[int]
+
+    @classmethod
+    def of(cls, snap: SnapNode, default_chunk_size: int, block_size: int) -> FileLayout:
+        a = snap.attrs
+        chunk_of: dict[int, Id] = {}
+        indices = a.get("chunks", ())
+        if isinstance(indices, tuple):
+            for index, blob_id in zip(indices, snap.node.content, strict=False):
+                if isinstance(index, int):
+                    chunk_of[index] = blob_id
+        runs: list[tuple[int, int]] = []
+        for e in list_attr(a, "extents"):
+            if isinstance(e, tuple | list) and len(e) == 4:
+                lblk, count, _pblk, unwritten = e
+                if isinstance(lblk, int) and isinstance(count, int) and not unwritten:
+                    runs.append((lblk * block_size, (lblk + count) * block_size))
+        if "extents" not in a and snap.node.content:
+            # A snapshot without a block map but with data (no extents were kept):
+            # all of it is mapped.  Without either, the file is one hole.
+            runs = [(0, int_attr(a, "size"))]
+        runs.sort()
+        return cls(
+            int_attr(a, "chunk_size", default_chunk_size), chunk_of, runs, [e for _, e in runs]
+        )
 
 
 def _facts(snap: SnapNode, name_encrypted: bool) -> ObjectFacts:
@@ -301,8 +326,13 @@ class SnapEntry(MountNode):
         if offset >= end:
             return b""
         if snap.is_encrypted and self.decrypted:
-            return self.tree.plaintext(snap, self.path, offset, end - offset)
-        return self.tree.stored(snap, offset, end - offset)
+            return self.tree.plaintext(snap, self.path, offset, end - offset, self.layout)
+        return self.tree.stored(snap, offset, end - offset, self.layout)
+
+    @cached_property
+    def layout(self) -> FileLayout:
+        view = self.tree.view
+        return FileLayout.of(self.snap, view.chunk_size, view.block_size)
 
     def xattrs(self) -> Mapping[str, bytes]:
         a = self.snap.attrs
