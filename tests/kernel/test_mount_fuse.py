@@ -36,7 +36,15 @@ from kernelfs import NodeView, snapshot_view
 
 pytestmark = pytest.mark.kernel
 
-CONFIGS = ["4k-v2-pad32", "4k-v1-pad32", "4k-stable-v2-pad32-lblk64", "1k-v2-pad32"]
+CONFIGS = [
+    "4k-v2-pad32",
+    "4k-v1-pad32",
+    "4k-stable-v2-pad32-lblk64",
+    "1k-v2-pad32",
+    "4k-v2-pad32-du512",
+    "4k-inline-v2-pad32",
+    "4k-inode128-v2-pad32",
+]
 PREFIX = records.XATTR_PREFIX.encode()
 
 
@@ -266,3 +274,27 @@ def test_mount_without_mfusepy_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     lines = proc.stderr.decode().splitlines()
     assert len(lines) == 1 and "pip install 'cipherdump[mount]'" in lines[0]
+
+
+def test_acls_and_other_xattrs_read_as_the_kernel_returns_them(tmp_path: Path) -> None:
+    """ext4 stores ACLs in a form of its own; the view returns what getxattr(2) did."""
+    image = kernelfs.make_image(tmp_path / "acl.img", 16)
+    acl = (2).to_bytes(4, "little") + b"".join(
+        tag.to_bytes(2, "little") + perm.to_bytes(2, "little") + ident.to_bytes(4, "little")
+        for tag, perm, ident in (
+            (0x01, 6, 0xFFFFFFFF),
+            (0x02, 4, 1234),
+            (0x04, 4, 0xFFFFFFFF),
+            (0x10, 4, 0xFFFFFFFF),
+            (0x20, 0, 0xFFFFFFFF),
+        )
+    )
+    with kernelfs.mounted(image) as mnt:
+        (mnt / "f").write_bytes(b"x")
+        os.setxattr(mnt / "f", "system.posix_acl_access", acl)
+        os.setxattr(mnt / "f", "trusted.note", b"t")
+        kernel = {n: os.getxattr(mnt / "f", n) for n in os.listxattr(mnt / "f")}
+    with serving(["--ciphertext", str(image)], tmp_path / "mnt", env=_env()):
+        f = tmp_path / "mnt" / "f"
+        assert {n: os.getxattr(f, n) for n in os.listxattr(f)} == kernel
+        assert kernel["system.posix_acl_access"] == acl
