@@ -298,3 +298,46 @@ def test_acls_and_other_xattrs_read_as_the_kernel_returns_them(tmp_path: Path) -
         f = tmp_path / "mnt" / "f"
         assert {n: os.getxattr(f, n) for n in os.listxattr(f)} == kernel
         assert kernel["system.posix_acl_access"] == acl
+
+
+def _find(root: Path, fmt: str) -> list[str]:
+    proc = subprocess.run(
+        ["find", ".", "-printf", fmt],
+        cwd=root,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    return sorted(proc.stdout.decode(errors="surrogateescape").splitlines())
+
+
+@pytest.mark.parametrize("kernel_image", ["4k-v2-pad32", "1k-v1-pad16"], indirect=True)
+def test_find_stat_and_cmp_agree_with_the_kernel_mount(
+    kernel_image: kernelfs.KernelImage, tmp_path: Path
+) -> None:
+    """GNU find, stat and cmp over the kernel's own mount of the image and over ours:
+    without the key (``--ciphertext``) and with it (a repository mount with ``--key``)."""
+    enc = os.fsdecode(kernel_image.config.encrypted_dir)
+    # Sizes differ without the key (padded), inode numbers with it (per snapshot).
+    nokey_fmt = "%P %y %m %U %G %n %i %T@ %C@ %l\\n"
+    keyed_fmt = "%P %y %m %U %G %n %s %T@ %C@ %l\\n"
+    repo = tmp_path / "repo"
+    _backup(kernel_image, repo)
+    key = tmp_path / "key"
+    key.write_bytes(kernel_image.master_key)
+    # Read-only: the image stays unchanged, and a source mounted read-write is refused.
+    with kernelfs.mounted(kernel_image.image, readonly=True) as kmnt:
+        kernel_nokey = _find(kmnt / enc, nokey_fmt)
+        pol = kernel_image.config.policy
+        descriptor = kernelfs.key_descriptor(kernel_image.master_key) if pol.version == 1 else None
+        kernelfs.add_key(kmnt, kernel_image.master_key, descriptor)
+        kernel_keyed = _find(kmnt / enc, keyed_fmt)
+        with serving(["--ciphertext", str(kernel_image.image)], tmp_path / "ct", env=_env()):
+            assert _find(tmp_path / "ct" / enc, nokey_fmt) == kernel_nokey
+        with serving(["--key", str(key)], tmp_path / "mnt", env=_env(repo)):
+            ours = tmp_path / "mnt" / "latest" / enc
+            assert _find(ours, keyed_fmt) == kernel_keyed
+            for line in _find(ours, "%y %P\\n"):
+                kind, _, rel = line.partition(" ")
+                if kind == "f":
+                    subprocess.run(["cmp", ours / rel, kmnt / enc / rel], timeout=60, check=True)
