@@ -75,6 +75,7 @@ class ImageEntry(MountNode):
         self.node = node
         self.is_root = is_root
         self._attr: Attr | None = None
+        self._xattrs: dict[str, bytes] | None = None
 
     @property
     def _du(self) -> int:
@@ -140,6 +141,12 @@ class ImageEntry(MountNode):
         return inode.read_raw(offset, end)
 
     def xattrs(self) -> Mapping[str, bytes]:
+        # Asked for once per name by every listxattr/getxattr: made once per entry.
+        if self._xattrs is None:
+            self._xattrs = self._make_xattrs()
+        return self._xattrs
+
+    def _make_xattrs(self) -> dict[str, bytes]:
         inode = self.node.inode
         ns = self.view.ns
         own = [(x.index, x.name, x.value) for x in inode.xattrs]

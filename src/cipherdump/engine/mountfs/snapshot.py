@@ -238,6 +238,7 @@ class SnapEntry(MountNode):
         self.name_shown_nokey = name_shown_nokey
         self.is_root = is_root
         self._attr: Attr | None = None
+        self._xattrs: dict[str, bytes] | None = None
 
     @cached_property
     def decrypted(self) -> bool:
@@ -335,6 +336,12 @@ class SnapEntry(MountNode):
         return FileLayout.of(self.snap, view.chunk_size, view.block_size)
 
     def xattrs(self) -> Mapping[str, bytes]:
+        # Asked for once per name by every listxattr/getxattr: made once per entry.
+        if self._xattrs is None:
+            self._xattrs = self._make_xattrs()
+        return self._xattrs
+
+    def _make_xattrs(self) -> dict[str, bytes]:
         a = self.snap.attrs
         own: list[tuple[int, bytes, bytes]] = []
         for item in list_attr(a, "xattrs"):
