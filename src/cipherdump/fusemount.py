@@ -150,7 +150,8 @@ def serve(
         "default_permissions": True,
         # Nothing changes under a read-only view: keep pages between opens.
         "kernel_cache": True,
-        "fsname": fsname,
+        # libfuse splits options at commas; a backslash escapes one.
+        "fsname": fsname.replace("\\", "\\\\").replace(",", "\\,"),
         "subtype": "cipherdump",
     }
     if allow_other:
