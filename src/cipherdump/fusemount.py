@@ -68,14 +68,14 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
             self.on_error(path, err)
         return OSError(errno.EIO, "cannot be read")
 
-    def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
+    def getattr(self, path: str, _fh: Any = None) -> dict[str, int]:
         p = _path(path)
         try:
             return _stat(self.tree.getattr(p))
         except CipherdumpError as err:
             raise self._failed(p, err) from None
 
-    def readdir(self, path: str, fh: Any) -> Iterator[tuple[str, dict[str, int], int]]:
+    def readdir(self, path: str, _fh: Any) -> Iterator[tuple[str, dict[str, int], int]]:
         p = _path(path)
         try:
             entries = self.tree.readdir(p)
@@ -104,7 +104,7 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
             raise self._failed(p, err) from None
         return 0
 
-    def read(self, path: str, size: int, offset: int, fh: Any) -> bytes:
+    def read(self, path: str, size: int, offset: int, _fh: Any) -> bytes:
         p = _path(path)
         try:
             return self.tree.read(p, offset, size)
