@@ -45,8 +45,10 @@ def _cache_size(_ctx: click.Context, _param: click.Parameter, value: str) -> int
     "--cache-size",
     default="64M",
     show_default=True,
+    metavar="SIZE",
     callback=_cache_size,
-    help="Memory for data blobs read from the repository (e.g. 64M, 1G).",
+    help="Memory kept for data blobs read from the repository (e.g. 64M, 1G; "
+    "not the S3 --cache-dir).",
 )
 @click.option(
     "--allow-other",
@@ -77,7 +79,8 @@ def mount_cmd(
     A repository (-r/--repo or CIPHERDUMP_REPOSITORY) shows:
       snapshots/ID/      each snapshot's filesystem, from its /
       latest             the newest snapshot
-      ids/FULL-ID        hosts/HOST/ID  tags/TAG/ID   (and a latest in each)
+      ids/FULL-ID        links to snapshots/ID
+      hosts/HOST/ID, tags/TAG/ID   by host and by tag, each with a latest
 
     Modes, owners, nanosecond times, sizes, symlinks, hard links and xattrs are the
     source's.  Without keys, encrypted names appear as their no-key names (as ls shows
