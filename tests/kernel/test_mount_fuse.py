@@ -86,6 +86,11 @@ def _du(kernel_image: kernelfs.KernelImage) -> int:
     return kernel_image.config.block_size
 
 
+def _nokey_bytes(nokey: bytes) -> bytes:
+    """What a kernel no-key name (or symlink target) holds after its 8 hash bytes."""
+    return base64.urlsafe_b64decode(nokey + b"=" * (-len(nokey) % 4))[8:]
+
+
 def _records(node: NodeView) -> dict[bytes, bytes]:
     return {k[len(PREFIX) :]: v for k, v in node.xattrs if k.startswith(PREFIX)}
 
@@ -169,26 +174,34 @@ def test_ciphertext_mount_shows_what_the_kernel_shows_without_the_key(
             assert (o.mode, o.ino, o.size, o.mtime_ns, o.sha256) == (
                 k.mode, k.ino, k.size, k.mtime_ns, k.sha256,
             )  # fmt: skip
-            assert _records(o) == {}
+            # Records on every object, as dump puts them: a copy that dropped them is caught.
+            if stat.S_ISREG(k.mode) or stat.S_ISDIR(k.mode):
+                assert _records(o)[b"ino"] == str(k.ino).encode()
+                assert b"flags" in _records(o) and b"context" not in _records(o)
         facts = json.loads(os.getxattr(mnt, records.xattr_name(records.FILESYSTEM)))
         assert facts["block_size"] == kernel_image.config.block_size
         assert facts["uuid"] == kernel_image.uuid.hex
-        # A symlink's records travel with its directory (Linux refuses user.* on it).
-        entries = json.loads(os.getxattr(enc, records.xattr_name(records.ENTRIES)))
-        links = [
-            p for p, n in kernel_image.no_key.items() if stat.S_ISLNK(n.mode) and b"/" not in p
-        ]
-        assert links and all(os.fsdecode(p) in entries for p in links)
-        for p in links:
-            assert entries[os.fsdecode(p)]["ino"] == kernel_image.no_key[p].ino
-            entry = entries[os.fsdecode(p)]
-            assert base64.b64decode(entry["context"]) == kernelfs.debugfs_context(
-                kernel_image.image, kernel_image.no_key[p].ino
-            )
-            # The payload only where the no-key target (long form: 252 characters)
-            # does not hold it whole.
-            target = kernel_image.no_key[p].link_target or b""
-            assert ("symlink" in entry) == (len(target) == 252), p
+        # Symlinks and special files carry their records as trusted.cipherdump.*
+        # (Linux keeps no user.* xattrs on them).
+        enc = mnt / os.fsdecode(kernel_image.config.encrypted_dir)
+        others = [p for p, n in kernel_image.no_key.items() if n.kind not in ("reg", "dir")]
+        assert any(kernel_image.no_key[p].kind == "lnk" for p in others)
+        for p in others:
+            k = kernel_image.no_key[p]
+            full = enc / os.fsdecode(p)
+
+            def trusted(record: str, full: Path = full) -> bytes:
+                return os.getxattr(full, "trusted.cipherdump." + record, follow_symlinks=False)
+
+            assert trusted("ino") == str(k.ino).encode(), p
+            assert int(trusted("flags")) >= 0
+            # The name the kernel's no-key name encodes: whole, or its first 149 bytes.
+            assert _nokey_bytes(os.path.basename(p))[:149] == trusted("name")[:149], p
+            if k.kind == "lnk":
+                assert trusted("context") == kernelfs.debugfs_context(kernel_image.image, k.ino)
+                payload = trusted("symlink")
+                assert int.from_bytes(payload[:2], "little") == len(payload) - 2
+                assert _nokey_bytes(k.link_target or b"")[:149] == payload[2:151], p
     assert served.exit_code == 0, served.stderr()
     assert served.unmounted_cleanly
 
@@ -297,7 +310,8 @@ def test_acls_and_other_xattrs_read_as_the_kernel_returns_them(tmp_path: Path) -
         kernel = {n: os.getxattr(mnt / "f", n) for n in os.listxattr(mnt / "f")}
     with serving(["--ciphertext", str(image)], tmp_path / "mnt", env=_env()):
         f = tmp_path / "mnt" / "f"
-        assert {n: os.getxattr(f, n) for n in os.listxattr(f)} == kernel
+        shown = {n: os.getxattr(f, n) for n in os.listxattr(f)}
+        assert {n: v for n, v in shown.items() if not n.startswith("user.cipherdump.")} == kernel
         assert kernel["system.posix_acl_access"] == acl
 
 

@@ -38,13 +38,6 @@ FILESYSTEM: Final = "filesystem"
 #: The records a view or tar may carry, in the order they are listed.
 ALL: Final = (SIZE, CONTEXT, NAME, HASH, SYMLINK, INO, FLAGS, FILESYSTEM)
 
-#: Views only, on a directory: the records of its entries that cannot carry ``user.``
-#: xattrs (symlinks, device nodes, FIFOs, sockets: Linux refuses them ``user.*``) and
-#: the per-entry ones (``name``, ``hash``) of its hard-linked files, as UTF-8 JSON from
-#: shown name to records (numbers as numbers, bytes in base64).  A tar needs none: each of
-#: its entries carries its own PAX records.
-ENTRIES: Final = "entries"
-
 #: PAX record keyword prefix of ``dump --ciphertext``; binary values are base64
 #: (RFC 4648, with padding), numbers decimal.
 PAX_PREFIX: Final = "CIPHERDUMP."

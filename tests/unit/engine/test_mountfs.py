@@ -3,7 +3,6 @@ repository layout's refresh, on synthetic nodes (the kernel tier mounts real FUS
 
 from __future__ import annotations
 
-import base64
 import errno
 import json
 import stat
@@ -16,7 +15,6 @@ from cipherdump.engine.mountfs.model import Attr, MountNode, MountTree
 from cipherdump.engine.mountfs.records import (
     ObjectFacts,
     decode_filesystem_record,
-    entries_record,
     filesystem_record,
     object_records,
     object_xattrs,
@@ -106,7 +104,7 @@ def _facts(**kw: object) -> ObjectFacts:
     return ObjectFacts(**base)  # type: ignore[arg-type]
 
 
-def test_records_of_an_encrypted_file_and_none_for_a_plain_one() -> None:
+def test_records_where_dump_puts_them() -> None:
     got = object_records(_facts(stored_hash=(1, 2)))
     assert got == {
         "size": b"5",
@@ -116,8 +114,13 @@ def test_records_of_an_encrypted_file_and_none_for_a_plain_one() -> None:
         "ino": b"12",
         "flags": str(EXT4_ENCRYPT_FL).encode(),
     }
-    assert object_records(_facts(flags=0, name_encrypted=False, context=None)) == {}
     assert set(records.ALL) >= set(got)
+    plain = _facts(flags=0, name_encrypted=False, context=None)
+    # A key-less view: every object carries ino and flags (so a copy that dropped
+    # them is caught), every file its size.
+    assert object_records(plain) == {"size": b"5", "ino": b"12", "flags": b"0"}
+    # A keyed view: records only on what is still shown encrypted.
+    assert object_records(plain, everywhere=False) == {}
 
 
 def test_own_xattrs_as_getxattr_shows_them() -> None:
@@ -134,39 +137,29 @@ def test_own_xattrs_as_getxattr_shows_them() -> None:
     assert got["system.posix_acl_access"][:4] == (2).to_bytes(4, "little")  # version 2
 
 
-def test_entries_hold_only_what_the_entry_does_not_show() -> None:
-    short_link = _facts(kind="symlink", symlink=b"\x10\x00" + b"s" * 16, ino=20)
-    long_link = _facts(kind="symlink", symlink=b"\xc0\x00" + b"l" * 192, ino=21)
-    fifo = _facts(kind="fifo", flags=0, context=None, ino=22)
-    long_linked = _facts(links=2, raw_name=b"L" * 160, ino=23)
-    short_linked = _facts(links=2, ino=24)
-    plain = _facts(flags=0, name_encrypted=False, context=None)
-    got = json.loads(
-        entries_record(
-            [
-                (b"s", short_link),
-                (b"l", long_link),
-                (b"f", fifo),
-                (b"h", long_linked),
-                (b"k", short_linked),
-                (b"p", plain),
-                (b"r", _facts()),
-            ]
-        )
-        or b"null"
+def test_symlinks_and_special_files_carry_their_records_as_trusted_xattrs() -> None:
+    """Linux refuses user.* xattrs on them; root reads and copies trusted.*."""
+    link = _facts(kind="symlink", symlink=b"\x10\x00" + b"s" * 16, ino=20)
+    got = object_xattrs([], link)
+    assert sorted(got) == [
+        "trusted.cipherdump.context",
+        "trusted.cipherdump.flags",
+        "trusted.cipherdump.ino",
+        "trusted.cipherdump.name",
+        "trusted.cipherdump.symlink",
+    ]
+    assert got["trusted.cipherdump.symlink"] == link.symlink
+    fifo = object_xattrs([], _facts(kind="fifo", flags=0, context=None, ino=22))
+    assert sorted(fifo) == [
+        "trusted.cipherdump.flags",
+        "trusted.cipherdump.ino",
+        "trusted.cipherdump.name",
+    ]
+    directory = object_xattrs([], _facts(kind="dir"))
+    assert (
+        all(n.startswith(records.XATTR_PREFIX) for n in directory)
+        and "user.cipherdump.size" not in directory
     )
-    assert sorted(got) == ["f", "h", "l", "s"]
-    assert "symlink" not in got["s"] and "name" not in got["s"]
-    assert base64.b64decode(got["l"]["symlink"]) == long_link.symlink
-    assert got["f"] == {"ino": 22, "flags": 0}
-    assert base64.b64decode(got["h"]["name"]) == b"L" * 160
-    assert base64.b64decode(got["s"]["context"]) == b"C" * 40
-    assert entries_record([(b"p", plain), (b"r", _facts())]) is None
-    # A directory shows it beside its own records; a symlink shows none of its own.
-    assert records.xattr_name(records.ENTRIES) in object_xattrs(
-        [], _facts(kind="dir"), [(b"s", short_link)]
-    )
-    assert object_xattrs([], short_link) == {}
 
 
 def test_filesystem_record_round_trips_to_target_facts() -> None:

@@ -5,8 +5,8 @@ encrypted regular files read as their stored ciphertext in whole data units (so
 ``st_size`` is the padded size; ``user.cipherdump.size`` is the exact one), encrypted
 symlinks read as the kernel's no-key target.  Inode numbers, owners, modes, times and
 link counts are the source's, so hard links stay links.  Unencrypted objects appear as
-they are.  Every object keeps its own xattrs; the encrypted ones add the key-less
-records (:mod:`.records`), and the root the filesystem facts.
+they are.  Every object keeps its own xattrs and adds the key-less records where
+``dump --ciphertext`` puts them (:mod:`.records`), the root the filesystem facts.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class CiphertextImage:
             self.on_problem(path, err)
 
 
-def facts_of(ns: Namespace, node: ImageNode) -> ObjectFacts:
+def facts_of(node: ImageNode) -> ObjectFacts:
     inode = node.inode
     kind = inode.type.value
     encrypted_link = kind == "symlink" and inode.is_encrypted
@@ -148,18 +148,8 @@ class ImageEntry(MountNode):
 
     def _make_xattrs(self) -> dict[str, bytes]:
         inode = self.node.inode
-        ns = self.view.ns
         own = [(x.index, x.name, x.value) for x in inode.xattrs]
-        facts = None if self.is_root else facts_of(ns, self.node)
-        kids: list[tuple[bytes, ObjectFacts]] = []
-        if inode.is_dir and inode.is_encrypted:
-            for name, kid in self.children().items():
-                if isinstance(kid, ImageEntry):
-                    try:
-                        kids.append((name, facts_of(ns, kid.node)))
-                    except CipherdumpError as err:
-                        self.view.problem(kid.node.path, err)
-        out = object_xattrs(own, facts, kids)
+        out = object_xattrs(own, facts_of(self.node))
         if self.is_root:
             out[xattr_name(FILESYSTEM)] = self.view.filesystem
         return out

@@ -1,20 +1,21 @@
-"""What a key-less mount shows as xattrs: the inode's own, and ``user.cipherdump.*``.
+"""What a key-less mount shows as xattrs: the inode's own, and the key-less records.
 
-The records (:mod:`cipherdump.engine.keyless_records`, docs/keyless-records.md) appear
-on every object whose contents or name are encrypted: what a copy made by another tool
-needs, besides the ciphertext, to be turned back into an image the owners' keys unlock.
-Unencrypted objects show only their own xattrs, as they are.
+The records (:mod:`cipherdump.engine.keyless_records`, docs/keyless-records.md) go where
+``dump --ciphertext`` puts them, so that a copy made by another tool comes back through
+``restore --from-dir`` as a dump comes back through ``--from-tar``: ``ino`` and ``flags``
+on every object, ``context`` on every encrypted inode, ``name`` (and ``hash`` where the
+directory stores one) on every entry of an encrypted directory, ``size`` on every
+regular file, ``symlink`` on every encrypted symlink, ``filesystem`` on the root.
 
 Linux allows ``user.*`` xattrs only on regular files and directories (``xattr_permission``
-in fs/xattr.c answers ENODATA for any other kind before a filesystem is asked), so the
-records of a symlink, device node, FIFO or socket cannot travel with it.  They travel
-with its directory instead, in ``user.cipherdump.entries``; so do the per-entry records
-(``name``, ``hash``) of a hard-linked file, which a copy stores once for all its names.
+in fs/xattr.c answers ENODATA for any other kind before a filesystem is asked), so a
+symlink, device node, FIFO or socket shows its records as ``trusted.cipherdump.*``:
+the same names and values, which root reads and copies (``cp -a``, ``rsync -aAX``,
+``tar --xattrs --xattrs-include='*'``).
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 from collections.abc import Iterable, Mapping
@@ -23,7 +24,6 @@ from typing import Any
 
 from cipherdump.engine import keyless_records as records
 from cipherdump.errors import CipherdumpError
-from cipherdump.fscrypt.nokey import NOKEY_PREFIX_SIZE
 from cipherdump.ondisk.acl import ext4_acl_to_xattr
 from cipherdump.ondisk.inode import EXT4_ENCRYPT_FL
 from cipherdump.ondisk.xattr import (
@@ -37,11 +37,15 @@ from cipherdump.ondisk.xattr import (
 
 __all__ = [
     "ObjectFacts",
-    "entries_record",
     "filesystem_record",
     "object_records",
+    "object_xattrs",
     "own_xattrs",
+    "record_xattr",
 ]
+
+#: Where symlinks and special files show their records (see the module docstring).
+TRUSTED_PREFIX = "trusted."
 
 # Name indices shown as they are; POSIX ACLs are converted to the form getxattr(2)
 # returns.  Not shown, as the kernel does not show them: the encryption context (a
@@ -82,35 +86,19 @@ class ObjectFacts:
         return self.encrypted or self.name_encrypted
 
     @property
-    def carries_records(self) -> bool:
-        """Whether its records can be its own xattrs (see the module docstring)."""
+    def carries_user_xattrs(self) -> bool:
+        """Whether Linux lets this kind carry ``user.*`` xattrs (else ``trusted.*``)."""
         return self.kind in _CARRIERS
 
-    @property
-    def long_name(self) -> bool:
-        """An encrypted name its no-key name does not hold whole (the kernel's long form
-        keeps a prefix and a digest), so ``name`` is the only copy of it."""
-        return self.name_encrypted and len(self.raw_name) > NOKEY_PREFIX_SIZE
 
-    @property
-    def long_symlink(self) -> bool:
-        """An encrypted symlink whose no-key target does not hold the whole payload."""
-        return self.symlink is not None and len(self.symlink) - 2 > NOKEY_PREFIX_SIZE
-
-    @property
-    def links_elsewhere(self) -> bool:
-        """A hard-linked file with a long name: a copy stores one ``name`` for all its
-        links, so its own goes to its directory too."""
-        return self.kind == "file" and self.links > 1 and self.long_name
-
-
-def object_records(facts: ObjectFacts) -> dict[str, bytes]:
+def object_records(facts: ObjectFacts, *, everywhere: bool = True) -> dict[str, bytes]:
     """The records of one object by record name (``size``, ``context``...), values as
-    the xattrs show them; empty for an object with nothing encrypted."""
-    if not facts.has_records:
+    the xattrs show them.  ``everywhere`` (a key-less view): every object has some;
+    else (a keyed view, for what no key opened) only objects with something encrypted."""
+    if not everywhere and not facts.has_records:
         return {}
     out: dict[str, bytes] = {}
-    if facts.encrypted and facts.kind == "file":
+    if facts.kind == "file":
         out[records.SIZE] = str(facts.size).encode()
     if facts.context is not None:
         out[records.CONTEXT] = facts.context
@@ -124,6 +112,13 @@ def object_records(facts: ObjectFacts) -> dict[str, bytes]:
     out[records.INO] = str(facts.ino).encode()
     out[records.FLAGS] = str(facts.flags).encode()
     return out
+
+
+def record_xattr(record: str, facts: ObjectFacts) -> str:
+    """The xattr name of ``record`` on this object: ``user.cipherdump.*`` where Linux
+    allows user xattrs, ``trusted.cipherdump.*`` elsewhere."""
+    name = records.xattr_name(record)
+    return name if facts.carries_user_xattrs else TRUSTED_PREFIX + name[len("user.") :]
 
 
 def own_xattrs(items: Iterable[tuple[int, bytes, bytes]]) -> dict[str, bytes]:
@@ -145,60 +140,14 @@ def own_xattrs(items: Iterable[tuple[int, bytes, bytes]]) -> dict[str, bytes]:
 
 
 def object_xattrs(
-    own: Iterable[tuple[int, bytes, bytes]],
-    facts: ObjectFacts | None,
-    kids: Iterable[tuple[bytes, ObjectFacts]] = (),
+    own: Iterable[tuple[int, bytes, bytes]], facts: ObjectFacts | None, *, everywhere: bool = True
 ) -> dict[str, bytes]:
-    """Every xattr of one object: its own, then its records (``facts`` None: none),
-    then for a directory ``user.cipherdump.entries`` over ``kids`` where needed."""
+    """Every xattr of one object: its own, then its records (``facts`` None: none)."""
     out = own_xattrs(own)
-    if facts is not None and facts.carries_records:
-        for record, value in object_records(facts).items():
-            out[records.xattr_name(record)] = value
-    entries = entries_record(kids)
-    if entries is not None:
-        out[records.xattr_name(records.ENTRIES)] = entries
+    if facts is not None:
+        for record, value in object_records(facts, everywhere=everywhere).items():
+            out[record_xattr(record, facts)] = value
     return out
-
-
-def entries_record(kids: Iterable[tuple[bytes, ObjectFacts]]) -> bytes | None:
-    """``user.cipherdump.entries`` of a directory: for each entry shown as ``name``
-    whose records cannot travel with its inode, those records; None when there is none.
-
-    UTF-8 JSON: an object from shown name to an object of records, numbers as JSON
-    numbers and bytes in base64 (RFC 4648, padded).  Only what the entry does not show
-    itself is there, because ext4 holds all the xattrs of one inode in one block (a
-    copy onto ext4 fails past it): ``ino``, ``flags`` and ``context`` always; ``name``
-    and ``symlink`` only where the no-key name or target is the long form, which does
-    not hold them whole.  A short no-key name decodes to the hash and the whole
-    ciphertext name, a short no-key target to the whole symlink ciphertext (whose
-    length gives the payload).
-    """
-    out: dict[str, dict[str, Any]] = {}
-    for name, facts in kids:
-        if not facts.has_records or (facts.carries_records and not facts.links_elsewhere):
-            continue
-        entry: dict[str, Any] = {
-            records.INO: facts.ino,
-            records.FLAGS: facts.flags,
-        }
-        if facts.context is not None:
-            entry[records.CONTEXT] = _b64(facts.context)
-        if facts.long_name:
-            entry[records.NAME] = _b64(facts.raw_name)
-            if facts.stored_hash is not None:
-                h, minor = facts.stored_hash
-                entry[records.HASH] = _b64(h.to_bytes(4, "little") + minor.to_bytes(4, "little"))
-        if facts.long_symlink and facts.symlink is not None:
-            entry[records.SYMLINK] = _b64(facts.symlink)
-        out[name.decode("utf-8", "surrogateescape")] = entry
-    if not out:
-        return None
-    return json.dumps(out, separators=(",", ":")).encode("utf-8", "surrogateescape")
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def filesystem_record(facts: Any) -> bytes:

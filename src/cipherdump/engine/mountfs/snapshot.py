@@ -1,9 +1,10 @@
 """One snapshot as a mounted tree, without keys or with them.
 
-Without keys (or where no key given matches) it is what ``mount --ciphertext`` of the
-backed-up image would show: no-key names, encrypted files as their stored whole data
-units, the key-less records as xattrs.  With keys, what they open appears decrypted:
-plaintext names, targets and contents of the exact size, and no records.
+Without keys it is what ``mount --ciphertext`` of the backed-up image would show:
+no-key names, encrypted files as their stored whole data units, the key-less records as
+xattrs on every object.  With keys, what they open appears decrypted: plaintext names,
+targets and contents of the exact size, and no records; what no key opens is shown as
+without keys, with its records.
 
 Inode numbers are stable within a snapshot and differ between snapshots: a hash of the
 snapshot id and the source inode number, so every link of a hard-linked file shows one
@@ -14,7 +15,6 @@ number and a remount shows the same ones.  Blobs are read through a shared
 from __future__ import annotations
 
 import bisect
-import stat
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -349,15 +349,13 @@ class SnapEntry(MountNode):
                 index, xname, value = item
                 if isinstance(index, int) and isinstance(xname, bytes) and isinstance(value, bytes):
                     own.append((index, xname, value))
-        facts = _facts(self.snap, self.name_shown_nokey) if self.shows_records else None
-        if self.is_root:
-            facts = None
-        kids: list[tuple[bytes, ObjectFacts]] = []
-        if stat.S_ISDIR(self.attr().mode) and self.snap.is_encrypted and not self.decrypted:
-            for name, kid in self.children().items():
-                if isinstance(kid, SnapEntry):
-                    kids.append((name, _facts(kid.snap, kid.name_shown_nokey)))
-        out = object_xattrs(own, facts, kids)
+        # Key-less, every object has records (as the ciphertext view of the image);
+        # with keys, only what is still shown encrypted.
+        keyless = self.tree.keyed is None
+        facts = None
+        if keyless or self.shows_records:
+            facts = _facts(self.snap, self.name_shown_nokey)
+        out = object_xattrs(own, facts, everywhere=keyless)
         if self.is_root:
             out[xattr_name(FILESYSTEM)] = self.tree.filesystem
         return out
