@@ -10,6 +10,8 @@ dead: remove it, or add it here with the reason.  Regenerate the list with
 # ruff: noqa
 
 tb  # unused variable (src/cipherdump/blockio/source.py:44)
+use_ns  # mfusepy reads it: times in nanoseconds (src/cipherdump/fusemount.py)
+statfs  # a FUSE operation mfusepy calls (src/cipherdump/fusemount.py)
 tree_blobs_added  # unused variable (src/cipherdump/engine/backup.py:138)
 _.tree_blobs_added  # unused attribute (src/cipherdump/engine/backup.py:771)
 SM4_XTS  # unused variable (src/cipherdump/fscrypt/context.py:28)

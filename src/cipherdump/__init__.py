@@ -5,9 +5,13 @@ Layers (imports flow downward only; ``import-linter`` keeps it so, see pyproject
     cli      one module a command (``cli/<name>_cmd.py``, each reading images and
              snapshots alike); ``render`` prints, ``sources`` opens; the only place that
              turns on-disk bytes into display strings and errors into exit codes
+    fusemount
+             the FUSE adapter (mfusepy, the optional ``mount`` extra): requests of the
+             kernel to ``engine/mountfs`` calls, errors to errno; nothing else
     engine   orchestration (backup, restore, clone, extract, check) that reports
              ``progress.Progress`` events and problems and never prints; ``engine/views``
-             holds the read side: image and snapshot, each without and with keys
+             holds the read side: image and snapshot, each without and with keys;
+             ``engine/mountfs`` the read-only filesystem model ``mount`` serves
     ext4 | fscrypt | repo
              ext4: lazy read-only views (``Filesystem``, ``Inode``) over operations
              that take a ``Volume`` and an inode number, never a view, so ext4 has no

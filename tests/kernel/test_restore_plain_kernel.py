@@ -339,3 +339,25 @@ def test_interrupted_restore_completes(
         assert_same_tree(ki.with_key, target, atime=False)
     finally:
         repo.close()
+
+
+def test_mount_with_fscrypt_tool_passphrase_shows_plaintext(
+    tool_image: ToolImage, tmp_path: Path
+) -> None:
+    """``cipherdump mount --passphrase-file --protector-key``: the snapshot's own
+    ``.fscrypt`` unlocks both trees, which then read as the kernel showed them."""
+    from fusemounts import require_fuse, serving
+
+    require_fuse()
+    repo = tmp_path / "repo"
+    _backup(tool_image.image, repo)
+    pw_file = tmp_path / "pw"
+    pw_file.write_text(PASSPHRASE + "\n")
+    env = dict(os.environ, **ENV, CIPHERDUMP_REPOSITORY=str(repo))
+    args = ["--passphrase-file", str(pw_file), "--protector-key", str(tool_image.raw_key_file)]
+    with serving(args, tmp_path / "mnt", env=env) as served:
+        for top, view in tool_image.views.items():
+            assert_same_tree(view, tmp_path / "mnt" / "latest" / os.fsdecode(top), atime=False)
+        for rel, acls in tool_image.acls.items():
+            assert _acls(tmp_path / "mnt" / "latest" / os.fsdecode(rel)) == acls
+    assert served.exit_code == 0, served.stderr()

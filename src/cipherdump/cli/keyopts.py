@@ -260,6 +260,13 @@ def secret_options(fn: F) -> F:
     return out  # type: ignore[no-any-return]
 
 
+class Unread:
+    """The passphrase has not been read yet (a default that None cannot be)."""
+
+
+UNREAD = Unread()
+
+
 def read_passphrase(secrets: SecretOptions) -> bytes | None:
     """The passphrase: from ``--passphrase-file``, the environment, or a prompt."""
     from cipherdump.fscrypt.keys import MAX_SECRET_FILE, read_secret_file
@@ -294,11 +301,13 @@ def add_secret_keys(
     own_metadata: Callable[[], FscryptMetadata],
     *,
     e4crypt_salt: bytes | None = None,
+    passphrase: bytes | Unread | None = UNREAD,
 ) -> None:
     """Unlock what ``secrets`` can unlock and add the master keys to ``loaded``.
 
     ``own_metadata`` reads the source's own ``.fscrypt`` (called only when needed);
-    ``--fscrypt-metadata`` directories are added to it.
+    ``--fscrypt-metadata`` directories are added to it.  ``passphrase``: one read
+    before with :func:`read_passphrase` (a command that unlocks many sources asks once).
     """
     if not secrets:
         return
@@ -315,7 +324,8 @@ def add_secret_keys(
             raise KeyProblem(f"protector key {path} holds {len(raw)} bytes; it must be 32")
         for key in metadata.keys_for_raw_key(raw):
             loaded.ring.add(key)
-    passphrase = read_passphrase(secrets)
+    if isinstance(passphrase, Unread):
+        passphrase = read_passphrase(secrets)
     if passphrase is not None:
         keys, _notes = passphrase_keys(passphrase, metadata, e4crypt_salt=e4crypt_salt)
         for key in keys:

@@ -34,6 +34,7 @@ from cipherdump.cli import (
     init_cmd,
     key_cmd,
     ls_cmd,
+    mount_cmd,
     prune_cmd,
     repair_cmd,
     restore_cmd,
@@ -84,6 +85,7 @@ cli.add_command(ls_cmd.ls)
 cli.add_command(stat_cmd.stat_cmd)
 cli.add_command(cat_cmd.cat)
 cli.add_command(extract_cmd.extract_cmd)
+cli.add_command(mount_cmd.mount_cmd)
 # The repository.
 cli.add_command(init_cmd.init)
 cli.add_command(backup_cmd.backup_cmd)

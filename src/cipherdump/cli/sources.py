@@ -166,9 +166,15 @@ def snapshot_view(repository: Repository, ref: str) -> SnapshotView:
     return SnapshotView(repository, *find_snapshot(repository, ref))
 
 
-def snapshot_keys(view: SnapshotView, keying: keyopts.KeyOptions) -> KeyRing:
+def snapshot_keys(
+    view: SnapshotView,
+    keying: keyopts.KeyOptions,
+    *,
+    passphrase: bytes | keyopts.Unread | None = keyopts.UNREAD,
+) -> KeyRing:
     """Every master key the options give, with passphrases unlocked against the
-    snapshot's own ``.fscrypt`` (and ``--fscrypt-metadata``)."""
+    snapshot's own ``.fscrypt`` (and ``--fscrypt-metadata``); ``passphrase`` as
+    :func:`keyopts.add_secret_keys` takes it."""
 
     def own_metadata() -> FscryptMetadata:
         from cipherdump.engine.fscrypt_meta import metadata_from_snapshot
@@ -184,6 +190,7 @@ def snapshot_keys(view: SnapshotView, keying: keyopts.KeyOptions) -> KeyRing:
         keying.secrets,
         own_metadata,
         e4crypt_salt=salt if isinstance(salt, bytes) else None,
+        passphrase=passphrase,
     )
     return loaded.ring
 

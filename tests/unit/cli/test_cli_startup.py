@@ -126,9 +126,15 @@ def test_crc32c_loaded_around_its_package_is_the_package_function() -> None:
     assert crc32c_le(0xFFFFFFFF, b"123456789") ^ 0xFFFFFFFF == 0xE3069283
 
 
+def test_mount_help_loads_neither_fuse_nor_the_engine(tmp_path: Path) -> None:
+    mods = modules_after_cli("mount", "--help", tmp_path=tmp_path)
+    assert "mfusepy" not in mods
+    assert not any(m.startswith(("cipherdump.engine", "cipherdump.fusemount")) for m in mods)
+
+
 def test_help_lists_every_command() -> None:
     out = CliRunner().invoke(cli, ["--help"]).output
-    expected = {"backup", "cat", "check", "clone", "diff", "extract", "info", "init", "ls"}
+    expected = {"backup", "cat", "check", "clone", "diff", "extract", "info", "init", "ls", "mount"}
     expected |= {"repair", "restore", "snapshots", "stat"}
     expected |= {"forget", "tag", "prune", "unlock", "key", "stats"}
     expected |= {"completion", "version"}
