@@ -38,7 +38,6 @@ pytestmark = pytest.mark.kernel
 
 CONFIGS = ["4k-v1-pad32", "4k-v2-pad32", "4k-stable-v2-pad32-lblk64", "1k-v2-pad32"]
 PREFIX = records.XATTR_PREFIX.encode()
-FROM_DIR_MISSING = "restore --from-dir not available yet"
 
 
 @pytest.fixture(autouse=True)
@@ -56,14 +55,6 @@ def _run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[bytes
     proc = subprocess.run(argv, capture_output=True, timeout=600, check=False, **kwargs)  # type: ignore[call-overload]
     assert proc.returncode == 0, f"{argv[0]}: {proc.stderr.decode(errors='replace')}"
     return proc  # type: ignore[no-any-return]
-
-
-def from_dir_available() -> bool:
-    """Whether this build has ``restore --from-dir`` (built on another branch)."""
-    proc = subprocess.run(
-        [*CLI, "restore", "--help"], capture_output=True, timeout=60, check=False, env=_env()
-    )
-    return b"--from-dir" in proc.stdout
 
 
 @dataclass(frozen=True)
@@ -222,8 +213,6 @@ def test_a_tool_copies_the_view_and_the_copy_restores(
     assert any(k.startswith(PREFIX) for k in shown[enc].xattrs)  # the view has records
     left_out = _check_copy(tool, shown, walk(copy))
 
-    if not from_dir_available():
-        pytest.skip(FROM_DIR_MISSING)
     out = tmp_path / "out.img"
     proc = subprocess.run(
         [*CLI, "restore", "--from-dir", str(copy), "--to-image", str(out)],
@@ -257,8 +246,6 @@ def test_iv_ino_lblk_64_copy_without_inode_numbers_is_refused_with_the_reason(
         p for p in (copy / os.fsdecode(kernel_image.config.encrypted_dir)).iterdir() if p.is_file()
     )
     os.removexattr(victim, records.xattr_name(records.INO))
-    if not from_dir_available():
-        pytest.skip(FROM_DIR_MISSING)
     proc = subprocess.run(
         [*CLI, "restore", "--from-dir", str(copy), "--to-image", str(tmp_path / "out.img")],
         capture_output=True,
@@ -287,8 +274,6 @@ def test_a_tool_that_drops_xattrs_is_caught(
         os.setxattr(copy, name, os.getxattr(mnt, name))
     enc = copy / os.fsdecode(kernel_image.config.encrypted_dir)
     assert not [n for n in os.listxattr(enc) if n.startswith(records.XATTR_PREFIX)]
-    if not from_dir_available():
-        pytest.skip(FROM_DIR_MISSING)
     proc = subprocess.run(
         [*CLI, "restore", "--from-dir", str(copy), "--to-image", str(tmp_path / "out.img")],
         capture_output=True,
