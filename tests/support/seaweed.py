@@ -108,7 +108,7 @@ class SeaweedFS:
         """Start the same server (same ports, same data) after :meth:`stop`."""
         self.stop()
         self.process = _spawn(self.args, self.log)
-        _wait_ready(self)
+        _wait_ready(self, readable=True)
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -119,8 +119,11 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def _wait_ready(server: SeaweedFS, timeout: float = 90.0) -> None:
-    """Until the bucket lists (the S3 gateway answers and the bucket exists)."""
+def _wait_ready(server: SeaweedFS, timeout: float = 90.0, *, readable: bool = False) -> None:
+    """Until the bucket takes a write (the S3 gateway answers and the bucket exists),
+    and with ``readable`` (a restart) until every object stored before reads: a restarted
+    server takes new writes before its volume server has told the master of the old
+    volumes, and answers HTTP 500 for their objects meanwhile."""
     import obstore
     from obstore.store import S3Store
 
@@ -145,6 +148,11 @@ def _wait_ready(server: SeaweedFS, timeout: float = 90.0) -> None:
         try:
             obstore.put(store, ".ready", b"", use_multipart=False)
             obstore.delete(store, ".ready")
+            if readable:
+                for batch in obstore.list(store):
+                    for meta in batch:
+                        if meta["size"]:
+                            obstore.get_range(store, meta["path"], start=0, end=1)
             return
         except Exception as exc:
             last = str(exc).split("\n", 1)[0]
