@@ -40,6 +40,7 @@ from cipherdump.engine.chunker import stored_length as stored_length_of
 from cipherdump.engine.describe import node_record
 from cipherdump.engine.filenode import file_context, file_node
 from cipherdump.engine.gctune import few_collections
+from cipherdump.engine.live_check import LiveCheck
 from cipherdump.engine.nodeattrs import (
     NODE_ATTRS_VERSION,
     blake2b,
@@ -368,6 +369,8 @@ class _Frame:
     pos: int = 0
     # Child directories handed to a worker: entry name -> job number.
     pending: dict[bytes, int] = field(default_factory=dict)
+    # A live backup's verdict on the directory's entries (see open_live_dir).
+    live_ok: bool = True
 
 
 class _Backup:
@@ -386,6 +389,8 @@ class _Backup:
         self.chunk_size = check_chunk_size(options.chunk_size)
         self.on_progress = on_progress
         self.on_problem = on_problem
+        # A live backup's round (see engine/live_backup.py): checks each object read.
+        self.live: LiveCheck | None = None
         self.stats = BackupStats()
         self.census = PolicyCensus(fs)
         self.total_census: Census = {}
@@ -451,6 +456,10 @@ class _Backup:
 
     # -- events ---------------------------------------------------------------------
     def problem(self, path: bytes, err: CipherdumpError, frame: _Frame | None = None) -> None:
+        if self.live is not None and self.live.absorb(path, err):
+            if frame is not None:
+                frame.errors += 1  # read again in the next round
+            return
         self.stats.errors += 1
         if frame is not None:
             frame.errors += 1
@@ -1112,7 +1121,16 @@ class _Backup:
                 # aligned 64 KiB spans, about 4,000 reads per million inodes.)
                 self._prefetcher.put(self.fs.inode_table_ranges())
             try:
-                tree_id, frame = self.walk(self.open_dir(top, 0, 0, self.total_census))
+                if self.live is not None:
+                    opened: list[_Frame] = []
+                    self.open_live_dir(top, 0, 0, self.total_census, opened)
+                    first = opened[0]
+                else:
+                    first = self.open_dir(top, 0, 0, self.total_census)
+                tree_id, frame = self.walk(first)
+                if self.live is not None and not frame.live_ok:
+                    # The top is never left out: kept as read, and named.
+                    self.live.settle_dir(top, 0, Node(top.raw_name, "dir"), False)
             finally:
                 self.stop_prefetcher()
             if self.pool is not None:
@@ -1183,7 +1201,13 @@ class _Backup:
                         if self.pool is not None and self.hand_out(kid, order, stack):
                             continue
                         census = None if frame.reuse is not None else frame.census
-                        stack.append(self.open_dir(kid, order, len(stack), census))
+                        if self.live is not None:
+                            self.open_live_dir(kid, order, len(stack), census, stack)
+                        else:
+                            stack.append(self.open_dir(kid, order, len(stack), census))
+                    elif self.live is not None:
+                        frame.files += 1
+                        self.make_live_node(kid, order, frame, self.live)
                     else:
                         frame.files += 1
                         frame.nodes[kid.raw_name] = self.make_node(kid, order, frame)
@@ -1196,10 +1220,49 @@ class _Backup:
                 return tree_id, frame
             if frame.errors:
                 stack[-1].errors += 1  # a damaged subtree keeps its parents from reuse
-            stack[-1].nodes[frame.node.raw_name] = Node(
-                frame.node.raw_name, "dir", subtree=tree_id, attrs=frame.attrs
-            )
+            node = Node(frame.node.raw_name, "dir", subtree=tree_id, attrs=frame.attrs)
+            if self.live is not None:
+                self.settle_live_dir(frame, node, stack[-1])
+            else:
+                stack[-1].nodes[frame.node.raw_name] = node
             self.progress(frame.node.path)
+
+    # -- a live backup's checks (see engine/live_backup.py) ----------------------------
+
+    def open_live_dir(
+        self, kid: ImageNode, order: int, depth: int, census: Census | None, stack: list[_Frame]
+    ) -> None:
+        """:meth:`open_dir` between the live check's two looks at the directory."""
+        live = self.live
+        assert live is not None
+        ok = live.before(kid)
+        frame = self.open_dir(kid, order, depth, census)
+        frame.live_ok = live.after(kid) if ok else False
+        if not frame.live_ok:
+            frame.errors += 1  # not recorded for reuse: listed again next round
+        stack.append(frame)
+
+    def make_live_node(self, kid: ImageNode, order: int, frame: _Frame, live: LiveCheck) -> None:
+        """:meth:`make_node` between the live check's looks; what it settles is stored."""
+        made: Node | NodeSpan | None = None
+        if live.before(kid):
+            node = self.make_node(kid, order, frame)
+            made = node
+        settled = live.settle(kid, order, made)
+        if settled.node is not None:
+            frame.nodes[kid.raw_name] = settled.node
+        if not settled.accepted:
+            frame.errors += 1
+
+    def settle_live_dir(self, frame: _Frame, node: Node, up: _Frame) -> None:
+        live = self.live
+        assert live is not None
+        order = int_attr(frame.attrs, "order", 0)
+        settled = live.settle_dir(frame.node, order, node, frame.live_ok)
+        if settled.node is not None:
+            up.nodes[frame.node.raw_name] = settled.node
+        if not settled.accepted:
+            up.errors += 1
 
     def walk_same(self, kid: _Same, order: int, frame: _Frame) -> None:
         """:meth:`run_walk`'s step for an entry whose node is reused as encoded, when
@@ -1245,8 +1308,8 @@ class _Backup:
         that shares the work with this process by 5-10 % in a full backup: this
         process, which also starts up and saves the snapshot, no longer finishes last,
         and while one process waits for the disk another has work."""
-        if not self.repo.shared_between_processes:
-            return 0
+        if not self.repo.shared_between_processes or self.live is not None:
+            return 0  # a live backup's checks keep state in this process
         jobs = self.options.jobs
         if jobs <= 0:
             cpus = os.cpu_count() or 1
@@ -1447,7 +1510,7 @@ class _Backup:
         return out
 
 
-def _repo_sizes(repo: Repository) -> dict[tuple[FileType, str], int]:
+def repo_sizes(repo: Repository) -> dict[tuple[FileType, str], int]:
     sizes: dict[tuple[FileType, str], int] = {}
     for file_type in (FileType.PACK, FileType.INDEX, FileType.SNAPSHOT):
         for info in repo.backend.list(file_type):
@@ -1462,15 +1525,26 @@ def backup(
     *,
     on_progress: OnProgress | None = None,
     on_problem: ProblemFn | None = None,
+    live: LiveCheck | None = None,
+    parent_snapshot: tuple[Id, Snapshot] | None = None,
+    save: bool = True,
 ) -> BackupResult:
-    """Back up ``fs`` (``options.path`` of it) into ``repo`` as a new snapshot."""
+    """Back up ``fs`` (``options.path`` of it) into ``repo`` as a new snapshot.
+
+    A live backup's round (see :mod:`cipherdump.engine.live_backup`) passes its check
+    as ``live``, the previous round's snapshot as ``parent_snapshot`` (instead of the
+    one :func:`find_parent` picks), and ``save=False`` for a snapshot to be saved, or
+    passed to the next round, by the caller (its id is then all zeros)."""
     options = options or BackupOptions()
     job = _Backup(repo, fs, options, on_progress, on_problem)
+    job.live = live
     ns = job.ns
     top = ns.resolve(options.path)
+    if live is not None:
+        live.top_path = top.path
     if not top.inode.is_dir:
         raise InputError(f"{options.path.decode('utf-8', 'backslashreplace')}: not a directory")
-    before = _repo_sizes(repo)
+    before = repo_sizes(repo)
     warnings: list[str] = []
     missing = repo.missing_packs()
     if missing:
@@ -1491,7 +1565,7 @@ def backup(
     parent = (
         None
         if options.no_parent or lossy
-        else find_parent(repo, fs, top.path, options.parent, warnings)
+        else parent_snapshot or find_parent(repo, fs, top.path, options.parent, warnings)
     )
     if parent is not None and not repo.has_blob(BlobType.TREE, parent[1].tree):
         warnings.append(
@@ -1546,8 +1620,18 @@ def backup(
             "stats": {k: v for k, v in job.stats.as_dict().items() if k != "bytes_stored"},
         },
     )
+    if not save:
+        return BackupResult(
+            snapshot_id=Id(bytes(32)),
+            snapshot=snapshot,
+            parent_id=snapshot.parent,
+            stats=job.stats,
+            policies=policies,
+            warnings=[*fs.warnings, *warnings],
+            repository_warnings=warnings,
+        )
     snap_id = repo.save_snapshot(snapshot)
-    after = _repo_sizes(repo)
+    after = repo_sizes(repo)
     job.stats.bytes_stored = sum(size for key, size in after.items() if key not in before)
     job.progress(top.path, force=True, finished=True)
     return BackupResult(
@@ -1586,6 +1670,9 @@ def snapshot_summary(snap_id: Id, snap: Snapshot) -> dict[str, Any]:
         replayed = facts["journal_replayed"]
         assert isinstance(replayed, Mapping)
         out["journal_replayed"] = dict(replayed)
+    live = attrs.get("live")
+    if isinstance(live, Mapping):  # a live backup (see engine/live_backup.py)
+        out["live"] = dict(live)
     policies = attrs.get("policies")
     if isinstance(policies, tuple):
         out["policies"] = [
