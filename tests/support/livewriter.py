@@ -77,19 +77,28 @@ class FileLog:
     file_id: int
     versions: list[int] = field(default_factory=list)
     deleted: bool = False
+    created_ns: int = 0  # CLOCK_REALTIME once created (0: before the writer started)
 
 
 def read_log(path: Path) -> dict[bytes, FileLog]:
     raw = json.loads(path.read_text())
     return {
-        os.fsencode(k): FileLog(v["shape"], v["file_id"], v["versions"], v["deleted"])
+        os.fsencode(k): FileLog(
+            v["shape"], v["file_id"], v["versions"], v["deleted"], v.get("created_ns", 0)
+        )
         for k, v in raw.items()
     }
 
 
 def _write_log(path: Path, log: dict[str, FileLog]) -> None:
     data = {
-        k: {"shape": v.shape, "file_id": v.file_id, "versions": v.versions, "deleted": v.deleted}
+        k: {
+            "shape": v.shape,
+            "file_id": v.file_id,
+            "versions": v.versions,
+            "deleted": v.deleted,
+            "created_ns": v.created_ns,
+        }
         for k, v in log.items()
     }
     tmp = path.with_suffix(".tmp")
@@ -100,12 +109,18 @@ def _write_log(path: Path, log: dict[str, FileLog]) -> None:
 # -- writing one version ----------------------------------------------------------------
 
 
-def _pwrite_blocks(fd: int, tags: Sequence[int], file_id: int, first: int = 0) -> None:
-    for i in range(first, len(tags)):
+def _pwrite_blocks(fd: int, tags: Sequence[int], file_id: int, pause: float) -> None:
+    for i in range(len(tags)):
         os.pwrite(fd, block(file_id, i, tags[i]), i * BLOCK)
+        _nap(pause)
 
 
-def _write_direct(path: Path, file_id: int, version: int) -> None:
+def _nap(pause: float) -> None:
+    if pause > 0:
+        time.sleep(pause)
+
+
+def _write_direct(path: Path, file_id: int, version: int, pause: float) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
     buf = mmap.mmap(-1, BLOCK)  # page-aligned, as O_DIRECT wants
     try:
@@ -113,29 +128,35 @@ def _write_direct(path: Path, file_id: int, version: int) -> None:
             buf.seek(0)
             buf.write(block(file_id, i, version))
             os.pwritev(fd, [buf], i * BLOCK)
+            _nap(pause)
     finally:
         buf.close()
         os.close(fd)
 
 
-def _write_mmap(path: Path, file_id: int, version: int) -> None:
+def _write_mmap(path: Path, file_id: int, version: int, pause: float) -> None:
     fd = os.open(path, os.O_RDWR)
     try:
         with mmap.mmap(fd, IN_PLACE_BLOCKS * BLOCK, mmap.MAP_SHARED) as m:
             for i in range(IN_PLACE_BLOCKS):
                 m[i * BLOCK : (i + 1) * BLOCK] = block(file_id, i, version)
+                _nap(pause)
     finally:
         os.close(fd)
 
 
-def write_version(root: Path, rel: str, shape: str, file_id: int, version: int) -> None:
-    """Make ``root/rel`` version ``version`` of its shape (from version ``version-1``)."""
+def write_version(
+    root: Path, rel: str, shape: str, file_id: int, version: int, pause: float = 0.0
+) -> None:
+    """Make ``root/rel`` version ``version`` of its shape (from version ``version-1``),
+    sleeping ``pause`` seconds between blocks written in place (so that a version is
+    half-written for a while, as a big file's would be)."""
     path = root / rel
     tags = blocks_of(shape, version)
     if shape == "rewrite":
         fd = os.open(path, os.O_WRONLY)
         try:
-            _pwrite_blocks(fd, tags, file_id)
+            _pwrite_blocks(fd, tags, file_id, pause)
         finally:
             os.close(fd)
     elif shape == "append":
@@ -147,7 +168,7 @@ def write_version(root: Path, rel: str, shape: str, file_id: int, version: int) 
     elif shape == "truncate":
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
         try:
-            _pwrite_blocks(fd, tags, file_id)
+            _pwrite_blocks(fd, tags, file_id, pause)
         finally:
             os.close(fd)
     elif shape == "rename":
@@ -155,9 +176,9 @@ def write_version(root: Path, rel: str, shape: str, file_id: int, version: int) 
         tmp.write_bytes(content(shape, file_id, version))
         tmp.rename(path)
     elif shape == "mmap":
-        _write_mmap(path, file_id, version)
+        _write_mmap(path, file_id, version, pause)
     elif shape == "odirect":
-        _write_direct(path, file_id, version)
+        _write_direct(path, file_id, version, pause)
     else:
         raise ValueError(shape)
 
@@ -178,7 +199,8 @@ class Plan:
     files: tuple[tuple[str, str, int], ...]
     create_dir: str | None = None  # where the ``create`` shape makes and deletes files
     seed: int = 0
-    max_pause_s: float = 0.25
+    max_pause_s: float = 0.25  # between versions (varied)
+    block_pause_s: float = 0.001  # between blocks of one version
 
 
 def prepare(plan: Plan, log_path: Path) -> None:
@@ -204,13 +226,13 @@ def _run(plan: Plan, log_path: Path, stop: Event) -> None:
         if choice < len(plan.files):
             rel, shape, file_id = plan.files[choice]
             versions[rel] += 1
-            write_version(plan.root, rel, shape, file_id, versions[rel])
+            write_version(plan.root, rel, shape, file_id, versions[rel], plan.block_pause_s)
             log[rel].versions.append(versions[rel])
         else:
             assert plan.create_dir is not None
             rel = f"{plan.create_dir}/c{next_id}"
             create_file(plan.root, rel, "create", next_id)
-            log[rel] = FileLog("create", next_id, [0])
+            log[rel] = FileLog("create", next_id, [0], created_ns=time.time_ns())
             created.append(rel)
             next_id += 1
             if len(created) > 3:

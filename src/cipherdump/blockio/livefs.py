@@ -36,16 +36,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cipherdump.errors import InputError
+from cipherdump.errors import LiveMountError
 
 MOUNTINFO = "/proc/self/mountinfo"
 # FS_IOC_GETVERSION = _IOR('v', 1, long): the inode's i_generation.
 FS_IOC_GETVERSION = 0x80087601
-
-
-class LiveMountError(InputError):
-    """The mount a live backup reads is not (or no longer) the one it started with:
-    gone, remounted, on another device, or not ext4."""
 
 
 # -- the mount ---------------------------------------------------------------------------

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field, replace
 from cipherdump.blockio import open_source
 from cipherdump.blockio.livefs import (
     LiveMount,
-    LiveMountError,
     StartTime,
     live_stat,
     names_by_ino,
@@ -54,7 +53,7 @@ from cipherdump.engine.backup import (
 from cipherdump.engine.live_check import Facts, Settled, disk_facts, live_facts, rejection
 from cipherdump.engine.views.image import ImageNode, Namespace
 from cipherdump.engine.views.snapshot import SnapshotView
-from cipherdump.errors import CipherdumpError, InputError
+from cipherdump.errors import CipherdumpError, InputError, LiveMountError
 from cipherdump.ext4 import Filesystem
 from cipherdump.ext4.journal import journal_tail_kept
 from cipherdump.progress import OnProgress
@@ -324,6 +323,11 @@ class LiveReport:
     rounds: int = 0
     retried: int = 0  # objects rejected in some round before the last
     checked: int = 0
+    # T of the first and of the last round (CLOCK_REALTIME, ns): every object stored
+    # was, when read, unchanged since the T of its round; an object made before the
+    # last round's T is in the snapshot unless it, or a directory above it, is named.
+    first_start_ns: int = 0
+    last_start_ns: int = 0
     changed: list[Changed] = field(default_factory=list)
 
     def attrs(self, mount_point: str) -> dict[str, Value]:
@@ -332,6 +336,8 @@ class LiveReport:
             "mount_point": mount_point,
             "rounds": self.rounds,
             "retried": self.retried,
+            "first_round_ns": self.first_start_ns,
+            "last_round_ns": self.last_start_ns,
             "changed": [
                 {"path": c.path, "ino": c.ino, "reason": c.reason, "outcome": c.outcome}
                 for c in self.changed
@@ -366,6 +372,8 @@ def run_rounds(
         last = number >= retries
         mount.check()
         start = StartTime.now()
+        report.first_start_ns = report.first_start_ns or start.realtime_ns
+        report.last_start_ns = start.realtime_ns
         mount.syncfs()
         fs = open_round_filesystem(mount, read_rate)
         earlier = SnapshotView(repo, *previous) if previous is not None else None
