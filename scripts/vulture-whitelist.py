@@ -10,8 +10,8 @@ dead: remove it, or add it here with the reason.  Regenerate the list with
 # ruff: noqa
 
 tb  # unused variable (src/cipherdump/blockio/source.py:44)
-tree_blobs_added  # unused variable (src/cipherdump/engine/backup.py:138)
-_.tree_blobs_added  # unused attribute (src/cipherdump/engine/backup.py:771)
+tree_blobs_added  # unused variable (src/cipherdump/engine/backup/tally.py:42)
+_.tree_blobs_added  # unused attribute (src/cipherdump/engine/backup/nodes.py:350)
 SM4_XTS  # unused variable (src/cipherdump/fscrypt/context.py:28)
 SM4_CTS  # unused variable (src/cipherdump/fscrypt/context.py:29)
 eh_entries  # unused variable (src/cipherdump/ondisk/extent.py:38)

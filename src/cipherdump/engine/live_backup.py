@@ -41,15 +41,8 @@ from cipherdump.blockio.livefs import (
 )
 from cipherdump.blockio.source import ByteSource
 from cipherdump.blockio.throttle import RateLimitedSource
-from cipherdump.engine.backup import (
-    BackupOptions,
-    BackupResult,
-    BackupStats,
-    ProblemFn,
-    backup,
-    find_parent,
-    repo_sizes,
-)
+from cipherdump.engine.backup import BackupOptions, BackupResult, BackupStats, backup, find_parent
+from cipherdump.engine.backup.run import ProblemFn, repo_sizes
 from cipherdump.engine.live_check import Facts, Settled, disk_facts, live_facts, rejection
 from cipherdump.engine.views.image import ImageNode, Namespace
 from cipherdump.engine.views.snapshot import SnapshotView

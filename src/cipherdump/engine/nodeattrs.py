@@ -42,8 +42,10 @@ map (codec values; keys absent when they do not apply):
 ``source``         16 bytes (non-directories): a hash of every on-disk byte the node is
                    made from (entry, position, raw inode, xattr and symlink blocks, naming
                    facts of the directory and filesystem); an incremental backup reuses the
-                   encoded node of an entry whose source is unchanged.  Absent in snapshots
-                   of older versions and where the directory's entries could not all be read.
+                   encoded node of an entry whose source is unchanged.  The backup calls it
+                   the entry's *record key* (see :mod:`cipherdump.engine.backup.reuse`).
+                   Absent in snapshots of older versions and where the directory's entries
+                   could not all be read.
 ``list_error``     for a directory: why its entries could not be read (a cycle, damage)
 ================== ==========================================================================
 """

@@ -22,7 +22,7 @@ Two levels, so that an unchanged directory costs neither decoding nor encoding a
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cipherdump.engine.chunker import DEFAULT_CHUNK_SIZE
@@ -199,7 +199,7 @@ class ParentIndex:
         self._loaded_elsewhere.update(files)
 
     def removed(
-        self, seen: bytearray, seen_dirs: set[int], unmatched: Mapping[int, int] | None = None
+        self, seen: Container[int], seen_dirs: set[int], unmatched: Mapping[int, int] | None = None
     ) -> tuple[int, int]:
         """(files, dirs) of the parent not seen in this run.
 
@@ -209,9 +209,6 @@ class ParentIndex:
         elsewhere before its old directory was loaded as new.
         """
 
-        def is_seen(ino: int) -> bool:
-            return ino < len(seen) * 8 and bool(seen[ino >> 3] >> (ino & 7) & 1)
-
         dirs = files = 0
         for ino, rec in self.dirs.items():
             if ino not in seen_dirs:
@@ -220,7 +217,7 @@ class ParentIndex:
         loaded = dict(self._loaded_elsewhere)
         loaded.update(self.loaded_files())
         for ino in loaded:
-            if not is_seen(ino):
+            if ino not in seen:
                 files += 1
         # New files whose number the parent's file had, found before its tree was
         # loaded (or by another process): that file is gone.
