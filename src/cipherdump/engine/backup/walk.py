@@ -329,6 +329,8 @@ class Walk:
             frame.nodes[kid.raw_name] = settled.node
         if not settled.accepted:
             frame.errors += 1  # the directory is listed again next round
+            # Another link of the same inode must not take over what was read of it.
+            self.maker.links.pop(kid.inode.ino, None)
 
     def settle_live_dir(self, frame: Frame, node: Node, up: Frame) -> None:
         """Put the node the live check settles on for the closed directory ``frame``
