@@ -338,3 +338,25 @@ def test_not_a_mount_point_or_not_ext4_is_one_line(tmp_path: Path) -> None:
     assert code == 3 and "not a mount point" in err
     code, _, err = _cli("backup", "-r", str(tmp_path / "repo"), "--live", "/proc")
     assert code == 3 and "proc filesystem, not ext4" in err
+
+
+def test_a_directory_with_another_filesystem_mounted_on_it_is_named(live_fs: LiveFs) -> None:
+    """The device holds the directory below the mount; the kernel shows the other
+    filesystem's root: it cannot be checked, so it is named (and kept from the parent
+    snapshot, which was made before the other mount)."""
+    fs = live_fs
+    code, _, _ = _backup(fs)
+    assert code == 0
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(fs.mnt / "plain")],
+                   check=True)  # fmt: skip
+    try:
+        code, report, err = _backup(fs)
+    finally:
+        subprocess.run(["umount", str(fs.mnt / "plain")], check=True)
+    assert code == 1, err
+    (entry,) = report["live"]["changed"]
+    assert entry["path"] == "/plain"
+    assert entry["reason"] == "another filesystem is mounted on it"
+    assert entry["outcome"] == "kept from the parent snapshot"
+    out = _restore(fs, report["snapshot_id"], "covered")
+    _untouched_exact(fs, out, report["snapshot_id"])

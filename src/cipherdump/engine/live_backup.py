@@ -180,17 +180,17 @@ class LiveRound:
         directory = self._live_dir(posixpath.dirname(kid.path) if kid.path != b"/" else b"/")
         name = None
         live: Facts | None = None
+        covered: str | None = None
         if directory is not None:
             if kid.path == b"/":
                 name = b"."
             else:
                 name = self._name_in(directory, kid.inode.ino)
             if name is not None:
-                st = live_stat(directory.fd, name)
-                live = live_facts(st) if st is not None else None
+                live, covered = self._stat(directory.fd, name)
         look = _Look(disk, live, directory.fd if directory is not None else -1, name)
         self._looks[kid.path] = look
-        why = rejection(disk, disk, live, live, self.start.limit_ns())
+        why = covered or rejection(disk, disk, live, live, self.start.limit_ns())
         if why is not None:
             self.rejected[kid.path] = why
             return False
@@ -208,13 +208,25 @@ class LiveRound:
             disk_after: Facts | None = disk_facts(self.fs.fresh_inode(kid.inode.ino))
         except CipherdumpError:
             disk_after = None
-        st = live_stat(look.dir_fd, look.name)
-        live_after = live_facts(st) if st is not None else None
-        why = rejection(look.disk, disk_after, look.live, live_after, self.start.limit_ns())
+        live_after, covered = self._stat(look.dir_fd, look.name)
+        why = covered or rejection(
+            look.disk, disk_after, look.live, live_after, self.start.limit_ns()
+        )
         if why is not None:
             self.rejected[kid.path] = why
             return False
         return True
+
+    def _stat(self, dir_fd: int, name: bytes) -> tuple[Facts | None, str | None]:
+        """The kernel's facts of ``name`` in ``dir_fd`` (None if gone), and a reason to
+        reject it whatever they are (another filesystem is mounted on it: the kernel
+        shows that one's root, not this object)."""
+        st = live_stat(dir_fd, name)
+        if st is None:
+            return None, None
+        if st.dev != self.mount.st_dev:
+            return None, "another filesystem is mounted on it"
+        return live_facts(st), None
 
     def settle(self, kid: ImageNode, order: int, node: Node | NodeSpan | None) -> Settled:
         """The node to store for the non-directory ``kid`` (``node`` is what the walk
@@ -237,6 +249,9 @@ class LiveRound:
         if kid.path == self.top_path:
             self._note(kid, "kept as read (the backed-up directory itself)")
             return Settled(node, False)
+        # What was named below it is replaced with it: it alone is named.
+        below = kid.path + b"/"
+        self.changed = [c for c in self.changed if not c.path.startswith(below)]
         return Settled(self._instead(kid, order, dirs=True), False)
 
     def absorb(self, path: bytes, err: CipherdumpError) -> bool:
