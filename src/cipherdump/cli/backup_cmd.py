@@ -160,7 +160,12 @@ def backup_cmd(
     if live:
         _live(source, options, live_retries, read_rate, repo, password_file, as_json, on_problem)
         return
-    mounted.check_mounted(source, allow_mounted=allow_mounted, doing="back it up")
+    mounted.check_mounted(
+        source,
+        allow_mounted=allow_mounted,
+        doing="back it up",
+        instead=", or back it up per file with --live",
+    )
     fs = open_filesystem(source)
     if read_rate is not None:
         fs.close()
