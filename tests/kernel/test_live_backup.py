@@ -35,7 +35,7 @@ from cipherdump.repo import LocalBackend, Repository
 
 pytestmark = pytest.mark.kernel
 
-ENV = {"CIPHERDUMP_PASSWORD": "live-test", "CIPHERDUMP_INSECURE_KDF": "1"}
+ENV = {"CIPHERDUMP_PASSWORD": "live-test", "CIPHERDUMP_INSECURE_TEST_KDF": "1"}
 STATIC = {f"s{i}": kernelfs.pattern(3000 * i + 1, i) for i in range(6)}
 LOCKED = {f"l{i}": kernelfs.pattern(5000 * i + 7, 100 + i) for i in range(4)}
 PLAIN = {f"p{i}": kernelfs.pattern(700 * i + 3, 200 + i) for i in range(3)}
