@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -360,3 +361,43 @@ def test_a_directory_with_another_filesystem_mounted_on_it_is_named(live_fs: Liv
     assert entry["outcome"] == "kept from the parent snapshot"
     out = _restore(fs, report["snapshot_id"], "covered")
     _untouched_exact(fs, out, report["snapshot_id"])
+
+
+@pytest.mark.slow
+def test_live_backups_back_to_back_while_every_shape_writes(live_fs: LiveFs) -> None:
+    """Every shape at once, for longer: five live backups in a row while the writer
+    runs, each incremental on the one before, each checked as above; then the tree
+    exactly once the writer stops."""
+    fs = live_fs
+    files = tuple(
+        (f"{shape}-{i}", shape, 10 * n + i)
+        for n, shape in enumerate(s for s in W.SHAPES if s != "create")
+        for i in range(2)
+    )
+    plan = W.Plan(
+        fs.mnt / "enc" / "work",
+        files,
+        create_dir="cr",
+        seed=11,
+        max_pause_s=0.2,
+        block_pause_s=0.003,
+    )
+    log_path = fs.tmp / "writer.json"
+    W.prepare(plan, log_path)
+    code, _, err = _backup(fs)
+    assert code == 0, err
+    reports = []
+    with W.running_writer(plan, log_path, warmup_s=0.5) as stop:
+        for _ in range(5):
+            code, report, err = _backup(fs)
+            reports.append(report)
+            time.sleep(0.5)
+        stop()
+    for n, report in enumerate(reports):
+        out = _restore(fs, report["snapshot_id"], f"run{n}")
+        _untouched_exact(fs, out, report["snapshot_id"])
+        _check_during(fs, out, log_path, report)
+    code, after, err = _backup(fs)
+    assert code == 0 and after["live"]["changed"] == [], err
+    out = _restore(fs, after["snapshot_id"], "after")
+    _tree_exact(fs, out, log_path)
