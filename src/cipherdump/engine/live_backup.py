@@ -188,12 +188,13 @@ class LiveRound:
                 name = self._name_in(directory, kid.inode.ino)
             if name is not None:
                 live, covered = self._stat(directory.fd, name)
-        look = _Look(disk, live, directory.fd if directory is not None else -1, name)
-        self._looks[kid.path] = look
         why = covered or rejection(disk, disk, live, live, self.start.limit_ns())
         if why is not None:
             self.rejected[kid.path] = why
             return False
+        self._looks[kid.path] = _Look(
+            disk, live, directory.fd if directory is not None else -1, name
+        )
         return True
 
     def after(self, kid: ImageNode) -> bool:
