@@ -75,6 +75,7 @@ class Changed:
 class _LiveDir:
     fd: int
     names: dict[int, bytes] | None = None
+    relisted: bool = False
 
 
 @dataclass(slots=True)
@@ -159,8 +160,11 @@ class LiveRound:
         if directory.names is None:
             directory.names = names_by_ino(directory.fd)
         name = directory.names.get(ino)
-        if name is None:  # created since the listing was taken: list again
+        if name is None and not directory.relisted:
+            # Created since the listing was taken: list again (once: in a directory
+            # whose entries keep changing, what is missing is rejected anyway).
             directory.names = names_by_ino(directory.fd)
+            directory.relisted = True
             name = directory.names.get(ino)
         return name
 
