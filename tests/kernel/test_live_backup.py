@@ -401,3 +401,37 @@ def test_live_backups_back_to_back_while_every_shape_writes(live_fs: LiveFs) -> 
     assert code == 0 and after["live"]["changed"] == [], err
     out = _restore(fs, after["snapshot_id"], "after")
     _tree_exact(fs, out, log_path)
+
+
+def test_a_file_whose_inode_reads_differently_afterwards_is_taken_back(
+    live_fs: LiveFs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second read of the files' inodes, done per directory once its files are
+    read, has the last word: here it fails for every file, so every file is taken
+    back, round after round, and in the last kept from the parent snapshot, named."""
+    from cipherdump.errors import CorruptError
+    from cipherdump.ext4 import Filesystem
+
+    fs = live_fs
+    code, _, _ = _backup(fs)
+    assert code == 0
+    for n in PLAIN:  # changed, so that the next backup reads them (and checks them)
+        (fs.mnt / "plain" / n).write_bytes(b"new " + PLAIN[n])
+    os.sync()
+    time.sleep(0.05)
+
+    def unreadable(self: Filesystem, inos: list[int]) -> dict[int, object]:
+        return {ino: CorruptError("changed", structure="inode") for ino in inos}
+
+    monkeypatch.setattr(Filesystem, "fresh_inodes", unreadable)
+    code, report, err = _backup(fs)
+    assert code == 1, err
+    changed = report["live"]["changed"]
+    assert report["live"]["rounds"] == 4
+    named = {c["path"] for c in changed}
+    assert {"/plain/p0", "/plain/p1", "/plain/p2"} == named
+    assert all(c["reason"] == "its inode could not be read again" for c in changed)
+    assert all(c["outcome"] == "kept from the parent snapshot" for c in changed)
+    out = _restore(fs, report["snapshot_id"], "taken-back")
+    for n, data in PLAIN.items():
+        assert (out / "plain" / n).read_bytes() == data  # the parent snapshot's version

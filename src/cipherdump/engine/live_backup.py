@@ -47,7 +47,7 @@ from cipherdump.engine.live_check import Facts, Settled, disk_facts, live_facts,
 from cipherdump.engine.views.image import ImageNode, Namespace
 from cipherdump.engine.views.snapshot import SnapshotView
 from cipherdump.errors import CipherdumpError, InputError, LiveMountError
-from cipherdump.ext4 import Filesystem
+from cipherdump.ext4 import Filesystem, Inode
 from cipherdump.ext4.journal import journal_tail_kept
 from cipherdump.progress import OnProgress
 from cipherdump.repo import Id, Node, Repository, Snapshot
@@ -76,6 +76,18 @@ class _LiveDir:
     fd: int
     names: dict[int, bytes] | None = None
     relisted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A file accepted on the kernel's word, waiting for its inode's second read."""
+
+    kid: ImageNode
+    order: int
+    disk: Facts
+    live: Facts
+    live_after: Facts
+    limit_ns: int
 
 
 @dataclass(slots=True)
@@ -125,6 +137,8 @@ class LiveRound:
         # Directory inode numbers by display path, as the walk met them.
         self._dir_inos: dict[bytes, int] = {}
         self._looks: dict[bytes, _Look] = {}
+        # Files accepted but for their inode's second read, by containing directory.
+        self._pending: dict[bytes, list[_Pending]] = {}
 
     # -- locating the live object ----------------------------------------------------
     def _live_dir(self, path: bytes) -> _LiveDir | None:
@@ -201,26 +215,53 @@ class LiveRound:
         )
         return True
 
-    def after(self, kid: ImageNode) -> bool:
-        """Second look at ``kid``, once read: True if accepted."""
+    def after(self, kid: ImageNode, order: int | None = None) -> bool:
+        """Second look at ``kid``, once read: True if accepted.  With ``order`` (a
+        file), the on-disk inode's second read is left to :meth:`verify_entries`,
+        which reads those of a whole directory together."""
         if kid.path in self.rejected:
             return False
         look = self._looks.pop(kid.path, None)
         if look is None or look.name is None:
             self.rejected[kid.path] = "gone from the live filesystem"
             return False
-        try:
-            disk_after: Facts | None = disk_facts(self.fs.fresh_inode(kid.inode.ino))
-        except CipherdumpError:
-            disk_after = None
+        disk_after: Facts | None = look.disk
+        if order is None:
+            try:
+                disk_after = disk_facts(self.fs.fresh_inode(kid.inode.ino))
+            except CipherdumpError:
+                disk_after = None
         live_after, covered = self._stat(look.dir_fd, look.name)
-        why = covered or rejection(
-            look.disk, disk_after, look.live, live_after, self.start.limit_ns()
-        )
+        limit = self.start.limit_ns()
+        why = covered or rejection(look.disk, disk_after, look.live, live_after, limit)
         if why is not None:
             self.rejected[kid.path] = why
             return False
+        if order is not None:
+            assert look.live is not None and live_after is not None
+            pending = _Pending(kid, order, look.disk, look.live, live_after, limit)
+            self._pending.setdefault(_parent_of(kid.path), []).append(pending)
         return True
+
+    def verify_entries(self, path: bytes) -> list[tuple[bytes, int, Node | None]]:
+        """The second on-disk read of the files of the directory ``path`` accepted so
+        far (each read after its data was), together; the ones to take back, each
+        with the node to store instead (None: none)."""
+        pending = self._pending.pop(path, [])
+        if not pending:
+            return []
+        fresh = self.fs.fresh_inodes([p.kid.inode.ino for p in pending])
+        out: list[tuple[bytes, int, Node | None]] = []
+        for p in pending:
+            got = fresh.get(p.kid.inode.ino)
+            disk_after = disk_facts(got) if isinstance(got, Inode) else None
+            why = rejection(p.disk, disk_after, p.live, p.live_after, p.limit_ns)
+            if why is None:
+                continue
+            self.rejected[p.kid.path] = why
+            instead = self._instead(p.kid, p.order, dirs=False) if self.last else None
+            out.append((p.kid.raw_name, p.kid.inode.ino, instead))
+        return out
 
     def _stat(self, dir_fd: int, name: bytes) -> tuple[Facts | None, str | None]:
         """The kernel's facts of ``name`` in ``dir_fd`` (None if gone), and a reason to
@@ -236,7 +277,7 @@ class LiveRound:
     def settle(self, kid: ImageNode, order: int, node: Node | NodeSpan | None) -> Settled:
         """The node to store for the non-directory ``kid`` (``node`` is what the walk
         made of it, None if :meth:`before` rejected it and nothing was read)."""
-        if node is not None and self.after(kid):
+        if node is not None and self.after(kid, order):
             return Settled(node, True)
         if not self.last:
             return Settled(None, False)
@@ -295,6 +336,10 @@ class LiveRound:
     def _note(self, kid: ImageNode, outcome: str) -> None:
         why = self.rejected.get(kid.path, "changing")
         self.changed.append(Changed(kid.path, kid.inode.ino, why, outcome))
+
+
+def _parent_of(path: bytes) -> bytes:
+    return posixpath.dirname(path) if path != b"/" else b"/"
 
 
 def _is_ancestor(a: bytes, b: bytes) -> bool:

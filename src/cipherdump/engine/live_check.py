@@ -133,6 +133,9 @@ class LiveCheck(Protocol):
     the node made, then ``settle(kid, order, node)`` says what to store.  For a
     directory: ``before(kid)`` ahead of reading its entries, ``after(kid)`` right
     after, and once its subtree is done ``settle_dir(kid, order, node, accepted)``.
+    Files are accepted provisionally: before a directory's tree is saved,
+    ``verify_entries(path)`` reads their inodes again, together, and names those to
+    take back (raw name, inode number, the node to put instead or None).
     A rejected object keeps its directory from being recorded for reuse.
     ``absorb(path, err)``: True if a read error is to be taken as a change."""
 
@@ -147,6 +150,8 @@ class LiveCheck(Protocol):
     def settle_dir(self, kid: ImageNode, order: int, node: Node, accepted: bool) -> Settled: ...
 
     def absorb(self, path: bytes, err: CipherdumpError) -> bool: ...
+
+    def verify_entries(self, path: bytes) -> list[tuple[bytes, int, Node | None]]: ...
 
 
 __all__ = ["Facts", "LiveCheck", "Settled", "disk_facts", "live_facts", "rejection"]

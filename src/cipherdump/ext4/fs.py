@@ -318,6 +318,33 @@ class Filesystem(Closable):
         """The decoded, checked record of inode ``ino`` (through the inode cache)."""
         return self.inode(ino).raw
 
+    def fresh_inodes(self, inos: list[int]) -> dict[int, Inode | CorruptError]:
+        """:meth:`fresh_inode` of several inodes, reading each aligned span of the
+        inode tables that holds any of them once (a directory's files mostly share
+        a few): the inode, or the error met reading it."""
+        sb = self.sb
+        isz = self._inode_size
+        spans: dict[int, bytes] = {}
+        out: dict[int, Inode | CorruptError] = {}
+        for ino in inos:
+            if ino < 1 or ino > sb.s_inodes_count:
+                out[ino] = CorruptError(f"inode number {ino} is out of range", structure="inode")
+                continue
+            group, index = divmod(ino - 1, sb.s_inodes_per_group)
+            offset = self.groups[group].bg_inode_table * self.block_size + index * isz
+            start = offset - offset % _ITABLE_SPAN
+            span = spans.get(start)
+            if span is None:
+                span = spans[start] = self.source.read_at(start, _ITABLE_SPAN)
+            raw = span[offset - start : offset - start + isz]
+            try:
+                if len(raw) != isz:
+                    raise CorruptError("inode lies beyond the end of the image", structure="inode")
+                out[ino] = Inode(self, ino, decode_inode(raw, isz, hurd=self._hurd))
+            except CorruptError as err:
+                out[ino] = err
+        return out
+
     def fresh_inode(self, ino: int) -> Inode:
         """Inode ``ino`` read again from the source, past every cache (a live backup's
         second look at an inode after reading its data)."""

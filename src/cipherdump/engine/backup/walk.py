@@ -247,6 +247,8 @@ class Walk:
                     self.problem(kid.path, err, frame)
                 continue
             stack.pop()
+            if self.live is not None:
+                self.verify_live_entries(frame)
             tree_id = self.close_dir(frame)
             if not stack:
                 return tree_id, frame
@@ -331,6 +333,18 @@ class Walk:
             frame.errors += 1  # the directory is listed again next round
             # Another link of the same inode must not take over what was read of it.
             self.maker.links.pop(kid.inode.ino, None)
+
+    def verify_live_entries(self, frame: Frame) -> None:
+        """Before a directory's tree is saved: take back the files whose inodes the
+        live check, reading them again together, finds changed."""
+        assert self.live is not None
+        for name, ino, instead in self.live.verify_entries(frame.node.path):
+            frame.errors += 1
+            self.maker.links.pop(ino, None)
+            if instead is None:
+                frame.nodes.pop(name, None)
+            else:
+                frame.nodes[name] = instead
 
     def settle_live_dir(self, frame: Frame, node: Node, up: Frame) -> None:
         """Put the node the live check settles on for the closed directory ``frame``
