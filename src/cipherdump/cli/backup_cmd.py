@@ -123,7 +123,8 @@ def backup_cmd(
     repo: str | None,
     password_file: str | None,
 ) -> None:
-    """Back up SOURCE (an image, an unmounted device or a snapshot) without any key.
+    """Back up SOURCE (an image, an unmounted device or a snapshot) without any key;
+    with --live, a mounted filesystem in use (see docs/live-backup.md).
 
     Unchanged files (same inode number, generation, ctime, mtime, size and extent map as
     in the parent snapshot) are not read again; only changed data is stored.
