@@ -454,7 +454,7 @@ def run_rounds(
         previous = (_UNSAVED, snapshot)
         number += 1
         # Give a burst of writes a moment to end before looking again.
-        sleep(min(0.2 * number, 1.0))
+        sleep(min(0.1 * number, 0.3))
 
 
 def snapshot_with_report(
