@@ -231,7 +231,7 @@ class LiveRound:
                 disk_after = disk_facts(self.fs.fresh_inode(kid.inode.ino))
             except CipherdumpError:
                 disk_after = None
-        live_after, covered = self._stat(look.dir_fd, look.name)
+        live_after, covered = self._stat(look.dir_fd, look.name, generation=False)
         limit = self.start.limit_ns()
         why = covered or rejection(look.disk, disk_after, look.live, live_after, limit)
         if why is not None:
@@ -263,11 +263,14 @@ class LiveRound:
             out.append((p.kid.raw_name, p.kid.inode.ino, instead))
         return out
 
-    def _stat(self, dir_fd: int, name: bytes) -> tuple[Facts | None, str | None]:
+    def _stat(
+        self, dir_fd: int, name: bytes, *, generation: bool = True
+    ) -> tuple[Facts | None, str | None]:
         """The kernel's facts of ``name`` in ``dir_fd`` (None if gone), and a reason to
         reject it whatever they are (another filesystem is mounted on it: the kernel
-        shows that one's root, not this object)."""
-        st = live_stat(dir_fd, name)
+        shows that one's root, not this object).  ``generation``: ask for it too (an
+        open and an ioctl; once per object is enough: changing it changes ctime)."""
+        st = live_stat(dir_fd, name, generation=generation)
         if st is None:
             return None, None
         if st.dev != self.mount.st_dev:
