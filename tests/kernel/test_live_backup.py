@@ -284,7 +284,8 @@ def test_snapshot_records_the_live_mode(live_fs: LiveFs) -> None:
     (snap,) = json.loads(out)
     assert snap["live"]["mode"] == "live, per-file consistent"
     assert snap["live"]["mount_point"] == os.path.realpath(live_fs.mnt)
-    assert snap["live"]["changed"] == [] and snap["live"]["rounds"] == 1
+    # (A file made within a clock tick of the first round's start is retried once.)
+    assert snap["live"]["changed"] == [] and snap["live"]["rounds"] in (1, 2)
 
 
 def test_the_mounted_device_is_found_and_never_opened_for_writing(live_fs: LiveFs) -> None:
