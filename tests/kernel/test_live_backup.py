@@ -436,3 +436,22 @@ def test_a_file_whose_inode_reads_differently_afterwards_is_taken_back(
     out = _restore(fs, report["snapshot_id"], "taken-back")
     for n, data in PLAIN.items():
         assert (out / "plain" / n).read_bytes() == data  # the parent snapshot's version
+
+
+def test_a_directory_of_a_live_filesystem_and_the_text_summary(live_fs: LiveFs) -> None:
+    """``--path`` works live as it does on an image (also for a directory whose
+    entries the kernel shows by no-key names, and lists as the snapshot does), and the
+    text summary ends with the rounds."""
+    fs = live_fs
+    code, out, err = _cli("backup", "-r", str(fs.repo), "--live", str(fs.mnt), "--path", "/plain")
+    assert code == 0, err
+    assert out.splitlines()[-1].startswith("live: ") and "0 changed during backup" in out
+    code, out, err = _cli(
+        "backup", "-r", str(fs.repo), "--live", str(fs.mnt), "--path", "/locked", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["path"] == "/locked"
+    code, listing, _ = _cli("ls", "-r", str(fs.repo), "latest", "/locked")
+    assert sorted(line.rsplit("/", 1)[-1] for line in listing.split()) == sorted(
+        os.listdir(fs.mnt / "locked")
+    )
