@@ -57,6 +57,8 @@ class Frame:
     # Per entry position, the record key of its node (see RecordKeys); empty if the
     # entries could not all be read.
     record_keys: list[bytes] = field(default_factory=list)
+    # Per entry position, the entry's offset in the directory: its ``order`` attr.
+    offsets: list[int] = field(default_factory=list)
     # Encoded nodes of the parent snapshot's tree whose record key is unchanged, by
     # record key.
     reusable: dict[bytes, NodeSpan] = field(default_factory=dict)
@@ -67,6 +69,14 @@ class Frame:
     # Child directories handed to a worker: entry name -> job number.
     pending: dict[bytes, int] = field(default_factory=dict)
 
-    def record_key(self, order: int) -> bytes | None:
-        """The record key of the entry at ``order``, if the entries were all read."""
-        return self.record_keys[order] if order < len(self.record_keys) else None
+    def record_key(self, position: int) -> bytes | None:
+        """The record key of the entry at ``position``, if the entries were all read."""
+        return self.record_keys[position] if position < len(self.record_keys) else None
+
+    def order(self, position: int) -> int:
+        """The ``order`` attr of the entry at ``position``: its offset in the directory,
+        which stays when entries are added or removed beside it (so that their nodes,
+        and a large directory's parts, stay the same); its position if the entries
+        could not all be read."""
+        offsets = self.offsets
+        return offsets[position] if position < len(offsets) else position

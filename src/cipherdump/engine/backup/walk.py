@@ -183,12 +183,13 @@ class Walk:
         while True:
             frame = stack[-1]
             if frame.pos < len(frame.kids):
-                order = frame.pos
-                kid = frame.kids[order]
+                position = frame.pos
+                kid = frame.kids[position]
                 # Let go of the entry's inode once it is done: a directory of many
                 # entries would otherwise hold every decoded inode until it closes.
-                frame.kids[order] = None
+                frame.kids[position] = None
                 frame.pos += 1
+                order = frame.order(position)
                 if kid is None:
                     continue  # reused by list_with_reuse
                 if isinstance(kid, Problem):
@@ -217,7 +218,7 @@ class Walk:
                     else:
                         frame.files += 1
                         frame.nodes[kid.raw_name] = maker.make_node(
-                            kid, order, frame.census, frame.record_key(order)
+                            kid, order, frame.census, frame.record_key(position)
                         )
                 except InputError as err:  # the filesystem's: the repository's end the backup
                     self.problem(kid.path, err, frame)
@@ -258,6 +259,7 @@ class Walk:
         try:
             # Kept for the next run even when not compared now (first or forced run).
             frame.key, listed, frame.record_keys = self.keys.of(ino)
+            frame.offsets = [item.entry.offset for item in listed]
         except CipherdumpError:
             frame.key, listed = None, []  # listed below, one problem per bad entry
         reuse = self.reuse
