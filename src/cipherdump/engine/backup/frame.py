@@ -3,6 +3,7 @@ its entry list may hold besides decoded children."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -49,7 +50,13 @@ class Frame:
 
     node: ImageNode
     attrs: dict[str, Value]
+    # The entries being walked: all of them, or (see ``more``) the current batch,
+    # whose first is the entry at position ``base``.
     kids: list[ImageNode | Problem | Same | None]
+    # The entries after the current batch, listed a batch at a time so that a large
+    # directory's decoded inodes are not all held at once (None: no more).
+    more: Iterator[ImageNode | Problem] | None = None
+    base: int = 0
     key: bytes | None = None
     reuse: DirRecord | None = None
     orders: dict[bytes, int] = field(default_factory=dict)

@@ -13,6 +13,7 @@ workers to take leaf directories.
 
 from __future__ import annotations
 
+import itertools
 import os
 import posixpath
 import time
@@ -45,6 +46,8 @@ from cipherdump.repo.codec import Value
 from cipherdump.repo.pack import BlobTooLargeError
 
 _PROGRESS_EVERY_S = 0.1
+# Entries of a directory listed (their inodes decoded) at a time.
+BATCH = 1024
 
 ProblemFn = Callable[[bytes, CipherdumpError], None]
 
@@ -182,13 +185,16 @@ class Walk:
         maker = self.maker
         while True:
             frame = stack[-1]
+            if frame.pos >= len(frame.kids) and frame.more is not None:
+                self.next_batch(frame)
             if frame.pos < len(frame.kids):
-                position = frame.pos
-                kid = frame.kids[position]
+                index = frame.pos
+                kid = frame.kids[index]
                 # Let go of the entry's inode once it is done: a directory of many
                 # entries would otherwise hold every decoded inode until it closes.
-                frame.kids[position] = None
+                frame.kids[index] = None
                 frame.pos += 1
+                position = frame.base + index
                 order = frame.order(position)
                 if kid is None:
                     continue  # reused by list_with_reuse
@@ -273,13 +279,31 @@ class Walk:
                 reuse.load_changed_dir(frame, listed)
             if reuse is not None and frame.reusable:
                 frame.kids = reuse.list_with_reuse(frame, listed)
+                self.readahead.hint_files(frame.kids, maker.known_file)
             else:
-                frame.kids = list(self.ns.iter_children(node))
-            self.readahead.hint_files(frame.kids, maker.known_file)
+                frame.more = self.ns.iter_children(node)
+                self.next_batch(frame)
         except InputError as err:
             attrs["list_error"] = str(err)
             self.problem(node.path, err, frame)
         return frame
+
+    def next_batch(self, frame: Frame) -> None:
+        """List the next :data:`BATCH` entries of ``frame`` (the walk is done with the
+        ones before), and hint the data of those files."""
+        assert frame.more is not None
+        frame.base += len(frame.kids)
+        frame.pos = 0
+        frame.kids = []
+        try:
+            frame.kids += itertools.islice(frame.more, BATCH)
+        except InputError as err:  # (the directory is read by the first batch)
+            frame.attrs["list_error"] = str(err)
+            self.problem(frame.node.path, err, frame)
+            frame.more = None
+        if len(frame.kids) < BATCH:
+            frame.more = None
+        self.readahead.hint_files(frame.kids, self.maker.known_file)
 
     def walk_same(self, kid: Same, order: int, frame: Frame) -> None:
         """:meth:`walk`'s step for an entry whose node is reused as encoded, when
