@@ -17,10 +17,11 @@ from test_backup_unit import image_records, latest_view, snapshot_records
 from cipherdump.engine.backup import BackupOptions, backup
 from cipherdump.engine.backup.reuse import ParentReuse
 from cipherdump.engine.parent import DirRecord, ParentIndex
+from cipherdump.engine.snapshot_repair import repair_snapshots
 from cipherdump.engine.views.diff import iter_diff
 from cipherdump.engine.views.snapshot import SnapshotView
 from cipherdump.ext4 import Filesystem, open_filesystem
-from cipherdump.repo import BlobType, KdfParams, MemoryBackend, Repository
+from cipherdump.repo import BlobType, Id, KdfParams, MemoryBackend, Repository
 from cipherdump.repo import tree as tree_module
 from cipherdump.repo.tree import index_parts
 from shared_data import REPO
@@ -107,3 +108,44 @@ def test_changed_chunked_directories_reuse_their_entries(
     assert len(reused) >= first.stats.files_new - 1  # (a hard link's second entry too)
     assert second.snapshot.tree == first.snapshot.tree
     assert s.bytes_read == 0 and s.files_new == s.files_changed == 0
+
+
+def _hiding(monkeypatch: pytest.MonkeyPatch, hidden: set[Id]) -> None:
+    """The repository as if the blobs ``hidden`` were lost (not indexed)."""
+    real = Repository.has_blob
+
+    def has_blob(self: Repository, blob_type: BlobType, blob_id: Id) -> bool:
+        return blob_id not in hidden and real(self, blob_type, blob_id)
+
+    monkeypatch.setattr(Repository, "has_blob", has_blob)
+
+
+def test_repairing_a_chunked_directory_keeps_it_chunked(
+    repo: Repository, fs: Filesystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lost data blob: its file leaves the snapshot, its directory is rewritten in
+    parts; a lost part: its entries leave, the directory's others stay."""
+    first = backup(repo, fs, BackupOptions(jobs=1))
+    view = SnapshotView(repo, first.snapshot_id, first.snapshot)
+    readme = view.resolve(b"/README.txt")
+    (blob,) = readme.node.content
+    with monkeypatch.context() as m:
+        _hiding(m, {blob})
+        (repair,) = repair_snapshots(repo)
+    assert repair.removed == [b"/README.txt"] and repair.new is not None
+    new = repo.load_snapshot(repair.new)
+    assert index_parts(repo.load_blob(BlobType.TREE, new.tree)) is not None
+    after = SnapshotView(repo, repair.new, new)
+    names = [k.raw_name for k in after.children(after.root_node())]
+    assert b"README.txt" not in names and b"public" in names and b"home" in names
+
+    parts = index_parts(repo.load_blob(BlobType.TREE, first.snapshot.tree))
+    assert parts is not None
+    lost = {n.name for n in repo.load_tree_index(parts[0]).nodes}
+    with monkeypatch.context() as m:
+        _hiding(m, {parts[0]})
+        (repair,) = repair_snapshots(repo, [first.snapshot_id.hex])
+    assert repair.removed == [b"/"] and repair.new is not None
+    again = SnapshotView(repo, repair.new, repo.load_snapshot(repair.new))
+    names = [k.raw_name for k in again.children(again.root_node())]
+    assert names and not lost & set(names)
