@@ -455,3 +455,20 @@ def test_a_directory_of_a_live_filesystem_and_the_text_summary(live_fs: LiveFs) 
     assert sorted(line.rsplit("/", 1)[-1] for line in listing.split()) == sorted(
         os.listdir(fs.mnt / "locked")
     )
+
+
+def test_a_directory_of_more_entries_than_a_batch(live_fs: LiveFs) -> None:
+    """The walk lists large directories a batch at a time; a live backup lists the
+    whole directory between its two looks at it, and stores every entry."""
+    fs = live_fs
+    many = fs.mnt / "enc" / "many"
+    many.mkdir()
+    for i in range(1300):
+        (many / f"e{i:04d}").write_bytes(b"%d" % i)
+    os.sync()
+    code, out, err = _cli("backup", "-r", str(fs.repo), "--live", str(fs.mnt), "--json")
+    assert code == 0 and json.loads(out)["live"]["changed"] == [], err
+    restored = _restore(fs, json.loads(out)["snapshot_id"], "many")
+    names = sorted(os.listdir(restored / "enc" / "many"))
+    assert names == sorted(os.listdir(many)) and len(names) == 1300
+    assert (restored / "enc" / "many" / "e1299").read_bytes() == b"1299"

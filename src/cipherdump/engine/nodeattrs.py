@@ -19,8 +19,13 @@ map (codec values; keys absent when they do not apply):
 ``blocks``         ``i_blocks`` in 512-byte units
 ``atime_ns``       access time, nanoseconds (``mtime_ns``, ``ctime_ns`` likewise)
 ``crtime_ns``      birth time, when the inode has one
-``order``          position of the entry in its directory as read (listings keep it)
-``name_encrypted`` true when the parent directory encrypts names
+``order``          sorts the entries of a directory into the order it holds them
+                   (listings keep it): the entry's byte offset in the directory, which
+                   stays when other entries come and go, so that their nodes (and a large
+                   directory's parts) stay the same; its position in the directory in
+                   trees written before chunked trees (version 3), and where the entries
+                   could not all be read.  Only its order is meaningful.
+``name_encrypted`` true when the containing directory encrypts names
 ``display``        the name as Linux shows it without the key (no-key name), when encrypted
 ``hash``           ``[hash, minor_hash]`` stored in a casefolded + encrypted directory entry
 ``context``        the encryption context xattr value (index 9, ``c``), verbatim

@@ -30,7 +30,7 @@ from cipherdump.engine.nodeattrs import fingerprint, int_attr, pack_refs, unpack
 from cipherdump.errors import CipherdumpError
 from cipherdump.repo import BlobType, Id, Repository, Snapshot
 from cipherdump.repo.codec import Value, decode, expect_map
-from cipherdump.repo.tree import NodeSpan, tree_spans
+from cipherdump.repo.tree import NodeSpan, index_parts, tree_spans
 
 # ino, generation, files, own fingerprint, entries key, tree id
 _DIR = struct.Struct("<III16s16s32s")
@@ -134,12 +134,27 @@ class ParentIndex:
         if rec is None or rec.tree in self._loaded:
             return None
         try:
-            spans = tree_spans(self._repo.load_blob(BlobType.TREE, rec.tree))
+            spans = self._spans(rec.tree)
         except CipherdumpError:
             return None
-        if spans is None or (spans and spans[0].located != LOCATED_ATTRS):
+        if spans is None or any(s.located != LOCATED_ATTRS for s in spans[:1]):
             return None
         self._loaded.add(rec.tree)
+        return spans
+
+    def _spans(self, tree: Id) -> list[NodeSpan] | None:
+        """The encoded nodes of a tree with a layout, or of every part of a chunked
+        one (all of them with a layout); None otherwise."""
+        data = self._repo.load_blob(BlobType.TREE, tree)
+        parts = index_parts(data, f"tree {tree}")
+        if parts is None:
+            return tree_spans(data)
+        spans: list[NodeSpan] = []
+        for part in parts:
+            found = tree_spans(self._repo.load_blob(BlobType.TREE, part))
+            if found is None or any(s.located != LOCATED_ATTRS for s in found[:1]):
+                return None
+            spans += found
         return spans
 
     def index_spans(self, spans: Iterable[NodeSpan]) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from cipherdump.engine.backup import BackupOptions, backup
+from cipherdump.engine.backup import walk as walk_module
 from cipherdump.engine.backup.walk import Walk
 from cipherdump.engine.backup.workers import DirJob
 from cipherdump.engine.chunker import DEFAULT_CHUNK_SIZE
@@ -68,3 +69,17 @@ def test_a_worker_backs_up_a_directory_as_the_coordinator_would(
     assert done.records == [public] and end.tally.dir_records == []
     assert end.tally.stats.files_new == 3 and end.tally.stats.dirs_new == 1
     assert reports and reports[-1].inodes_done == end.tally.inodes_done == 4
+
+
+def test_entries_listed_in_batches_make_the_same_trees(
+    repo: Repository, fs: Filesystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory is listed (its inodes decoded) a batch at a time; the batch size
+    changes nothing stored.  Batches of one and two entries, against all at once."""
+    trees = []
+    for batch in (1 << 20, 1, 2):
+        monkeypatch.setattr(walk_module, "BATCH", batch)
+        walk = Walk(repo, fs, DEFAULT_CHUNK_SIZE)
+        trees.append(walk.run(Namespace(fs).resolve(b"/")))
+        assert walk.tally.stats.errors == 0
+    assert trees[0] == trees[1] == trees[2]

@@ -3,6 +3,7 @@ its entry list may hold besides decoded children."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -49,7 +50,13 @@ class Frame:
 
     node: ImageNode
     attrs: dict[str, Value]
+    # The entries being walked: all of them, or (see ``more``) the current batch,
+    # whose first is the entry at position ``base``.
     kids: list[ImageNode | Problem | Same | None]
+    # The entries after the current batch, listed a batch at a time so that a large
+    # directory's decoded inodes are not all held at once (None: no more).
+    more: Iterator[ImageNode | Problem] | None = None
+    base: int = 0
     key: bytes | None = None
     reuse: DirRecord | None = None
     orders: dict[bytes, int] = field(default_factory=dict)
@@ -57,6 +64,8 @@ class Frame:
     # Per entry position, the record key of its node (see RecordKeys); empty if the
     # entries could not all be read.
     record_keys: list[bytes] = field(default_factory=list)
+    # Per entry position, the entry's offset in the directory: its ``order`` attr.
+    offsets: list[int] = field(default_factory=list)
     # Encoded nodes of the parent snapshot's tree whose record key is unchanged, by
     # record key.
     reusable: dict[bytes, NodeSpan] = field(default_factory=dict)
@@ -69,6 +78,14 @@ class Frame:
     # A live backup's verdict on the directory's entries (see Walk.open_live_dir).
     live_ok: bool = True
 
-    def record_key(self, order: int) -> bytes | None:
-        """The record key of the entry at ``order``, if the entries were all read."""
-        return self.record_keys[order] if order < len(self.record_keys) else None
+    def record_key(self, position: int) -> bytes | None:
+        """The record key of the entry at ``position``, if the entries were all read."""
+        return self.record_keys[position] if position < len(self.record_keys) else None
+
+    def order(self, position: int) -> int:
+        """The ``order`` attr of the entry at ``position``: its offset in the directory,
+        which stays when entries are added or removed beside it (so that their nodes,
+        and a large directory's parts, stay the same); its position if the entries
+        could not all be read."""
+        offsets = self.offsets
+        return offsets[position] if position < len(offsets) else position

@@ -24,9 +24,9 @@ from cipherdump.errors import CipherdumpError
 from cipherdump.ext4 import Filesystem, Inode, Run
 from cipherdump.ext4.inode import InodeType
 from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_ENCRYPTION
-from cipherdump.repo import BlobType, Id, Node, Repository
+from cipherdump.repo import BlobType, Id, Node, Repository, pack
 from cipherdump.repo.codec import Value, decode
-from cipherdump.repo.tree import NodeSpan, join_nodes
+from cipherdump.repo.tree import NodeSpan, save_directory
 
 # A file's data: (chunk indices, chunk ids).
 ChunkRefs = tuple[tuple[int, ...], tuple[Id, ...]]
@@ -342,10 +342,18 @@ class NodeMaker:
         )
 
     def save_tree(self, nodes: Iterable[tuple[bytes, Node | NodeSpan]]) -> Id:
-        """Store a directory's tree (its nodes in entry order)."""
-        data = join_nodes(nodes, LOCATED_ATTRS)
-        tree_id, new = self.repo.add_blob(BlobType.TREE, data, compress=True)
-        if new:
-            self.tally.stats.bytes_added += len(data)
-            self.tally.stats.tree_blobs_added += 1
-        return tree_id
+        """Store a directory's tree (its nodes in any order): one tree blob, or, for a
+        large directory, its parts and their index (see
+        :func:`~cipherdump.repo.tree.save_directory`); an unchanged part is the blob
+        it was, so one added entry does not rewrite a large directory."""
+        stats = self.tally.stats
+
+        def save(data: bytes) -> Id:
+            tree_id, new = self.repo.add_blob(BlobType.TREE, data, compress=True)
+            if new:
+                stats.bytes_added += len(data)
+                stats.tree_blobs_added += 1
+            return tree_id
+
+        # (Read when called: tests lower the limit.)
+        return save_directory(nodes, LOCATED_ATTRS, save, pack.MAX_BLOB_SIZE)

@@ -188,7 +188,7 @@ class ParentReuse:
         tally = self.maker.tally
         for position, (e, peek) in enumerate(listed):
             if peek.is_dir:
-                frame.orders[e.name] = position
+                frame.orders[e.name] = frame.order(position)
                 name = self.ns.display_name(directory, e)
                 frame.kids.append(
                     ImageNode(
@@ -222,9 +222,12 @@ class ParentReuse:
         )
         if same:
             return frame.reuse.tree
-        # Only subtrees of child directories differ: patch the old tree.
+        # Only subtrees of child directories differ: patch the old tree.  Their nodes
+        # keep the old ``order``: the old tree may be of a version that kept positions.
         old = self.repo.load_tree(frame.reuse.tree)
-        return self.maker.save_tree((n.name, frame.nodes.get(n.name, n)) for n in old.nodes)
+        return self.maker.save_tree(
+            (n.name, _patched(n, frame.nodes.get(n.name))) for n in old.nodes
+        )
 
     def _dir_record_of(self, node: Node) -> DirRecord | None:
         return self.index.dirs.get(int_attr(node.attrs, "ino", -1))
@@ -281,14 +284,14 @@ class ParentReuse:
         reusable = frame.reusable
         names: set[bytes] = set()
         batch: list[tuple[int, Entry, InodePeek, NodeSpan]] = []
-        for order, ((e, peek), key) in enumerate(zip(listed, frame.record_keys, strict=True)):
+        for position, ((e, peek), key) in enumerate(zip(listed, frame.record_keys, strict=True)):
             span = reusable.get(key)
             if span is not None and not peek.is_dir:
                 if e.name in names:
                     out.append(Same(e, peek, span))
                 else:
                     names.add(e.name)
-                    batch.append((order, e, peek, span))
+                    batch.append((position, e, peek, span))
                     out.append(None)
                 continue
             names.add(e.name)
@@ -307,14 +310,14 @@ class ParentReuse:
             path = child_path(node.path, name)
             out.append(ImageNode(path, name, e.name, child, directory.is_encrypted, e.hash))
         # Reused in one go: the walk would spend more on each than the reuse costs.
-        nodes, reuse = frame.nodes, self.reuse_node
+        nodes, reuse, order_of = frame.nodes, self.reuse_node, frame.order
         frame.files += len(batch)
-        for order, e, peek, span in batch:
+        for position, e, peek, span in batch:
             try:
-                nodes[e.name] = reuse(e.ino, peek, span, order, frame)
+                nodes[e.name] = reuse(e.ino, peek, span, order_of(position), frame)
             except CipherdumpError as err:
                 name = self.ns.display_name(directory, e)
-                out[order] = Problem(posixpath.join(node.path, name), err)
+                out[position] = Problem(posixpath.join(node.path, name), err)
         self.on_progress(node.path)
         return out
 
@@ -323,7 +326,8 @@ class ParentReuse:
     ) -> NodeSpan:
         """The parent snapshot's encoded node of an entry whose record key is
         unchanged: the node made now would be byte for byte the same but for its
-        position (``order``), so only that is patched and the counts kept."""
+        ``order`` (its offset in the directory, which may have moved), so only that is
+        patched and the counts kept."""
         tally = self.maker.tally
         if tally.first_visit(ino):
             tally.stats.files_unchanged += 1
@@ -341,3 +345,13 @@ class ParentReuse:
         if span.attr("order") == position:
             return span
         return span.with_attr("order", position)
+
+
+def _patched(old: Node, new: Node | NodeSpan | None) -> Node | NodeSpan:
+    """``new`` in place of ``old`` in a reused directory's tree, at ``old``'s order."""
+    if new is None:
+        return old
+    order = old.attrs.get("order")
+    if not isinstance(new, Node) or order is None or new.attrs.get("order") == order:
+        return new
+    return Node(new.name, new.kind, new.subtree, new.content, {**new.attrs, "order": order})

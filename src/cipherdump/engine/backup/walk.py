@@ -15,6 +15,7 @@ it reads: the seam is the three methods under "the live check" below.
 
 from __future__ import annotations
 
+import itertools
 import os
 import posixpath
 import time
@@ -49,6 +50,8 @@ from cipherdump.repo.pack import BlobTooLargeError
 from cipherdump.repo.tree import NodeSpan
 
 _PROGRESS_EVERY_S = 0.1
+# Entries of a directory listed (their inodes decoded) at a time.
+BATCH = 1024
 
 ProblemFn = Callable[[bytes, CipherdumpError], None]
 
@@ -200,13 +203,17 @@ class Walk:
         maker = self.maker
         while True:
             frame = stack[-1]
+            if frame.pos >= len(frame.kids) and frame.more is not None:
+                self.next_batch(frame)
             if frame.pos < len(frame.kids):
-                order = frame.pos
-                kid = frame.kids[order]
+                index = frame.pos
+                kid = frame.kids[index]
                 # Let go of the entry's inode once it is done: a directory of many
                 # entries would otherwise hold every decoded inode until it closes.
-                frame.kids[order] = None
+                frame.kids[index] = None
                 frame.pos += 1
+                position = frame.base + index
+                order = frame.order(position)
                 if kid is None:
                     continue  # reused by list_with_reuse
                 if isinstance(kid, Problem):
@@ -237,11 +244,11 @@ class Walk:
                             stack.append(self.open_live_dir(kid, order, len(stack), census))
                     elif self.live is not None:
                         frame.files += 1
-                        self.make_live_node(kid, order, frame, self.live)
+                        self.make_live_node(kid, order, position, frame, self.live)
                     else:
                         frame.files += 1
                         frame.nodes[kid.raw_name] = maker.make_node(
-                            kid, order, frame.census, frame.record_key(order)
+                            kid, order, frame.census, frame.record_key(position)
                         )
                 except InputError as err:  # the filesystem's: the repository's end the backup
                     self.problem(kid.path, err, frame)
@@ -286,6 +293,7 @@ class Walk:
         try:
             # Kept for the next run even when not compared now (first or forced run).
             frame.key, listed, frame.record_keys = self.keys.of(ino)
+            frame.offsets = [item.entry.offset for item in listed]
         except CipherdumpError:
             frame.key, listed = None, []  # listed below, one problem per bad entry
         reuse = self.reuse
@@ -299,13 +307,31 @@ class Walk:
                 reuse.load_changed_dir(frame, listed)
             if reuse is not None and frame.reusable:
                 frame.kids = reuse.list_with_reuse(frame, listed)
+                self.readahead.hint_files(frame.kids, maker.known_file)
             else:
-                frame.kids = list(self.ns.iter_children(node))
-            self.readahead.hint_files(frame.kids, maker.known_file)
+                frame.more = self.ns.iter_children(node)
+                self.next_batch(frame)
         except InputError as err:
             attrs["list_error"] = str(err)
             self.problem(node.path, err, frame)
         return frame
+
+    def next_batch(self, frame: Frame) -> None:
+        """List the next :data:`BATCH` entries of ``frame`` (the walk is done with the
+        ones before), and hint the data of those files."""
+        assert frame.more is not None
+        frame.base += len(frame.kids)
+        frame.pos = 0
+        frame.kids = []
+        try:
+            frame.kids += itertools.islice(frame.more, BATCH)
+        except InputError as err:  # (the directory is read by the first batch)
+            frame.attrs["list_error"] = str(err)
+            self.problem(frame.node.path, err, frame)
+            frame.more = None
+        if len(frame.kids) < BATCH:
+            frame.more = None
+        self.readahead.hint_files(frame.kids, self.maker.known_file)
 
     # -- the live check (a live backup's round; see engine/live_backup.py) --------------------
     def open_live_dir(self, kid: ImageNode, order: int, depth: int, census: Census | None) -> Frame:
@@ -315,17 +341,29 @@ class Walk:
         assert live is not None
         ok = live.before(kid)
         frame = self.open_dir(kid, order, depth, census)
+        if frame.more is not None:
+            # All its entries are listed before the second look (not a batch at a
+            # time as the walk goes): the look must follow the whole listing.
+            try:
+                frame.kids += frame.more
+            except InputError as err:
+                frame.attrs["list_error"] = str(err)
+                self.problem(frame.node.path, err, frame)
+            frame.more = None
+            self.readahead.hint_files(frame.kids, self.maker.known_file)
         frame.live_ok = live.after(kid) if ok else False
         if not frame.live_ok:
             frame.errors += 1
         return frame
 
-    def make_live_node(self, kid: ImageNode, order: int, frame: Frame, live: LiveCheck) -> None:
+    def make_live_node(
+        self, kid: ImageNode, order: int, position: int, frame: Frame, live: LiveCheck
+    ) -> None:
         """:meth:`.nodes.NodeMaker.make_node` between the live check's looks (skipped if
         the first already rejects); the node stored is the one the check settles on."""
         made: Node | NodeSpan | None = None
         if live.before(kid):
-            made = self.maker.make_node(kid, order, frame.census, frame.record_key(order))
+            made = self.maker.make_node(kid, order, frame.census, frame.record_key(position))
         settled = live.settle(kid, order, made)
         if settled.node is not None:
             frame.nodes[kid.raw_name] = settled.node
