@@ -46,7 +46,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The order in which engine/backup.py attrs_of and make_node fill a node's attrs.
+# The order in which engine/backup/nodes.py attrs_of and make_node fill a node's attrs.
 ATTR_ORDER = [
     *("ino", "mode", "uid", "gid", "size", "links", "flags", "generation", "project_id"),
     *("version", "blocks", "atime_ns", "mtime_ns", "ctime_ns", "order", "crtime_ns"),

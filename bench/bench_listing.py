@@ -29,7 +29,8 @@ from pathlib import Path
 
 from bench_codec import best  # a sibling script: best of ``repeat`` timed calls
 
-from cipherdump.engine import backup as backup_mod
+from cipherdump.engine.backup.walk import Walk
+from cipherdump.engine.chunker import DEFAULT_CHUNK_SIZE
 from cipherdump.engine.filenode import file_context, file_node
 from cipherdump.engine.parent import LOCATED_ATTRS
 from cipherdump.engine.views.image import ImageNode, Namespace
@@ -83,7 +84,7 @@ def main() -> None:
             report("names", names, one, together)
 
         repo = Repository.init(MemoryBackend(), b"pw", kdf=KdfParams.insecure_for_tests())
-        job = backup_mod._Backup(repo, fs, backup_mod.BackupOptions(), None, None)
+        job = Walk(repo, fs, DEFAULT_CHUNK_SIZE).maker
         content = (Id(bytes(32)),)
         files = [
             (order, kid)
@@ -108,14 +109,14 @@ def main() -> None:
             for order, kid in files:
                 _, context = file_context(kid.inode)
                 if context is not None and kid.inode.is_encrypted:
-                    job.census.add({}, context)
+                    job.policy_census.add({}, context)
                 runs = kid.inode.runs
                 extents = [
                     (r.lblk, r.length, r.pblk, r.unwritten) for r in runs if r.pblk is not None
                 ]
                 span = file_node(
                     kid, order, LOCATED_ATTRS, context=context, extents=extents,
-                    source=bytes(16), chunk_size=1 << 20, chunks=(0,), content=content,
+                    record_key=bytes(16), chunk_size=1 << 20, chunks=(0,), content=content,
                 )  # fmt: skip
                 out.append(join_nodes([(kid.raw_name, span)], LOCATED_ATTRS))
             return out

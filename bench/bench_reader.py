@@ -1,7 +1,7 @@
 """Per-inode reader cost: what a key-less backup asks of every regular file's inode.
 
 Opens a kernel-made image and, for every regular file, does what the backup's
-``entries_key`` and ``attrs_of`` do with its inode (load it, hash its raw record, take
+``RecordKeys.of`` and ``attrs_of`` do with its inode (load it, hash its raw record, take
 every metadata field, its xattrs and its block map), on a fresh
 :class:`~cipherdump.ext4.fs.Filesystem` each time so no inode comes from the cache.
 Reports the best of ``--repeat`` passes in microseconds per inode, and the same for
@@ -62,10 +62,10 @@ def collect(fs: Any) -> tuple[list[int], list[tuple[bytes, int, bool]]]:
 
 
 def one_file(fs: Any, number: int, file_type: Any, xattr_index: int) -> list[Any]:
-    """What entries_key and attrs_of (engine/backup.py) read of one inode."""
+    """What RecordKeys.of and attrs_of (engine/backup/reuse.py, nodes.py) read of one inode."""
     ino = fs.inode(number)
     raw = ino.raw
-    # entries_key: the raw record, the xattr block, a slow symlink's block
+    # RecordKeys.of: the raw record, the xattr block, a slow symlink's block
     out: list[Any] = [raw.raw]
     if raw.i_file_acl:
         out.append(fs.read_block(raw.i_file_acl))

@@ -10,7 +10,8 @@ and pick an exit code without ever showing a traceback::
     │   │   └── ChecksumError    a metadata_csum / crc mismatch
     │   ├── UnsupportedError     valid but beyond what we implement (unknown incompat feature,
     │   │                        unknown context version, cipher we do not have)
-    │   └── NotFoundError        a path or inode that does not exist
+    │   ├── NotFoundError        a path or inode that does not exist
+    │   └── LiveMountError       a live backup's mount is gone, remounted, or not ext4
     ├── KeyProblem               a key is missing, does not match, or is wrong
     ├── IntegrityError           a repository object fails authentication or its hash
     ├── BackendError             the storage under a repository failed
@@ -72,6 +73,12 @@ class UnsupportedError(InputError):
 
 class NotFoundError(InputError):
     """A path or inode does not exist."""
+
+
+class LiveMountError(InputError):
+    """The mount a live backup reads (``backup --live``) is not, or no longer, the one it
+    started with: unmounted, remounted, on another device, not ext4, a bind mount of a
+    subdirectory.  The backup stops: what it read of the device may be of two mounts."""
 
 
 class KeyProblem(CipherdumpError):

@@ -14,14 +14,14 @@ import pytest
 from test_backup_kernel import assert_ciphertext_is_on_disk, assert_lists_like_kernel
 
 import kernelfs
-from cipherdump.engine import backup as backup_module
 from cipherdump.engine.backup import BackupOptions, BackupResult, backup
+from cipherdump.engine.backup.nodes import NodeMaker
+from cipherdump.engine.backup.walk import Walk
+from cipherdump.engine.backup.workers import WorkerDied
 from cipherdump.engine.views.snapshot import SnapshotView
-from cipherdump.engine.workers import WorkerDied
 from cipherdump.errors import BackendError, CipherdumpError, CorruptError
 from cipherdump.ext4 import open_filesystem
 from cipherdump.repo import KdfParams, LocalBackend, MemoryBackend, Repository
-from shared_data import REPO
 
 pytestmark = pytest.mark.kernel
 
@@ -119,15 +119,15 @@ def test_workers_make_the_snapshot_one_process_makes(
 def test_problems_found_by_workers_are_reported(
     wide_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    parent_pid = os.getpid()
-    make_node = backup_module._Backup.make_node
+    coordinator_pid = os.getpid()
+    make_node = NodeMaker.make_node
 
-    def fail_in_workers(self: backup_module._Backup, kid, order, frame):  # type: ignore[no-untyped-def]
-        if os.getpid() != parent_pid and kid.raw_name == b"f3":
+    def fail_in_workers(self: NodeMaker, kid, *args):  # type: ignore[no-untyped-def]
+        if os.getpid() != coordinator_pid and kid.raw_name == b"f3":
             raise CorruptError("made up for the test", structure="inode", location="inode 1")
-        return make_node(self, kid, order, frame)
+        return make_node(self, kid, *args)
 
-    monkeypatch.setattr(backup_module._Backup, "make_node", fail_in_workers)
+    monkeypatch.setattr(NodeMaker, "make_node", fail_in_workers)
     repo = _repo(tmp_path)
     seen: list[tuple[bytes, CipherdumpError]] = []
     with open_filesystem(str(wide_image)) as fs:
@@ -148,11 +148,11 @@ def test_problems_found_by_workers_are_reported(
 def test_a_worker_that_cannot_save_stops_the_backup(
     wide_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    parent_pid = os.getpid()
+    coordinator_pid = os.getpid()
     flush = Repository.flush
 
     def failing_flush(self: Repository) -> None:
-        if os.getpid() != parent_pid:
+        if os.getpid() != coordinator_pid:
             raise BackendError("no space left on device (made up for the test)")
         flush(self)
 
@@ -173,13 +173,13 @@ def test_a_worker_that_cannot_save_stops_the_backup(
 def test_a_worker_that_dies_stops_the_backup(
     wide_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int
 ) -> None:
-    parent_pid = os.getpid()
+    coordinator_pid = os.getpid()
 
-    def die(self: backup_module._Backup, job: object) -> None:
-        if os.getpid() != parent_pid:
+    def die(self: Walk, job: object) -> None:
+        if os.getpid() != coordinator_pid:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    monkeypatch.setattr(backup_module._Backup, "run_job", die)
+    monkeypatch.setattr(Walk, "run_job", die)
     repo = _repo(tmp_path)
     # Noticed as its pipe closing, or, if the next job is sent first, as the send failing.
     with pytest.raises(WorkerDied, match=r"ended unexpectedly|is gone"):
@@ -192,7 +192,7 @@ def test_a_worker_that_dies_stops_the_backup(
 
 
 def test_a_repository_in_memory_is_backed_up_in_one_process(wide_image: Path) -> None:
-    """Forked workers could not write into the parent's memory: jobs is ignored."""
+    """Forked workers could not write into the coordinator's memory: jobs is ignored."""
     repo = Repository.init(MemoryBackend(), b"pw", kdf=KdfParams.insecure_for_tests())
     result = _backup(repo, wide_image, jobs=4)
     assert result.stats.errors == 0 and result.stats.dirs_new > LEAVES
@@ -220,14 +220,14 @@ def test_a_directory_that_cannot_be_opened_is_one_problem_either_way(
 ) -> None:
     """A leaf directory whose own inode cannot be described is reported and left out,
     by a worker as by the one process, and the backup goes on."""
-    attrs_of = backup_module._Backup.attrs_of
+    attrs_of = NodeMaker.attrs_of
 
-    def bad_leaf(self: backup_module._Backup, kid, order, census):  # type: ignore[no-untyped-def]
+    def bad_leaf(self: NodeMaker, kid, order, census):  # type: ignore[no-untyped-def]
         if kid.raw_name == b"leaf-1" and kid.inode.is_dir:
             raise CorruptError("made up for the test", structure="inode", location="inode 2")
         return attrs_of(self, kid, order, census)
 
-    monkeypatch.setattr(backup_module._Backup, "attrs_of", bad_leaf)
+    monkeypatch.setattr(NodeMaker, "attrs_of", bad_leaf)
     repo = _repo(tmp_path)
     results = []
     for jobs in (1, 3):
@@ -262,30 +262,3 @@ def test_warnings_met_by_workers_reach_the_snapshot(tmp_path: Path, shared_testd
     assert len(htree) == 5
     assert sorted(w for w in many.warnings if "htree" in w) == sorted(htree)
     assert many.snapshot.attrs["warnings"] == many.warnings
-
-
-@pytest.mark.parametrize(
-    ("cpus", "jobs", "inodes", "workers"),
-    [
-        (1, 0, 50_000, 0),  # one CPU: nothing to share it with
-        (2, 0, 50_000, 2),  # one worker per CPU; this process walks and hands out
-        (16, 0, 50_000, 4),  # at most four
-        (8, 0, 100, 0),  # too small to pay for workers
-        (8, 1, 50_000, 0),
-        (1, 3, 50_000, 2),  # asked for: as many as asked
-    ],
-)
-def test_worker_count(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    cpus: int,
-    jobs: int,
-    inodes: int,
-    workers: int,
-) -> None:
-    sample = REPO / "examples" / "sample.img"
-    monkeypatch.setattr(backup_module.os, "cpu_count", lambda: cpus)
-    with open_filesystem(str(sample)) as fs:
-        run = backup_module._Backup(_repo(tmp_path), fs, BackupOptions(jobs=jobs), None, None)
-        run._inodes_total = inodes
-        assert run.worker_count() == workers

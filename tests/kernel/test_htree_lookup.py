@@ -115,3 +115,27 @@ def test_the_htree_root_is_read_once_for_entries_and_hash_version(
             directory.entries()
             if entries_first:
                 assert reads.count(root) == 1
+
+
+@pytest.mark.parametrize("kernel_image", BIGDIR_CONFIGS, indirect=True)
+def test_entries_know_their_offset_and_the_index_finds_the_same(kernel_image: KernelImage) -> None:
+    """Offsets rise in disk order, within the directory's size; an entry found through
+    the index has the offset the full scan gives it (offsets are where ``order`` comes
+    from in a backup: they must not depend on how an entry was found)."""
+    ki = kernel_image
+    big = _big_dir_path(ki)
+    with open_filesystem(str(ki.image)) as fs:
+        ns = Namespace(fs)
+        directory = ns.resolve(big).inode
+        entries = directory.entries()
+        offsets = [e.offset for e in entries]
+        assert offsets == sorted(set(offsets)) and offsets[0] >= 0
+        assert offsets[-1] < directory.size
+    with open_filesystem(str(ki.image)) as fs:
+        ns = Namespace(fs)
+        directory = ns.resolve(big).inode
+        for e in entries[::211]:
+            name = ns.display_name(directory, e)
+            found = ns._htree_lookup(directory, name)
+            assert found is not None and found == e and found.offset == e.offset
+        assert not directory.entries_loaded

@@ -25,15 +25,27 @@ class OverlaySource(Closable):
 
     Other attributes (read-ahead hints, ``reopen``) are those of ``inner``: hints for
     the original places cost at most a useless read-ahead.
+
+    ``pin``: read every copy now and answer from memory.  A journal in use (a mounted
+    filesystem's, see docs/live-backup.md) reuses its blocks once their transactions
+    are checkpointed, so a copy read later could be another transaction's block.
     """
 
     def __init__(
-        self, inner: ByteSource, block_size: int, blocks: Mapping[int, tuple[int, bool]]
+        self,
+        inner: ByteSource,
+        block_size: int,
+        blocks: Mapping[int, tuple[int, bool]],
+        *,
+        pin: bool = False,
     ) -> None:
         self._inner = inner
         self._bs = block_size
         self._blocks = dict(blocks)
         self._sorted = sorted(self._blocks)
+        self._pinned: dict[int, bytes] | None = None
+        if pin:
+            self._pinned = {blk: self._copy(blk) for blk in self._sorted}
 
     @property
     def inner(self) -> ByteSource:
@@ -68,6 +80,8 @@ class OverlaySource(Closable):
         return bytes(out)
 
     def _copy(self, blk: int) -> bytes:
+        if self._pinned is not None:
+            return self._pinned[blk]
         pblk, escaped = self._blocks[blk]
         bs = self._bs
         copy = self._inner.read_at(pblk * bs, bs)

@@ -34,10 +34,11 @@ def allow_mounted_option(what: str) -> Callable[[F], F]:
     return decorate
 
 
-def check_mounted(source: str, *, allow_mounted: bool, doing: str) -> None:
+def check_mounted(source: str, *, allow_mounted: bool, doing: str, instead: str = "") -> None:
     """Refuse ``source`` if it is mounted read-write, or warn with ``allow_mounted``.
 
-    ``doing`` says what the command does with it, for the messages ("back it up")."""
+    ``doing`` says what the command does with it, for the messages ("back it up");
+    ``instead`` names a consistent way to do it anyway, if there is one."""
     from cipherdump.blockio.mounts import mounted_read_write
 
     mounts = mounted_read_write(source)
@@ -46,8 +47,8 @@ def check_mounted(source: str, *, allow_mounted: bool, doing: str) -> None:
     where = ", ".join(m.mount_point + (f" (via {m.via})" if m.via else "") for m in mounts)
     if not allow_mounted:
         raise InputError(
-            f"{source} is mounted read-write at {where}; unmount it or use a snapshot of it "
-            f"(--allow-mounted would {doing} anyway, possibly inconsistent)"
+            f"{source} is mounted read-write at {where}; unmount it or use a snapshot of it"
+            f"{instead} (--allow-mounted would {doing} anyway, possibly inconsistent)"
         )
     render.warn(
         f"{source} is mounted read-write at {where}: files changing "

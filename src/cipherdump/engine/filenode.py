@@ -70,23 +70,24 @@ def file_node(
     *,
     context: bytes | None,
     extents: Sequence[tuple[int, int, int, bool]],
-    source: bytes | None,
+    record_key: bytes | None,
     chunk_size: int,
     chunks: Sequence[int],
     content: tuple[Id, ...],
 ) -> NodeSpan:
     """The node the general path makes of the regular file ``kid`` (see
-    ``_Backup.attrs_of`` and ``make_node``), for an inode :func:`file_context` accepts:
-    ``extents`` its mapped runs, ``source`` its source key, ``chunks`` and ``content``
-    its data.  ``located``: the keys a tree's layout locates (``context``, ``order``
-    and ``source`` are)."""
+    :meth:`~cipherdump.engine.backup.nodes.NodeMaker.attrs_of` and ``make_node``), for
+    an inode :func:`file_context` accepts: ``extents`` its mapped runs, ``record_key``
+    its record key (kept as the attr ``source``), ``chunks`` and ``content`` its data.
+    ``located``: the keys a tree's layout locates (``context``, ``order`` and
+    ``source`` are)."""
     ino = kid.inode
     raw = ino.raw
     enc = codec.int_value
     encrypted_name = kid.name_encrypted
     stored_hash = kid.stored_hash
     count = _ALWAYS + 2 * (bool(content) + encrypted_name) + bool(extents)
-    count += (context is not None) + (stored_hash is not None) + (source is not None)
+    count += (context is not None) + (stored_hash is not None) + (record_key is not None)
     head, tail = node_frame(kid.raw_name, "file", content)
     parts = [head, codec.map_head(count), _ATIME, enc(ino.atime_ns), _BLOCKS, enc(ino.blocks_512)]
     if content:
@@ -115,8 +116,8 @@ def file_node(
         parts += (_NAME_ENCRYPTED, _TRUE)
     parts = _located(parts, _ORDER, enc(order), "order", found)
     parts += (_PROJECT_ID, enc(raw.i_projid), _SIZE, enc(raw.i_size))
-    if source is not None:
-        parts = _located(parts, _SOURCE, codec.bytes_value(source), "source", found)
+    if record_key is not None:
+        parts = _located(parts, _SOURCE, codec.bytes_value(record_key), "source", found)
     parts += (_UID, enc(raw.i_uid), _VERSION, enc(raw.i_version), tail)
     return NodeSpan(b"".join(parts), found, located)
 

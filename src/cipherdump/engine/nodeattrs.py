@@ -19,8 +19,13 @@ map (codec values; keys absent when they do not apply):
 ``blocks``         ``i_blocks`` in 512-byte units
 ``atime_ns``       access time, nanoseconds (``mtime_ns``, ``ctime_ns`` likewise)
 ``crtime_ns``      birth time, when the inode has one
-``order``          position of the entry in its directory as read (listings keep it)
-``name_encrypted`` true when the parent directory encrypts names
+``order``          sorts the entries of a directory into the order it holds them
+                   (listings keep it): the entry's byte offset in the directory, which
+                   stays when other entries come and go, so that their nodes (and a large
+                   directory's parts) stay the same; its position in the directory in
+                   trees written before chunked trees (version 3), and where the entries
+                   could not all be read.  Only its order is meaningful.
+``name_encrypted`` true when the containing directory encrypts names
 ``display``        the name as Linux shows it without the key (no-key name), when encrypted
 ``hash``           ``[hash, minor_hash]`` stored in a casefolded + encrypted directory entry
 ``context``        the encryption context xattr value (index 9, ``c``), verbatim
@@ -42,8 +47,10 @@ map (codec values; keys absent when they do not apply):
 ``source``         16 bytes (non-directories): a hash of every on-disk byte the node is
                    made from (entry, position, raw inode, xattr and symlink blocks, naming
                    facts of the directory and filesystem); an incremental backup reuses the
-                   encoded node of an entry whose source is unchanged.  Absent in snapshots
-                   of older versions and where the directory's entries could not all be read.
+                   encoded node of an entry whose source is unchanged.  The backup calls it
+                   the entry's *record key* (see :mod:`cipherdump.engine.backup.reuse`).
+                   Absent in snapshots of older versions and where the directory's entries
+                   could not all be read.
 ``list_error``     for a directory: why its entries could not be read (a cycle, damage)
 ================== ==========================================================================
 """

@@ -22,7 +22,7 @@ Two levels, so that an unchanged directory costs neither decoding nor encoding a
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cipherdump.engine.chunker import DEFAULT_CHUNK_SIZE
@@ -30,7 +30,7 @@ from cipherdump.engine.nodeattrs import fingerprint, int_attr, pack_refs, unpack
 from cipherdump.errors import CipherdumpError
 from cipherdump.repo import BlobType, Id, Repository, Snapshot
 from cipherdump.repo.codec import Value, decode, expect_map
-from cipherdump.repo.tree import NodeSpan, tree_spans
+from cipherdump.repo.tree import NodeSpan, index_parts, tree_spans
 
 # ino, generation, files, own fingerprint, entries key, tree id
 _DIR = struct.Struct("<III16s16s32s")
@@ -134,12 +134,27 @@ class ParentIndex:
         if rec is None or rec.tree in self._loaded:
             return None
         try:
-            spans = tree_spans(self._repo.load_blob(BlobType.TREE, rec.tree))
+            spans = self._spans(rec.tree)
         except CipherdumpError:
             return None
-        if spans is None or (spans and spans[0].located != LOCATED_ATTRS):
+        if spans is None or any(s.located != LOCATED_ATTRS for s in spans[:1]):
             return None
         self._loaded.add(rec.tree)
+        return spans
+
+    def _spans(self, tree: Id) -> list[NodeSpan] | None:
+        """The encoded nodes of a tree with a layout, or of every part of a chunked
+        one (all of them with a layout); None otherwise."""
+        data = self._repo.load_blob(BlobType.TREE, tree)
+        parts = index_parts(data, f"tree {tree}")
+        if parts is None:
+            return tree_spans(data)
+        spans: list[NodeSpan] = []
+        for part in parts:
+            found = tree_spans(self._repo.load_blob(BlobType.TREE, part))
+            if found is None or any(s.located != LOCATED_ATTRS for s in found[:1]):
+                return None
+            spans += found
         return spans
 
     def index_spans(self, spans: Iterable[NodeSpan]) -> None:
@@ -199,7 +214,7 @@ class ParentIndex:
         self._loaded_elsewhere.update(files)
 
     def removed(
-        self, seen: bytearray, seen_dirs: set[int], unmatched: Mapping[int, int] | None = None
+        self, seen: Container[int], seen_dirs: set[int], unmatched: Mapping[int, int] | None = None
     ) -> tuple[int, int]:
         """(files, dirs) of the parent not seen in this run.
 
@@ -209,9 +224,6 @@ class ParentIndex:
         elsewhere before its old directory was loaded as new.
         """
 
-        def is_seen(ino: int) -> bool:
-            return ino < len(seen) * 8 and bool(seen[ino >> 3] >> (ino & 7) & 1)
-
         dirs = files = 0
         for ino, rec in self.dirs.items():
             if ino not in seen_dirs:
@@ -220,7 +232,7 @@ class ParentIndex:
         loaded = dict(self._loaded_elsewhere)
         loaded.update(self.loaded_files())
         for ino in loaded:
-            if not is_seen(ino):
+            if ino not in seen:
                 files += 1
         # New files whose number the parent's file had, found before its tree was
         # loaded (or by another process): that file is gone.

@@ -24,8 +24,8 @@ from cipherdump.engine.nodeattrs import display_name
 from cipherdump.engine.parent import LOCATED_ATTRS
 from cipherdump.engine.views.snapshot import SnapshotView
 from cipherdump.errors import CipherdumpError
-from cipherdump.repo import BlobType, Id, Node, Repository, Snapshot
-from cipherdump.repo.tree import join_nodes
+from cipherdump.repo import BlobType, Id, Node, Repository, Snapshot, Tree, pack
+from cipherdump.repo.tree import join_nodes, save_directory
 
 REPAIRED_TAG = "repaired"
 # The snapshot attrs a repaired snapshot leaves out (see the module's docstring).
@@ -62,14 +62,28 @@ class _Rewriter:
         return result
 
     def _rewrite(self, tree_id: Id, depth: int) -> tuple[Id, list[bytes]]:
+        removed: list[bytes] = []
         try:
             if not self.repo.has_blob(BlobType.TREE, tree_id):
                 raise CipherdumpError("not indexed")
-            tree = self.repo.load_tree(tree_id)
+            tree = self.repo.load_tree_index(tree_id)
         except CipherdumpError:
             return (tree_id if self.dry_run else self.empty_tree()), [b""]
+        if tree.chunked:
+            # A large directory in parts: what a lost part held is lost (reported as
+            # the directory, whose other entries are kept).
+            kept: list[Node] = []
+            for part in tree.nodes:
+                try:
+                    assert part.subtree is not None
+                    if not self.repo.has_blob(BlobType.TREE, part.subtree):
+                        raise CipherdumpError("not indexed")
+                    kept += self.repo.load_tree_index(part.subtree).nodes
+                except CipherdumpError:
+                    if not removed:
+                        removed.append(b"")
+            tree = Tree(tuple(kept))
         nodes: list[Node] = []
-        removed: list[bytes] = []
         for node in tree.nodes:
             name = display_name(node.name, node.attrs)
             if any(not self.repo.has_blob(BlobType.DATA, c) for c in node.content):
@@ -83,8 +97,13 @@ class _Rewriter:
             nodes.append(node)
         if not removed or self.dry_run:
             return tree_id, removed
-        data = join_nodes(((n.name, n) for n in nodes), LOCATED_ATTRS)
-        return self.repo.save_blob(BlobType.TREE, data, compress=True), removed
+        tree_id = save_directory(
+            ((n.name, n) for n in nodes), LOCATED_ATTRS, self._save, pack.MAX_BLOB_SIZE
+        )
+        return tree_id, removed
+
+    def _save(self, data: bytes) -> Id:
+        return self.repo.save_blob(BlobType.TREE, data, compress=True)
 
 
 def repair_snapshots(

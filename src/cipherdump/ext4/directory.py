@@ -10,7 +10,7 @@ from __future__ import annotations
 import stat
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cipherdump.errors import ChecksumError, CipherdumpError, CorruptError
@@ -51,12 +51,19 @@ class Entry:
     """A directory entry: raw name bytes, inode number, dirent file type.
 
     ``hash`` is the (hash, minor_hash) stored in casefold+encrypt directories.
+    ``offset`` is where the entry starts in the directory's bytes (block entries: from
+    the start of block 0; inline ones: in ``i_block`` and then the ``system.data``
+    xattr), so that entries sort into disk order by it; -1 if not known.  An entry
+    keeps its offset when others are added or removed beside it (unless an htree leaf
+    is split), which is what makes it a stable position (see the ``order`` node attr).
+    It takes no part in comparisons: an entry is what it says, wherever it sits.
     """
 
     name: bytes
     ino: int
     file_type: int
     hash: tuple[int, int] | None = None
+    offset: int = field(default=-1, compare=False)
 
 
 _make_entry = record_maker(Entry)
@@ -351,7 +358,7 @@ def _public(raw: list[DirentTuple], *, inline: bool = False) -> list[Entry]:
         dotdot = first[3] + first[4] if first is not None else 12
         dots = {(0, b"."), (dotdot, b"..")}
     return [
-        _make_entry(name, ino, ft, stored)
+        _make_entry(name, ino, ft, stored, offset)
         for ino, name, ft, offset, _rec_len, stored in raw
         if not ((name == b"." or name == b"..") and (offset, name) in dots)
     ]
@@ -445,7 +452,7 @@ def htree_find(
             at_leaf = f"{where} block {child}"
             for t in _leaf_entries(leaf, bs, seed, at_leaf, filetype, hashed, child * bs):
                 if t[1] != b"." and t[1] != b"..":
-                    entry = Entry(t[1], t[0], t[2], t[5])
+                    entry = Entry(t[1], t[0], t[2], t[5], t[3])
                     if match(entry):
                         return entry
             at += 1

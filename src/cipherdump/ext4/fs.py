@@ -58,10 +58,18 @@ class Filesystem(Closable):
     """
 
     def __init__(
-        self, source: ByteSource, *, owns_source: bool = False, replay: bool = True
+        self,
+        source: ByteSource,
+        *,
+        owns_source: bool = False,
+        replay: bool = True,
+        pin_journal: bool = False,
     ) -> None:
         self.source: ByteSource = source
         self._owns_source = owns_source
+        # A mounted filesystem's journal keeps being written: its copies are read at
+        # once (see OverlaySource), and journal_tail_kept tells whether in time.
+        self._pin_journal = pin_journal
         self.journal: JournalInfo | None = None
         self.orphans: Orphans = NO_ORPHANS
         self._load()
@@ -83,7 +91,9 @@ class Filesystem(Closable):
         info, overlay = load_journal(self)
         self.journal = info
         if overlay:
-            self.source = OverlaySource(self.source, self.block_size, overlay)
+            self.source = OverlaySource(
+                self.source, self.block_size, overlay, pin=self._pin_journal
+            )
             self._load()
         if info is not None:
             for message in info.warnings:
@@ -307,6 +317,50 @@ class Filesystem(Closable):
     def raw_inode(self, ino: int) -> RawInode:
         """The decoded, checked record of inode ``ino`` (through the inode cache)."""
         return self.inode(ino).raw
+
+    def fresh_inodes(self, inos: list[int]) -> dict[int, Inode | CorruptError]:
+        """:meth:`fresh_inode` of several inodes, reading each aligned span of the
+        inode tables that holds any of them once (a directory's files mostly share
+        a few): the inode, or the error met reading it."""
+        sb = self.sb
+        isz = self._inode_size
+        spans: dict[int, bytes] = {}
+        out: dict[int, Inode | CorruptError] = {}
+        for ino in inos:
+            if ino < 1 or ino > sb.s_inodes_count:
+                out[ino] = CorruptError(f"inode number {ino} is out of range", structure="inode")
+                continue
+            group, index = divmod(ino - 1, sb.s_inodes_per_group)
+            offset = self.groups[group].bg_inode_table * self.block_size + index * isz
+            start = offset - offset % _ITABLE_SPAN
+            span = spans.get(start)
+            if span is None:
+                span = spans[start] = self.source.read_at(start, _ITABLE_SPAN)
+            raw = span[offset - start : offset - start + isz]
+            try:
+                if len(raw) != isz:
+                    raise CorruptError("inode lies beyond the end of the image", structure="inode")
+                out[ino] = Inode(self, ino, decode_inode(raw, isz, hurd=self._hurd))
+            except CorruptError as err:
+                out[ino] = err
+        return out
+
+    def fresh_inode(self, ino: int) -> Inode:
+        """Inode ``ino`` read again from the source, past every cache (a live backup's
+        second look at an inode after reading its data)."""
+        sb = self.sb
+        isz = self._inode_size
+        if ino < 1 or ino > sb.s_inodes_count:
+            raise CorruptError(
+                f"inode number {ino} is outside 1..{sb.s_inodes_count}", structure="inode"
+            )
+        group, index = divmod(ino - 1, sb.s_inodes_per_group)
+        offset = self.groups[group].bg_inode_table * self.block_size + index * isz
+        raw = self.source.read_at(offset, isz)
+        if len(raw) != isz:
+            raise CorruptError("inode lies beyond the end of the image", structure="inode")
+        rec = decode_inode(raw, isz, hurd=self._hurd)
+        return Inode(self, ino, rec)
 
     def inode_record(self, ino: int) -> tuple[bytes, InodePeek]:
         """Inode ``ino``'s on-disk record and the few fields :func:`peek_inode` reads

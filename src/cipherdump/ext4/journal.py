@@ -400,3 +400,22 @@ class _JournalFile:
 
     def read(self, lblk: int) -> bytes:
         return self.fs.read_block(self.pblk(lblk))
+
+
+def journal_tail_kept(fs: Volume, info: JournalInfo | None) -> bool:
+    """Whether every transaction replayed from ``info`` is still in the log, read again
+    from the source now: the journal superblock's tail (``s_sequence``, written before
+    jbd2 reuses any block behind it) is still at or before the first transaction
+    replayed.  A live backup pins the copies (see OverlaySource) and then asks this:
+    if it is True, no copy was overwritten before it was read."""
+    plan = info.replay if info is not None else None
+    if info is None or plan is None:
+        return True
+    try:
+        jsb = _JournalFile(fs, info.inum).superblock
+    except InputError:
+        return False
+    if jsb.s_start == 0:
+        return False  # emptied: the log wrapped past everything replayed
+    behind = (plan.first_transaction - jsb.s_sequence) & _MASK
+    return behind < 0x80000000

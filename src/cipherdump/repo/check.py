@@ -250,12 +250,20 @@ class Checker:
             self.report.snapshots += 1
             roots.append((snap.tree, str(handle)))
         seen: set[Id] = set()
-        queue: deque[tuple[Id, str]] = deque(roots)
+        # A part of a chunked directory must be what its index says: (first name,
+        # number of nodes), kept per part to compare with every index naming it.
+        part_shapes: dict[Id, tuple[bytes, int]] = {}
+        queue: deque[tuple[Id, str, tuple[bytes, int] | None]] = deque(
+            (tree, user, None) for tree, user in roots
+        )
         # The trees indexed: those to walk, unless some are used by no snapshot.
         trees = self.index.count(BlobType.TREE)
         while queue:
-            tree_id, parent = queue.popleft()
+            tree_id, parent, expect = queue.popleft()
             if tree_id in seen:
+                shape = part_shapes.get(tree_id)
+                if expect is not None and shape is not None and shape != expect:
+                    self._bad_part(tree_id, parent)
                 continue
             seen.add(tree_id)
             if self.on_progress is not None and len(seen) % _TREES_A_EVENT == 1:
@@ -272,9 +280,16 @@ class Checker:
                 self.report.bad_blobs.add((BlobType.TREE, tree_id))
                 continue
             self.report.trees += 1
+            if expect is not None:
+                shape = (tree.nodes[0].name if tree.nodes else b"", len(tree.nodes))
+                part_shapes[tree_id] = shape
+                if tree.chunked or shape != expect:
+                    self._bad_part(tree_id, parent)
             for node in tree.nodes:
                 if node.subtree is not None:
-                    queue.append((node.subtree, f"tree {tree_id}"))
+                    entries = node.attrs.get("entries")
+                    part = (node.name, entries) if isinstance(entries, int) else None
+                    queue.append((node.subtree, f"tree {tree_id}", part if tree.chunked else None))
                 for blob_id in node.content:
                     row = self.index.row(BlobType.DATA, blob_id)
                     if row < 0:
@@ -289,6 +304,10 @@ class Checker:
             self.on_progress(
                 Progress(phase="checking trees", items_done=len(seen), items_total=len(seen))
             )
+
+    def _bad_part(self, tree_id: Id, index: str) -> None:
+        # (Not a damaged blob for repair to drop: the index and the part disagree.)
+        self.error(f"a part of a chunked directory does not match {index}", blob=tree_id)
 
     def _load_blob(
         self, blob_type: BlobType, blob_id: Id, user: str, used: bytearray

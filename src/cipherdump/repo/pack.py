@@ -55,8 +55,8 @@ _ZSTD_LEVEL = 1
 
 
 class BlobTooLargeError(UnsupportedError):
-    """A blob over :data:`MAX_BLOB_SIZE`: in practice the tree of a directory of more
-    than about half a million entries (data chunks are far smaller)."""
+    """A blob over :data:`MAX_BLOB_SIZE`: in practice only a tree of one node that large
+    (data chunks are far smaller, and a large directory's tree is stored in parts)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -37,7 +37,7 @@ from cipherdump.repo.repair import RepairReport, rebuild_index
 from cipherdump.repo.salvage import PackRepairReport, repair_packs
 from cipherdump.repo.snapshot import Snapshot, decode_snapshot, encode_snapshot
 from cipherdump.repo.stats import RepoStats, repository_stats
-from cipherdump.repo.tree import Tree, decode_tree, encode_tree
+from cipherdump.repo.tree import Tree, decode_tree, encode_tree, join_parts
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +287,22 @@ class Repository:
     def save_tree(self, tree: Tree) -> Id:
         return self.save_blob(BlobType.TREE, encode_tree(tree), compress=True)
 
-    def load_tree(self, tree_id: Id) -> Tree:
+    def load_tree(self, tree_id: Id, *, skip_parts: Container[Id] = ()) -> Tree:
+        """A directory's tree; a chunked one's parts joined (but those in
+        ``skip_parts``, which a caller compares by id, such as ``diff``)."""
+        what = f"tree {tree_id}"
+        tree = self.load_tree_index(tree_id)
+        if not tree.chunked:
+            return tree
+        if skip_parts:
+            kept = [n for n in tree.nodes if n.subtree not in skip_parts]
+            parts = [self.load_tree_index(n.subtree) for n in kept if n.subtree is not None]
+            return join_parts(Tree(tuple(kept), chunked=True), parts, what)
+        parts = [self.load_tree_index(n.subtree) for n in tree.nodes if n.subtree is not None]
+        return join_parts(tree, parts, what)
+
+    def load_tree_index(self, tree_id: Id) -> Tree:
+        """A tree as stored: for a chunked directory, its index (parts unread)."""
         return decode_tree(self.load_blob(BlobType.TREE, tree_id), f"tree {tree_id}")
 
     def flush(self) -> None:

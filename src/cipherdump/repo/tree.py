@@ -20,6 +20,13 @@ offset from the first node, then for each located attr key the offset of its val
 encoding in the node and its length (0, 0 if absent).  It is what lets an incremental
 backup find and reuse the encoded nodes of unchanged entries without decoding a tree
 (see :func:`tree_spans`); readers that do not need it decode the tree as before.
+
+A version-3 tree is a *chunked* directory's index: ``{"nodes": [part, ...], "v": 3}``,
+each part a node ``{"attrs": {"entries": n}, "kind": "part", "name": first name,
+"subtree": id}`` whose subtree is a version-1 or -2 tree of the next ``n`` nodes of the
+directory in name order (see :func:`split_parts` for where parts end, and
+:func:`join_parts`).  Reachability needs nothing new (parts are subtrees); a reader
+that lists the directory joins its parts (``Repository.load_tree``).
 """
 
 from __future__ import annotations
@@ -28,17 +35,33 @@ import itertools
 import operator
 import sys
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from cipherdump.errors import CorruptError, UnsupportedError
+
+# BLAKE2b without loading OpenSSL's libcrypto through hashlib (as engine.nodeattrs).
+try:
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - an interpreter without the builtin module
+    from hashlib import blake2b
 from cipherdump.repo import codec
 from cipherdump.repo.codec import Value
 from cipherdump.repo.ids import Id
 
-TREE_VERSION = 2  # the newest version read and written (1 is read and written too)
+TREE_VERSION = 3  # the newest version read and written (1 and 2 are read and written too)
 _NODE_KEYS = frozenset({"name", "kind", "attrs", "subtree", "content"})
+# The kind of a chunked directory's part nodes (version 3), and their one attr.
+PART_KIND = "part"
+_PART_ATTRS = frozenset({"entries"})
+# Where a directory's tree is split into parts (see split_parts): directories of more
+# nodes than CHUNK_FROM are; a part ends after a node whose name hashes to a multiple
+# of 2**PART_BITS, once it holds PART_MIN nodes, and at PART_MAX nodes.
+CHUNK_FROM = 8192
+PART_BITS = 12
+PART_MIN = 1024
+PART_MAX = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +79,11 @@ class Node:
 
 @dataclass(frozen=True, slots=True)
 class Tree:
+    """A directory's nodes in name order; with ``chunked``, the index of a chunked
+    directory: its nodes are its parts (kind :data:`PART_KIND`)."""
+
     nodes: tuple[Node, ...] = ()
+    chunked: bool = False
 
     def __post_init__(self) -> None:
         for a, b in zip(self.nodes, self.nodes[1:], strict=False):
@@ -127,8 +154,109 @@ def _tail_parts(name: bytes, kind: str, content: tuple[Id, ...], parts: list[byt
 
 
 def encode_tree(tree: Tree, locate: Sequence[str] = ()) -> bytes:
-    """A version-1 tree, or version 2 locating the attrs ``locate`` (see :func:`join_nodes`)."""
+    """A version-1 tree, or version 2 locating the attrs ``locate`` (see
+    :func:`join_nodes`), or a chunked directory's index (version 3)."""
+    if tree.chunked:
+        return _join(tree.nodes, _TREE_TAIL_3)
     return _join_located(tree.nodes, tuple(locate)) if locate else _join(tree.nodes)
+
+
+def split_parts(names: Sequence[bytes]) -> list[int]:
+    """Where a directory of these node names (sorted) is cut into parts: the index of
+    each part's first node after the first part's, or ``[]`` to keep it one tree.
+
+    Content-defined: a cut follows a name whose BLAKE2b hash is a multiple of
+    ``2**PART_BITS``, so that an added or removed entry changes only its own part (and
+    rarely the next), and an unchanged part is the same blob as before.  Part sizes are
+    not visible without the key (sealed blobs in packs), so the hash is not keyed.
+    """
+    if len(names) <= CHUNK_FROM:
+        return []
+    mask = (1 << PART_BITS) - 1
+    cuts: list[int] = []
+    start = 0
+    for i, name in enumerate(names):
+        size = i + 1 - start
+        if size < PART_MIN:
+            continue
+        if (
+            size >= PART_MAX
+            or not int.from_bytes(blake2b(name, digest_size=8).digest(), "big") & mask
+        ):
+            if i + 1 < len(names):
+                cuts.append(i + 1)
+            start = i + 1
+    return cuts
+
+
+def save_directory(
+    encoded: Iterable[tuple[bytes, Node | NodeSpan | bytes]],
+    locate: Sequence[str],
+    save: Callable[[bytes], Id],
+    limit: int,
+) -> Id:
+    """Store a directory's nodes (as :func:`join_nodes` takes them) with ``save`` (a
+    tree blob's plaintext -> its id), as one tree or, if it has more than
+    :data:`CHUNK_FROM` nodes or its tree would be over ``limit`` bytes, as parts (see
+    :func:`split_parts`) and their index.  A part still over ``limit`` is halved until
+    it fits (or is one node, which ``save`` then refuses)."""
+    pairs = sorted(encoded, key=_name_of)
+    names = list(map(_name_of, pairs))
+    if not all(map(operator.lt, names, itertools.islice(names, 1, None))):
+        # (Each part's join would see only its own names.)
+        raise ValueError("tree nodes not sorted and unique")
+    cuts = split_parts(names)
+    if not cuts:
+        data = join_nodes(pairs, locate)
+        if len(data) <= limit or len(pairs) < 2:
+            return save(data)
+        cuts = [len(pairs) // 2]
+    index: list[Node] = []
+    bounds = [0, *cuts, len(pairs)]
+    todo = [pairs[a:b] for a, b in itertools.pairwise(bounds)]
+    todo.reverse()
+    while todo:
+        part = todo.pop()
+        data = join_nodes(part, locate)
+        if len(data) > limit and len(part) > 1:
+            half = len(part) // 2
+            todo += (part[half:], part[:half])
+            continue
+        index.append(part_node(part[0][0], save(data), len(part)))
+    return save(encode_tree(Tree(tuple(index), chunked=True)))
+
+
+def index_parts(data: bytes, what: str = "tree") -> tuple[Id, ...] | None:
+    """The part ids of a chunked directory's index plaintext, None for another tree."""
+    if not data.endswith(_TREE_TAIL_3):
+        return None
+    tree = decode_tree(data, what)
+    if not tree.chunked:
+        return None
+    return tuple(n.subtree for n in tree.nodes if n.subtree is not None)
+
+
+def part_node(first: bytes, part: Id, entries: int) -> Node:
+    """The node of a chunked directory's index for one part."""
+    return Node(first, PART_KIND, subtree=part, attrs={"entries": entries})
+
+
+def join_parts(index: Tree, parts: Sequence[Tree], what: str = "tree") -> Tree:
+    """The directory a chunked index and its parts' trees (in its order) make; raises
+    CorruptError where they do not fit (a part's first name or count not the index's,
+    names out of order across parts, a part that is itself an index)."""
+    nodes: list[Node] = []
+    for entry, part in zip(index.nodes, parts, strict=True):
+        count = entry.attrs.get("entries")
+        if (
+            part.chunked
+            or not part.nodes
+            or part.nodes[0].name != entry.name
+            or count != len(part.nodes)
+        ):
+            raise CorruptError("a part does not match its index", structure=what)
+        nodes += part.nodes
+    return _tree(nodes, what)
 
 
 def encode_node(node: Node) -> bytes:
@@ -156,6 +284,7 @@ _TREE_HEAD_2 = b"\x07\x04\x06layout"
 _LOCATED_KEY = b"\x07located"
 _NODES_KEY_AND_TAG = b"\x05nodes\x06"
 _TREE_TAIL_2 = b"\x01v" + codec.encode(2)
+_TREE_TAIL_3 = b"\x01v" + codec.encode(3)
 _STR_TAG = 0x05
 _LIST_TAG = 0x06
 
@@ -214,14 +343,14 @@ _name_of = operator.itemgetter(0)
 _node_of = operator.itemgetter(1)
 
 
-def _join(nodes: Sequence[Node | NodeSpan | bytes]) -> bytes:
+def _join(nodes: Sequence[Node | NodeSpan | bytes], tail: bytes = _TREE_TAIL_1) -> bytes:
     parts = [_TREE_HEAD, codec.varint(len(nodes))]
     for node in nodes:
         if isinstance(node, Node):
             _node_parts(node, parts)
         else:
             parts.append(node.data if isinstance(node, NodeSpan) else node)
-    parts.append(_TREE_TAIL_1)
+    parts.append(tail)
     return b"".join(parts)
 
 
@@ -404,10 +533,34 @@ def decode_tree(data: bytes, what: str = "tree", *, check_layout: bool = False) 
     version = codec.get_int(top, "v", what)
     if version > TREE_VERSION:
         raise UnsupportedError(f"{what}: tree version {version} is newer than this program")
-    fields = {"v", "nodes"} if version == 1 else {"v", "nodes", "layout", "located"}
+    fields = {"v", "nodes"} if version != 2 else {"v", "nodes", "layout", "located"}
     if version < 1 or set(top) != fields:
         raise CorruptError("bad tree header", structure=what)
-    return _tree([_node(item, what) for item in codec.get_list(top, "nodes", what)], what)
+    nodes = [_node(item, what) for item in codec.get_list(top, "nodes", what)]
+    if version == 3:
+        return _index(nodes, what)
+    return _tree(nodes, what)
+
+
+def _index(nodes: list[Node], what: str) -> Tree:
+    """A chunked directory's index: at least two parts, each a part node."""
+    for node in nodes:
+        entries = node.attrs.get("entries")
+        if (
+            node.kind != PART_KIND
+            or node.subtree is None
+            or node.content
+            or set(node.attrs) != _PART_ATTRS
+            or not isinstance(entries, int)
+            or entries < 1
+        ):
+            raise CorruptError("bad part of a chunked tree", structure=what)
+    if len(nodes) < 2:
+        raise CorruptError("a chunked tree of fewer than two parts", structure=what)
+    try:
+        return Tree(tuple(nodes), chunked=True)
+    except ValueError as exc:
+        raise CorruptError(str(exc), structure=what) from None
 
 
 def _decode_checking_layout(data: bytes, what: str) -> Tree:

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 import kernelfs
-from cipherdump.engine import backup as backup_mod
 from cipherdump.engine.backup import BackupOptions, backup
+from cipherdump.engine.backup import nodes as nodes_module
 from cipherdump.errors import CipherdumpError
 from cipherdump.ext4 import open_filesystem
 from cipherdump.repo import Id, KdfParams, MemoryBackend, Repository
@@ -43,7 +43,7 @@ def both_ways(image: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Id, Id, int
     """(tree with the fast path, tree without, files the fast path described)."""
     repo = Repository.init(MemoryBackend(), b"pw", kdf=KdfParams.insecure_for_tests())
     used = 0
-    real = backup_mod.file_node
+    real = nodes_module.file_node
 
     def counting(*args: object, **kwargs: object) -> object:
         nonlocal used
@@ -53,10 +53,10 @@ def both_ways(image: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Id, Id, int
     options = BackupOptions(no_parent=True, jobs=1)
     with open_filesystem(str(image)) as fs:
         with monkeypatch.context() as m:
-            m.setattr(backup_mod, "file_node", counting)
+            m.setattr(nodes_module, "file_node", counting)
             fast = backup(repo, fs, options)
         with monkeypatch.context() as m:
-            m.setattr(backup_mod, "file_context", lambda inode: (False, None))
+            m.setattr(nodes_module, "file_context", lambda inode: (False, None))
             general = backup(repo, fs, options)
     # The second backup finds every blob stored: only what it added may differ.
     added = {"bytes_added", "bytes_stored", "data_blobs_added", "tree_blobs_added"}

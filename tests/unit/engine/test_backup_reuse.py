@@ -2,7 +2,9 @@
 
 The node an incremental backup reuses as encoded must be byte for byte the node it
 would have made: so a backup that finds every directory "changed" but every entry's
-source key equal must produce exactly the parent's trees.
+record key equal must produce exactly the parent's trees.  The keys themselves
+(:class:`RecordKeys`) and the decision to take a directory over
+(:meth:`ParentReuse.unchanged_dir`) are tested through their own seams too.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from cipherdump.engine import backup as backup_mod
 from cipherdump.engine.backup import BackupOptions, backup
+from cipherdump.engine.backup import nodes as nodes_module
+from cipherdump.engine.backup.frame import Same
+from cipherdump.engine.backup.reuse import ParentReuse, RecordKeys
+from cipherdump.engine.backup.walk import Walk
+from cipherdump.engine.chunker import DEFAULT_CHUNK_SIZE
 from cipherdump.engine.parent import LOCATED_ATTRS, DirRecord, ParentIndex
 from cipherdump.ext4 import Filesystem, open_filesystem
 from cipherdump.ondisk.csum import inode_csum_seed
@@ -83,14 +89,14 @@ def test_every_directory_changed_but_no_entry(
         return None if rec is None else dataclasses.replace(rec, key=b"\0" * 16)
 
     reused = []
-    real_reuse = backup_mod._Backup.reuse_node
+    real_reuse = ParentReuse.reuse_node
 
-    def counting(self: backup_mod._Backup, ino: int, *args: object, **kwargs: object) -> object:
+    def counting(self: ParentReuse, ino: int, *args: object, **kwargs: object) -> object:
         reused.append(ino)
         return real_reuse(self, ino, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ParentIndex, "dir_record", changed)
-    monkeypatch.setattr(backup_mod._Backup, "reuse_node", counting)
+    monkeypatch.setattr(ParentReuse, "reuse_node", counting)
     second = backup(repo, fs, BackupOptions())
     s = second.stats
     assert reused, "no node was reused as encoded"
@@ -108,7 +114,7 @@ def test_a_parent_of_version_1_trees_still_spares_reading(
     """Trees without a layout (written before version 2) cannot lend encoded nodes, but
     their files' chunks are still reused, and the new trees hold the same nodes."""
     with monkeypatch.context() as m:
-        m.setattr(backup_mod, "LOCATED_ATTRS", ())
+        m.setattr(nodes_module, "LOCATED_ATTRS", ())
         first = backup(repo, fs, BackupOptions())
     assert tree_spans(repo.load_blob(BlobType.TREE, first.snapshot.tree)) is None
     real = ParentIndex.dir_record
@@ -209,20 +215,20 @@ def test_a_second_entry_of_a_name_is_one_problem_as_without_a_parent(
     problems: list[bytes] = []
     alone: list[bytes] = []
     tried: list[tuple[str, int]] = []
-    real_reuse, real_same = backup_mod._Backup.reuse_node, backup_mod._Backup.walk_same
+    real_reuse, real_same = ParentReuse.reuse_node, Walk.walk_same
 
-    def reuse_spy(self: backup_mod._Backup, ino: int, *args: object) -> object:
+    def reuse_spy(self: ParentReuse, ino: int, *args: object) -> object:
         tried.append(("reuse_node", ino))
         return real_reuse(self, ino, *args)  # type: ignore[arg-type]
 
-    def same_spy(self: backup_mod._Backup, kid: backup_mod._Same, *args: object) -> None:
+    def same_spy(self: Walk, kid: Same, *args: object) -> None:
         tried.append(("walk_same", kid.entry.ino))
         real_same(self, kid, *args)  # type: ignore[arg-type]
 
     with open_filesystem(str(image)) as f:
         with monkeypatch.context() as m:
-            m.setattr(backup_mod._Backup, "reuse_node", reuse_spy)
-            m.setattr(backup_mod._Backup, "walk_same", same_spy)
+            m.setattr(ParentReuse, "reuse_node", reuse_spy)
+            m.setattr(Walk, "walk_same", same_spy)
             second = backup(repo, f, BackupOptions(), on_problem=lambda p, e: problems.append(p))
         fresh = backup(
             repo, f, BackupOptions(no_parent=True), on_problem=lambda p, e: alone.append(p)
@@ -231,3 +237,35 @@ def test_a_second_entry_of_a_name_is_one_problem_as_without_a_parent(
     assert problems == alone == [twice]
     assert second.snapshot.tree == fresh.snapshot.tree != first.snapshot.tree
     assert second.stats.errors == fresh.stats.errors == 1
+
+
+def test_record_keys_depend_on_the_bytes_and_the_run(fs: Filesystem) -> None:
+    home = fs.inode(18)  # /home/alice
+    key, listed, keys = RecordKeys(fs, 1 << 20).of(home)
+    again = RecordKeys(fs, 1 << 20).of(home)
+    assert (key, keys) == (again[0], again[2])
+    assert len(keys) == len(listed) == len(set(keys)) == len(home.entries())
+    assert [item.entry.name for item in listed] == [e.name for e in home.entries()]
+    # Another chunk size makes other nodes (their chunk lists): other keys.
+    other_key, _, other_keys = RecordKeys(fs, 1 << 21).of(home)
+    assert other_key != key and not set(other_keys) & set(keys)
+
+
+def test_parent_reuse_takes_over_unchanged_directories(repo: Repository, fs: Filesystem) -> None:
+    first = backup(repo, fs, BackupOptions(jobs=1))
+    index = ParentIndex(repo, first.snapshot)
+    walk = Walk(repo, fs, DEFAULT_CHUNK_SIZE, parent_index=index)
+    reuse = walk.reuse
+    assert reuse is not None
+    for ino, rec in index.dirs.items():
+        directory = fs.inode(ino)
+        key = walk.keys.of(directory)[0]
+        assert reuse.unchanged_dir(directory, key) == rec
+        assert reuse.unchanged_dir(directory, bytes(16)) is None
+    cautious = Walk(
+        repo, fs, DEFAULT_CHUNK_SIZE, parent_index=index, trust_parent_trees=False
+    ).reuse
+    assert cautious is not None
+    assert all(
+        cautious.unchanged_dir(fs.inode(ino), rec.key) is None for ino, rec in index.dirs.items()
+    )

@@ -182,7 +182,7 @@ def test_loop_backed_image_counts_as_mounted(tmp_path: Path) -> None:
 
 
 def test_read_ahead_ranges_are_sorted_and_merged_across_small_gaps() -> None:
-    from cipherdump.engine.readahead import merge_ranges
+    from cipherdump.engine.backup.readahead import merge_ranges
 
     assert merge_ranges([], 10) == []
     got = merge_ranges([(100, 10), (0, 10), (15, 5), (200, 0), (300, 50), (305, 10)], 10)
@@ -191,7 +191,7 @@ def test_read_ahead_ranges_are_sorted_and_merged_across_small_gaps() -> None:
 
 
 def test_read_ahead_ranges_for_a_source_of_its_own_keep_the_walk_order() -> None:
-    from cipherdump.engine.readahead import merge_in_order
+    from cipherdump.engine.backup.readahead import merge_in_order
 
     assert merge_in_order([], 10) == []
     got = merge_in_order([(100, 10), (0, 10), (15, 5), (200, 0), (300, 50), (305, 10)], 10)

@@ -14,7 +14,8 @@ from cipherdump.repo.tree import Node
 
 
 class FakeView:
-    """The two methods the diff uses, over directories given as name -> children."""
+    """The methods the diff uses, over directories given as name -> children (none
+    stored in parts)."""
 
     def __init__(self, root: SnapNode, kids: dict[bytes, list[SnapNode]]) -> None:
         self.root = root
@@ -23,8 +24,13 @@ class FakeView:
     def root_node(self) -> SnapNode:
         return self.root
 
-    def children(self, node: SnapNode) -> list[SnapNode]:
+    def children(
+        self, node: SnapNode, *, skip_parts: frozenset[Id] = frozenset()
+    ) -> list[SnapNode]:
         return self.kids.get(node.path, [])
+
+    def parts(self, node: SnapNode) -> frozenset[Id]:
+        return frozenset()
 
 
 def _dir(path: bytes, name: bytes, **attrs: int) -> SnapNode:

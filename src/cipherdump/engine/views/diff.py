@@ -3,7 +3,8 @@
 Changes come as ``(change, path, kind)``, depth first in name order: ``+`` added, ``-``
 removed (a node whose kind changed is removed and added), ``M`` contents modified, ``U``
 metadata only.  Subtrees whose stored tree is the same in both snapshots are skipped
-unread.  The walk keeps its own stack, so a tree as deep as backup accepts
+unread, and so are the parts a large directory's trees share (see
+:mod:`cipherdump.repo.tree`).  The walk keeps its own stack, so a tree as deep as backup accepts
 (:data:`~cipherdump.engine.views.image.MAX_DEPTH` levels) does not run into Python's
 recursion limit.
 """
@@ -54,8 +55,10 @@ def _level(
         and b.chain is None
     ):
         return
-    kids1 = {k.raw_name: k for k in view1.children(a)} if a is not None else {}
-    kids2 = {k.raw_name: k for k in view2.children(b)} if b is not None else {}
+    # A large directory stored in parts: the entries of a part both share are equal.
+    shared = view1.parts(a) & view2.parts(b) if a is not None and b is not None else frozenset()
+    kids1 = {k.raw_name: k for k in view1.children(a, skip_parts=shared)} if a is not None else {}
+    kids2 = {k.raw_name: k for k in view2.children(b, skip_parts=shared)} if b is not None else {}
     for name in sorted(kids1.keys() | kids2.keys()):
         k1, k2 = kids1.get(name), kids2.get(name)
         if k1 is not None and (k2 is None or k1.kind != k2.kind):

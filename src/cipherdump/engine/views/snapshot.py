@@ -32,7 +32,7 @@ from cipherdump.fscrypt.context import decode_context
 from cipherdump.fscrypt.nokey import decode_nokey_name
 from cipherdump.ondisk.inode import EXT4_ENCRYPT_FL, FLAG_NAMES
 from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_SYSTEM, PREFIXES
-from cipherdump.repo import BlobType, Id, Node, Repository, Snapshot
+from cipherdump.repo import BlobType, Id, Node, Repository, Snapshot, Tree
 from cipherdump.repo.codec import Value
 
 
@@ -98,6 +98,8 @@ class SnapshotView:
         self._kept: tuple[Id, bytes] | None = None
         self.id = snapshot_id
         self.snapshot = snapshot
+        # The last tree parts() loaded, so that children() does not load it again.
+        self._held: tuple[Id, Tree] | None = None
         attrs = snapshot.attrs
         what = f"snapshot {snapshot_id.short}"
         facts = attrs.get("fs")
@@ -129,8 +131,23 @@ class SnapshotView:
     def top_node(self) -> SnapNode:
         return SnapNode(self.path, self._chain[-1], len(self._chain) - 1)
 
-    def children(self, node: SnapNode) -> list[SnapNode]:
-        """The entries of a directory, in the order its directory held them."""
+    def parts(self, node: SnapNode) -> frozenset[Id]:
+        """The part ids of a directory stored chunked (see
+        :mod:`cipherdump.repo.tree`), else none: entries of a part two snapshots share
+        are the same in both."""
+        if not node.is_dir or node.chain is not None or node.node.subtree is None:
+            return frozenset()
+        index = self.repo.load_tree_index(node.node.subtree)
+        self._held = (node.node.subtree, index)
+        if not index.chunked:
+            return frozenset()
+        return frozenset(n.subtree for n in index.nodes if n.subtree is not None)
+
+    def children(
+        self, node: SnapNode, *, skip_parts: frozenset[Id] = frozenset()
+    ) -> list[SnapNode]:
+        """The entries of a directory, in the order its directory held them (but those
+        of the parts ``skip_parts``, see :meth:`parts`)."""
         if not node.is_dir:
             return []
         error = node.attrs.get("list_error")
@@ -142,7 +159,11 @@ class SnapshotView:
             return [SnapNode(posixpath.join(node.path, name), nxt, node.chain + 1)]
         if node.node.subtree is None:
             return []
-        tree = self.repo.load_tree(node.node.subtree)
+        held, self._held = self._held, None
+        if held is not None and held[0] == node.node.subtree and not held[1].chunked:
+            tree = held[1]
+        else:
+            tree = self.repo.load_tree(node.node.subtree, skip_parts=skip_parts)
         nodes = sorted(tree.nodes, key=lambda n: int_attr(n.attrs, "order"))
         encrypted, bs = _encrypts(node.node), self.block_size
         return [
