@@ -116,6 +116,19 @@ def test_workers_make_the_snapshot_one_process_makes(
     repo.close()
 
 
+def test_the_same_handle_reads_what_workers_stored(wide_image: Path, tmp_path: Path) -> None:
+    """Blobs only workers stored (a first backup) are read through the handle that ran
+    the backup, and a second backup in the same process reuses them."""
+    repo = _repo(tmp_path)
+    first = _backup(repo, wide_image, jobs=3, no_parent=True)
+    view = SnapshotView(repo, first.snapshot_id, first.snapshot)
+    kernel = assert_lists_like_kernel(view, wide_image)
+    assert_ciphertext_is_on_disk(view, wide_image, kernel)
+    again = _backup(repo, wide_image, jobs=1, parent=first.snapshot_id.hex)
+    assert again.snapshot.tree == first.snapshot.tree
+    assert again.stats.bytes_added == 0
+
+
 def test_problems_found_by_workers_are_reported(
     wide_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -82,6 +82,8 @@ class BlobStore:
         self._executor: ThreadPoolExecutor | None = None
         self._broken: BaseException | None = None
         self._unindexed: list[PackRecord] = []
+        # Index files this store saved (a worker hands their names to the coordinator).
+        self.index_files_saved: list[str] = []
         self._index: MemoryIndex | None = None
         # Packs the index files name that the backend does not have.
         self._missing: list[Id] = []
@@ -395,5 +397,17 @@ class BlobStore:
         if not self._unindexed:
             return
         data = encode_index(self._key, IndexFile(tuple(self._unindexed)))
-        self._backend.save(Handle(FileType.INDEX, file_id(data).hex), io.BytesIO(data))
+        name = file_id(data).hex
+        self._backend.save(Handle(FileType.INDEX, name), io.BytesIO(data))
+        self.index_files_saved.append(name)
         self._unindexed.clear()
+
+    def absorb_index_files(self, names: list[str]) -> None:
+        """Add to the index in memory what index files another process (a backup's
+        worker, on a fork of this store) saved: without it this store would not find
+        their blobs until it read the index again."""
+        if self._index is None:
+            return  # read whole when first needed, these files included
+        for name in names:
+            for pack in load_index_file(self._backend, self._key, name).packs:
+                self._index.add_pack(pack.id, pack.size, pack.raw_entries)

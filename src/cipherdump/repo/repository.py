@@ -362,6 +362,15 @@ class Repository:
     def become_worker(self) -> None:
         """In a forked copy: the lock is the parent's; never refresh or release it."""
         self._lock = None
+        self._store.index_files_saved.clear()
+
+    def index_files_saved(self) -> list[str]:
+        """The index files this handle saved (in a worker: since it became one)."""
+        return list(self._store.index_files_saved)
+
+    def absorb_index_files(self, names: list[str]) -> None:
+        """Find the blobs that these index files (saved by workers) name from now on."""
+        self._store.absorb_index_files(names)
 
     # Snapshots ------------------------------------------------------------------------
 

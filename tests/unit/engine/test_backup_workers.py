@@ -77,7 +77,7 @@ class FakeSide:
         return DirDone(job.number, bytes(32), {"ino": job.ino}, 0, {b"p": 1}, [record])
 
     def end_worker(self) -> WorkerEnd:
-        return WorkerEnd(self.tally, {5: 1}, [f"from {os.getpid()}"])
+        return WorkerEnd(self.tally, {5: 1}, [f"from {os.getpid()}"], [])
 
 
 def test_serve_answers_jobs_then_ends() -> None:

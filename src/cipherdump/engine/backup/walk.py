@@ -491,6 +491,7 @@ class Walk:
                 self.parent_index.merge_loaded(end.loaded)
             for warning in end.warnings:
                 self.fs.warn(warning)
+            self.repo.absorb_index_files(end.index_files)
 
     # -- a worker's side (in a forked copy of the coordinator's Walk) -----------------------------
     def start_worker(self, on_progress: Callable[[Progress], None], on_problem: ProblemFn) -> None:
@@ -531,4 +532,4 @@ class Walk:
         self.progress(b"", force=True)
         self.repo.flush()
         loaded = self.parent_index.loaded_files() if self.parent_index is not None else {}
-        return WorkerEnd(self.tally, loaded, self.fs.warnings)
+        return WorkerEnd(self.tally, loaded, self.fs.warnings, self.repo.index_files_saved())

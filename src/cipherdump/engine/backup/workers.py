@@ -231,6 +231,7 @@ class WorkerEnd:
     tally: Tally
     loaded: dict[int, int]  # the parent snapshot's files it looked at: number -> generation
     warnings: list[str]  # the filesystem's (see Filesystem.warn)
+    index_files: list[str]  # the index files it saved, for the coordinator's index
 
 
 class WorkerFailed(Exception):
