@@ -26,9 +26,9 @@ from __future__ import annotations
 import base64
 import os
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from cipherdump.engine import keyless_records as R
 from cipherdump.engine.nodeattrs import bytes_attr, int_attr, list_attr
@@ -75,6 +75,9 @@ CIPHERTEXT_COMMENT = (
     b"cipherdump dump --ciphertext: encrypted files hold ciphertext in whole data units "
     b"under no-key names; not plaintext. Restore with: cipherdump restore --from-tar"
 )
+
+
+_N = TypeVar("_N", PlainNode, SnapNode)  # what a walk visits
 
 
 @dataclass
@@ -209,7 +212,30 @@ def dump_plain(
     """Write the plaintext tar of ``top`` to ``out`` (see the module docstring)."""
     d = _Dump(out, on_progress)
     top_name = b"." if top.path in (b"/", b"") else top.name
-    stack: list[Iterator[tuple[PlainNode | Problem, bytes]]] = [iter([(top, top_name)])]
+
+    def visit(
+        node: PlainNode, arcname: bytes
+    ) -> Iterator[tuple[PlainNode | Problem, bytes]] | None:
+        try:
+            return _plain_member(d, source, node, arcname)
+        except KeyProblem as err:
+            d.result.problems.append((node.path, err))
+            return None
+
+    _walk(d, (top, top_name), visit)
+    d.tar.close()
+    return d.result
+
+
+def _walk(
+    d: _Dump,
+    first: tuple[_N, bytes],
+    visit: Callable[[_N, bytes], Iterator[tuple[_N | Problem, bytes]] | None],
+) -> None:
+    """Depth first from ``first``, in member order: ``visit`` writes a node's member and
+    gives its children (with their member names), or None; problems met in line are
+    recorded."""
+    stack: list[Iterator[tuple[_N | Problem, bytes]]] = [iter([first])]
     while stack:
         item = next(stack[-1], None)
         if item is None:
@@ -219,15 +245,9 @@ def dump_plain(
         if isinstance(node, Problem):
             d.result.problems.append((node.path, node.error))
             continue
-        try:
-            kids = _plain_member(d, source, node, arcname)
-        except KeyProblem as err:
-            d.result.problems.append((node.path, err))
-            continue
+        kids = visit(node, arcname)
         if kids is not None:
             stack.append(kids)
-    d.tar.close()
-    return d.result
 
 
 def _plain_member(
@@ -346,27 +366,22 @@ def dump_ciphertext(
         names.append(names[-1] + b"/" + snap.name)
     for snap, arcname in zip(chain[:-1], names[:-1], strict=True):
         _cipher_member(d, view, snap, arcname)
-    stack: list[Iterator[tuple[SnapNode | Problem, bytes]]] = [iter([(top, names[-1])])]
-    while stack:
-        item = next(stack[-1], None)
-        if item is None:
-            stack.pop()
-            continue
-        node, arcname = item
-        if isinstance(node, Problem):
-            d.result.problems.append((node.path, node.error))
-            continue
+
+    def visit(node: SnapNode, arcname: bytes) -> Iterator[tuple[SnapNode | Problem, bytes]] | None:
         if node.problem is not None:
             d.result.problems.append((node.path, node.refuse()))
-            continue
+            return None
         _cipher_member(d, view, node, arcname)
-        if node.is_dir:
-            try:
-                kids = view.children(node)
-            except CipherdumpError as err:
-                d.result.problems.append((node.path, err))
-                continue
-            stack.append(_named(kids, arcname))
+        if not node.is_dir:
+            return None
+        try:
+            kids = view.children(node)
+        except CipherdumpError as err:
+            d.result.problems.append((node.path, err))
+            return None
+        return _named(kids, arcname)
+
+    _walk(d, (top, names[-1]), visit)
     d.tar.close()
     return d.result
 
