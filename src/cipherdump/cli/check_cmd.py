@@ -29,16 +29,10 @@ def check(read_data: bool, repo: str | None, password_file: str | None, as_json:
         report = repository.check(read_data=read_data, on_progress=on_progress)
         damaged = damaged_snapshots(repository, report.bad_blobs)
     for snap in damaged:
-        shown = [render.show_bytes(p) for p in snap.paths]
-        more = (
-            f" and {len(shown) - render.PATHS_SHOWN} more"
-            if len(shown) > render.PATHS_SHOWN
-            else ""
-        )
         report.errors.append(
             Finding(
-                f"{len(shown)} paths use lost or damaged data: "
-                f"{', '.join(shown[: render.PATHS_SHOWN])}{more}",
+                f"{len(snap.paths)} paths use lost or damaged data: "
+                f"{render.paths_summary(snap.paths)}",
                 f"snapshots/{snap.id.hex}",
             )
         )
@@ -53,10 +47,7 @@ def check(read_data: bool, repo: str | None, password_file: str | None, as_json:
                     "trees": report.trees,
                     "packs_read": report.packs_read,
                     "blobs_checked": report.blobs_checked,
-                    "damaged_snapshots": [
-                        {"snapshot": d.id.hex, "paths": [render.show_bytes(p) for p in d.paths]}
-                        for d in damaged
-                    ],
+                    "damaged_snapshots": render.damaged_json(damaged),
                 }
             )
         )

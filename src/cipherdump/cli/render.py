@@ -13,7 +13,7 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
@@ -23,6 +23,7 @@ from cipherdump.cli import globalopts
 from cipherdump.errors import CipherdumpError
 
 if TYPE_CHECKING:
+    from cipherdump.engine.damage import DamagedSnapshot as DamagedPaths
     from cipherdump.progress import OnProgress, Progress
 
 # Exit codes that belong to no error class (the rest are each class's ``exit_code``).
@@ -107,6 +108,18 @@ def show_bytes(name: bytes) -> str:
 def print_problem(path: bytes, err: BaseException) -> None:
     """One object that could not be handled, on stderr: its path and why."""
     click.echo(f"cipherdump: error: {show_bytes(path)}: {err}", err=True)
+
+
+def paths_summary(paths: list[bytes]) -> str:
+    """The first :data:`PATHS_SHOWN` of ``paths`` as shown, and how many more."""
+    shown = ", ".join(show_bytes(p) for p in paths[:PATHS_SHOWN])
+    more = len(paths) - PATHS_SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def damaged_json(damaged: Iterable[DamagedPaths]) -> list[dict[str, Any]]:
+    """``--json``'s list of snapshots that use lost or damaged data, with the paths."""
+    return [{"snapshot": d.id.hex, "paths": [show_bytes(p) for p in d.paths]} for d in damaged]
 
 
 def problem_line(path: bytes, why: str) -> str:

@@ -96,10 +96,7 @@ def repair_packs(repo: str | None, password_file: str | None, dry_run: bool, as_
                     "index": report.index_id.hex if report.index_id else None,
                     "replaced": report.replaced,
                     "misplaced": report.moved,
-                    "damaged_snapshots": [
-                        {"snapshot": d.id.hex, "paths": [render.show_bytes(p) for p in d.paths]}
-                        for d in affected
-                    ],
+                    "damaged_snapshots": render.damaged_json(affected),
                 }
             )
         )
@@ -111,12 +108,9 @@ def repair_packs(repo: str | None, password_file: str | None, dry_run: bool, as_
         for what in lost:
             click.echo(f"error: {what}: no readable copy left", err=True)
         for snap in affected:
-            shown = ", ".join(render.show_bytes(p) for p in snap.paths[: render.PATHS_SHOWN])
-            more = len(snap.paths) - render.PATHS_SHOWN
-            tail = f" and {more} more" if more > 0 else ""
             click.echo(
                 f"error: snapshots/{snap.id.hex}: {len(snap.paths)} paths use lost data: "
-                f"{shown}{tail}",
+                f"{render.paths_summary(snap.paths)}",
                 err=True,
             )
         if not report.damaged:
