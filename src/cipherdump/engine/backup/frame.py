@@ -3,7 +3,7 @@ its entry list may hold besides decoded children."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -13,7 +13,12 @@ from cipherdump.ext4.directory import Entry
 from cipherdump.ondisk.inode import InodePeek
 from cipherdump.repo import Node
 from cipherdump.repo.codec import Value
+from cipherdump.repo.dirwriter import DirectoryWriter
 from cipherdump.repo.tree import NodeSpan
+
+# Nodes of a directory held as objects before they go to its DirectoryWriter: a
+# directory of fewer entries (nearly all) is stored at once, as it always was.
+SPILL_AT = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +82,31 @@ class Frame:
     pending: dict[bytes, int] = field(default_factory=dict)
     # A live backup's verdict on the directory's entries (see Walk.open_live_dir).
     live_ok: bool = True
+    # Whether ``nodes`` may go to a writer (``spill``) as they grow: not in a live
+    # backup, whose check takes nodes back out by name before the tree is saved.
+    spillable: bool = True
+    # Where the nodes of a large directory went (see spill_if_large): ``nodes`` holds
+    # only those made since, so a second entry of a name is found there or, if the
+    # first went before, by the writer.
+    spill: DirectoryWriter | None = None
+
+    def spill_if_large(self, writer: Callable[[], DirectoryWriter]) -> None:
+        """Hand ``nodes`` to the directory's writer (made by ``writer`` the first
+        time) once they are :data:`SPILL_AT`, so that a large directory's nodes are
+        not all held; a reused directory keeps its few nodes (see ParentReuse), and
+        the places of child directories handed to workers stay (see ``pending``)."""
+        nodes, pending = self.nodes, self.pending
+        if len(nodes) - len(pending) < SPILL_AT or not self.spillable or self.reuse is not None:
+            return
+        if self.spill is None:
+            self.spill = writer()
+        if pending:
+            # A child directory a worker has holds its place until it is collected.
+            self.spill.add((name, node) for name, node in nodes.items() if name not in pending)
+            self.nodes = {name: nodes[name] for name in pending if name in nodes}
+        else:
+            self.spill.add(nodes.items())
+            nodes.clear()
 
     def record_key(self, position: int) -> bytes | None:
         """The record key of the entry at ``position``, if the entries were all read."""

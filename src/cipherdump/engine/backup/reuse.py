@@ -310,14 +310,17 @@ class ParentReuse:
             path = child_path(node.path, name)
             out.append(ImageNode(path, name, e.name, child, directory.is_encrypted, e.hash))
         # Reused in one go: the walk would spend more on each than the reuse costs.
-        nodes, reuse, order_of = frame.nodes, self.reuse_node, frame.order
+        reuse, order_of = self.reuse_node, frame.order
         frame.files += len(batch)
+        spill = self.maker.directory_writer
         for position, e, peek, span in batch:
             try:
-                nodes[e.name] = reuse(e.ino, peek, span, order_of(position), frame)
+                frame.nodes[e.name] = reuse(e.ino, peek, span, order_of(position), frame)
             except CipherdumpError as err:
                 name = self.ns.display_name(directory, e)
                 out[position] = Problem(posixpath.join(node.path, name), err)
+                continue
+            frame.spill_if_large(spill)
         self.on_progress(node.path)
         return out
 
