@@ -3,9 +3,10 @@ its entry list may hold besides decoded children."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 from cipherdump.engine.parent import Census, DirRecord
 from cipherdump.engine.views.image import ImageNode, Problem
@@ -34,6 +35,40 @@ class Same:
     @property
     def raw_name(self) -> bytes:
         return self.entry.name
+
+
+class PackedKeys(Sequence[bytes]):
+    """Record keys (16 bytes each) in one bytes object: a directory of a million
+    entries holds 16 MB of them, not a million bytes objects (about 57 MB)."""
+
+    __slots__ = ("_data",)
+    SIZE = 16
+
+    def __init__(self, data: bytes = b"") -> None:
+        if len(data) % self.SIZE:
+            raise ValueError("packed record keys are 16 bytes each")
+        self._data = data
+
+    def __len__(self) -> int:
+        return len(self._data) // self.SIZE
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[bytes]: ...
+    def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(i)
+        return self._data[i * self.SIZE : (i + 1) * self.SIZE]
+
+    def __iter__(self) -> Iterator[bytes]:
+        data, size = self._data, self.SIZE
+        return (data[i : i + size] for i in range(0, len(data), size))
 
 
 class Listed(NamedTuple):
@@ -68,9 +103,9 @@ class Frame:
     nodes: dict[bytes, Node | NodeSpan] = field(default_factory=dict)
     # Per entry position, the record key of its node (see RecordKeys); empty if the
     # entries could not all be read.
-    record_keys: list[bytes] = field(default_factory=list)
+    record_keys: PackedKeys = field(default_factory=PackedKeys)
     # Per entry position, the entry's offset in the directory: its ``order`` attr.
-    offsets: list[int] = field(default_factory=list)
+    offsets: array[int] = field(default_factory=lambda: array("q"))
     # Encoded nodes of the parent snapshot's tree whose record key is unchanged, by
     # record key.
     reusable: dict[bytes, NodeSpan] = field(default_factory=dict)

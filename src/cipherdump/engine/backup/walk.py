@@ -290,8 +290,9 @@ class Walk:
         seen_dirs.add(ino.ino)
         try:
             # Kept for the next run even when not compared now (first or forced run).
-            frame.key, listed, frame.record_keys = self.keys.of(ino)
-            frame.offsets = [item.entry.offset for item in listed]
+            frame.key, listed, frame.record_keys, frame.offsets = self.keys.of(
+                ino, listing=self.reuse is not None
+            )
         except CipherdumpError:
             frame.key, listed = None, []  # listed below, one problem per bad entry
         reuse = self.reuse
