@@ -210,6 +210,31 @@ def test_clone_leaves_out_a_second_entry_of_the_same_name(tmp_path: Path) -> Non
     assert listed.stdout.splitlines() == ["/d/good-one", "/d/good-two"]
 
 
+@pytest.mark.parametrize("spill_at", [1, 2, 8192])
+def test_backup_reports_a_second_entry_of_the_same_name_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spill_at: int
+) -> None:
+    """Found as the walk goes, or (its nodes spilled to the directory's writer before
+    the second entry: a large directory) when the tree is stored: one problem, the
+    first entry kept."""
+    from cipherdump.engine.backup import frame
+    from cipherdump.repo import dirwriter
+
+    monkeypatch.setattr(frame, "SPILL_AT", spill_at)
+    monkeypatch.setattr(dirwriter, "RUN_NODES", 1)
+    image = crafted(tmp_path, b"good-one")
+    repo = tmp_path / "repo"
+    assert run("init", "-r", str(repo)).exit_code == 0
+    result = run("backup", "-r", str(repo), "--jobs", "1", str(image))
+    assert result.exit_code == 1, result.output
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("cipherdump: error")]
+    assert line.startswith("cipherdump: error: /d/good-one: a second entry with the same name")
+    listed = run("cat", "-r", str(repo), "latest", "/d/good-one")
+    assert listed.stdout == "good-one"
+    listed = run("ls", "-R", "-r", str(repo), "latest", "/d")
+    assert listed.stdout.splitlines() == ["/d/good-one", "/d/good-two"]
+
+
 def test_a_too_short_ciphertext_name_hides_no_sibling(tmp_path: Path) -> None:
     """An entry of an encrypted directory whose name_len is cut to 5 (the kernel would
     refuse the whole directory, EUCLEAN): it is a problem named by its bytes, and every

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import stat
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -41,6 +41,9 @@ from cipherdump.ondisk.records import record_maker
 if TYPE_CHECKING:
     from cipherdump.ext4.volume import Run, Volume
 
+# Directories of more bytes than this (about 25,000 entries) are not kept in memory
+# once read (see Directory.iter_entries).
+STREAM_FROM = 1 << 20
 # Bound on directory size in blocks; a real directory of millions of entries stays far
 # below it, a hostile i_size does not drive the loop.
 _MAX_DIR_BLOCKS = 1 << 24
@@ -138,6 +141,14 @@ class Directory:
             self._entries = read_entries(self)
         return self._entries
 
+    def iter_entries(self) -> Iterator[Entry]:
+        """:meth:`entries` one at a time; a directory over :data:`STREAM_FROM` bytes
+        not yet read is read as it is iterated and not kept (a million entries would
+        hold about 190 MB), so each iteration reads it again."""
+        if self._entries is None and self.size > STREAM_FROM and not self.has_inline_data:
+            return iter_read_entries(self)
+        return iter(self.entries())
+
     @property
     def loaded(self) -> bool:
         """Whether :meth:`entries` has already read the directory."""
@@ -182,6 +193,12 @@ _DIR_READ_BLOCKS = 64
 
 
 def read_entries(dir_inode: Directory) -> list[Entry]:
+    return list(iter_read_entries(dir_inode))
+
+
+def iter_read_entries(dir_inode: Directory) -> Iterator[Entry]:
+    """The entries, block by block as they are read (a bad block raises when it is
+    reached, after the entries before it)."""
     if not dir_inode.is_dir:
         raise CorruptError(
             "not a directory", structure="directory", location=f"inode {dir_inode.ino}"
@@ -212,13 +229,14 @@ def read_entries(dir_inode: Directory) -> list[Entry]:
                 hashed=hashed,
                 base=60,
             )
-        return _public(raw_entries, inline=True)
+        yield from _public(raw_entries, inline=True)
+        return
     seed = (
         inode_csum_seed(fs.csum_seed, dir_inode.ino, dir_inode.generation)
         if fs.sb.metadata_csum
         else None
     )
-    out: list[DirentTuple] = []
+    dots: set[tuple[int, bytes]] | None = None
     bs = fs.block_size
     nblocks = 0
     for run in dir_inode.runs:
@@ -258,8 +276,11 @@ def read_entries(dir_inode: Directory) -> list[Entry]:
                 # Not a root: the index flag is wrong, and block 0 is an ordinary leaf
                 # whose entries count (the kernel's readdir falls back to a linear read).
                 fs.warn(f"{at}: not laid out as an htree root (entries read in full)")
-            out += _leaf_entries(block, bs, seed, at, filetype, hashed, lblk * bs)
-    return _public(out)
+            raw = _leaf_entries(block, bs, seed, at, filetype, hashed, lblk * bs)
+            if raw:
+                if dots is None:
+                    dots = _dots(raw[0])  # (from the first entry of all)
+                yield from _without(raw, dots)
 
 
 def _leaf_entries(
@@ -354,9 +375,18 @@ def _public(raw: list[DirentTuple], *, inline: bool = False) -> list[Entry]:
     if inline:
         dots = {(0, b"..")}
     else:
-        first = raw[0] if raw and raw[0][3] == 0 else None
-        dotdot = first[3] + first[4] if first is not None else 12
-        dots = {(0, b"."), (dotdot, b"..")}
+        dots = _dots(raw[0]) if raw else set()
+    return _without(raw, dots)
+
+
+def _dots(first: DirentTuple) -> set[tuple[int, bytes]]:
+    """(offset, name) of a block directory's own ``.`` and ``..``, given its first
+    entry (see :func:`_public`)."""
+    dotdot = first[3] + first[4] if first[3] == 0 else 12
+    return {(0, b"."), (dotdot, b"..")}
+
+
+def _without(raw: list[DirentTuple], dots: set[tuple[int, bytes]]) -> list[Entry]:
     return [
         _make_entry(name, ino, ft, stored, offset)
         for ino, name, ft, offset, _rec_len, stored in raw

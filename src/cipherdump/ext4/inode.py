@@ -390,6 +390,11 @@ class Inode:
         """
         return self.directory.entries()
 
+    def iter_entries(self) -> Iterator[Entry]:
+        """:meth:`entries` one at a time, a large directory not kept (see
+        :meth:`~cipherdump.ext4.directory.Directory.iter_entries`)."""
+        return self.directory.iter_entries()
+
     @property
     def entries_loaded(self) -> bool:
         """Whether :meth:`entries` has already read the directory."""

@@ -172,21 +172,23 @@ def split_parts(names: Sequence[bytes]) -> list[int]:
     """
     if len(names) <= CHUNK_FROM:
         return []
-    mask = (1 << PART_BITS) - 1
     cuts: list[int] = []
     start = 0
     for i, name in enumerate(names):
         size = i + 1 - start
         if size < PART_MIN:
             continue
-        if (
-            size >= PART_MAX
-            or not int.from_bytes(blake2b(name, digest_size=8).digest(), "big") & mask
-        ):
+        if size >= PART_MAX or ends_part(name):
             if i + 1 < len(names):
                 cuts.append(i + 1)
             start = i + 1
     return cuts
+
+
+def ends_part(name: bytes) -> bool:
+    """Whether a part may end after the node ``name`` (see :func:`split_parts`)."""
+    mask = (1 << PART_BITS) - 1
+    return not int.from_bytes(blake2b(name, digest_size=8).digest(), "big") & mask
 
 
 def save_directory(
@@ -355,29 +357,43 @@ def _join(nodes: Sequence[Node | NodeSpan | bytes], tail: bytes = _TREE_TAIL_1) 
 
 
 def _join_located(nodes: Sequence[Node | NodeSpan | bytes], locate: tuple[str, ...]) -> bytes:
-    datas: list[bytes] = []
-    layout = array("I")
+    return join_rows([located_row(node, locate) for node in nodes], locate)
+
+
+def located_row(
+    node: Node | NodeSpan | bytes, locate: tuple[str, ...]
+) -> tuple[bytes, Sequence[int]]:
+    """(encoding, layout row but its start) of one node of a version-2 tree locating
+    ``locate``: what :func:`join_rows` joins."""
+    if type(node) is Node and type(node.attrs) is dict:
+        return _encode_located(node, locate)
+    if isinstance(node, NodeSpan):
+        data = node.data
+        found = node.found if node.located == locate else _locate(data, locate)
+    else:
+        data = encode_node(node) if isinstance(node, Node) else node
+        found = _locate(data, locate)
+    row: list[int] = []
+    for key in locate:
+        at = found.get(key)
+        row += (0, 0) if at is None else (at[0], at[1] - at[0])
+    return data, row
+
+
+def join_rows(rows: Sequence[tuple[bytes, Sequence[int]]], locate: Sequence[str]) -> bytes:
+    """The plaintext of the tree of nodes given as :func:`located_row` makes them (in
+    name order, names unique), a version-2 tree locating ``locate``, or version 1 if
+    ``locate`` is empty (the rows then empty)."""
+    if not locate:
+        return b"".join((_TREE_HEAD, codec.varint(len(rows)), *(d for d, _ in rows), _TREE_TAIL_1))
     width = 1 + 2 * len(locate)
+    layout = array("I")
     pos = 0
-    for node in nodes:
-        if type(node) is Node and type(node.attrs) is dict:
-            data, row = _encode_located(node, locate)
-        else:
-            if isinstance(node, NodeSpan):
-                data = node.data
-                found = node.found if node.located == locate else _locate(data, locate)
-            else:
-                data = encode_node(node) if isinstance(node, Node) else node
-                found = _locate(data, locate)
-            row = []
-            for key in locate:
-                at = found.get(key)
-                row += (0, 0) if at is None else (at[0], at[1] - at[0])
+    for data, row in rows:
         layout.append(pos)
         layout.extend(row)
-        datas.append(data)
         pos += len(data)
-    assert len(layout) == width * len(nodes)
+    assert len(layout) == width * len(rows)
     if sys.byteorder != "little":
         layout.byteswap()
     table = layout.tobytes()
@@ -389,8 +405,8 @@ def _join_located(nodes: Sequence[Node | NodeSpan | bytes], locate: tuple[str, .
             _LOCATED_KEY,
             codec.encode(list(locate)),
             _NODES_KEY_AND_TAG,
-            codec.varint(len(nodes)),
-            *datas,
+            codec.varint(len(rows)),
+            *(d for d, _ in rows),
             _TREE_TAIL_2,
         )
     )

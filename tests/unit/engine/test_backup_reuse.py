@@ -241,13 +241,16 @@ def test_a_second_entry_of_a_name_is_one_problem_as_without_a_parent(
 
 def test_record_keys_depend_on_the_bytes_and_the_run(fs: Filesystem) -> None:
     home = fs.inode(18)  # /home/alice
-    key, listed, keys = RecordKeys(fs, 1 << 20).of(home)
-    again = RecordKeys(fs, 1 << 20).of(home)
-    assert (key, keys) == (again[0], again[2])
+    key, listed, keys, offsets = RecordKeys(fs, 1 << 20).of(home)
+    again = RecordKeys(fs, 1 << 20).of(home, listing=False)
+    assert (key, list(keys), offsets) == (again.key, list(again.records), again.offsets)
+    assert again.listed == []  # (not asked for: a backup without a parent snapshot)
     assert len(keys) == len(listed) == len(set(keys)) == len(home.entries())
     assert [item.entry.name for item in listed] == [e.name for e in home.entries()]
+    assert list(offsets) == [e.offset for e in home.entries()]
+    assert all(len(k) == 16 for k in keys) and keys[-1] == list(keys)[-1]
     # Another chunk size makes other nodes (their chunk lists): other keys.
-    other_key, _, other_keys = RecordKeys(fs, 1 << 21).of(home)
+    other_key, _, other_keys, _ = RecordKeys(fs, 1 << 21).of(home)
     assert other_key != key and not set(other_keys) & set(keys)
 
 

@@ -3,9 +3,10 @@ its entry list may hold besides decoded children."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 from cipherdump.engine.parent import Census, DirRecord
 from cipherdump.engine.views.image import ImageNode, Problem
@@ -13,7 +14,12 @@ from cipherdump.ext4.directory import Entry
 from cipherdump.ondisk.inode import InodePeek
 from cipherdump.repo import Node
 from cipherdump.repo.codec import Value
+from cipherdump.repo.dirwriter import DirectoryWriter
 from cipherdump.repo.tree import NodeSpan
+
+# Nodes of a directory held as objects before they go to its DirectoryWriter: a
+# directory of fewer entries (nearly all) is stored at once, as it always was.
+SPILL_AT = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +35,40 @@ class Same:
     @property
     def raw_name(self) -> bytes:
         return self.entry.name
+
+
+class PackedKeys(Sequence[bytes]):
+    """Record keys (16 bytes each) in one bytes object: a directory of a million
+    entries holds 16 MB of them, not a million bytes objects (about 57 MB)."""
+
+    __slots__ = ("_data",)
+    SIZE = 16
+
+    def __init__(self, data: bytes = b"") -> None:
+        if len(data) % self.SIZE:
+            raise ValueError("packed record keys are 16 bytes each")
+        self._data = data
+
+    def __len__(self) -> int:
+        return len(self._data) // self.SIZE
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[bytes]: ...
+    def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(i)
+        return self._data[i * self.SIZE : (i + 1) * self.SIZE]
+
+    def __iter__(self) -> Iterator[bytes]:
+        data, size = self._data, self.SIZE
+        return (data[i : i + size] for i in range(0, len(data), size))
 
 
 class Listed(NamedTuple):
@@ -63,9 +103,9 @@ class Frame:
     nodes: dict[bytes, Node | NodeSpan] = field(default_factory=dict)
     # Per entry position, the record key of its node (see RecordKeys); empty if the
     # entries could not all be read.
-    record_keys: list[bytes] = field(default_factory=list)
+    record_keys: PackedKeys = field(default_factory=PackedKeys)
     # Per entry position, the entry's offset in the directory: its ``order`` attr.
-    offsets: list[int] = field(default_factory=list)
+    offsets: array[int] = field(default_factory=lambda: array("q"))
     # Encoded nodes of the parent snapshot's tree whose record key is unchanged, by
     # record key.
     reusable: dict[bytes, NodeSpan] = field(default_factory=dict)
@@ -77,6 +117,31 @@ class Frame:
     pending: dict[bytes, int] = field(default_factory=dict)
     # A live backup's verdict on the directory's entries (see Walk.open_live_dir).
     live_ok: bool = True
+    # Whether ``nodes`` may go to a writer (``spill``) as they grow: not in a live
+    # backup, whose check takes nodes back out by name before the tree is saved.
+    spillable: bool = True
+    # Where the nodes of a large directory went (see spill_if_large): ``nodes`` holds
+    # only those made since, so a second entry of a name is found there or, if the
+    # first went before, by the writer.
+    spill: DirectoryWriter | None = None
+
+    def spill_if_large(self, writer: Callable[[], DirectoryWriter]) -> None:
+        """Hand ``nodes`` to the directory's writer (made by ``writer`` the first
+        time) once they are :data:`SPILL_AT`, so that a large directory's nodes are
+        not all held; a reused directory keeps its few nodes (see ParentReuse), and
+        the places of child directories handed to workers stay (see ``pending``)."""
+        nodes, pending = self.nodes, self.pending
+        if len(nodes) - len(pending) < SPILL_AT or not self.spillable or self.reuse is not None:
+            return
+        if self.spill is None:
+            self.spill = writer()
+        if pending:
+            # A child directory a worker has holds its place until it is collected.
+            self.spill.add((name, node) for name, node in nodes.items() if name not in pending)
+            self.nodes = {name: nodes[name] for name in pending if name in nodes}
+        else:
+            self.spill.add(nodes.items())
+            nodes.clear()
 
     def record_key(self, position: int) -> bytes | None:
         """The record key of the entry at ``position``, if the entries were all read."""

@@ -26,6 +26,7 @@ from cipherdump.ext4.inode import InodeType
 from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_ENCRYPTION
 from cipherdump.repo import BlobType, Id, Node, Repository, pack
 from cipherdump.repo.codec import Value, decode
+from cipherdump.repo.dirwriter import DirectoryWriter
 from cipherdump.repo.tree import NodeSpan, save_directory
 
 # A file's data: (chunk indices, chunk ids).
@@ -341,19 +342,31 @@ class NodeMaker:
             content=content,
         )
 
-    def save_tree(self, nodes: Iterable[tuple[bytes, Node | NodeSpan]]) -> Id:
+    def save_tree(
+        self,
+        nodes: Iterable[tuple[bytes, Node | NodeSpan]],
+        spilled: DirectoryWriter | None = None,
+    ) -> Id:
         """Store a directory's tree (its nodes in any order): one tree blob, or, for a
         large directory, its parts and their index (see
         :func:`~cipherdump.repo.tree.save_directory`); an unchanged part is the blob
-        it was, so one added entry does not rewrite a large directory."""
-        stats = self.tally.stats
-
-        def save(data: bytes) -> Id:
-            tree_id, new = self.repo.add_blob(BlobType.TREE, data, compress=True)
-            if new:
-                stats.bytes_added += len(data)
-                stats.tree_blobs_added += 1
-            return tree_id
-
+        it was, so one added entry does not rewrite a large directory.  ``spilled``:
+        the writer (see :meth:`directory_writer`) holding the directory's other nodes,
+        which stores the tree instead (the same blobs)."""
+        if spilled is not None:
+            return spilled.finish(nodes)
         # (Read when called: tests lower the limit.)
-        return save_directory(nodes, LOCATED_ATTRS, save, pack.MAX_BLOB_SIZE)
+        return save_directory(nodes, LOCATED_ATTRS, self._save_tree_blob, pack.MAX_BLOB_SIZE)
+
+    def directory_writer(self) -> DirectoryWriter:
+        """Where a large directory's nodes go as they are made, not to be held all at
+        once (see :class:`~cipherdump.repo.dirwriter.DirectoryWriter`)."""
+        return DirectoryWriter(LOCATED_ATTRS, self._save_tree_blob, pack.MAX_BLOB_SIZE)
+
+    def _save_tree_blob(self, data: bytes) -> Id:
+        tree_id, new = self.repo.add_blob(BlobType.TREE, data, compress=True)
+        if new:
+            stats = self.tally.stats
+            stats.bytes_added += len(data)
+            stats.tree_blobs_added += 1
+        return tree_id

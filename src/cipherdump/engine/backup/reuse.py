@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import posixpath
 import struct
+from array import array
 from collections.abc import Callable
+from typing import NamedTuple
 
-from cipherdump.engine.backup.frame import Frame, Listed, Same
+from cipherdump.engine.backup.frame import Frame, Listed, PackedKeys, Same
 from cipherdump.engine.backup.nodes import NodeMaker
 from cipherdump.engine.nodeattrs import NODE_ATTRS_VERSION, blake2b, int_attr
 from cipherdump.engine.parent import DirRecord, ParentIndex
@@ -97,15 +99,19 @@ class RecordKeys:
             digest_size=16,
         )
 
-    def of(self, directory: Inode) -> tuple[bytes, list[Listed], list[bytes]]:
-        """(entries key, entries with their inodes' records, record key of each entry).
+    def of(self, directory: Inode, *, listing: bool = True) -> Keys:
+        """The entries key, the record key and offset of each entry, and (with
+        ``listing``) the entries with their inodes' records (a backup without a
+        parent snapshot has no use for them, and a large directory's would be
+        hundreds of bytes an entry).
 
         Inodes are read as records, not decoded: an entry whose record key is the
         parent snapshot's needs nothing more (its record is the very one, checksum and
         all, that was decoded and checked when its node was made).
         """
         fs = self.fs
-        entries = directory.entries()  # first: it keeps the htree root's hash version
+        # First: a directory read whole keeps its htree root's hash version.
+        entries = directory.iter_entries()
         dx = (
             directory.directory.hash_version(fs.sb.s_def_hash_version)
             if directory.is_indexed_dir
@@ -117,7 +123,8 @@ class RecordKeys:
         base = self._base.copy()
         base.update(repr((flags, directory.size == fs.block_size, dx)).encode())
         listed: list[Listed] = []
-        keys: list[bytes] = []
+        keys = bytearray()
+        offsets = array("q")
         pack_entry, pack_hash, record = _ENTRY.pack, _HASH.pack, fs.inode_record
         for e in entries:
             raw, peek = record(e.ino)
@@ -135,9 +142,20 @@ class RecordKeys:
                     k.update(child.symlink_storage())
             key = k.digest()
             h.update(key)
-            keys.append(key)
-            listed.append(Listed(e, peek))
-        return h.digest(), listed, keys
+            keys += key
+            offsets.append(e.offset)
+            if listing:
+                listed.append(Listed(e, peek))
+        return Keys(h.digest(), listed, PackedKeys(bytes(keys)), offsets)
+
+
+class Keys(NamedTuple):
+    """What :meth:`RecordKeys.of` finds of a directory."""
+
+    key: bytes  # the entries key
+    listed: list[Listed]  # (if asked for) each entry and a peek at its inode's record
+    records: PackedKeys  # each entry's record key
+    offsets: array[int]  # each entry's offset in the directory (its ``order``)
 
 
 class ParentReuse:
@@ -310,14 +328,17 @@ class ParentReuse:
             path = child_path(node.path, name)
             out.append(ImageNode(path, name, e.name, child, directory.is_encrypted, e.hash))
         # Reused in one go: the walk would spend more on each than the reuse costs.
-        nodes, reuse, order_of = frame.nodes, self.reuse_node, frame.order
+        reuse, order_of = self.reuse_node, frame.order
         frame.files += len(batch)
+        spill = self.maker.directory_writer
         for position, e, peek, span in batch:
             try:
-                nodes[e.name] = reuse(e.ino, peek, span, order_of(position), frame)
+                frame.nodes[e.name] = reuse(e.ino, peek, span, order_of(position), frame)
             except CipherdumpError as err:
                 name = self.ns.display_name(directory, e)
                 out[position] = Problem(posixpath.join(node.path, name), err)
+                continue
+            frame.spill_if_large(spill)
         self.on_progress(node.path)
         return out
 

@@ -41,6 +41,7 @@ from cipherdump.engine.nodeattrs import fingerprint, int_attr
 from cipherdump.engine.parent import Census, DirRecord, ParentIndex
 from cipherdump.engine.policies import PolicyCensus
 from cipherdump.engine.views.image import MAX_DEPTH, ImageNode, Namespace, Problem
+from cipherdump.engine.views.paths import child_path
 from cipherdump.errors import CipherdumpError, CorruptError, InputError, UnsupportedError
 from cipherdump.ext4 import Filesystem
 from cipherdump.progress import OnProgress, Progress
@@ -223,12 +224,7 @@ class Walk:
                     self.walk_same(kid, order, frame)
                     continue
                 if kid.raw_name in frame.nodes:
-                    err = CorruptError(
-                        "a second entry with the same name",
-                        structure="directory entry",
-                        location=f"directory inode {frame.node.inode.ino}",
-                    )
-                    self.problem(kid.path, err, frame)
+                    self.problem(kid.path, _second_entry(frame), frame)
                     continue
                 try:
                     if kid.inode.is_dir:
@@ -250,6 +246,7 @@ class Walk:
                         frame.nodes[kid.raw_name] = maker.make_node(
                             kid, order, frame.census, frame.record_key(position)
                         )
+                        frame.spill_if_large(maker.directory_writer)
                 except InputError as err:  # the filesystem's: the repository's end the backup
                     self.problem(kid.path, err, frame)
                 continue
@@ -264,6 +261,7 @@ class Walk:
             node = Node(frame.node.raw_name, "dir", subtree=tree_id, attrs=frame.attrs)
             if self.live is None:
                 stack[-1].nodes[frame.node.raw_name] = node
+                stack[-1].spill_if_large(maker.directory_writer)
             else:
                 self.settle_live_dir(frame, node, stack[-1])
             self.progress(frame.node.path)
@@ -277,7 +275,7 @@ class Walk:
         ino = node.inode
         if self.tally.first_visit(ino.ino):
             maker.classify_dir(ino, fingerprint(attrs))
-        frame = Frame(node, attrs, [])
+        frame = Frame(node, attrs, [], spillable=self.live is None)
         seen_dirs = self.tally.seen_dirs
         if ino.ino in seen_dirs or depth > MAX_DEPTH:
             why = (
@@ -292,8 +290,9 @@ class Walk:
         seen_dirs.add(ino.ino)
         try:
             # Kept for the next run even when not compared now (first or forced run).
-            frame.key, listed, frame.record_keys = self.keys.of(ino)
-            frame.offsets = [item.entry.offset for item in listed]
+            frame.key, listed, frame.record_keys, frame.offsets = self.keys.of(
+                ino, listing=self.reuse is not None
+            )
         except CipherdumpError:
             frame.key, listed = None, []  # listed below, one problem per bad entry
         reuse = self.reuse
@@ -401,11 +400,7 @@ class Walk:
         :meth:`.reuse.ParentReuse.list_with_reuse` left it to the walk (see there)."""
         err: CipherdumpError
         if kid.raw_name in frame.nodes:
-            err = CorruptError(
-                "a second entry with the same name",
-                structure="directory entry",
-                location=f"directory inode {frame.node.inode.ino}",
-            )
+            err = _second_entry(frame)
         else:
             assert self.reuse is not None  # only it makes a Same
             frame.files += 1
@@ -413,6 +408,7 @@ class Walk:
                 frame.nodes[kid.raw_name] = self.reuse.reuse_node(
                     kid.entry.ino, kid.inode, kid.span, order, frame
                 )
+                frame.spill_if_large(self.maker.directory_writer)
                 self.progress(frame.node.path)
                 return
             except InputError as caught:
@@ -428,7 +424,11 @@ class Walk:
             self.crew.collect(frame, tally.dir_records)
         try:
             if frame.reuse is None:
-                tree_id = self.maker.save_tree(frame.nodes.items())
+                spilled, frame.spill = frame.spill, None
+                tree_id = self.maker.save_tree(frame.nodes.items(), spilled)
+                if spilled is not None:
+                    for name in spilled.duplicates:
+                        self.problem(self.path_of(frame, name), _second_entry(frame), frame)
             else:
                 assert self.reuse is not None
                 tree_id = self.reuse.tree_of(frame)
@@ -456,6 +456,17 @@ class Walk:
                 )
             )
         return tree_id
+
+    def path_of(self, frame: Frame, raw_name: bytes) -> bytes:
+        """The path of the entry ``raw_name`` of ``frame``'s directory (its no-key
+        name found by a search: for the rare problem of a spilled large directory)."""
+        directory = frame.node.inode
+        name = raw_name
+        if directory.is_encrypted:
+            entry = next((e for e in directory.entries() if e.name == raw_name), None)
+            if entry is not None:
+                name = self.ns.display_name(directory, entry)
+        return child_path(frame.node.path, name)
 
     def ancestors(self, top: ImageNode) -> list[Value]:
         """The directories from ``/`` down to the one holding ``top``, metadata and
@@ -533,3 +544,13 @@ class Walk:
         self.repo.flush()
         loaded = self.parent_index.loaded_files() if self.parent_index is not None else {}
         return WorkerEnd(self.tally, loaded, self.fs.warnings, self.repo.index_files_saved())
+
+
+def _second_entry(frame: Frame) -> CorruptError:
+    """The problem of an entry with the name of an earlier one of ``frame``'s directory
+    (found as it is walked, or by the writer of a spilled directory as it stores it)."""
+    return CorruptError(
+        "a second entry with the same name",
+        structure="directory entry",
+        location=f"directory inode {frame.node.inode.ino}",
+    )

@@ -8,6 +8,7 @@ computed here, where the ext4 facts and the fscrypt encoding meet.
 
 from __future__ import annotations
 
+import itertools
 import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from cipherdump.ondisk.dirhash import ext4_dirhash, ext4_dirhashes, is_signed_fi
 # Deeper than any real tree; stops walks through directory hard-link cycles early
 # even when cycle detection by inode number is fooled by corruption.
 MAX_DEPTH = 4096
+# Entries of a directory named together (their no-key names hashed in one go).
+_NAMES_BATCH = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +156,15 @@ class Namespace:
         its siblings.
         """
         directory = node.inode
+        # A batch at a time: a large directory is read as it is listed, not kept.
+        entries = directory.iter_entries()
+        while batch := list(itertools.islice(entries, _NAMES_BATCH)):
+            yield from self._children(node, batch)
+
+    def _children(self, node: ImageNode, entries: list[Entry]) -> Iterator[ImageNode | Problem]:
+        """:meth:`iter_children` of some of ``node``'s entries."""
+        directory = node.inode
         base = node.path
-        entries = directory.entries()
         try:
             names: list[bytes] | None = self.display_names(directory, entries)
         except CipherdumpError:
