@@ -45,7 +45,7 @@ TREES = 0.05  # the share of tree blobs among the added ones
 ENTRY = struct.Struct("<BBHIII32s")
 
 CHILD = """
-import json, os, sys, time
+import json, os, resource, sys, time
 from cipherdump.repo import LocalBackend, Repository
 if sys.argv[3] == "memory" and hasattr(Repository, "use_lean_index"):
     Repository.use_lean_index = lambda self: None
@@ -66,7 +66,10 @@ else:
             repo.use_lean_index()
         repo.missing_packs()
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-print(json.dumps({"seconds": time.perf_counter() - start, "hwm_kib": hwm, "code": code}))
+usage = resource.getrusage(resource.RUSAGE_SELF)
+cpu = usage.ru_utime + usage.ru_stime
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "cpu": cpu, "hwm_kib": hwm, "code": code}))
 """
 
 
@@ -145,29 +148,37 @@ def main() -> None:
     parser.add_argument("--blobs", type=int, nargs="+", default=[1_000_000, 2_000_000])
     parser.add_argument("--index", nargs="+", default=["lean"], choices=["lean", "memory"])
     parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--keep", type=Path, help="build the repositories here and keep them")
     args = parser.parse_args()
-    print("| blobs | index | load s | load peak | backup s | backup peak | baseline |")
+    print(
+        "| blobs | index | load s (CPU s) | load peak | backup s (CPU s) | backup peak | baseline |"
+    )
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
-        work = Path(tmp)
-        image = build_image(work, args.files)
+        work = args.keep or Path(tmp)
+        image = work / "src.img"
+        if not image.exists():
+            image = build_image(work, args.files)
         for blobs in args.blobs:
             repo = work / f"repo{blobs}"
-            Repository.init(LocalBackend.create(repo), PASSWORD, kdf=KdfParams(1, 8, 1)).close()
-            cipherdump("--repo", str(repo), "backup", "--jobs", "1", str(image))
-            add_fake_blobs(repo, blobs)
+            if not repo.exists():
+                backend = LocalBackend.create(repo)
+                Repository.init(backend, PASSWORD, kdf=KdfParams(1, 8, 1)).close()
+                cipherdump("--repo", str(repo), "backup", "--jobs", "1", str(image))
+                add_fake_blobs(repo, blobs)
             base = child(repo, "open", "memory", image)
             for index in args.index:
                 load = child(repo, "load", index, image)
                 run = child(repo, "backup", index, image)
                 assert run["code"] == 0, run
                 print(
-                    f"| {blobs:,} | {index} | {load['seconds']:.1f} | "
-                    f"{load['hwm_kib'] / 1024:.0f} MiB | {run['seconds']:.1f} | "
+                    f"| {blobs:,} | {index} | {load['seconds']:.1f} ({load['cpu']:.1f}) | "
+                    f"{load['hwm_kib'] / 1024:.0f} MiB | {run['seconds']:.1f} ({run['cpu']:.1f}) | "
                     f"{run['hwm_kib'] / 1024:.0f} MiB | {base['hwm_kib'] / 1024:.0f} MiB |",
                     flush=True,
                 )
-            shutil.rmtree(repo)
+            if args.keep is None:
+                shutil.rmtree(repo)
 
 
 if __name__ == "__main__":

@@ -149,6 +149,7 @@ class LeanIndex:
         self._pack_numbers: dict[Id, int] = {}
 
     def __len__(self) -> int:
+        """Entries in the table: a blob in several packs counts once for each."""
         return self._count
 
     def close(self) -> None:
@@ -194,18 +195,16 @@ class LeanIndex:
         for pack_id, size, first, count in packs:
             self._insert_pack(pack_id, size, first, count)
 
-    def add_pack(self, pack_id: Id, size: int, raw_entries: bytes) -> int:
+    def add_pack(self, pack_id: Id, size: int, raw_entries: bytes) -> None:
         """Add a pack's validated entries (a pack this process just saved, or a
-        worker's); returns how many blobs were new."""
+        worker's); a blob indexed already keeps its first location."""
         count = len(raw_entries) // ENTRY_SIZE
         first = self.stage(raw_entries)
         if self._count + count > _MAX_LOAD * len(self._slots):
             # Growing as a backup adds blobs: room for a third more, so that a backup
             # into a new repository rebuilds the table a few times, not at every pack.
             self._rebuild((self._count + count) * 4 // 3)
-        before = self._count
         self._insert_pack(pack_id, size, first, count)
-        return self._count - before
 
     def _insert_pack(self, pack_id: Id, size: int, first: int, count: int) -> None:
         number = self._pack_numbers.get(pack_id)
@@ -220,33 +219,26 @@ class LeanIndex:
         self._insert_rows(first, count)
 
     def _insert_rows(self, first: int, count: int) -> None:
-        slots, fps, read = self._slots, self._fps, self._rows.read
+        """Put rows in the table.  A blob indexed already (in an earlier pack) is put
+        in too, without looking: a lookup walks from the blob's slot in the order
+        rows were put in, so it meets the earlier row first, and that location wins,
+        as in a MemoryIndex.  Not looking halves the time to load the index (a
+        duplicate costs a slot; only crashed or concurrent writers make them)."""
+        slots, read = self._slots, self._rows.read
         size = len(slots)
-        added = 0
         for start in range(first, first + count, _READ_ROWS):
             n = min(_READ_ROWS, first + count - start)
-            raw = read(start, n)
-            hashes = array("Q", raw)[2::6]  # the ids' first eight bytes
+            hashes = array("Q", read(start, n))[2::6]  # the ids' first eight bytes
             if _BIG_ENDIAN:
                 hashes.byteswap()
-            row = start
-            for hashed in hashes:
+            for value, hashed in zip(range(start + 1, start + n + 1), hashes, strict=True):
                 slot = hashed % size
-                fp = fps[row]
-                while value := slots[slot]:
-                    if fps[value - 1] == fp:
-                        at = (row - start) * ENTRY_SIZE
-                        other = read(value - 1)
-                        if other[0] == raw[at] and other[16:48] == raw[at + 16 : at + 48]:
-                            break  # indexed already: the first location stays
+                while slots[slot]:
                     slot += 1
                     if slot == size:
                         slot = 0
-                else:
-                    slots[slot] = row + 1
-                    added += 1
-                row += 1
-        self._count += added
+                slots[slot] = value  # (a row's number plus one: 0 is empty)
+        self._count += count
 
     def _rebuild(self, n: int) -> None:
         """Make the table big enough for ``n`` blobs at the build load, and insert
