@@ -53,6 +53,7 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 
+from cipherdump.errors import BackendError
 from cipherdump.repo.ids import ID_SIZE, BlobType, Id
 from cipherdump.repo.pack import ENTRY_SIZE, PackEntry
 
@@ -87,9 +88,20 @@ class _Rows:
                 return os.open(self._directory, flags | tmpfile, 0o600)
             except OSError:
                 pass  # a filesystem without O_TMPFILE: a named file, removed at once
-        fd, name = tempfile.mkstemp(dir=self._directory, prefix="cipherdump-index-")
+        try:
+            fd, name = tempfile.mkstemp(dir=self._directory, prefix="cipherdump-index-")
+        except OSError as exc:
+            raise self._error(exc) from None
         os.unlink(name)
         return fd
+
+    def _error(self, exc: OSError) -> BackendError:
+        """A full or failing temporary directory: one line that says where and why
+        (as a pack spooled there would be), not a traceback."""
+        return BackendError(
+            f"the index's temporary file in {self._directory} failed: "
+            f"{exc.strerror or exc} (it takes 48 bytes a blob; TMPDIR says where it goes)"
+        )
 
     def append(self, raw: bytes) -> int:
         """Write whole entries; returns the first one's row."""
@@ -102,9 +114,12 @@ class _Rows:
         at = (first - self._starts[-1]) * ENTRY_SIZE
         fd = self._fds[-1]
         view = memoryview(raw)
-        while view:
-            written = os.pwrite(fd, view, at)
-            view, at = view[written:], at + written
+        try:
+            while view:
+                written = os.pwrite(fd, view, at)
+                view, at = view[written:], at + written
+        except OSError as exc:
+            raise self._error(exc) from None
         self.count += len(raw) // ENTRY_SIZE
         return first
 
@@ -115,12 +130,15 @@ class _Rows:
         fd = self._fds[segment]
         at = (row - self._starts[segment]) * ENTRY_SIZE
         size = rows * ENTRY_SIZE
-        data = os.pread(fd, size, at)
-        while len(data) < size:  # (a regular file reads short only at its end)
-            more = os.pread(fd, size - len(data), at + len(data))
-            if not more:
-                raise OSError(f"the index's temporary file ends before row {row + rows}")
-            data += more
+        try:
+            data = os.pread(fd, size, at)
+            while len(data) < size:  # (a regular file reads short only at its end)
+                more = os.pread(fd, size - len(data), at + len(data))
+                if not more:
+                    raise OSError(f"it ends before row {row + rows}")
+                data += more
+        except OSError as exc:
+            raise self._error(exc) from None
         return data
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tracemalloc
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cipherdump.errors import BackendError
 from cipherdump.repo import (
     FileType,
     Handle,
@@ -223,3 +225,19 @@ def test_a_repository_loaded_lean_answers_as_with_the_memory_index(tmp_path: Pat
         repo.repair_index()
     assert seen(True) == seen(False)
     assert all(seen(True)[0])
+
+
+def test_a_temporary_directory_that_fails_is_a_one_line_backend_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(BackendError, match=r"index's temporary file in .*nowhere"):
+        LeanIndex(str(tmp_path / "nowhere"))
+    index = LeanIndex(str(tmp_path))
+
+    def full(fd: int, data: object, at: int) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(BackendError, match="No space left on device"):
+        index.add_pack(Id(b"\x01" * 32), 1000, _raw(_entries(3)))
+    index.close()
