@@ -15,7 +15,8 @@ blobs).  Then, each in a fresh process:
 
 ``--index memory`` measures the index every command used before (a MemoryIndex, kept
 by making :meth:`Repository.use_lean_index` a no-op in the child), ``lean`` (default)
-the backup's :class:`~cipherdump.repo.leanindex.LeanIndex`.
+the backup's :class:`~cipherdump.repo.leanindex.LeanIndex`.  ``BENCH_SRC=DIR`` runs the
+children on other sources (``git archive COMMIT src | tar -x -C DIR``: before).
 
     python3 bench/bench_index_memory.py --blobs 1000000 2000000 10000000 --index lean memory
 """
@@ -83,7 +84,8 @@ def cipherdump(*args: str) -> None:
 
 
 def env() -> dict[str, str]:
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    # BENCH_SRC: other sources for the children (an older commit's, to compare).
+    src = os.environ.get("BENCH_SRC") or str(Path(__file__).resolve().parents[1] / "src")
     return {**os.environ, "PYTHONPATH": src, "CIPHERDUMP_PASSWORD": PASSWORD.decode()}
 
 
