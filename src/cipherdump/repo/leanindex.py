@@ -16,7 +16,7 @@ candidate, and confirms a candidate against the full entry on disk.
 * In memory: a 4-byte fingerprint per row (the id's bytes 8..12), and an
   open-addressing table (linear probing, at most 0.8 full, sized to 0.7 when built)
   of u32 row numbers, placed by the id's first eight bytes.  About 4 + 4/0.7 = 9.7
-  bytes a blob: 93 MiB at ten million (measured, with what loading leaves: 102 MiB
+  bytes a blob: 93 MiB at ten million (measured, with what loading leaves: 99 MiB
   over a process that loaded nothing; ``bench/bench_index_memory.py``).
 * A lookup walks the table from the id's slot; a row whose fingerprint matches is
   read from the file (one ``pread`` of 48 bytes) and taken only if its type and all
