@@ -27,6 +27,7 @@ from cipherdump.repo.backends.base import (
 from cipherdump.repo.crypto import MasterKey, file_id
 from cipherdump.repo.ids import BlobType, Id, is_hex_id
 from cipherdump.repo.index import IndexFile, PackRecord, decode_index, encode_index
+from cipherdump.repo.leanindex import LeanIndex
 from cipherdump.repo.memindex import MemoryIndex
 from cipherdump.repo.pack import PACK_VERSION, PackWriter, open_blob
 
@@ -84,7 +85,10 @@ class BlobStore:
         self._unindexed: list[PackRecord] = []
         # Index files this store saved (a worker hands their names to the coordinator).
         self.index_files_saved: list[str] = []
-        self._index: MemoryIndex | None = None
+        self._index: MemoryIndex | LeanIndex | None = None
+        # Load the index as a LeanIndex (a backup's: far less memory, lookups that
+        # read the disk) rather than a MemoryIndex; set before it is first needed.
+        self.lean = False
         # Packs the index files name that the backend does not have.
         self._missing: list[Id] = []
         # Index files passed over as damaged (their errors, which name them).
@@ -99,8 +103,10 @@ class BlobStore:
         self.on_warning: Callable[[str], None] | None = None
 
     @property
-    def index(self) -> MemoryIndex:
-        """The index of every blob in an index file or a pack saved by this store.
+    def index(self) -> MemoryIndex | LeanIndex:
+        """The index of every blob in an index file or a pack saved by this store: a
+        :class:`~.leanindex.LeanIndex` if :attr:`lean` was set before it was first
+        needed, else a :class:`~.memindex.MemoryIndex`.
 
         Packs an index file names but the backend does not have (deleted or lost
         outside cipherdump) are left out (see :attr:`missing_packs`): their blobs count
@@ -110,31 +116,57 @@ class BlobStore:
         :attr:`damaged_index_files`; ``check`` names it and ``repair index`` makes the
         index again): the blobs only it named count as absent too."""
         if self._index is None:
-            index = MemoryIndex()
-            files: dict[str, IndexFile] = {}
+            lean = LeanIndex(self._spool_dir) if self.lean else None
+            # Per index file in listing order: what it supersedes, and its packs as
+            # (id, size, entries) for a MemoryIndex, or as (id, size, first row,
+            # count) for a LeanIndex, which has written the entries to its file so
+            # that only one index file is in memory at a time.
+            supersedes: dict[str, tuple[Id, ...]] = {}
+            packs: dict[str, list[tuple[Id, int, bytes]]] = {}
+            staged: dict[str, list[tuple[Id, int, int, int]]] = {}
             damaged: dict[str, IntegrityError] = {}
             for info in self._backend.list(FileType.INDEX):
                 try:
-                    files[info.name] = load_index_file(self._backend, self._key, info.name)
+                    index_file = load_index_file(self._backend, self._key, info.name)
                 except IntegrityError as exc:
                     damaged[info.name] = exc
-            superseded = {i.hex for f in files.values() for i in f.supersedes}
+                    continue
+                supersedes[info.name] = index_file.supersedes
+                if lean is not None:
+                    staged[info.name] = [
+                        (p.id, p.size, lean.stage(p.raw_entries), p.count) for p in index_file.packs
+                    ]
+                else:
+                    packs[info.name] = [(p.id, p.size, p.raw_entries) for p in index_file.packs]
+                del index_file
+            superseded = {i.hex for s in supersedes.values() for i in s}
             # (One a repair left superseded is no loss at all.)
             passed_over = [str(e) for n, e in damaged.items() if n not in superseded]
             listed = self._backend.list(FileType.PACK)
             present = {Id.from_hex(i.name) for i in listed if is_hex_id(i.name)}
             missing = []
-            for name, index_file in files.items():
-                if name not in superseded:
-                    for pack in index_file.packs:
-                        if pack.id in present:
-                            index.add_pack(pack.id, pack.size, pack.raw_entries)
+            in_use = [n for n in supersedes if n not in superseded]
+            index: MemoryIndex | LeanIndex
+            if lean is not None:
+                chosen = []
+                for name in in_use:
+                    for pack_id, size, first, count in staged[name]:
+                        if pack_id in present:
+                            chosen.append((pack_id, size, first, count))
                         else:
-                            missing.append(pack.id)
+                            missing.append(pack_id)
+                lean.build(chosen)
+                index = lean
+            else:
+                index = MemoryIndex()
+                for name in in_use:
+                    for pack_id, size, raw_entries in packs[name]:
+                        if pack_id in present:
+                            index.add_pack(pack_id, size, raw_entries)
+                        else:
+                            missing.append(pack_id)
             # Index files a repair wrote (the only ones that supersede others).
-            self._repairs = sorted(
-                n for n, f in files.items() if f.supersedes and n not in superseded
-            )
+            self._repairs = sorted(n for n in in_use if supersedes[n])
             self._index, self._missing, self._damaged = index, missing, passed_over
             for why in passed_over:
                 message = (
@@ -149,6 +181,8 @@ class BlobStore:
 
     def forget_index(self) -> None:
         """Read the index files again when next needed (they were rewritten)."""
+        if isinstance(self._index, LeanIndex):
+            self._index.close()
         self._index = None
         with self._windows_lock:
             self._windows.clear()
@@ -309,6 +343,8 @@ class BlobStore:
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
+        if isinstance(self._index, LeanIndex):
+            self.forget_index()  # (its temporary file)
         for spool in self._spools.values():
             spool.discard()
         self._spools.clear()

@@ -15,17 +15,24 @@ Version 1 writers write a supersedes count of zero.
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
+from operator import add
 
 from cipherdump.errors import CorruptError
 from cipherdump.repo.crypto import SEAL_OVERHEAD, MasterKey
 from cipherdump.repo.envelope import Magic, open_file, seal_file
-from cipherdump.repo.ids import Id
-from cipherdump.repo.pack import ENTRY, ENTRY_SIZE, FLAG_ZSTD, MAX_BLOB_SIZE, PackEntry
+from cipherdump.repo.ids import BlobType, Id
+from cipherdump.repo.pack import ENTRY_SIZE, FLAG_ZSTD, MAX_BLOB_SIZE, PackEntry
 
 _U32 = struct.Struct("<I")
 _PACK = struct.Struct("<32sQI")
+_BIG_ENDIAN = sys.byteorder == "big"
+# The bytes an entry's type and flags may hold.
+_TYPES = bytes([BlobType.DATA, BlobType.TREE])
+_FLAGS = bytes([0, FLAG_ZSTD])
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +96,23 @@ def decode_index(key: MasterKey, data: bytes, what: str) -> IndexFile:
 
 
 def _validate_entries(raw: bytes, pack_size: int, what: str) -> None:
-    for type_, flags, reserved, offset, length, raw_length, _ in ENTRY.iter_unpack(raw):
-        if (
-            type_ > 1
-            or flags & ~FLAG_ZSTD
-            or reserved
-            or length < SEAL_OVERHEAD
-            or raw_length > MAX_BLOB_SIZE
-            or offset + length > pack_size
-        ):
-            raise CorruptError("bad blob entry", structure=what)
+    """Every entry's fields within bounds.  Checked column by column (slices of the
+    entries, C loops), not entry by entry: a backup reads every index file, and at ten
+    million blobs a Python loop here cost seconds."""
+    count = len(raw) // ENTRY_SIZE
+    if not count:
+        return
+    words = array("I", raw)
+    if _BIG_ENDIAN:
+        words.byteswap()
+    offsets, lengths = words[1::12], words[2::12]
+    if (
+        raw[0::ENTRY_SIZE].translate(None, _TYPES)  # a type but data or tree
+        or raw[1::ENTRY_SIZE].translate(None, _FLAGS)  # an unknown flag
+        or raw[2::ENTRY_SIZE].translate(None, b"\0")  # reserved bytes set
+        or raw[3::ENTRY_SIZE].translate(None, b"\0")
+        or min(lengths) < SEAL_OVERHEAD
+        or max(words[3::12]) > MAX_BLOB_SIZE
+        or max(map(add, offsets, lengths)) > pack_size
+    ):
+        raise CorruptError("bad blob entry", structure=what)

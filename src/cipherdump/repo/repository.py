@@ -330,6 +330,13 @@ class Repository:
         self._store.stop_threads()
         _ = self._store.index
 
+    def use_lean_index(self) -> None:
+        """Load the index, when first needed, as a backup needs it: about 10 bytes of
+        memory a blob instead of 66, its entries in a temporary file (48 bytes a blob,
+        in ``TMPDIR``) that lookups read (see :mod:`.leanindex`).  No effect once the
+        index is loaded."""
+        self._store.lean = True
+
     def missing_packs(self) -> list[Id]:
         """Packs the index names that the backend does not have (deleted or lost
         outside cipherdump).  They are left out of the index: see

@@ -297,3 +297,19 @@ def _tree_sizes(fs: Filesystem) -> list[bytes]:
         out.append(repo.load_blob(BlobType.TREE, tree_id))
         todo += [n.subtree for n in repo.load_tree(tree_id).nodes if n.subtree is not None]
     return out
+
+
+def test_a_backup_holds_the_lean_index_and_dedups_through_it(fs: Filesystem) -> None:
+    """A backup loads the repository's index as a LeanIndex (repo/leanindex.py), and
+    every chunk it finds stored there is confirmed by its whole id on disk."""
+    from cipherdump.repo.leanindex import LeanIndex
+
+    backend = MemoryBackend()
+    with Repository.init(backend, b"pw", kdf=KdfParams.insecure_for_tests()) as first:
+        done = backup(first, fs, BackupOptions())
+    with Repository.open(backend, b"pw") as repo:
+        again = backup(repo, fs, BackupOptions(force_reread=True))
+        index = repo._store.index
+        assert isinstance(index, LeanIndex)
+        assert again.stats.bytes_read == done.stats.bytes_read
+        assert again.stats.bytes_added == 0 and again.stats.data_blobs_added == 0
