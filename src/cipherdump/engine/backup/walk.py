@@ -472,8 +472,8 @@ class Walk:
 
     # -- the coordinator's side of the workers (see .workers) ------------------------------------
     def start_workers(self, count: int) -> None:
-        self.repo.prepare_fork()
-        pool = WorkerPool(count, lambda conn: serve(conn, self))
+        relay = self.repo.prepare_fork()  # (for S3: the workers' uploads go through us)
+        pool = WorkerPool(count, lambda conn: serve(conn, self), relay)
         self.crew = Crew(pool, self.on_problem, self._waited)
 
     def _waited(self) -> None:
