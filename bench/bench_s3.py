@@ -110,6 +110,48 @@ def timed(
     return elapsed, proc.stdout
 
 
+def put_probe(server: seaweed.SeaweedFS, mib: int, object_mib: int) -> None:
+    """What the server costs alone: ``mib`` MiB of random bytes PUT as objects of
+    ``object_mib`` MiB, one at a time and 4 at once, with obstore as cipherdump uses it;
+    the server's CPU seconds per MiB and the rate."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import obstore
+    from obstore.store import S3Store
+
+    store = S3Store(
+        seaweed.BUCKET,
+        prefix="probe",
+        endpoint=server.endpoint,
+        access_key_id=seaweed.ACCESS_KEY,
+        secret_access_key=seaweed.SECRET_KEY,
+        region="us-east-1",
+        virtual_hosted_style_request=False,
+        client_options={"allow_http": True, "timeout": "300s"},
+    )
+    body = random.Random(2).randbytes(object_mib * MiB)
+    count = max(1, mib // object_mib)
+    for at_once in (1, 4):
+        before_cpu = process_cpu(server.process.pid)
+        mine = resource.getrusage(resource.RUSAGE_SELF)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(at_once) as pool:
+            names = [f"{at_once}-{i}" for i in range(count)]
+            list(pool.map(lambda name: obstore.put(store, name, body, use_multipart=False), names))
+        elapsed = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        server_cpu = process_cpu(server.process.pid) - before_cpu
+        client_cpu = (after.ru_utime - mine.ru_utime) + (after.ru_stime - mine.ru_stime)
+        total = count * object_mib
+        print(
+            f"PUT probe, {count} x {object_mib} MiB, {at_once} at once: "
+            f"{total / elapsed:.0f} MiB/s, "
+            f"SeaweedFS {server_cpu:.2f} CPU s ({server_cpu / total * 1000:.1f} ms per MiB), "
+            f"client {client_cpu:.2f} CPU s",
+            flush=True,
+        )
+
+
 def one_round(
     location: str,
     env: dict[str, str],
@@ -167,6 +209,14 @@ def main() -> None:
         help="one more `weed mini` option, e.g. --weed-arg=-filer.maxMB=64 (repeatable)",
     )
     parser.add_argument("--full-only", action="store_true", help="init and full backup only")
+    parser.add_argument(
+        "--put-probe",
+        type=int,
+        default=0,
+        metavar="MIB",
+        help="first PUT this many MiB of random bytes straight to the server (its own cost)",
+    )
+    parser.add_argument("--probe-object-mib", type=int, default=32)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-s3-", dir=args.workdir))
     server = None
@@ -177,6 +227,8 @@ def main() -> None:
         server = seaweed.start(work / "weed", args.weed_arg)
         if args.weed_arg:
             print("weed mini options added:", " ".join(args.weed_arg))
+        if args.put_probe:
+            put_probe(server, args.put_probe, args.probe_object_mib)
         env = server.env(CIPHERDUMP_PASSWORD="bench", CIPHERDUMP_INSECURE_TEST_KDF="1")
         env["PYTHONPATH"] = str(ROOT / "src")
         best: dict[tuple[str, int], dict[str, float]] = {}
