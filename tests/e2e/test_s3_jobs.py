@@ -7,6 +7,7 @@ with workers, and the next run succeeds."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -134,3 +135,46 @@ def test_server_stopped_in_the_middle_of_a_backup_with_workers(tmp_path: Path) -
     finally:
         proxy.close()
         server.stop()
+
+
+def test_interrupted_backup_with_workers(seaweedfs: seaweed.SeaweedFS, tmp_path: Path) -> None:
+    """Ctrl-C while workers' packs are being uploaded: one line, exit 130, no process
+    left behind, and the next backup and ``check --read-data`` pass."""
+    image = _leafy_image(tmp_path, 6, 8, 1 << 20)
+    prefix = f"int-{tmp_path.name[-8:]}"
+    env = seaweedfs.env(CIPHERDUMP_REPOSITORY=seaweedfs.location(prefix))
+    assert run("init", "--pack-size", "262144", env=env).code == 0
+    direct = open_backend(seaweedfs.location(prefix), seaweedfs.env(CIPHERDUMP_NO_CACHE="1"))
+    full_env = {
+        **env,
+        "PYTHONPATH": str(ROOT / "src"),
+        "CIPHERDUMP_PASSWORD": "pw",
+        "CIPHERDUMP_INSECURE_TEST_KDF": "1",
+    }
+    backup = subprocess.Popen(
+        [*CLI, "backup", "--jobs", "3", str(image)],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(direct.list(FileType.PACK))) < 4:
+            assert backup.poll() is None, backup.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        backup.send_signal(signal.SIGINT)
+        stdout, stderr = backup.communicate(timeout=60)
+    finally:
+        if backup.poll() is None:
+            backup.kill()
+            backup.wait()
+    result = Run(subprocess.CompletedProcess(backup.args, backup.returncode, stdout, stderr))
+    assert result.one_line_error(130) == "cipherdump: error: interrupted"
+    left = subprocess.run(["pgrep", "-f", str(image)], capture_output=True, text=True)
+    assert left.stdout == "", left.stdout  # the workers died with it
+    again = run("backup", "--jobs", "3", image, env=env)
+    assert again.code == 0, again
+    check = run("check", "--read-data", env=env)
+    assert check.code == 0, check
