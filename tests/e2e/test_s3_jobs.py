@@ -178,3 +178,20 @@ def test_interrupted_backup_with_workers(seaweedfs: seaweed.SeaweedFS, tmp_path:
     assert again.code == 0, again
     check = run("check", "--read-data", env=env)
     assert check.code == 0, check
+
+
+def test_without_jobs_an_s3_backup_runs_in_one_process(
+    seaweedfs: seaweed.SeaweedFS, tmp_path: Path
+) -> None:
+    """Workers through the coordinator did not pay off on the benchmark machine: only
+    ``--jobs N`` starts them for S3, not the default that starts them for a local
+    repository of more than 2,000 inodes."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("the default starts workers only with two or more CPUs")
+    image = _leafy_image(tmp_path, 10, 250, 100)
+    prefix = f"auto-{tmp_path.name[-8:]}"
+    env = seaweedfs.env(CIPHERDUMP_REPOSITORY=seaweedfs.location(prefix))
+    assert run("init", env=env).code == 0
+    result = run("backup", image, env=env)
+    assert result.code == 0, result
+    assert _index_files(seaweedfs, prefix) == 1  # the coordinator's alone

@@ -323,14 +323,15 @@ class Repository:
     @property
     def shared_between_processes(self) -> bool:
         """Whether forked copies of this handle may write at once (they each write their
-        own packs and index files): true of a directory, not of memory.  Also of S3,
-        whose client a fork cannot use: there each fork asks this process to do its
-        storage requests (see :meth:`prepare_fork`)."""
-        backend = self.backend
-        return bool(
-            getattr(backend, "shared_between_processes", False)
-            or getattr(backend, "relay_from_forks", False)
-        )
+        own packs and index files): true of a directory, not of memory."""
+        return bool(getattr(self.backend, "shared_between_processes", False))
+
+    @property
+    def relays_for_forks(self) -> bool:
+        """Whether forked copies may write at once by asking this process to make their
+        storage requests (see :meth:`prepare_fork`): S3, whose client a fork cannot
+        use."""
+        return bool(getattr(self.backend, "relay_from_forks", False))
 
     def prepare_fork(self) -> RelayHost | None:
         """Make everything written so far durable, load the index and stop the store's
@@ -341,7 +342,7 @@ class Repository:
         self._store.flush()
         self._store.stop_threads()
         _ = self._store.index
-        if getattr(self.backend, "shared_between_processes", False):
+        if self.shared_between_processes:
             return None
         self._relay = RelayHost(self.backend)
         return self._relay
