@@ -15,7 +15,14 @@ In one run, so the ratios compare like with like on this machine:
    a key-less ``restore --to-image``.  Each is a ``cipherdump`` process; the best time
    of the rounds is kept.
 3. Report S3 / local for each step.  The aims (issue #18): incremental <= 1.5x and full
-   <= 1.3x the local backend's.
+   <= 1.3x the local backend's.  For the full backup also the CPU seconds of
+   cipherdump (its workers included) and of the server, which a busy machine does not
+   change as it changes the seconds.
+
+``--jobs 1,2`` runs each round once per value (both backends); ``--put-probe MIB``
+first PUTs that much random data straight to the server (its own cost per MiB);
+``--weed-arg=-OPTION=VALUE`` starts the server with more options; ``--full-only``
+stops each round after the full backup.
 
 SeaweedFS runs on the same machine and shares its CPUs with cipherdump: on a machine
 with two CPUs its own work (hashing, writing volumes) competes with the backup's.
