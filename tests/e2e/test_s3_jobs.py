@@ -195,3 +195,54 @@ def test_without_jobs_an_s3_backup_runs_in_one_process(
     result = run("backup", image, env=env)
     assert result.code == 0, result
     assert _index_files(seaweedfs, prefix) == 1  # the coordinator's alone
+
+
+def test_errors_for_a_while_during_a_backup_with_workers_are_retried(
+    seaweedfs: seaweed.SeaweedFS, tmp_path: Path
+) -> None:
+    """The workers' uploads fail (HTTP 503) for a few seconds: the coordinator retries
+    them for the workers, and the backup succeeds."""
+    image = _leafy_image(tmp_path, 6, 8, 1 << 20)
+    proxy = FaultProxy(seaweedfs.s3_port)
+    try:
+        location = f"s3:{proxy.endpoint}/{seaweed.BUCKET}/flaky-{tmp_path.name[-8:]}"
+        env = seaweedfs.env(CIPHERDUMP_REPOSITORY=location, CIPHERDUMP_S3_RETRY_SECONDS="60")
+        assert run("init", "--pack-size", "262144", env=env).code == 0
+        direct = open_backend(
+            f"s3:{seaweedfs.endpoint}/{seaweed.BUCKET}/flaky-{tmp_path.name[-8:]}",
+            seaweedfs.env(CIPHERDUMP_NO_CACHE="1"),
+        )
+        full_env = {
+            **env,
+            "PYTHONPATH": str(ROOT / "src"),
+            "CIPHERDUMP_PASSWORD": "pw",
+            "CIPHERDUMP_INSECURE_TEST_KDF": "1",
+        }
+        backup = subprocess.Popen(
+            [*CLI, "backup", "--jobs", "3", str(image)],
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while len(list(direct.list(FileType.PACK))) < 4:
+                assert backup.poll() is None, backup.communicate()
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            proxy.set_mode("503")
+            time.sleep(3)
+            proxy.set_mode("pass")
+            _, stderr = backup.communicate(timeout=120)
+        finally:
+            if backup.poll() is None:
+                backup.kill()
+                backup.wait()
+        assert backup.returncode == 0, stderr
+        assert proxy.requests_failed > 0
+        check = run("check", "--read-data", env=env)
+        assert check.code == 0, check
+        assert run("ls", "-R", "latest", env=env).stdout.count("/f0") == 48
+    finally:
+        proxy.close()
