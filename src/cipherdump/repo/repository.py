@@ -18,6 +18,7 @@ from cipherdump.errors import (
 )
 from cipherdump.progress import OnProgress
 from cipherdump.repo.backends.base import Backend, FileType, Handle, ObjectMissing
+from cipherdump.repo.backends.relay import RelayHost
 from cipherdump.repo.blobstore import INDEX_EVERY_PACKS, BlobStore
 from cipherdump.repo.check import Checker, CheckReport
 from cipherdump.repo.config import (
@@ -82,6 +83,8 @@ class Repository:
         writes; tests write version 1, as the first writers did."""
         self.backend = backend
         self.config = config
+        self._relay: RelayHost | None = None  # see prepare_fork
+        self._forked_backend: Backend | None = None
         # A local cache of a remote repository is per repository id (repo/cache.py).
         attach_cache = getattr(backend, "attach_cache", None)
         if attach_cache is not None:
@@ -323,12 +326,26 @@ class Repository:
         own packs and index files): true of a directory, not of memory."""
         return bool(getattr(self.backend, "shared_between_processes", False))
 
-    def prepare_fork(self) -> None:
+    @property
+    def relays_for_forks(self) -> bool:
+        """Whether forked copies may write at once by asking this process to make their
+        storage requests (see :meth:`prepare_fork`): S3, whose client a fork cannot
+        use."""
+        return bool(getattr(self.backend, "relay_from_forks", False))
+
+    def prepare_fork(self) -> RelayHost | None:
         """Make everything written so far durable, load the index and stop the store's
-        threads, so that a forked copy starts from a state it can use on its own."""
+        threads, so that a forked copy starts from a state it can use on its own.
+
+        For a backend a fork cannot use itself, the relay through which the forks'
+        requests are to be made by this process (the caller forks with it)."""
         self._store.flush()
         self._store.stop_threads()
         _ = self._store.index
+        if self.shared_between_processes:
+            return None
+        self._relay = RelayHost(self.backend)
+        return self._relay
 
     def use_lean_index(self) -> None:
         """Load the index, when first needed, as a backup needs it: about 10 bytes of
@@ -370,6 +387,11 @@ class Repository:
         """In a forked copy: the lock is the parent's; never refresh or release it."""
         self._lock = None
         self._store.index_files_saved.clear()
+        if self._relay is not None:
+            # (The coordinator's backend stays referenced, never used nor dropped here.)
+            self._forked_backend = self.backend
+            self.backend = self._relay.backend()
+            self._store.use_backend(self.backend)
 
     def index_files_saved(self) -> list[str]:
         """The index files this handle saved (in a worker: since it became one)."""

@@ -163,9 +163,12 @@ class Walk:
     # -- the whole walk ---------------------------------------------------------------------
     def run(self, top: ImageNode) -> tuple[Id, dict[str, Value]]:
         """Back up the directory ``top``; returns its tree id and its own attrs."""
+        # Through a relay (S3) only when asked for: on the benchmark machine it did not
+        # pay off (bench/RESULTS.md).
+        relayed = self.jobs > 1 and self.repo.relays_for_forks
         workers = (
             worker_count(self.jobs, self.inodes_used, os.cpu_count())
-            if self.repo.shared_between_processes and self.live is None
+            if (self.repo.shared_between_processes or relayed) and self.live is None
             else 0  # (a live check keeps its state in this process)
         )
         if workers:
@@ -483,8 +486,8 @@ class Walk:
 
     # -- the coordinator's side of the workers (see .workers) ------------------------------------
     def start_workers(self, count: int) -> None:
-        self.repo.prepare_fork()
-        pool = WorkerPool(count, lambda conn: serve(conn, self))
+        relay = self.repo.prepare_fork()  # (for S3: the workers' uploads go through us)
+        pool = WorkerPool(count, lambda conn: serve(conn, self), relay)
         self.crew = Crew(pool, self.on_problem, self._waited)
 
     def _waited(self) -> None:

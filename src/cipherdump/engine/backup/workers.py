@@ -16,6 +16,11 @@ CPU.  Why ``fork``: a worker starts from the coordinator's state at the moment o
 fork (the open filesystem, the unlocked repository key, the loaded index, the parent
 snapshot's directory table) with nothing to rebuild, send or re-derive.
 
+A backend a forked process cannot use itself (S3: its client's threads are not in the
+fork) is reached through the coordinator: a :class:`ForkRelay` gives each worker a
+second pipe, on which the coordinator's threads make the worker's storage requests
+(repo/backends/relay.py).
+
 Each worker talks to the coordinator over one duplex pipe of pickled messages.  A
 worker never prints and never touches the repository lock (it is the coordinator's);
 if the coordinator dies, the kernel kills the workers (``PR_SET_PDEATHSIG``), so a
@@ -83,6 +88,21 @@ def _die_with_coordinator() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+class ForkRelay(Protocol):
+    """The coordinator's service of storage requests for workers that cannot use its
+    backend themselves (see :class:`~cipherdump.repo.backends.relay.RelayHost`)."""
+
+    def before_fork(self) -> None: ...
+
+    def in_child(self) -> None: ...
+
+    def in_parent(self) -> None: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, *, wait: bool = True) -> None: ...
+
+
 class WorkerDied(RuntimeError):
     """A worker process ended without saying why (killed, or crashed)."""
 
@@ -94,14 +114,22 @@ class WorkerPool:
     coordinator's exit handlers (they belong to it: its lock, its temporary files).
     """
 
-    def __init__(self, count: int, serve: Callable[[Connection], None]) -> None:
+    def __init__(
+        self,
+        count: int,
+        serve: Callable[[Connection], None],
+        relay: ForkRelay | None = None,
+    ) -> None:
         self._conns: list[Connection] = []
         self._pids: list[int] = []
         self.in_flight: list[int] = []
         self._gone: set[int] = set()
+        self._relay = relay
         try:
             for _ in range(count):
                 self._start(serve)
+            if relay is not None:
+                relay.start()  # its threads, once no more forks follow
         except BaseException:
             self.kill()
             raise
@@ -111,6 +139,8 @@ class WorkerPool:
 
     def _start(self, serve: Callable[[Connection], None]) -> None:
         mine, theirs = Pipe(duplex=True)
+        if self._relay is not None:
+            self._relay.before_fork()
         sys.stdout.flush()
         sys.stderr.flush()
         with warnings.catch_warnings():
@@ -125,6 +155,8 @@ class WorkerPool:
                 for other in self._conns:
                     other.close()
                 _die_with_coordinator()
+                if self._relay is not None:
+                    self._relay.in_child()
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides
                 serve(theirs)
             except BaseException:
@@ -136,6 +168,8 @@ class WorkerPool:
             finally:
                 os._exit(code)
         theirs.close()
+        if self._relay is not None:
+            self._relay.in_parent()
         self._conns.append(mine)
         self._pids.append(pid)
         self.in_flight.append(0)
@@ -174,7 +208,7 @@ class WorkerPool:
                 out.append((worker, None))
         return out
 
-    def join(self) -> None:
+    def join(self, *, killed: bool = False) -> None:
         """Wait for every worker to exit (after each has been told to finish)."""
         for conn in self._conns:
             conn.close()
@@ -183,13 +217,18 @@ class WorkerPool:
                 os.waitpid(pid, 0)
         self._conns.clear()
         self._pids.clear()
+        if self._relay is not None:
+            # A worker that finished had every request answered; one killed may have
+            # left one in progress, which is not waited for.
+            self._relay.stop(wait=not killed)
+            self._relay = None
 
     def kill(self) -> None:
         """Stop every worker now; what they had not saved is lost, as after a crash."""
         for pid in self._pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        self.join()
+        self.join(killed=True)
 
 
 # -- messages ---------------------------------------------------------------------------------

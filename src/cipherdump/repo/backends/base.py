@@ -146,6 +146,10 @@ class WrappedBackend:
         return bool(getattr(self.inner, "shared_between_processes", False))
 
     @property
+    def relay_from_forks(self) -> bool:
+        return bool(getattr(self.inner, "relay_from_forks", False))
+
+    @property
     def read_ahead(self) -> int:
         return int(getattr(self.inner, "read_ahead", 0))
 

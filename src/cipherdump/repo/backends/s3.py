@@ -81,8 +81,10 @@ class S3Target:
 class S3Backend:
     """Repository files as objects of one bucket, under one prefix."""
 
-    # obstore's I/O runtime has threads a forked process would not have.
+    # obstore's I/O runtime has threads a forked process would not have (a request
+    # from a fork hangs); a backup's workers ask the coordinator (backends/relay.py).
     shared_between_processes = False
+    relay_from_forks = True
     # A blob is read with what follows it in its pack, to this many bytes (see
     # BlobStore._read): a request costs more than the bytes.
     read_ahead = 4 << 20
