@@ -20,7 +20,7 @@ from cipherdump.engine.chunker import DEFAULT_CHUNK_SIZE, check_chunk_size
 from cipherdump.engine.gctune import few_collections
 from cipherdump.engine.live_check import LiveCheck
 from cipherdump.engine.nodeattrs import NODE_ATTRS_VERSION
-from cipherdump.engine.parent import ParentIndex, encode_dir_table
+from cipherdump.engine.parent import ParentIndex
 from cipherdump.engine.policies import uuid_text
 from cipherdump.engine.views.image import Namespace
 from cipherdump.errors import CipherdumpError, InputError
@@ -249,7 +249,7 @@ def backup(
         tally.stats.files_removed += files
         tally.stats.dirs_removed += dirs
     policies = job.policy_census.summary(tally.census)
-    table, dir_census = encode_dir_table(sorted(tally.dir_records, key=lambda r: r.ino))
+    table, dir_census = tally.dir_records.encode()
     attrs: dict[str, Value] = {
         "format": SNAPSHOT_FORMAT,
         "node_attrs": NODE_ATTRS_VERSION,
