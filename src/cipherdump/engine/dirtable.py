@@ -38,6 +38,8 @@ _PAIR = struct.Struct("<HQ")
 _NO_CENSUS = 0xFFFFFFFF
 
 CensusPairs = tuple[tuple[bytes | str, int], ...]
+# The snapshot attrs that hold the table: what a listing of snapshots leaves out.
+TABLE_ATTRS = frozenset({"dirs", "dir_census"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +63,8 @@ class DirTable:
         self.clear()
 
     def clear(self) -> None:
-        self._packed = bytearray()
+        # A snapshot's table is kept as the bytes it came in (not copied) until appended to.
+        self._packed: bytes | bytearray = bytearray()
         # Census: distinct keys; per record the offset of its pairs in _census (or
         # _NO_CENSUS), the pairs prefixed by their count.
         self._keys: list[bytes | str] = []
@@ -80,6 +83,8 @@ class DirTable:
     # -- writing ------------------------------------------------------------------------
     def append(self, rec: DirRecord) -> None:
         self._inos = None
+        if isinstance(self._packed, bytes):
+            self._packed = bytearray(self._packed)
         self._packed += _DIR.pack(
             rec.ino, rec.generation & 0xFFFFFFFF, rec.files, rec.fingerprint, rec.key, rec.tree.raw
         )
@@ -200,7 +205,7 @@ class DirTable:
                     and isinstance(p[1], int)
                     and 0 <= p[1] < 1 << 64
                 )
-        table._packed = bytearray(packed)
+        table._packed = packed
         for ino in table._all_inos():
             table._census_at.append(table._pack_census(census.get(ino, ())))
         return table
