@@ -94,6 +94,7 @@ def forget_cmd(
     """
     from datetime import UTC
 
+    from cipherdump.engine.dirtable import TABLE_ATTRS
     from cipherdump.engine.forget import parse_group_by, plan_forget, remove_snapshots
     from cipherdump.engine.retention import Duration, Policy
 
@@ -129,7 +130,7 @@ def forget_cmd(
             doomed = list(found)
         else:
             groups = plan_forget(
-                repository.list_snapshots(),
+                repository.list_snapshots(drop_attrs=TABLE_ATTRS),
                 policy,
                 fields,
                 tz=UTC if utc else None,

@@ -118,3 +118,7 @@ def main() -> None:
         # memory the exit frees anyway.  Frozen objects are not scanned; exit handlers,
         # threads and buffered output are finished as always.
         gc.freeze()
+
+
+if __name__ == "__main__":  # python3 -m cipherdump.cli.main
+    main()

@@ -20,10 +20,14 @@ from cipherdump.errors import CipherdumpError, IntegrityError
 def snapshots(repo: str | None, password_file: str | None, as_json: bool) -> None:
     """List the snapshots in the repository, oldest first."""
     from cipherdump.engine.backup import snapshot_summary
+    from cipherdump.engine.dirtable import TABLE_ATTRS
 
     damaged: list[CipherdumpError] = []
     with sources.open_reader(repo, password_file) as repository:
-        items = [snapshot_summary(i, s) for i, s in repository.list_snapshots(damaged)]
+        items = [
+            snapshot_summary(i, s)
+            for i, s in repository.list_snapshots(damaged, drop_attrs=TABLE_ATTRS)
+        ]
     _list_snapshots(items, as_json)
     for err in damaged:
         click.echo(f"cipherdump: error: {err}", err=True)

@@ -32,7 +32,9 @@ def stats_cmd(
         if refs:
             chosen = list(dict(find_snapshot(repository, ref) for ref in refs).items())
         else:
-            chosen = repository.list_snapshots()
+            from cipherdump.engine.dirtable import TABLE_ATTRS
+
+            chosen = repository.list_snapshots(drop_attrs=TABLE_ATTRS)
         result = repository.stats(chosen, on_progress)
     times = {sid: snap.time_ns for sid, snap in chosen}
     out: dict[str, Any] = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
+from cipherdump.engine.dirtable import TABLE_ATTRS
 from cipherdump.engine.nodeattrs import display_name
 from cipherdump.engine.views.snapshot import SnapshotView
 from cipherdump.errors import CipherdumpError
@@ -84,7 +85,7 @@ def damaged_snapshots(repo: Repository, bad: BadBlobs) -> list[DamagedSnapshot]:
         return []
     scan = _TreeScan(repo, bad)
     out = []
-    for snap_id, snapshot in repo.list_snapshots(damaged=[]):
+    for snap_id, snapshot in repo.list_snapshots(damaged=[], drop_attrs=TABLE_ATTRS):
         try:
             top = SnapshotView(repo, snap_id, snapshot).top_node().path
         except CipherdumpError:

@@ -22,70 +22,22 @@ Two levels, so that an unchanged directory costs neither decoding nor encoding a
 from __future__ import annotations
 
 import struct
-from collections.abc import Container, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Container, Iterable, Mapping
 
 from cipherdump.engine.chunker import DEFAULT_CHUNK_SIZE
+from cipherdump.engine.dirtable import DirRecord, DirTable
 from cipherdump.engine.nodeattrs import fingerprint, int_attr, pack_refs, unpack_refs
 from cipherdump.errors import CipherdumpError
 from cipherdump.repo import BlobType, Id, Repository, Snapshot
 from cipherdump.repo.codec import Value, decode, expect_map
 from cipherdump.repo.tree import NodeSpan, index_parts, tree_spans
 
-# ino, generation, files, own fingerprint, entries key, tree id
-_DIR = struct.Struct("<III16s16s32s")
 _GEN = struct.Struct("<I")
-_DIR_FLAG = b"d"
-_FILE_FLAG = b"-"
 
 Census = dict[bytes | str, int]
 # The attrs every tree's layout locates: what an incremental backup needs of a parent
 # node it may reuse as encoded.
 LOCATED_ATTRS = ("context", "order", "source")
-
-
-@dataclass(frozen=True, slots=True)
-class DirRecord:
-    ino: int
-    generation: int
-    files: int
-    fingerprint: bytes
-    key: bytes
-    tree: Id
-    census: tuple[tuple[bytes | str, int], ...] = ()
-
-
-def encode_dir_table(records: Sequence[DirRecord]) -> tuple[bytes, list[Value]]:
-    """(packed table, census list) for the snapshot's ``dirs`` and ``dir_census``."""
-    table = b"".join(
-        _DIR.pack(r.ino, r.generation & 0xFFFFFFFF, r.files, r.fingerprint, r.key, r.tree.raw)
-        for r in records
-    )
-    census: list[Value] = [[r.ino, [[k, n] for k, n in r.census]] for r in records if r.census]
-    return table, census
-
-
-def decode_dir_table(attrs: Mapping[str, Value]) -> dict[int, DirRecord]:
-    table = attrs.get("dirs")
-    if not isinstance(table, bytes) or len(table) % _DIR.size:
-        return {}
-    census: dict[int, tuple[tuple[bytes | str, int], ...]] = {}
-    listed = attrs.get("dir_census")
-    for item in listed if isinstance(listed, tuple) else ():
-        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], int):
-            pairs = item[1] if isinstance(item[1], tuple) else ()
-            census[item[0]] = tuple(
-                (p[0], p[1])
-                for p in pairs
-                if isinstance(p, tuple)
-                and len(p) == 2
-                and isinstance(p[0], bytes | str)
-                and isinstance(p[1], int)
-            )
-    out: dict[int, DirRecord] = {}
-    for ino, gen, files, fp, key, tree in _DIR.iter_unpack(table):
-        out[ino] = DirRecord(ino, gen, files, fp, key, Id(tree), census.get(ino, ()))
-    return out
 
 
 class ParentIndex:
@@ -95,7 +47,7 @@ class ParentIndex:
         self._repo = repo
         attrs = snapshot.attrs
         self.chunk_size = int_attr(attrs, "chunk_size", DEFAULT_CHUNK_SIZE)
-        self.dirs = decode_dir_table(attrs)
+        self.dirs = DirTable.decode(attrs)
         self._by_ino: dict[int, bytes] = {}
         self._loaded: set[Id] = set()
         # Files of trees other processes loaded (see merge_loaded): number -> generation.
@@ -214,7 +166,10 @@ class ParentIndex:
         self._loaded_elsewhere.update(files)
 
     def removed(
-        self, seen: Container[int], seen_dirs: set[int], unmatched: Mapping[int, int] | None = None
+        self,
+        seen: Container[int],
+        seen_dirs: Container[int],
+        unmatched: Mapping[int, int] | None = None,
     ) -> tuple[int, int]:
         """(files, dirs) of the parent not seen in this run.
 
@@ -225,10 +180,10 @@ class ParentIndex:
         """
 
         dirs = files = 0
-        for ino, rec in self.dirs.items():
+        for ino, dir_files in self.dirs.files_by_ino():
             if ino not in seen_dirs:
                 dirs += 1
-                files += rec.files
+                files += dir_files
         loaded = dict(self._loaded_elsewhere)
         loaded.update(self.loaded_files())
         for ino in loaded:

@@ -36,7 +36,7 @@ from cipherdump.repo.pack import PACK_VERSION
 from cipherdump.repo.prune import PruneOptions, PruneStats, prune
 from cipherdump.repo.repair import RepairReport, rebuild_index
 from cipherdump.repo.salvage import PackRepairReport, repair_packs
-from cipherdump.repo.snapshot import Snapshot, decode_snapshot, encode_snapshot
+from cipherdump.repo.snapshot import EVERY_ATTR, Snapshot, decode_snapshot, encode_snapshot
 from cipherdump.repo.stats import RepoStats, repository_stats
 from cipherdump.repo.tree import Tree, decode_tree, encode_tree, join_parts
 
@@ -413,25 +413,31 @@ class Repository:
         self._need_exclusive("removing a snapshot")
         self.backend.remove(Handle(FileType.SNAPSHOT, snapshot_id.hex))
 
-    def load_snapshot(self, snapshot_id: Id) -> Snapshot:
+    def load_snapshot(self, snapshot_id: Id, drop_attrs: Container[str] = ()) -> Snapshot:
+        """The snapshot, without the attrs named in ``drop_attrs``."""
         handle = Handle(FileType.SNAPSHOT, snapshot_id.hex)
         data = self.backend.load(handle)
         if file_id(data) != snapshot_id:
             raise IntegrityError(f"{handle}: content does not match its name")
-        return decode_snapshot(self._key, data, str(handle))
+        return decode_snapshot(self._key, data, str(handle), drop_attrs)
 
     def list_snapshots(
-        self, damaged: list[CipherdumpError] | None = None
+        self, damaged: list[CipherdumpError] | None = None, drop_attrs: Container[str] = ()
     ) -> list[tuple[Id, Snapshot]]:
         """Every snapshot, oldest first.  Given ``damaged``, a snapshot file that fails
         its hash, authentication or decoding is left out and its error (which names
         it) noted there instead of raised: one bad file must not stop every listing
-        and every backup (``check`` names it too)."""
+        and every backup (``check`` names it too).
+
+        A listing holds every snapshot at once: ``drop_attrs`` names the attrs it
+        need not keep (a backup's directory table is about 100 bytes a directory, so
+        a year of nightly snapshots of a large filesystem would not fit in memory).
+        """
         snaps = []
         for info in self.backend.list(FileType.SNAPSHOT):
             sid = Id.from_hex(info.name)
             try:
-                snaps.append((sid, self.load_snapshot(sid)))
+                snaps.append((sid, self.load_snapshot(sid, drop_attrs)))
             except (IntegrityError, CorruptError) as err:
                 if damaged is None:
                     raise
@@ -445,10 +451,11 @@ class Repository:
         """A snapshot by unique hex prefix, full id, or ``"latest"`` (the latest
         undamaged one if ``damaged`` is given: see :meth:`list_snapshots`)."""
         if ref == "latest":
-            snaps = self.list_snapshots(damaged)
+            snaps = self.list_snapshots(damaged, drop_attrs=EVERY_ATTR)
             if not snaps:
                 raise NotFoundError(f"no snapshots in {self.backend.location}")
-            return snaps[-1]
+            sid = snaps[-1][0]
+            return sid, self.load_snapshot(sid)
         if not ref or not is_hex_id(ref.ljust(64, "0")):
             raise NotFoundError(f"not a snapshot id or prefix: {ref!r}")
         names = [i.name for i in self.backend.list(FileType.SNAPSHOT) if i.name.startswith(ref)]

@@ -9,7 +9,7 @@ unkeyed BLAKE3 of the file.  Plaintext (codec)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 
 from cipherdump.errors import CorruptError, UnsupportedError
@@ -47,7 +47,18 @@ def encode_snapshot(key: MasterKey, snap: Snapshot) -> bytes:
     return seal_file(key, Magic.SNAPSHOT, codec.encode(m))
 
 
-def decode_snapshot(key: MasterKey, data: bytes, what: str) -> Snapshot:
+class _EveryAttr:
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+# For ``drop_attrs``: a snapshot's when, where and root only.
+EVERY_ATTR: Container[str] = _EveryAttr()
+
+
+def decode_snapshot(
+    key: MasterKey, data: bytes, what: str, drop_attrs: Container[str] = ()
+) -> Snapshot:
     m = codec.expect_map(codec.decode(open_file(key, Magic.SNAPSHOT, data, what), what), what)
     version = codec.get_int(m, "v", what)
     if version > SNAPSHOT_VERSION:
@@ -63,5 +74,5 @@ def decode_snapshot(key: MasterKey, data: bytes, what: str) -> Snapshot:
         hostname=codec.get_str(m, "hostname", what),
         tags=tuple(t for t in tags if isinstance(t, str)),
         parent=Id(codec.get_bytes(m, "parent", what)) if "parent" in m else None,
-        attrs=codec.get_map(m, "attrs", what),
+        attrs={k: v for k, v in codec.get_map(m, "attrs", what).items() if k not in drop_attrs},
     )

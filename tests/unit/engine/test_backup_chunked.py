@@ -16,7 +16,8 @@ from test_backup_unit import image_records, latest_view, snapshot_records
 
 from cipherdump.engine.backup import BackupOptions, backup
 from cipherdump.engine.backup.reuse import ParentReuse
-from cipherdump.engine.parent import DirRecord, ParentIndex
+from cipherdump.engine.dirtable import DirRecord
+from cipherdump.engine.parent import ParentIndex
 from cipherdump.engine.snapshot_repair import repair_snapshots
 from cipherdump.engine.views.diff import iter_diff
 from cipherdump.engine.views.snapshot import SnapshotView

@@ -80,7 +80,7 @@ def test_unchanged_files_keep_the_parent_snapshots_chunks(repo: Repository, fs: 
     first = backup(repo, fs, BackupOptions(jobs=1))
     parent = ParentIndex(repo, first.snapshot)
     for directory in parent.dirs:
-        parent.load_dir(directory)
+        parent.load_dir(directory.ino)
     maker = _maker(repo, fs, parent)
     for n, kid in enumerate(_entries(fs)):
         maker.make_node(kid, n, {}, None)

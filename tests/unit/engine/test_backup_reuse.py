@@ -21,7 +21,8 @@ from cipherdump.engine.backup.frame import Same
 from cipherdump.engine.backup.reuse import ParentReuse, RecordKeys
 from cipherdump.engine.backup.walk import Walk
 from cipherdump.engine.chunker import DEFAULT_CHUNK_SIZE
-from cipherdump.engine.parent import LOCATED_ATTRS, DirRecord, ParentIndex
+from cipherdump.engine.dirtable import DirRecord
+from cipherdump.engine.parent import LOCATED_ATTRS, ParentIndex
 from cipherdump.ext4 import Filesystem, open_filesystem
 from cipherdump.ondisk.csum import inode_csum_seed
 from cipherdump.ondisk.dirent import dirblock_csum_set
@@ -260,7 +261,8 @@ def test_parent_reuse_takes_over_unchanged_directories(repo: Repository, fs: Fil
     walk = Walk(repo, fs, DEFAULT_CHUNK_SIZE, parent_index=index)
     reuse = walk.reuse
     assert reuse is not None
-    for ino, rec in index.dirs.items():
+    for rec in index.dirs:
+        ino = rec.ino
         directory = fs.inode(ino)
         key = walk.keys.of(directory)[0]
         assert reuse.unchanged_dir(directory, key) == rec
@@ -269,6 +271,4 @@ def test_parent_reuse_takes_over_unchanged_directories(repo: Repository, fs: Fil
         repo, fs, DEFAULT_CHUNK_SIZE, parent_index=index, trust_parent_trees=False
     ).reuse
     assert cautious is not None
-    assert all(
-        cautious.unchanged_dir(fs.inode(ino), rec.key) is None for ino, rec in index.dirs.items()
-    )
+    assert all(cautious.unchanged_dir(fs.inode(rec.ino), rec.key) is None for rec in index.dirs)

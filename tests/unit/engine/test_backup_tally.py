@@ -7,7 +7,7 @@ import dataclasses
 import pickle
 
 from cipherdump.engine.backup.tally import BackupStats, InodeSet, Tally
-from cipherdump.engine.parent import DirRecord
+from cipherdump.engine.dirtable import DirRecord, DirTable
 from cipherdump.repo import Id
 
 
@@ -17,9 +17,9 @@ def _filled(seen: tuple[int, ...], base: int) -> Tally:
         tally.first_visit(ino)
     tally.stats = BackupStats(*(base + i for i in range(len(dataclasses.fields(BackupStats)))))
     tally.census = {b"policy": base, "unencrypted": 1}
-    tally.seen_dirs = {base}
+    tally.seen_dirs.add(base)
     tally.unmatched = {base: 7}
-    tally.dir_records = [DirRecord(base, 1, 0, bytes(16), bytes(16), Id(bytes(32)))]
+    tally.dir_records = DirTable.of([DirRecord(base, 1, 0, bytes(16), bytes(16), Id(bytes(32)))])
     tally.bytes_done = base * 10
     return tally
 
@@ -36,7 +36,7 @@ def test_merge_adds_each_field_its_way() -> None:
     assert mine.inodes_done == 2 + 3 and mine.bytes_done == 10 + 500
     assert mine.stats.files_new == 1 + 50 and mine.stats.errors == 1 + 14 + 50 + 14
     assert mine.census == {b"policy": 51, "unencrypted": 2}
-    assert mine.seen_dirs == {1, 50}
+    assert list(mine.seen_dirs) == [1, 50]
     assert mine.unmatched == {1: 7, 50: 7}
     assert [r.ino for r in mine.dir_records] == [1, 50]
 

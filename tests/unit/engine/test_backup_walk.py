@@ -66,7 +66,7 @@ def test_a_worker_backs_up_a_directory_as_the_coordinator_would(
     done = worker.run_job(job)
     end = worker.end_worker()
     assert done.tree == public.tree.raw and done.errors == 0 and problems == []
-    assert done.records == [public] and end.tally.dir_records == []
+    assert list(done.records) == [public] and len(end.tally.dir_records) == 0
     assert end.tally.stats.files_new == 3 and end.tally.stats.dirs_new == 1
     assert reports and reports[-1].inodes_done == end.tally.inodes_done == 4
 

@@ -22,7 +22,7 @@ from cipherdump.engine.backup.workers import (
     serve,
     worker_count,
 )
-from cipherdump.engine.parent import DirRecord
+from cipherdump.engine.dirtable import DirRecord, DirTable
 from cipherdump.engine.views.image import ImageNode, Namespace
 from cipherdump.errors import CipherdumpError, CorruptError
 from cipherdump.ext4 import open_filesystem
@@ -74,7 +74,7 @@ class FakeSide:
         self.report(Progress(inodes_done=1, inodes_total=1, bytes_done=9, bytes_total=9))
         self.problem(job.path, CorruptError("made up", structure="inode"))
         record = DirRecord(job.ino, 0, 0, bytes(16), bytes(16), Id(bytes(32)))
-        return DirDone(job.number, bytes(32), {"ino": job.ino}, 0, {b"p": 1}, [record])
+        return DirDone(job.number, bytes(32), {"ino": job.ino}, 0, {b"p": 1}, DirTable.of([record]))
 
     def end_worker(self) -> WorkerEnd:
         return WorkerEnd(self.tally, {5: 1}, [f"from {os.getpid()}"], [])
@@ -130,7 +130,7 @@ def test_a_crew_hands_out_leaf_directories_and_collects_them(
             b"public": True,
             b"home": False,
         }
-        records: list[DirRecord] = []
+        records = DirTable()
         crew.collect(frame, records)
         assert sorted(r.ino for r in records) == [11, 13]
         assert frame.census == {b"p": 2} and not frame.pending

@@ -184,7 +184,9 @@ class _Repo:
         self.loads.append(blob_id)
         return bytes(100)
 
-    def list_snapshots(self, damaged: list[CipherdumpError]) -> list[tuple[Id, Snapshot]]:
+    def list_snapshots(
+        self, damaged: list[CipherdumpError], drop_attrs: object = ()
+    ) -> list[tuple[Id, Snapshot]]:
         self.listings += 1
         return list(self.snaps)
 

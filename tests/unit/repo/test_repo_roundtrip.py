@@ -169,6 +169,17 @@ def test_snapshots_list_find_latest(repo: Repository) -> None:
         repo.find_snapshot(dup)
 
 
+def test_a_listing_leaves_out_the_attrs_it_is_told_to(repo: Repository) -> None:
+    """A listing holds every snapshot at once: big attrs (a backup's directory table)
+    stay out of it, while the latest and a single snapshot still come whole."""
+    attrs = {"dirs": bytes(1000), "path": b"/"}
+    sid = repo.save_snapshot(Snapshot(repo.save_tree(Tree()), time_ns=5, attrs=attrs))
+    ((listed_id, light),) = repo.list_snapshots(drop_attrs={"dirs"})
+    assert listed_id == sid and light.attrs == {"path": b"/"}
+    assert repo.find_snapshot("latest")[1].attrs == attrs
+    assert repo.load_snapshot(sid).attrs == attrs
+
+
 def test_latest_of_empty_repository(repo: Repository) -> None:
     with pytest.raises(NotFoundError):
         repo.find_snapshot("latest")

@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, overload
 
-from cipherdump.engine.parent import Census, DirRecord
+from cipherdump.engine.dirtable import DirRecord
+from cipherdump.engine.parent import Census
 from cipherdump.engine.views.image import ImageNode, Problem
 from cipherdump.ext4.directory import Entry
 from cipherdump.ondisk.inode import InodePeek

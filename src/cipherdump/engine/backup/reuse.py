@@ -25,8 +25,9 @@ from typing import NamedTuple
 
 from cipherdump.engine.backup.frame import Frame, Listed, PackedKeys, Same
 from cipherdump.engine.backup.nodes import NodeMaker
+from cipherdump.engine.dirtable import DirRecord
 from cipherdump.engine.nodeattrs import NODE_ATTRS_VERSION, blake2b, int_attr
-from cipherdump.engine.parent import DirRecord, ParentIndex
+from cipherdump.engine.parent import ParentIndex
 from cipherdump.engine.views.image import ImageNode, Namespace, Problem, bad_entry
 from cipherdump.engine.views.paths import child_path
 from cipherdump.errors import CipherdumpError

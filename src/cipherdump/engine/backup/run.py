@@ -17,10 +17,11 @@ from cipherdump import __version__
 from cipherdump.engine.backup.tally import BackupStats
 from cipherdump.engine.backup.walk import Walk
 from cipherdump.engine.chunker import DEFAULT_CHUNK_SIZE, check_chunk_size
+from cipherdump.engine.dirtable import TABLE_ATTRS
 from cipherdump.engine.gctune import few_collections
 from cipherdump.engine.live_check import LiveCheck
 from cipherdump.engine.nodeattrs import NODE_ATTRS_VERSION
-from cipherdump.engine.parent import ParentIndex, encode_dir_table
+from cipherdump.engine.parent import ParentIndex
 from cipherdump.engine.policies import uuid_text
 from cipherdump.engine.views.image import Namespace
 from cipherdump.errors import CipherdumpError, InputError
@@ -140,7 +141,7 @@ def find_parent(
     if ref is not None:
         return repo.find_snapshot(ref)
     damaged: list[CipherdumpError] = []
-    snaps = repo.list_snapshots(damaged)
+    snaps = repo.list_snapshots(damaged, drop_attrs=TABLE_ATTRS)
     if warnings is not None:
         warnings += [f"{err} (a damaged snapshot, passed over; run check)" for err in damaged]
     for snap_id, snap in reversed(snaps):
@@ -151,7 +152,7 @@ def find_parent(
             and snap.attrs.get("path") == path
             and snap.attrs.get("format") == SNAPSHOT_FORMAT
         ):
-            return snap_id, snap
+            return snap_id, repo.load_snapshot(snap_id)  # now with its directory table
     return None
 
 
@@ -251,7 +252,7 @@ def backup(
         tally.stats.files_removed += files
         tally.stats.dirs_removed += dirs
     policies = job.policy_census.summary(tally.census)
-    table, dir_census = encode_dir_table(sorted(tally.dir_records, key=lambda r: r.ino))
+    table, dir_census = tally.dir_records.encode()
     attrs: dict[str, Value] = {
         "format": SNAPSHOT_FORMAT,
         "node_attrs": NODE_ATTRS_VERSION,

@@ -9,11 +9,12 @@ worker's end message carries it pickled.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
-from cipherdump.engine.parent import Census, DirRecord
+from cipherdump.engine.dirtable import DirTable
+from cipherdump.engine.parent import Census
 
 # How a field of a worker's tally joins the coordinator's.
 Merge = Literal["add", "count", "union", "update", "extend", "stats"]
@@ -74,6 +75,10 @@ class InodeSet:
         self.bits[byte] |= bit
         return True
 
+    def update(self, inos: Iterable[int]) -> None:
+        for ino in inos:
+            self.add(ino)
+
     def __contains__(self, ino: object) -> bool:
         return (
             isinstance(ino, int)
@@ -106,22 +111,22 @@ class Tally:
     """Everything one process counts while it backs up; see the module docstring."""
 
     seen: InodeSet = field(metadata=_how("union"))  # inodes met (a hard link is met once)
+    seen_dirs: InodeSet = field(metadata=_how("union"))  # directories met
     stats: BackupStats = field(metadata=_how("stats"), default_factory=BackupStats)
     # Policy census of every directory closed (see PolicyCensus).
     census: Census = field(metadata=_how("count"), default_factory=dict)
-    seen_dirs: set[int] = field(metadata=_how("union"), default_factory=set)
     # New files whose number the parent index did not know when they were met (see
     # ParentIndex.removed): number -> generation.
     unmatched: dict[int, int] = field(metadata=_how("update"), default_factory=dict)
     # The directory table's records of the directories closed.
-    dir_records: list[DirRecord] = field(metadata=_how("extend"), default_factory=list)
+    dir_records: DirTable = field(metadata=_how("extend"), default_factory=DirTable)
     # For progress events.
     inodes_done: int = field(metadata=_how("add"), default=0)
     bytes_done: int = field(metadata=_how("add"), default=0)
 
     @classmethod
     def for_inodes(cls, inodes_count: int) -> Tally:
-        return cls(InodeSet(inodes_count))
+        return cls(InodeSet(inodes_count), InodeSet(inodes_count))
 
     def first_visit(self, ino: int) -> bool:
         """Mark inode ``ino`` met; True the first time (then it counts as done).  An

@@ -36,9 +36,10 @@ from cipherdump.engine.backup.workers import (
     serve,
     worker_count,
 )
+from cipherdump.engine.dirtable import DirRecord, DirTable
 from cipherdump.engine.live_check import LiveCheck
 from cipherdump.engine.nodeattrs import fingerprint, int_attr
-from cipherdump.engine.parent import Census, DirRecord, ParentIndex
+from cipherdump.engine.parent import Census, ParentIndex
 from cipherdump.engine.policies import PolicyCensus
 from cipherdump.engine.views.image import MAX_DEPTH, ImageNode, Namespace, Problem
 from cipherdump.engine.views.paths import child_path
@@ -535,10 +536,10 @@ class Walk:
             first = self.open_dir(node, job.order, job.depth, census if job.count_census else None)
         except InputError as err:  # as the walk takes it: a problem of this entry
             self.problem(job.path, err)
-            return DirDone(job.number, None, {}, 1, census, [])
+            return DirDone(job.number, None, {}, 1, census, DirTable())
         tree_id, frame = self.walk(first)
-        records = self.tally.dir_records.copy()
-        self.tally.dir_records.clear()
+        records = self.tally.dir_records
+        self.tally.dir_records = DirTable()
         return DirDone(job.number, tree_id.raw, frame.attrs, frame.errors, census, records)
 
     def end_worker(self) -> WorkerEnd:

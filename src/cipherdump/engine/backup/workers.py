@@ -48,7 +48,8 @@ from typing import Any, Protocol
 
 from cipherdump.engine.backup.frame import Frame
 from cipherdump.engine.backup.tally import Tally
-from cipherdump.engine.parent import Census, DirRecord
+from cipherdump.engine.dirtable import DirTable
+from cipherdump.engine.parent import Census
 from cipherdump.engine.views.image import ImageNode
 from cipherdump.errors import CipherdumpError
 from cipherdump.progress import Progress
@@ -260,7 +261,7 @@ class DirDone:
     attrs: dict[str, Value]
     errors: int
     census: Census  # the directory's own context, to count in its containing directory
-    records: list[DirRecord]
+    records: DirTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,7 +362,7 @@ class Crew:
         frame.nodes[kid.raw_name] = Node(kid.raw_name, "dir")
         return True
 
-    def collect(self, frame: Frame, records: list[DirRecord]) -> None:
+    def collect(self, frame: Frame, records: DirTable) -> None:
         """Wait for the directories of ``frame`` that workers have, put them in, and
         their directory records into ``records``."""
         for name, number in frame.pending.items():

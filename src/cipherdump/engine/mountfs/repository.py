@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from cipherdump.engine.dirtable import TABLE_ATTRS
 from cipherdump.engine.mountfs.model import Attr, MountNode
 from cipherdump.engine.mountfs.snapshot import BlobCache, SnapshotTree
 from cipherdump.engine.nodeattrs import blake2b
@@ -90,7 +91,7 @@ class RepositoryLayout:
         now = self.clock()
         if self._loaded_at is None or now - self._loaded_at >= REFRESH_SECONDS:
             damaged: list[CipherdumpError] = []
-            snaps = self.repo.list_snapshots(damaged)
+            snaps = self.repo.list_snapshots(damaged, drop_attrs=TABLE_ATTRS)
             for err in damaged:
                 self.problem(b"/snapshots", err)
             names = _short_names(snaps)
