@@ -97,3 +97,4 @@ _.default_map  # click reads it when it makes a command's context (src/cipherdum
 _.log_message  # http.server calls it (tests/e2e/test_s3_credentials.py)
 _.do_PUT  # http.server dispatches by method name (tests/e2e/test_s3_credentials.py)
 _.do_GET  # likewise
+_._forked_backend  # kept referenced so a worker never drops (and tears down) the coordinator's S3 client (src/cipherdump/repo/repository.py)
