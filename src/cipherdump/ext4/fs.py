@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from cipherdump.blockio import ByteSource, Closable, open_source
 from cipherdump.blockio.overlay import OverlaySource
@@ -369,6 +370,43 @@ class Filesystem(Closable):
         CorruptError for an invalid number or a record beyond the image."""
         raw = self._record(ino)
         return raw, peek_inode(raw, hurd=self._hurd)
+
+    def inode_records(self, inos: Sequence[int]) -> list[tuple[bytes, InodePeek]]:
+        """:meth:`inode_record` of each of ``inos`` (a directory's entries), in order;
+        raises as it does at the first that cannot be read.  One loop over the inode
+        table spans instead of three calls per inode: an incremental backup reads a
+        record of every entry, and most of its per-file time was those calls."""
+        sb = self.sb
+        count, per_group, isz = sb.s_inodes_count, sb.s_inodes_per_group, self._inode_size
+        if self.block_size % isz:  # (no valid ext4 has that: see _read_inode_record)
+            return [self.inode_record(ino) for ino in inos]
+        groups, bs, hurd = self.groups, self.block_size, self._hurd
+        uninit = self._uninit_bg
+        cache = self._itable_blocks_cache
+        read_at = self.source.read_at
+        out: list[tuple[bytes, InodePeek]] = []
+        append = out.append
+        for ino in inos:
+            if ino < 1 or ino > count:
+                self._record(ino)  # raises as one at a time does
+            group, index = divmod(ino - 1, per_group)
+            gd = groups[group]
+            if gd.bg_flags & EXT4_BG_INODE_UNINIT and uninit:
+                raw = bytes(isz)
+            else:
+                offset = gd.bg_inode_table * bs + index * isz
+                at = offset % _ITABLE_SPAN
+                start = offset - at
+                span = cache.get(start)
+                if span is None:
+                    span = cache[start] = read_at(start, _ITABLE_SPAN)
+                    if len(cache) > _ITABLE_CACHE_SPANS:
+                        cache.popitem(last=False)
+                raw = span[at : at + isz]
+                if len(raw) != isz:
+                    self._record(ino)  # raises as one at a time does
+            append((raw, peek_inode(raw, hurd=hurd)))
+        return out
 
     def _record(self, ino: int) -> bytes:
         sb = self.sb

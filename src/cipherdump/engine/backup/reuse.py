@@ -118,9 +118,9 @@ class RecordKeys:
         base.update(repr((flags, directory.size == fs.block_size, dx)).encode())
         listed: list[Listed] = []
         keys: list[bytes] = []
-        pack_entry, pack_hash, record = _ENTRY.pack, _HASH.pack, fs.inode_record
-        for e in entries:
-            raw, peek = record(e.ino)
+        pack_entry, pack_hash = _ENTRY.pack, _HASH.pack
+        records = fs.inode_records([e.ino for e in entries])
+        for e, (raw, peek) in zip(entries, records, strict=True):
             stored = e.hash or (0, 0)
             k = base.copy()
             k.update(pack_entry(e.ino, len(e.name), e.file_type, e.hash is not None))
