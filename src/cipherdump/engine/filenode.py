@@ -84,41 +84,50 @@ def file_node(
     ino = kid.inode
     raw = ino.raw
     enc = codec.int_value
+    cached, uncached = codec.cached_int, codec.encode_int
+    # The ints every such node has, encoded in one comprehension instead of a call of
+    # int_value each: about 1 µs a node less (16-17 against 17-18 µs, 30,000 files).
+    (
+        e_atime, e_blocks, e_crtime, e_ctime, e_flags, e_generation, e_gid, e_ino,
+        e_links, e_mode, e_mtime, e_order, e_projid, e_size, e_uid, e_version,
+    ) = [
+        cached(v) or uncached(v)
+        for v in (
+            ino.atime_ns, ino.blocks_512, ino.crtime_ns or 0, ino.ctime_ns, raw.i_flags,
+            raw.i_generation, raw.i_gid, ino.ino, raw.i_links_count, raw.i_mode,
+            ino.mtime_ns, order, raw.i_projid, raw.i_size, raw.i_uid, raw.i_version,
+        )
+    ]  # fmt: skip
     encrypted_name = kid.name_encrypted
     stored_hash = kid.stored_hash
     count = _ALWAYS + 2 * (bool(content) + encrypted_name) + bool(extents)
     count += (context is not None) + (stored_hash is not None) + (record_key is not None)
     head, tail = node_frame(kid.raw_name, "file", content)
-    parts = [head, codec.map_head(count), _ATIME, enc(ino.atime_ns), _BLOCKS, enc(ino.blocks_512)]
+    parts = [head, codec.map_head(count), _ATIME, e_atime, _BLOCKS, e_blocks]
     if content:
         parts += (_CHUNK_SIZE, enc(chunk_size), _CHUNKS, codec.list_head(len(chunks)))
         parts += map(enc, chunks)
     found: dict[str, tuple[int, int]] = {}
     if context is not None:
         parts = _located(parts, _CONTEXT, codec.bytes_value(context), "context", found)
-    parts += (_CRTIME, enc(ino.crtime_ns or 0), _CTIME, enc(ino.ctime_ns))
+    parts += (_CRTIME, e_crtime, _CTIME, e_ctime)
     if encrypted_name:
         parts += (_DISPLAY, codec.bytes_value(kid.name))
     if extents:
         parts += (_EXTENTS, codec.list_head(len(extents)))
         for lblk, length, pblk, unwritten in extents:
             parts += (_EXTENT_HEAD, enc(lblk), enc(length), enc(pblk), _BOOLS[unwritten])
-    parts += (
-        _FLAGS, enc(raw.i_flags), _GENERATION, enc(raw.i_generation), _GID, enc(raw.i_gid)
-    )  # fmt: skip
+    parts += (_FLAGS, e_flags, _GENERATION, e_generation, _GID, e_gid)
     if stored_hash is not None:
         parts += (_HASH, codec.list_head(2), enc(stored_hash[0]), enc(stored_hash[1]))
-    parts += (
-        _INO, enc(ino.ino), _LINKS, enc(raw.i_links_count), _MODE, enc(raw.i_mode),
-        _MTIME, enc(ino.mtime_ns),
-    )  # fmt: skip
+    parts += (_INO, e_ino, _LINKS, e_links, _MODE, e_mode, _MTIME, e_mtime)
     if encrypted_name:
         parts += (_NAME_ENCRYPTED, _TRUE)
-    parts = _located(parts, _ORDER, enc(order), "order", found)
-    parts += (_PROJECT_ID, enc(raw.i_projid), _SIZE, enc(raw.i_size))
+    parts = _located(parts, _ORDER, e_order, "order", found)
+    parts += (_PROJECT_ID, e_projid, _SIZE, e_size)
     if record_key is not None:
         parts = _located(parts, _SOURCE, codec.bytes_value(record_key), "source", found)
-    parts += (_UID, enc(raw.i_uid), _VERSION, enc(raw.i_version), tail)
+    parts += (_UID, e_uid, _VERSION, e_version, tail)
     return NodeSpan(b"".join(parts), found, located)
 
 

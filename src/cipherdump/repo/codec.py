@@ -205,6 +205,10 @@ def _no_values(m: object) -> Sequence[Any]:
 
 
 _cached_int: Callable[[int], bytes | None] = _INTS.get
+# For encoders of many ints at once (see engine.filenode): ``cached_int(n) or
+# encode_int(n)`` is int_value(n) without its call.
+cached_int = _cached_int
+encode_int = _int
 
 
 def encode_into(value: Value, parts: list[bytes], depth: int = 0) -> None:

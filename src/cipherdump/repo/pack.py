@@ -160,13 +160,16 @@ class PackWriter:
         )
         self._in_place = self._file if isinstance(self._file, InPlaceFile) else None
         self._hasher = FileHasher() if version == 1 else None
-        self._entries: list[PackEntry] = []
-        self._by_id: dict[Id, PackEntry] = {}
+        # Each blob's entry as the header holds it, and its fields by id: a PackEntry
+        # (a frozen dataclass, ~1 µs to make) is made only when one is asked for, as a
+        # backup of small files adds a blob per file.
+        self._encoded: list[bytes] = []
+        self._by_id: dict[Id, tuple[BlobType, int, int, int, int]] = {}
         self._zstd = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
         self.size = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._encoded)
 
     def add(self, blob_type: BlobType, blob_id: Id, plaintext: bytes, compress: bool) -> None:
         if len(plaintext) > MAX_BLOB_SIZE:
@@ -174,16 +177,18 @@ class PackWriter:
                 f"a {blob_type.name.lower()} blob of {len(plaintext)} bytes is over the "
                 f"{MAX_BLOB_SIZE} bytes one blob may hold"
             )
-        flags, body = compress_blob(plaintext, compress, self._zstd)
+        flags, body = compress_blob(plaintext, True, self._zstd) if compress else (0, plaintext)
         length = len(body) + SEAL_OVERHEAD
         aad = blob_aad(blob_type, blob_id)
         if not self._seal_in_place(body, aad, length):
             nonce, sealed = self._key.seal_parts(body, aad)
             self._write(nonce)
             self._write(sealed)
-        entry = PackEntry(blob_type, flags, self.size - length, length, len(plaintext), blob_id)
-        self._entries.append(entry)
-        self._by_id[blob_id] = entry
+        offset, raw_length = self.size - length, len(plaintext)
+        self._encoded.append(
+            ENTRY.pack(blob_type, flags, 0, offset, length, raw_length, blob_id.raw)
+        )
+        self._by_id[blob_id] = (blob_type, flags, offset, length, raw_length)
 
     def _seal_in_place(self, body: bytes, aad: bytes, length: int) -> bool:
         """Seal straight into the file's buffer if the file has ``length`` bytes of room
@@ -203,7 +208,11 @@ class PackWriter:
         return True
 
     def get(self, blob_id: Id) -> PackEntry | None:
-        return self._by_id.get(blob_id)
+        fields = self._by_id.get(blob_id)
+        if fields is None:
+            return None
+        blob_type, flags, offset, length, raw_length = fields
+        return PackEntry(blob_type, flags, offset, length, raw_length, blob_id)
 
     def read(self, entry: PackEntry) -> bytes:
         """Read back a sealed blob of this unfinished pack."""
@@ -219,7 +228,7 @@ class PackWriter:
         ``flush=False`` leaves flushing the file to whoever takes it next (a spool's
         commit flushes it anyway): a file written around the page cache waits there for
         its last writes, which a thread of the store's can do instead of the walk."""
-        header = b"".join(e.encode() for e in self._entries)
+        header = b"".join(self._encoded)
         trailer_len = struct.pack("<I", len(header) + SEAL_OVERHEAD)
         trailer = trailer_len + encode_header(Magic.PACK, self._version)
         tail = self._key.seal(header, trailer) + trailer
