@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
 
 from cipherdump.blockio import ByteSource, Closable, open_source
 from cipherdump.blockio.overlay import OverlaySource
