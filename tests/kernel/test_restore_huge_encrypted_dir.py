@@ -45,7 +45,21 @@ DATA = {
 INNER = kernelfs.pattern(9000, 4)
 LINK_TARGET = b"d-some"
 SRC = str(Path(cipherdump.__file__).resolve().parents[1])
-CLI = [sys.executable, "-c", "from cipherdump.cli.main import main; main()"]
+# The child writes its own peak RSS (VmHWM, KiB) to the file its first argument names:
+# the rusage of a forked child would count the size of this process at the fork.
+_RUN_CLI = """
+import atexit, sys
+from cipherdump.cli.main import main
+def peak():
+    with open("/proc/self/status") as f:
+        hwm = [line.split()[1] for line in f if line.startswith("VmHWM:")]
+    with open(out, "w") as f:
+        f.write(hwm[0])
+out = sys.argv.pop(1)
+atexit.register(peak)
+main()
+"""
+CLI = [sys.executable, "-c", _RUN_CLI]
 ENV = {
     **os.environ,
     "PYTHONPATH": SRC,
@@ -58,17 +72,15 @@ REPORT: dict[str, dict[str, float]] = {}
 def _measured(step: str, *args: str | Path) -> str:
     """Run the CLI in a child process: its stdout; time and peak RSS go to REPORT."""
     started = time.monotonic()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([*CLI, *map(str, args)], env=ENV, stdout=out, stderr=err)
-        # wait4 reaps this child alone and gives its own peak RSS (KiB).
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.NamedTemporaryFile() as hwm:
+        proc = subprocess.run(
+            [*CLI, hwm.name, *map(str, args)], env=ENV, capture_output=True, check=False
+        )
         seconds = time.monotonic() - started
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read().decode(), err.read().decode(errors="replace")
-    assert proc.returncode == 0, (step, stderr[-3000:])
-    REPORT[step] = {"seconds": round(seconds, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024)}
+        assert proc.returncode == 0, (step, proc.stderr.decode(errors="replace")[-3000:])
+        peak_kib = int(Path(hwm.name).read_text())
+    stdout = proc.stdout.decode()
+    REPORT[step] = {"seconds": round(seconds, 1), "peak_rss_mib": round(peak_kib / 1024)}
     print(f"{step}: {REPORT[step]}", flush=True)
     return stdout
 
