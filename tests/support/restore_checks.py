@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,51 +70,90 @@ def _logical_map(ino: Inode) -> list[tuple[int, int, bool, bool]]:
     return out
 
 
-def reader_view(fs: Filesystem, top: Inode | None = None) -> dict[bytes, dict[str, Any]]:
+def _record(fs: Filesystem, ino: Inode, stored_hash: tuple[int, int] | None) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "ino": ino.ino,
+        "mode": ino.mode,
+        "uid": ino.uid,
+        "gid": ino.gid,
+        "flags": ino.flags & ~0x81000,  # without extents/index: layout, not content
+        "times": (ino.atime_ns, ino.mtime_ns, ino.ctime_ns, ino.crtime_ns),
+        "links": ino.links,
+        "xattrs": sorted((x.index, x.name, x.value) for x in ino.xattrs),
+        "hash": stored_hash,
+        "generation": ino.generation,
+        "project": ino.project_id,
+    }
+    if ino.is_file:
+        rec["size"] = ino.size
+        data = hashlib.sha256()
+        for _run, block in ino.iter_blocks():
+            data.update(block)
+        rec["stored"] = data.hexdigest()
+        rec["map"] = _logical_map(ino)
+    elif ino.is_symlink:
+        rec["symlink"] = ino.symlink_data()
+    elif ino.is_dir:
+        # Inline directories are written as blocks: layout, not content.
+        rec["flags"] &= ~0x10000000
+        rec["xattrs"] = [x for x in rec["xattrs"] if x[:2] != (7, b"data")]
+    else:
+        rec["rdev"] = ino.device
+    return rec
+
+
+def iter_reader_view(
+    fs: Filesystem, top: Inode | None = None
+) -> Iterator[tuple[bytes, dict[str, Any]]]:
     """What cipherdump reads of every object: raw names, stored hashes, contexts,
-    xattrs, symlink payloads, ciphertext and metadata (paths of raw name bytes)."""
-    out: dict[bytes, dict[str, Any]] = {}
-    stack: list[tuple[bytes, Inode, tuple[int, int] | None]] = [(b"", top or fs.root, None)]
+    xattrs, symlink payloads, ciphertext and metadata (paths of raw name bytes), one
+    object at a time, depth first with children in name order: two filesystems whose
+    directories are laid out differently yield the same sequence.  A directory's record
+    holds its entries (name, type, hash) sorted; the root's ``lost+found`` is left out
+    of the walk (the target's is its own)."""
+    stack: list[tuple[bytes, int, tuple[int, int] | None]] = [(b"", (top or fs.root).ino, None)]
     while stack:
-        path, ino, stored_hash = stack.pop()
-        rec: dict[str, Any] = {
-            "ino": ino.ino,
-            "mode": ino.mode,
-            "uid": ino.uid,
-            "gid": ino.gid,
-            "flags": ino.flags & ~0x81000,  # without extents/index: layout, not content
-            "times": (ino.atime_ns, ino.mtime_ns, ino.ctime_ns, ino.crtime_ns),
-            "links": ino.links,
-            "xattrs": sorted((x.index, x.name, x.value) for x in ino.xattrs),
-            "hash": stored_hash,
-            "generation": ino.generation,
-            "project": ino.project_id,
-        }
-        if ino.is_file:
-            rec["size"] = ino.size
-            data = hashlib.sha256()
-            for _run, block in ino.iter_blocks():
-                data.update(block)
-            rec["stored"] = data.hexdigest()
-            rec["map"] = _logical_map(ino)
-        elif ino.is_symlink:
-            rec["symlink"] = ino.symlink_data()
-        elif ino.is_dir:
-            # Inline directories are written as blocks: layout, not content.
-            rec["flags"] &= ~0x10000000
-            rec["xattrs"] = [x for x in rec["xattrs"] if x[:2] != (7, b"data")]
-            rec["entries"] = sorted((e.name, e.file_type, e.hash) for e in ino.entries())
-            for e in ino.entries():
-                if path == b"" and e.name == b"lost+found":
-                    continue
-                child = fs.inode(e.ino)
-                if e.name in (b".", b".."):
-                    continue
-                stack.append((path + b"/" + e.name, child, e.hash))
-        else:
-            rec["rdev"] = ino.device
-        out[path or b"/"] = rec
-    return out
+        path, number, stored_hash = stack.pop()
+        ino = fs.inode(number)
+        rec = _record(fs, ino, stored_hash)
+        if ino.is_dir:
+            entries = sorted((e.name, e.file_type, e.hash, e.ino) for e in ino.entries())
+            rec["entries"] = [e[:3] for e in entries]
+            kids = [
+                (path + b"/" + name, child, h)
+                for name, _ft, h, child in entries
+                if name not in (b".", b"..") and not (path == b"" and name == b"lost+found")
+            ]
+            del entries
+            kids.reverse()
+            stack += kids
+        yield path or b"/", rec
+
+
+def reader_view(fs: Filesystem, top: Inode | None = None) -> dict[bytes, dict[str, Any]]:
+    """:func:`iter_reader_view` as one mapping of path to record."""
+    return dict(iter_reader_view(fs, top))
+
+
+def assert_reader_views_equal_streaming(original: Path, restored: Path) -> int:
+    """:func:`assert_reader_views_equal` one object at a time, for trees too big to hold
+    twice as records; returns how many objects were compared."""
+    count = 0
+    with open_filesystem(str(original)) as a, open_filesystem(str(restored)) as b:
+        for (pa, want), (pb, got) in itertools.zip_longest(
+            iter_reader_view(a), iter_reader_view(b), fillvalue=(b"<end>", {})
+        ):
+            assert pa == pb, (pa, pb)
+            if pa == b"/":
+                for view in (want, got):
+                    view["entries"] = [e for e in view["entries"] if e[0] != b"lost+found"]
+                    view.pop("links")
+            assert want == got, (
+                pa,
+                {k: (v, got.get(k)) for k, v in want.items() if got.get(k) != v},
+            )
+            count += 1
+    return count
 
 
 def assert_reader_views_equal(original: Path, restored: Path) -> None:

@@ -266,11 +266,12 @@ class PlainWriter(Generic[N]):
                 os.close(fd)
 
     def _children(self, node: N, rel: tuple[bytes, ...]) -> Iterator[N | Problem]:
+        """The entries as the source reads them (a huge directory is not held whole);
+        an error listing the directory is its problem, after the entries read before."""
         try:
-            return iter(list(self.src.iter_children(node)))
+            yield from self.src.iter_children(node)
         except CipherdumpError as err:
             self.problem(rel, err)
-            return iter(())
 
     def make_dir(
         self, meta: ObjectMeta, parent_fd: int, rel: tuple[bytes, ...], depth: int

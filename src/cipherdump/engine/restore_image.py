@@ -19,13 +19,14 @@ decrypted; a target that cannot keep them is refused.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -311,7 +312,7 @@ def _plan_and_write(
     was created, whether inode numbers are kept).  The target is locked throughout."""
     with few_collections():
         plan = plan_tree(source, root, inode_size=facts.inode_size)
-        ties = _ties(plan.contexts)
+        ties = _ties(plan.contexts.values())
         if os.path.exists(out_path) and os.path.getsize(out_path) > 0:
             with TargetLock(out_path, create=False) as lock:
                 if not lock.is_current():
@@ -429,7 +430,7 @@ def _report(stats: PopulateStats, on_problem: OnProblem | None) -> None:
             on_problem(path, err)
 
 
-def _ties(contexts: list[bytes]) -> bool:
+def _ties(contexts: Iterable[bytes]) -> bool:
     for raw in contexts:
         try:
             if decode_context(raw).policy.ties_to_filesystem:
@@ -444,7 +445,7 @@ def _ties(contexts: list[bytes]) -> bool:
 
 # How many nodes the planning walk keeps for the writing walk (about 1 KiB each), so
 # that a directory's entries are read and decoded once, not twice.
-_KEEP_NODES = 200_000
+_KEEP_NODES = 50_000
 
 
 class _ChainTree:
@@ -460,7 +461,7 @@ class _ChainTree:
         self._kept: dict[int, list[SrcNode]] = {}
         self._budget = _KEEP_NODES
 
-    def children(self, node: SrcNode) -> list[SrcNode]:
+    def children(self, node: SrcNode) -> Iterable[SrcNode]:
         only = self.chain.get(node.ino)
         if only is not None:
             return [only]
@@ -468,11 +469,14 @@ class _ChainTree:
         if kept is not None:
             self._budget += len(kept)
             return kept
-        kids: list[SrcNode] = self.inner.children(node)
-        if len(kids) <= self._budget:
-            self._kept[node.ino] = kids
-            self._budget -= len(kids)
-        return kids
+        kids: Iterator[SrcNode] = iter(self.inner.children(node))
+        head = list(itertools.islice(kids, self._budget + 1))
+        if len(head) > self._budget:
+            # Too many to keep: handed out as they are read, and read again next time.
+            return itertools.chain(head, kids)
+        self._kept[node.ino] = head
+        self._budget -= len(head)
+        return head
 
     def reader(self, node: SrcNode) -> BlockReader:
         r: BlockReader = self.inner.reader(node)
@@ -578,16 +582,14 @@ class SnapshotTree:
             src.symlink = bytes_attr(a, "symlink")
         return src
 
-    def children(self, node: SrcNode) -> list[SrcNode]:
+    def children(self, node: SrcNode) -> Iterator[SrcNode]:
         snap = node.handle
         assert isinstance(snap, SnapNode)
-        out = []
-        for k in self.view.children(snap):
+        for k in self.view.iter_children(snap):
             if k.problem is None:
-                out.append(self.node(k))
+                yield self.node(k)
             else:
                 self.problems[k.path] = k.refuse()
-        return out
 
     def reader(self, node: SrcNode) -> BlockReader:
         snap = node.handle

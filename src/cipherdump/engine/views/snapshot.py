@@ -177,6 +177,51 @@ class SnapshotView:
             for n in nodes
         ]
 
+    def iter_children(self, node: SnapNode) -> Iterator[SnapNode]:
+        """The entries of a directory, as :meth:`children` gives them, but a chunked
+        directory's (see :mod:`cipherdump.repo.tree`) one part at a time, in name order:
+        a directory of millions of entries is never held whole.  Parts that do not fit
+        their index raise CorruptError when they are reached."""
+        if not node.is_dir:
+            return
+        error = node.attrs.get("list_error")
+        if isinstance(error, str):
+            raise RecordedProblem(error)
+        if node.chain is not None or node.node.subtree is None:
+            yield from self.children(node)
+            return
+        index = self.repo.load_tree_index(node.node.subtree)
+        if not index.chunked:
+            self._held = (node.node.subtree, index)
+            yield from self.children(node)
+            return
+        what = f"tree {node.node.subtree}"
+        encrypted, bs = _encrypts(node.node), self.block_size
+        last: bytes | None = None
+        for entry in index.nodes:
+            if entry.subtree is None:
+                raise CorruptError("a part does not match its index", structure=what)
+            part = self.repo.load_tree_index(entry.subtree)
+            nodes = part.nodes
+            if (
+                part.chunked
+                or not nodes
+                or nodes[0].name != entry.name
+                or entry.attrs.get("entries") != len(nodes)
+                or (last is not None and nodes[0].name <= last)
+            ):
+                raise CorruptError("a part does not match its index", structure=what)
+            last = nodes[-1].name
+            del part
+            for n in nodes:
+                yield SnapNode(
+                    child_path(node.path, display_name(n.name, n.attrs)),
+                    n,
+                    problem=node_problem(
+                        n.name, n.kind, n.attrs, name_encrypted=encrypted, block_size=bs
+                    ),
+                )
+
     def walk(self, top: SnapNode, *, recursive: bool) -> Iterator[SnapNode | Problem]:
         """Like :meth:`Namespace.walk`: children of ``top`` (all descendants when
         ``recursive``), depth first, problems as :class:`Problem` in line."""

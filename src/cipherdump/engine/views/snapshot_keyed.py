@@ -140,20 +140,21 @@ class KeyedSnapshotView:
         return node.name
 
     def iter_children(self, node: PlainNode) -> Iterator[PlainNode | Problem]:
+        """The entries of a directory with their plaintext names where a key matches,
+        as they are read (a huge directory one part at a time, see
+        :meth:`SnapshotView.iter_children`)."""
         parent = node.snap
-        kids = []
-        for kid in self.view.children(parent):
-            if kid.problem is None:
-                kids.append(kid)
-            else:
-                yield Problem(child_path(node.path, kid.name), kid.refuse())
-        if not parent.is_encrypted or not self.names_decrypted(parent):
-            for kid in kids:
-                yield PlainNode(kid, kid.name, posixpath.join(node.path, kid.name))
-            return
-        cipher = self.cipher(parent)
+        cipher = None
+        if parent.is_encrypted and self.names_decrypted(parent):
+            cipher = self.cipher(parent)
         ino = int_attr(parent.attrs, "ino")
-        for kid in kids:
+        for kid in self.view.iter_children(parent):
+            if kid.problem is not None:
+                yield Problem(child_path(node.path, kid.name), kid.refuse())
+                continue
+            if cipher is None:
+                yield PlainNode(kid, kid.name, posixpath.join(node.path, kid.name))
+                continue
             try:
                 name = self._decrypt_name(cipher, kid.raw_name, ino, int_attr(kid.attrs, "ino"))
             except CipherdumpError as err:

@@ -9,7 +9,7 @@ its children so that it knows their numbers.
 from __future__ import annotations
 
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -91,7 +91,9 @@ def _child(path: bytes, name: bytes) -> bytes:
 
 
 class TreeSource(Protocol):
-    def children(self, node: SrcNode) -> list[SrcNode]: ...
+    # An iterable, not a list: a source may hand out a huge directory's entries a few
+    # at a time, and both walks below hold only the one they are at.
+    def children(self, node: SrcNode) -> Iterable[SrcNode]: ...
 
     def reader(self, node: SrcNode) -> BlockReader: ...
 
@@ -123,7 +125,9 @@ class Plan:
     """One walk over the source: its inode numbers, contexts and data size."""
 
     inos: set[int] = field(default_factory=set)
-    contexts: list[bytes] = field(default_factory=list)
+    # One encryption context per policy (the last 16 bytes of a context are its nonce,
+    # the rest its policy): every file has its own, and a plan must not hold millions.
+    contexts: dict[bytes, bytes] = field(default_factory=dict)
     data_blocks: int = 0
     name_bytes: int = 0
     dirs: int = 0
@@ -139,29 +143,37 @@ class Plan:
 
 def plan_tree(source: TreeSource, root: SrcNode, *, inode_size: int = 256) -> Plan:
     """Walk the source once.  The root's ``lost+found`` is left out: the target keeps
-    its own."""
+    its own.  Only directories wait on the stack: a directory's other entries are
+    counted as they are listed, so that a huge one is never held whole."""
     plan = Plan()
+
+    def count(node: SrcNode) -> None:
+        plan.inos.add(node.ino)
+        context = node.spec.context
+        if context is not None:
+            plan.contexts.setdefault(context[:-16] if len(context) > 16 else context, context)
+        if node.spec.xattrs or (context is not None and inode_size <= 128):
+            plan.xattr_blocks += 1
+        if not node.is_dir:
+            plan.data_blocks += sum(r.length for r in node.runs)
+            if node.symlink is not None and len(node.symlink) >= 60:
+                plan.data_blocks += 1
+
     stack = [root]
     while stack:
         node = stack.pop()
         if node.ino in plan.inos:
             continue
-        plan.inos.add(node.ino)
-        if node.spec.context is not None:
-            plan.contexts.append(node.spec.context)
-        if node.spec.xattrs or (node.spec.context is not None and inode_size <= 128):
-            plan.xattr_blocks += 1
-        if node.is_dir:
-            kids = [k for k in source.children(node) if name_refusal(node, k) is None]
-            if node is root:
-                kids = [k for k in kids if k.name != LOST_FOUND]
-            stack += kids
-            plan.dirs += 1
-            plan.name_bytes += sum(len(k.name) + 16 for k in kids)
-        else:
-            plan.data_blocks += sum(r.length for r in node.runs)
-            if node.symlink is not None and len(node.symlink) >= 60:
-                plan.data_blocks += 1
+        count(node)
+        plan.dirs += 1
+        for kid in source.children(node):
+            if name_refusal(node, kid) is not None or (node is root and kid.name == LOST_FOUND):
+                continue
+            plan.name_bytes += len(kid.name) + 16
+            if kid.is_dir:
+                stack.append(kid)
+            elif kid.ino not in plan.inos:
+                count(kid)
     return plan
 
 
@@ -177,7 +189,12 @@ class Populator:
         self.require_inos = require_inos
         self.on_progress = on_progress
         self.stats = PopulateStats()
-        self._links: dict[int, int] = {}
+        # Of the files written so far: the targets of directories (a second name for
+        # one is refused), and (names written, generation) of those written under more
+        # than one name, or whose source says they have another link count than one.
+        # Singly linked files, nearly all of a huge directory, are in neither.
+        self._dir_targets: set[int] = set()
+        self._links: dict[int, tuple[int, int]] = {}
         self._spec_links: dict[int, tuple[int, int]] = {}
         sb = w.sb
         self._dir_index = sb.has_compat(F.COMPAT_DIR_INDEX)
@@ -187,7 +204,7 @@ class Populator:
     # -- planning --------------------------------------------------------------------
     def reserve(self, plan: Plan) -> None:
         """Keep the source's inode numbers for their own nodes."""
-        self.w.reserved_inodes = set(plan.inos)
+        self.w.reserved_inodes = plan.inos  # read only there
 
     def check_room(self, plan: Plan) -> None:
         w = self.w
@@ -223,6 +240,7 @@ class Populator:
                     f"{w.sink.name}: {shown!r} already exists in the target's root directory"
                 )
         self.stats.ino_map[root.ino] = ROOT_INO
+        self._dir_targets.add(ROOT_INO)
         # The root's new record is the one write that links the new tree in: it waits
         # for the commit, and so does freeing the blocks the old record still uses.
         w.hold_inode(ROOT_INO)
@@ -230,10 +248,12 @@ class Populator:
         for pblk, length in old_blocks:
             w.free_after_commit(pblk, length)
         # Extent blocks of the old root (none for a fresh root) are left allocated.
-        for ino, (links, generation) in self._spec_links.items():
-            actual = self._links[ino]
-            if actual != links:
+        for ino, (actual, generation) in self._links.items():
+            if actual != self._spec_links.get(ino, (1, 0))[0]:
                 set_links(w, ino, actual, generation)
+        for ino, (_spec, generation) in self._spec_links.items():
+            if ino not in self._links:
+                set_links(w, ino, 1, generation)
         return self.stats
 
     def undo(self) -> None:
@@ -263,6 +283,8 @@ class Populator:
         taken = {e.name for e in kept}
         subdirs = sum(1 for e in kept if e.file_type == EXT4_FT_DIR)
         written: set[bytes] = set()
+        spec = node.spec
+        hashed = bool(spec.flags & EXT4_ENCRYPT_FL and spec.flags & EXT4_CASEFOLD_FL)
         for kid in self.source.children(node):
             why = name_refusal(node, kid)
             if why is None and kid.name in written:
@@ -279,7 +301,7 @@ class Populator:
                     f"{w.sink.name}: {shown!r} already exists in the target's root directory"
                 )
             tgt = self.stats.ino_map.get(kid.ino)
-            if tgt is not None and (kid.is_dir or tgt not in self._links):
+            if tgt is not None and (kid.is_dir or tgt in self._dir_targets):
                 # A directory has one name: met again (a loop, or a directory hard
                 # link), writing it again would recurse until the inodes run out.
                 self._problem(
@@ -289,7 +311,8 @@ class Populator:
                 )
                 continue
             if tgt is not None:
-                self._links[tgt] += 1
+                count = self._links.get(tgt, (1, kid.spec.generation))[0]
+                self._links[tgt] = (count + 1, kid.spec.generation)
                 self.stats.hardlinks += 1
             else:
                 tgt = w.alloc_inode(kid.ino, is_dir=kid.is_dir, exact=self.require_inos)
@@ -300,16 +323,16 @@ class Populator:
                 self.stats.ino_map[kid.ino] = tgt
                 self.stats.inodes += 1
                 if kid.is_dir:
+                    self._dir_targets.add(tgt)
                     self._write_dir(kid, tgt, ino, [], depth + 1, _child(path, kid.name))
                     subdirs += 1
                 else:
                     self._write_other(kid, tgt)
-                    self._links[tgt] = 1
-                    self._spec_links[tgt] = (kid.spec.links, kid.spec.generation)
+                    if kid.spec.links != 1:
+                        self._spec_links[tgt] = (kid.spec.links, kid.spec.generation)
             ft = _FT.get(stat.S_IFMT(kid.spec.mode), EXT4_FT_UNKNOWN) if self._filetype else 0
-            entries.append(NewEntry(kid.name, tgt, ft, kid.hash))
-        spec = node.spec
-        hashed = bool(spec.flags & EXT4_ENCRYPT_FL and spec.flags & EXT4_CASEFOLD_FL)
+            # Only casefolded encrypted directories write the stored hash.
+            entries.append(NewEntry(kid.name, tgt, ft, kid.hash if hashed else None))
         layout = layout_directory(
             ino, parent, entries, block_size=w.block_size,
             csum_seed=w.inode_seed(ino, spec.generation) if w.metadata_csum else None,
