@@ -395,6 +395,12 @@ class Inode:
         :meth:`~cipherdump.ext4.directory.Directory.iter_entries`)."""
         return self.directory.iter_entries()
 
+    def forget_entries(self) -> None:
+        """Let go of the entries read (a walk done with the directory): the
+        filesystem keeps thousands of recent inode views, and a directory's listing
+        kept with each would hold hundreds of megabytes of a large filesystem."""
+        self._directory = None
+
     @property
     def entries_loaded(self) -> bool:
         """Whether :meth:`entries` has already read the directory."""

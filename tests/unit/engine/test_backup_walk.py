@@ -51,6 +51,15 @@ def test_the_walk_makes_the_snapshots_tree(repo: Repository, fs: Filesystem) -> 
     assert [e.inodes_done for e in events] == sorted(e.inodes_done for e in events)
 
 
+def test_the_walk_lets_go_of_each_directorys_listing(repo: Repository, fs: Filesystem) -> None:
+    """The filesystem keeps thousands of recent inode views; a directory's listing kept
+    with each took 200 MB more for a million files in directories of 3,000."""
+    walk = Walk(repo, fs, DEFAULT_CHUNK_SIZE)
+    walk.run(Namespace(fs).resolve(b"/"))
+    dirs = [fs.inode(r.ino) for r in walk.tally.dir_records]
+    assert len(dirs) > 3 and not any(d.entries_loaded for d in dirs)
+
+
 def test_a_worker_backs_up_a_directory_as_the_coordinator_would(
     repo: Repository, fs: Filesystem
 ) -> None:

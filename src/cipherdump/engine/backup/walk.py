@@ -423,6 +423,7 @@ class Walk:
     def close_dir(self, frame: Frame) -> Id:
         """Save (or reuse) the directory's tree and record it in the directory table."""
         tally = self.tally
+        frame.node.inode.forget_entries()
         if frame.pending:
             assert self.crew is not None
             self.crew.collect(frame, tally.dir_records)
