@@ -52,8 +52,14 @@ def _by_key(spans: Sequence[NodeSpan]) -> dict[bytes, NodeSpan]:
 
 def _name(listed: Sequence[Listed], position: int) -> bytes:
     if isinstance(listed, PackedListing):
-        return listed.name(position)
+        return listed.name(position)  # (without making the entry again)
     return listed[position].entry.name
+
+
+def _is_dir(listed: Sequence[Listed], position: int) -> bool:
+    if isinstance(listed, PackedListing):
+        return listed.is_dir(position)
+    return listed[position].peek.is_dir
 
 
 def list_by_parts(
@@ -83,13 +89,13 @@ def list_by_parts(
         used: set[bytes] = set()
         names: set[bytes] = set()
         for position in group:
-            e, peek = listed[position]
+            name = _name(listed, position)
             key = keys[position]
-            if not peek.is_dir and key in by_key:
+            if key in by_key and not _is_dir(listed, position):
                 # A second entry of a name is left to the walk, which reports it.
-                marks[position] = _SAME if e.name in names else _REUSE
+                marks[position] = _SAME if name in names else _REUSE
                 used.add(key)
-            names.add(e.name)
+            names.add(name)
         index.index_spans(s for s in spans if (s.attr("source") or b"")[2:] not in used)
     try:
         out = _walked(reuse, frame, listed, marks)
