@@ -30,7 +30,7 @@ from cipherdump.engine.nodeattrs import fingerprint, int_attr, pack_refs, unpack
 from cipherdump.errors import CipherdumpError
 from cipherdump.repo import BlobType, Id, Repository, Snapshot
 from cipherdump.repo.codec import Value, decode, expect_map
-from cipherdump.repo.tree import NodeSpan, index_parts, tree_spans
+from cipherdump.repo.tree import NodeSpan, index_entries, index_parts, tree_spans
 
 _GEN = struct.Struct("<I")
 
@@ -93,6 +93,38 @@ class ParentIndex:
             return None
         self._loaded.add(rec.tree)
         return spans
+
+    def dir_parts(self, ino: int) -> tuple[tuple[bytes, Id], ...] | None:
+        """(first name, part id) of each part of the parent's tree of directory
+        ``ino`` if it is chunked (a large directory), marking it loaded; None if there
+        is no such tree, it was already loaded, or it is not chunked.
+
+        Its parts are then read one at a time (:meth:`part_spans`): a large directory's
+        encoded nodes are not held all at once.  Nothing is indexed: the caller hands
+        the nodes it does not reuse to :meth:`index_spans`.
+        """
+        rec = self.dirs.get(ino)
+        if rec is None or rec.tree in self._loaded:
+            return None
+        try:
+            parts = index_entries(self._repo.load_blob(BlobType.TREE, rec.tree), f"tree {rec.tree}")
+        except CipherdumpError:
+            return None
+        if parts is not None:
+            self._loaded.add(rec.tree)
+        return parts
+
+    def part_spans(self, part: Id) -> list[NodeSpan] | None:
+        """The encoded nodes of one part (see :meth:`dir_parts`), with the attrs
+        :data:`LOCATED_ATTRS` located; None if it cannot be read or has no such
+        layout (its files are then read as new)."""
+        try:
+            found = tree_spans(self._repo.load_blob(BlobType.TREE, part))
+        except CipherdumpError:
+            return None
+        if found is None or any(s.located != LOCATED_ATTRS for s in found[:1]):
+            return None
+        return found
 
     def _spans(self, tree: Id) -> list[NodeSpan] | None:
         """The encoded nodes of a tree with a layout, or of every part of a chunked

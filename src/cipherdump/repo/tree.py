@@ -238,6 +238,17 @@ def index_parts(data: bytes, what: str = "tree") -> tuple[Id, ...] | None:
     return tuple(n.subtree for n in tree.nodes if n.subtree is not None)
 
 
+def index_entries(data: bytes, what: str = "tree") -> tuple[tuple[bytes, Id], ...] | None:
+    """(first name, part id) of each part of a chunked directory's index plaintext, in
+    name order; None for another tree."""
+    if not data.endswith(_TREE_TAIL_3):
+        return None
+    tree = decode_tree(data, what)
+    if not tree.chunked:
+        return None
+    return tuple((n.name, n.subtree) for n in tree.nodes if n.subtree is not None)
+
+
 def part_node(first: bytes, part: Id, entries: int) -> Node:
     """The node of a chunked directory's index for one part."""
     return Node(first, PART_KIND, subtree=part, attrs={"entries": entries})

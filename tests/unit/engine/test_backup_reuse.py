@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from cipherdump.engine.backup import BackupOptions, backup
+from cipherdump.engine.backup import frame as frame_module
 from cipherdump.engine.backup import nodes as nodes_module
 from cipherdump.engine.backup.frame import Same
 from cipherdump.engine.backup.reuse import ParentReuse, RecordKeys
@@ -26,9 +27,18 @@ from cipherdump.engine.parent import LOCATED_ATTRS, ParentIndex
 from cipherdump.ext4 import Filesystem, open_filesystem
 from cipherdump.ondisk.csum import inode_csum_seed
 from cipherdump.ondisk.dirent import dirblock_csum_set
-from cipherdump.repo import BlobType, KdfParams, MemoryBackend, Repository, codec
+from cipherdump.repo import BlobType, KdfParams, MemoryBackend, Repository, codec, dirwriter
+from cipherdump.repo import tree as tree_module
 from cipherdump.repo.ids import Id
-from cipherdump.repo.tree import Node, Tree, decode_tree, encode_tree, join_nodes, tree_spans
+from cipherdump.repo.tree import (
+    Node,
+    NodeSpan,
+    Tree,
+    decode_tree,
+    encode_tree,
+    join_nodes,
+    tree_spans,
+)
 from shared_data import REPO
 
 SAMPLE = REPO / "examples" / "sample.img"
@@ -145,8 +155,34 @@ def test_a_parent_of_version_1_trees_still_spares_reading(
     assert tree_spans(repo.load_blob(BlobType.TREE, second.snapshot.tree)) is not None
 
 
+@pytest.fixture(params=["small", "large"])
+def size(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """ "large": the thresholds lowered so that /public (three entries) is a large
+    directory, its tree chunked, its listing packed, and a changed one read a part of
+    its parent tree at a time (engine/backup/reuse_parts.py); checked to be so."""
+    if request.param == "small":
+        yield "small"
+        return
+    monkeypatch.setattr(tree_module, "CHUNK_FROM", 2)
+    monkeypatch.setattr(tree_module, "PART_BITS", 1)
+    monkeypatch.setattr(tree_module, "PART_MIN", 1)
+    monkeypatch.setattr(tree_module, "PART_MAX", 2)
+    monkeypatch.setattr(frame_module, "SPILL_AT", 2)
+    monkeypatch.setattr(dirwriter, "RUN_NODES", 3)
+    real = ParentIndex.part_spans
+    read: list[Id] = []
+
+    def part_spans(self: ParentIndex, part: Id) -> list[NodeSpan] | None:
+        read.append(part)
+        return real(self, part)
+
+    monkeypatch.setattr(ParentIndex, "part_spans", part_spans)
+    yield "large"
+    assert read
+
+
 def test_a_damaged_inode_in_a_changed_directory_is_one_problem_as_without_a_parent(
-    repo: Repository, tmp_path: Path
+    repo: Repository, tmp_path: Path, size: str
 ) -> None:
     """Unchanged entries are not decoded again; an entry whose inode now fails its
     checksum must still be found, and the directory come out as a backup without a
@@ -192,6 +228,7 @@ def test_a_second_entry_of_a_name_is_one_problem_as_without_a_parent(
     new: bytes,
     twice: bytes,
     reused: tuple[str, int],
+    size: str,
 ) -> None:
     """Which of two entries of one name is kept, and which reported, follows the order
     of the entries, whether or not the node of either is reused as encoded."""

@@ -4,7 +4,7 @@ its entry list may hold besides decoded children."""
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, overload
 
@@ -78,6 +78,95 @@ class Listed(NamedTuple):
 
     entry: Entry
     peek: InodePeek
+
+
+class PackedListing(Sequence[Listed]):
+    """:class:`Listed` items packed in arrays, made again when asked for: a large
+    directory's listing, which as objects would be about 300 bytes an entry (a
+    directory of a million entries: 300 MB), is here its names and some 70 bytes."""
+
+    __slots__ = (
+        "_acl",
+        "_ends",
+        "_flags",
+        "_hash",
+        "_hashed",
+        "_ino",
+        "_links",
+        "_mode",
+        "_names",
+        "_offset",
+        "_size",
+        "_type",
+    )
+
+    def __init__(self, items: Iterable[Listed] = ()) -> None:
+        self._names = bytearray()
+        self._ends = array("Q")
+        self._ino = array("I")
+        self._type = bytearray()
+        self._hash = array("Q")
+        self._hashed = bytearray()
+        self._offset = array("q")
+        self._mode = array("I")
+        self._flags = array("I")
+        self._size = array("Q")
+        self._links = array("I")
+        self._acl = array("Q")
+        for entry, peek in items:
+            self.append(entry, peek)
+
+    def append(self, entry: Entry, peek: InodePeek) -> None:
+        self._names += entry.name
+        self._ends.append(len(self._names))
+        self._ino.append(entry.ino)
+        self._type.append(entry.file_type)
+        hashed = entry.hash is not None
+        self._hashed.append(hashed)
+        self._hash.append(entry.hash[0] << 32 | entry.hash[1] if entry.hash is not None else 0)
+        self._offset.append(entry.offset)
+        self._mode.append(peek.mode)
+        self._flags.append(peek.flags)
+        self._size.append(peek.size)
+        self._links.append(peek.links)
+        self._acl.append(peek.file_acl)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    @overload
+    def __getitem__(self, i: int) -> Listed: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Listed]: ...
+    def __getitem__(self, i: int | slice) -> Listed | list[Listed]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(i)
+        start = self._ends[i - 1] if i else 0
+        h = self._hash[i]
+        entry = Entry(
+            bytes(self._names[start : self._ends[i]]),
+            self._ino[i],
+            self._type[i],
+            (h >> 32, h & 0xFFFFFFFF) if self._hashed[i] else None,
+            self._offset[i],
+        )
+        peek = InodePeek(self._mode[i], self._flags[i], self._size[i], self._links[i], self._acl[i])
+        return Listed(entry, peek)
+
+    def __iter__(self) -> Iterator[Listed]:
+        return (self[i] for i in range(len(self)))
+
+    def name(self, i: int) -> bytes:
+        """The name of the entry at ``i`` (without making the rest)."""
+        return bytes(self._names[self._ends[i - 1] if i else 0 : self._ends[i]])
+
+    def is_dir(self, i: int) -> bool:
+        return self._mode[i] & 0o170000 == 0o040000
 
 
 @dataclass(slots=True)

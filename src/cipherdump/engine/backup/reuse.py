@@ -20,11 +20,19 @@ from __future__ import annotations
 import posixpath
 import struct
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from cipherdump.engine.backup.frame import Frame, Listed, PackedKeys, Same
+from cipherdump.engine.backup import frame as frame_module
+from cipherdump.engine.backup.frame import (
+    Frame,
+    Listed,
+    PackedKeys,
+    PackedListing,
+    Same,
+)
 from cipherdump.engine.backup.nodes import NodeMaker
+from cipherdump.engine.backup.reuse_parts import list_by_parts
 from cipherdump.engine.dirtable import DirRecord
 from cipherdump.engine.nodeattrs import NODE_ATTRS_VERSION, blake2b, int_attr
 from cipherdump.engine.parent import ParentIndex
@@ -123,7 +131,7 @@ class RecordKeys:
         h = blake2b(repr(facts).encode(), digest_size=16)
         base = self._base.copy()
         base.update(repr((flags, directory.size == fs.block_size, dx)).encode())
-        listed: list[Listed] = []
+        listed: list[Listed] | PackedListing = []
         keys = bytearray()
         offsets = array("q")
         pack_entry, pack_hash, record = _ENTRY.pack, _HASH.pack, fs.inode_record
@@ -146,7 +154,12 @@ class RecordKeys:
             keys += key
             offsets.append(e.offset)
             if listing:
-                listed.append(Listed(e, peek))
+                if isinstance(listed, list):
+                    listed.append(Listed(e, peek))
+                    if len(listed) >= frame_module.SPILL_AT:
+                        listed = PackedListing(listed)  # a large directory: packed
+                else:
+                    listed.append(e, peek)
         return Keys(h.digest(), listed, PackedKeys(bytes(keys)), offsets)
 
 
@@ -154,7 +167,7 @@ class Keys(NamedTuple):
     """What :meth:`RecordKeys.of` finds of a directory."""
 
     key: bytes  # the entries key
-    listed: list[Listed]  # (if asked for) each entry and a peek at its inode's record
+    listed: Sequence[Listed]  # (if asked for) each entry and a peek at its inode's record
     records: PackedKeys  # each entry's record key
     offsets: array[int]  # each entry's offset in the directory (its ``order``)
 
@@ -197,7 +210,7 @@ class ParentReuse:
             return rec
         return None
 
-    def reuse_dir(self, frame: Frame, rec: DirRecord, listed: list[Listed]) -> None:
+    def reuse_dir(self, frame: Frame, rec: DirRecord, listed: Sequence[Listed]) -> None:
         """Take an unchanged directory's entries as they were; list only its child
         directories for the walk."""
         frame.reuse = rec
@@ -252,21 +265,40 @@ class ParentReuse:
         return self.index.dirs.get(int_attr(node.attrs, "ino", -1))
 
     # -- changed directories -------------------------------------------------------------------
-    def load_changed_dir(self, frame: Frame, listed: list[Listed]) -> None:
+    def load_changed_dir(
+        self, frame: Frame, listed: Sequence[Listed]
+    ) -> list[ImageNode | Problem | Same | None] | None:
         """Find the parent snapshot's nodes of a changed directory: those of unchanged
         entries to reuse as encoded (into ``frame.reusable``), the others indexed for
-        the per-file comparison."""
+        the per-file comparison.
+
+        A large directory (one whose parent tree is chunked) is listed at once
+        instead, a part of the parent's tree at a time, its reused nodes handed to
+        its writer (see :mod:`.reuse_parts`): its entries to walk are returned."""
         index = self.index
         ino = frame.node.inode
+        if (
+            frame.record_keys
+            and self.encoded
+            and frame.spillable
+            and len(listed) > frame_module.SPILL_AT
+        ):
+            parts = index.dir_parts(ino.ino)
+            if parts is not None:
+                if index.dir_record(ino.ino, ino.generation) is None:
+                    for _, part in parts:  # another directory under the same number
+                        index.index_spans(index.part_spans(part) or ())
+                    return None
+                return list_by_parts(self, frame, listed, parts)
         spans = None
         if frame.record_keys and self.encoded:
             spans = index.split_dir(ino.ino)
         if spans is None:
             index.load_dir(ino.ino)
-            return
+            return None
         if index.dir_record(ino.ino, ino.generation) is None:
             index.index_spans(spans)  # another directory under the same number
-            return
+            return None
         wanted = {
             key for item, key in zip(listed, frame.record_keys, strict=True) if not item.peek.is_dir
         }
@@ -283,9 +315,10 @@ class ParentReuse:
             else:
                 others.append(span)
         index.index_spans(others)
+        return None
 
     def list_with_reuse(
-        self, frame: Frame, listed: list[Listed]
+        self, frame: Frame, listed: Sequence[Listed]
     ) -> list[ImageNode | Problem | Same | None]:
         """The entries as :meth:`Namespace.iter_children` lists them, but those with a
         reusable node put in ``frame.nodes`` at once, in one batch, without a display

@@ -306,9 +306,11 @@ class Walk:
                 reuse.reuse_dir(frame, rec, listed)
                 return frame
         try:
-            if reuse is not None:
-                reuse.load_changed_dir(frame, listed)
-            if reuse is not None and frame.reusable:
+            streamed = None if reuse is None else reuse.load_changed_dir(frame, listed)
+            if streamed is not None:
+                frame.kids = streamed
+                self.readahead.hint_files(frame.kids, maker.known_file)
+            elif reuse is not None and frame.reusable:
                 frame.kids = reuse.list_with_reuse(frame, listed)
                 self.readahead.hint_files(frame.kids, maker.known_file)
             else:
