@@ -41,77 +41,18 @@ import random
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 
+from bench_backup import CLI, cli, drop_caches, measure
+
 import cipherdump
 import kernelfs
 
 MiB = 1 << 20
-CLI = [sys.executable, "-c", "from cipherdump.cli.main import main; main()"]
 SIZES = {"10k": 10_000, "100k": 100_000, "300k": 300_000, "1m": 1_000_000}
-
-
-def cli(profile: Path | None, name: str) -> list[str]:
-    """The CLI command line, under cProfile (stats in ``profile/name.prof``) if asked."""
-    if profile is None:
-        return CLI
-    out = profile / f"{name}.prof"
-    code = (
-        "import cProfile; from cipherdump.cli.main import main; "
-        f"cProfile.run('main()', {str(out)!r})"
-    )
-    return [sys.executable, "-c", code]
-
-
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and all its descendants (the backup's workers)."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
-        except (OSError, ValueError):
-            continue
-    return total
-
-
-def measure(argv: list[str], env: dict[str, str]) -> tuple[float, int, bytes, float]:
-    """(seconds, peak RSS bytes, stdout, CPU seconds) of ``argv`` run as a child."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
-    peak = [0]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.02):
-            peak[0] = max(peak[0], _tree_rss(proc.pid))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    stop.set()
-    sampler.join()
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"child failed ({code}): {err.decode(errors='replace')}")
-    cpu = usage.ru_utime + usage.ru_stime
-    return seconds, max(usage.ru_maxrss * 1024, peak[0]), out, cpu
 
 
 def maildir_name(i: int, rng: random.Random) -> str:
