@@ -11,12 +11,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import seaweed
-from cipherdump.repo import FileType, Handle, Repository
+from cipherdump.repo import Backend, FileType, Handle, Repository
 from cipherdump.repo.location import open_backend
 from shared_data import REPO
 
@@ -66,6 +67,45 @@ def run(
         check=False,
     )
     return Run(proc)
+
+
+class BackupChild:
+    """``backup`` run as a user runs it, to be interrupted while it uploads: start it,
+    wait until it has stored some packs, do something to it, then :meth:`finish`."""
+
+    def __init__(self, image: Path, jobs: int, env: dict[str, str]) -> None:
+        full = {
+            **env,
+            "PYTHONPATH": str(ROOT / "src"),
+            "CIPHERDUMP_PASSWORD": "pw",
+            "CIPHERDUMP_INSECURE_TEST_KDF": "1",
+        }
+        self.proc = subprocess.Popen(
+            [*CLI, "backup", "--jobs", str(jobs), str(image)],
+            env=full,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def wait_for_packs(self, repository: Backend, count: int = 4) -> None:
+        deadline = time.monotonic() + 60
+        while len(list(repository.list(FileType.PACK))) < count:
+            assert self.proc.poll() is None, self.proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+    def finish(self, timeout: float = 60) -> Run:
+        """How it ended (killed if it has not within ``timeout`` seconds)."""
+        try:
+            stdout, stderr = self.proc.communicate(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        return Run(
+            subprocess.CompletedProcess(self.proc.args, self.proc.returncode, stdout, stderr)
+        )
 
 
 def _free_port() -> int:

@@ -14,10 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_s3_cli import CLI, ROOT, SAMPLE, Run, run
+from test_s3_cli import SAMPLE, BackupChild, run
 
 import seaweed
-from cipherdump.repo import FileType
 from cipherdump.repo.location import open_backend
 from faultproxy import FaultProxy
 
@@ -131,34 +130,14 @@ def test_server_stopped_in_the_middle_of_a_backup(tmp_path: Path) -> None:
         env = _env(server, location, CIPHERDUMP_S3_RETRY_SECONDS="3", CIPHERDUMP_S3_CONNECTIONS="2")
         assert run("init", "--pack-size", "262144", env=env).code == 0
         direct = open_backend(f"s3:{server.endpoint}/{seaweed.BUCKET}/stopped", server.env())
-        full_env = {
-            **env,
-            "PYTHONPATH": str(ROOT / "src"),
-            "CIPHERDUMP_PASSWORD": "pw",
-            "CIPHERDUMP_INSECURE_TEST_KDF": "1",
-        }
-        backup = subprocess.Popen(
-            [*CLI, "backup", "--jobs", "1", str(image)],
-            env=full_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        backup = BackupChild(image, 1, env)
         try:
-            deadline = time.monotonic() + 60
-            while len(list(direct.list(FileType.PACK))) < 4:
-                assert backup.poll() is None, backup.communicate()
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            backup.wait_for_packs(direct)
             proxy.set_mode("hold")  # nothing more gets through ...
             server.stop()  # ... while the server goes away
             proxy.set_mode("pass")
-            stdout, stderr = backup.communicate(timeout=60)
         finally:
-            if backup.poll() is None:
-                backup.kill()
-                backup.wait()
-        result = Run(subprocess.CompletedProcess(backup.args, backup.returncode, stdout, stderr))
+            result = backup.finish()
         line = result.one_line_error(6)
         assert "gave up after" in line and location in line
         server.start_again()

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_s3_cli import CLI, ROOT, Run, run
+from test_s3_cli import BackupChild, run
 
 import seaweed
 from cipherdump.repo import FileType
@@ -96,34 +96,14 @@ def test_server_stopped_in_the_middle_of_a_backup_with_workers(tmp_path: Path) -
         )
         assert run("init", "--pack-size", "262144", env=env).code == 0
         direct = open_backend(f"s3:{server.endpoint}/{seaweed.BUCKET}/stopped", server.env())
-        full_env = {
-            **env,
-            "PYTHONPATH": str(ROOT / "src"),
-            "CIPHERDUMP_PASSWORD": "pw",
-            "CIPHERDUMP_INSECURE_TEST_KDF": "1",
-        }
-        backup = subprocess.Popen(
-            [*CLI, "backup", "--jobs", "3", str(image)],
-            env=full_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        backup = BackupChild(image, 3, env)
         try:
-            deadline = time.monotonic() + 60
-            while len(list(direct.list(FileType.PACK))) < 4:
-                assert backup.poll() is None, backup.communicate()
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            backup.wait_for_packs(direct)
             proxy.set_mode("hold")  # nothing more gets through ...
             server.stop()  # ... while the server goes away
             proxy.set_mode("pass")
-            stdout, stderr = backup.communicate(timeout=60)
         finally:
-            if backup.poll() is None:
-                backup.kill()
-                backup.wait()
-        result = Run(subprocess.CompletedProcess(backup.args, backup.returncode, stdout, stderr))
+            result = backup.finish()
         line = result.one_line_error(6)
         assert "gave up after" in line and location in line
         server.start_again()
@@ -145,32 +125,12 @@ def test_interrupted_backup_with_workers(seaweedfs: seaweed.SeaweedFS, tmp_path:
     env = seaweedfs.env(CIPHERDUMP_REPOSITORY=seaweedfs.location(prefix))
     assert run("init", "--pack-size", "262144", env=env).code == 0
     direct = open_backend(seaweedfs.location(prefix), seaweedfs.env(CIPHERDUMP_NO_CACHE="1"))
-    full_env = {
-        **env,
-        "PYTHONPATH": str(ROOT / "src"),
-        "CIPHERDUMP_PASSWORD": "pw",
-        "CIPHERDUMP_INSECURE_TEST_KDF": "1",
-    }
-    backup = subprocess.Popen(
-        [*CLI, "backup", "--jobs", "3", str(image)],
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    backup = BackupChild(image, 3, env)
     try:
-        deadline = time.monotonic() + 60
-        while len(list(direct.list(FileType.PACK))) < 4:
-            assert backup.poll() is None, backup.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        backup.send_signal(signal.SIGINT)
-        stdout, stderr = backup.communicate(timeout=60)
+        backup.wait_for_packs(direct)
+        backup.proc.send_signal(signal.SIGINT)
     finally:
-        if backup.poll() is None:
-            backup.kill()
-            backup.wait()
-    result = Run(subprocess.CompletedProcess(backup.args, backup.returncode, stdout, stderr))
+        result = backup.finish()
     assert result.one_line_error(130) == "cipherdump: error: interrupted"
     left = subprocess.run(["pgrep", "-f", str(image)], capture_output=True, text=True)
     assert left.stdout == "", left.stdout  # the workers died with it
@@ -212,34 +172,15 @@ def test_errors_for_a_while_during_a_backup_with_workers_are_retried(
             f"s3:{seaweedfs.endpoint}/{seaweed.BUCKET}/flaky-{tmp_path.name[-8:]}",
             seaweedfs.env(CIPHERDUMP_NO_CACHE="1"),
         )
-        full_env = {
-            **env,
-            "PYTHONPATH": str(ROOT / "src"),
-            "CIPHERDUMP_PASSWORD": "pw",
-            "CIPHERDUMP_INSECURE_TEST_KDF": "1",
-        }
-        backup = subprocess.Popen(
-            [*CLI, "backup", "--jobs", "3", str(image)],
-            env=full_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        backup = BackupChild(image, 3, env)
         try:
-            deadline = time.monotonic() + 60
-            while len(list(direct.list(FileType.PACK))) < 4:
-                assert backup.poll() is None, backup.communicate()
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            backup.wait_for_packs(direct)
             proxy.set_mode("503")
             time.sleep(3)
             proxy.set_mode("pass")
-            _, stderr = backup.communicate(timeout=120)
         finally:
-            if backup.poll() is None:
-                backup.kill()
-                backup.wait()
-        assert backup.returncode == 0, stderr
+            result = backup.finish(timeout=120)
+        assert result.code == 0, result
         assert proxy.requests_failed > 0
         check = run("check", "--read-data", env=env)
         assert check.code == 0, check
