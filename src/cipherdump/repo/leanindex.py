@@ -52,11 +52,12 @@ import tempfile
 import weakref
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from cipherdump.errors import BackendError
 from cipherdump.repo.ids import ID_SIZE, BlobType, Id
 from cipherdump.repo.pack import ENTRY_SIZE, PackEntry
+from cipherdump.repo.packtable import PackTable
 
 _MIN_SLOTS = 1024
 _BUILD_LOAD = 0.7
@@ -152,9 +153,10 @@ def _close_all(fds: list[int]) -> None:
     fds.clear()
 
 
-class LeanIndex:
+class LeanIndex(PackTable):
     def __init__(self, directory: str | None = None) -> None:
         """``directory``: where the entries file goes (None: ``TMPDIR``)."""
+        super().__init__()
         self._rows = _Rows(directory)
         self._fps = array("I")  # by row: the id's bytes 8..12
         self._slots = array("I", [0]) * _MIN_SLOTS
@@ -163,9 +165,6 @@ class LeanIndex:
         self._range_start = array("Q")
         self._range_count = array("I")
         self._range_pack = array("I")
-        self._packs: list[Id] = []
-        self._pack_sizes: list[int] = []
-        self._pack_numbers: dict[Id, int] = {}
 
     def __len__(self) -> int:
         """Entries in the table: a blob in several packs counts once for each."""
@@ -174,20 +173,6 @@ class LeanIndex:
     def close(self) -> None:
         """Remove the entries file (the index cannot be used after)."""
         self._rows.close()
-
-    @property
-    def pack_count(self) -> int:
-        return len(self._packs)
-
-    def has_pack(self, pack_id: Id) -> bool:
-        return pack_id in self._pack_numbers
-
-    def pack_size(self, pack_id: Id) -> int | None:
-        number = self._pack_numbers.get(pack_id)
-        return None if number is None else self._pack_sizes[number]
-
-    def iter_packs(self) -> Iterator[tuple[Id, int]]:
-        yield from zip(self._packs, self._pack_sizes, strict=True)
 
     # Loading ---------------------------------------------------------------------------
 
@@ -230,12 +215,7 @@ class LeanIndex:
         if self._range_start and first < self._range_start[-1]:
             # (lookup finds a row's pack by bisecting the ranges' first rows)
             raise ValueError("packs must be inserted in the order they were staged")
-        number = self._pack_numbers.get(pack_id)
-        if number is None:
-            number = len(self._packs)
-            self._packs.append(pack_id)
-            self._pack_sizes.append(size)
-            self._pack_numbers[pack_id] = number
+        number = self._pack_number(pack_id, size)
         self._range_start.append(first)
         self._range_count.append(count)
         self._range_pack.append(number)

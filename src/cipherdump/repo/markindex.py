@@ -25,17 +25,19 @@ from collections.abc import Iterator
 
 from cipherdump.repo.ids import BlobType, Id
 from cipherdump.repo.pack import ENTRY_SIZE, PackEntry
+from cipherdump.repo.packtable import PackTable
 
 PREFIX = 16
 _MIN_SLOTS = 1024
 _BIG_ENDIAN = sys.byteorder == "big"
 
 
-class MarkIndex:
+class MarkIndex(PackTable):
     def __init__(self, expected: int = 0) -> None:
         """``expected``: how many entries the packs to be added hold in all (duplicates
         included), so that the columns and the hash table are sized once.  More may be
         added; the columns then grow."""
+        super().__init__()
         capacity = max(expected, 0)
         self._count = 0
         self._prefixes = bytearray(PREFIX * capacity)
@@ -52,29 +54,14 @@ class MarkIndex:
             size *= 2
         self._slots = array("I", bytes(4 * size))
         self._mask = size - 1
-        self._packs: list[Id] = []
-        self._pack_sizes: list[int] = []
-        self._pack_numbers: dict[Id, int] = {}
 
     def __len__(self) -> int:
         return self._count
 
-    @property
-    def pack_count(self) -> int:
-        return len(self._packs)
-
-    def iter_packs(self) -> Iterator[tuple[Id, int]]:
-        yield from zip(self._packs, self._pack_sizes, strict=True)
-
     def add_pack(self, pack_id: Id, size: int, raw_entries: bytes) -> None:
         """Add a pack's validated 48-byte entries; a blob already indexed keeps its
         first location."""
-        number = self._pack_numbers.get(pack_id)
-        if number is None:
-            number = len(self._packs)
-            self._packs.append(pack_id)
-            self._pack_sizes.append(size)
-            self._pack_numbers[pack_id] = number
+        number = self._pack_number(pack_id, size)
         count = len(raw_entries) // ENTRY_SIZE
         raw = bytes(raw_entries[: count * ENTRY_SIZE])
         self._reserve(self._count + count)

@@ -15,13 +15,15 @@ from collections.abc import Iterator
 
 from cipherdump.repo.ids import ID_SIZE, BlobType, Id
 from cipherdump.repo.pack import ENTRY_SIZE, PackEntry
+from cipherdump.repo.packtable import PackTable
 
 _MIN_SLOTS = 1024
 _BIG_ENDIAN = sys.byteorder == "big"
 
 
-class MemoryIndex:
+class MemoryIndex(PackTable):
     def __init__(self) -> None:
+        super().__init__()
         self._ids = bytearray()
         self._type = bytearray()
         self._flags = bytearray()
@@ -31,9 +33,6 @@ class MemoryIndex:
         self._raw_length = array("I")
         self._slots = array("I", bytes(4 * _MIN_SLOTS))
         self._mask = _MIN_SLOTS - 1
-        self._packs: list[Id] = []
-        self._pack_sizes: list[int] = []
-        self._pack_numbers: dict[Id, int] = {}
 
     def __len__(self) -> int:
         return len(self._type)
@@ -42,22 +41,6 @@ class MemoryIndex:
         """How many blobs of ``blob_type`` are indexed."""
         return self._type.count(blob_type.value)
 
-    @property
-    def pack_count(self) -> int:
-        return len(self._packs)
-
-    def has_pack(self, pack_id: Id) -> bool:
-        return pack_id in self._pack_numbers
-
-    def pack_size(self, pack_id: Id) -> int | None:
-        """The indexed size of a pack, or None if no index file names it."""
-        number = self._pack_numbers.get(pack_id)
-        return None if number is None else self._pack_sizes[number]
-
-    def iter_packs(self) -> Iterator[tuple[Id, int]]:
-        """(pack id, pack size) of every indexed pack."""
-        yield from zip(self._packs, self._pack_sizes, strict=True)
-
     def add_pack(self, pack_id: Id, size: int, raw_entries: bytes) -> int:
         """Add a pack's 48-byte entries (already validated); returns how many were new.
 
@@ -65,12 +48,7 @@ class MemoryIndex:
         incremental backup loads the whole index first, so only the hashing is done
         entry by entry; the columns are filled by slicing the entries as arrays.
         """
-        number = self._pack_numbers.get(pack_id)
-        if number is None:
-            number = len(self._packs)
-            self._packs.append(pack_id)
-            self._pack_sizes.append(size)
-            self._pack_numbers[pack_id] = number
+        number = self._pack_number(pack_id, size)
         count = len(raw_entries) // ENTRY_SIZE
         raw = bytes(raw_entries[: count * ENTRY_SIZE])
         self._reserve(len(self) + count)
