@@ -6,7 +6,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, overload
+from typing import NamedTuple, TypeVar, overload
 
 from cipherdump.engine.dirtable import DirRecord
 from cipherdump.engine.parent import Census
@@ -38,7 +38,34 @@ class Same:
         return self.entry.name
 
 
-class PackedKeys(Sequence[bytes]):
+T = TypeVar("T")
+
+
+class _Packed(Sequence[T]):
+    """A sequence kept packed, its items made when asked for: subclasses give
+    ``__len__`` and ``_item`` (for an index already checked)."""
+
+    __slots__ = ()
+
+    def _item(self, i: int) -> T:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, i: int) -> T: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[T]: ...
+    def __getitem__(self, i: int | slice) -> T | list[T]:
+        if isinstance(i, slice):
+            return [self._item(j) for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(i)
+        return self._item(i)
+
+
+class PackedKeys(_Packed[bytes]):
     """Record keys (16 bytes each) in one bytes object: a directory of a million
     entries holds 16 MB of them, not a million bytes objects (about 57 MB)."""
 
@@ -53,18 +80,7 @@ class PackedKeys(Sequence[bytes]):
     def __len__(self) -> int:
         return len(self._data) // self.SIZE
 
-    @overload
-    def __getitem__(self, i: int) -> bytes: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[bytes]: ...
-    def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(i)
+    def _item(self, i: int) -> bytes:
         return self._data[i * self.SIZE : (i + 1) * self.SIZE]
 
     def __iter__(self) -> Iterator[bytes]:
@@ -80,7 +96,7 @@ class Listed(NamedTuple):
     peek: InodePeek
 
 
-class PackedListing(Sequence[Listed]):
+class PackedListing(_Packed[Listed]):
     """:class:`Listed` items packed in arrays, made again when asked for: a large
     directory's listing, which as objects would be about 300 bytes an entry (a
     directory of a million entries: 300 MB), is here its names and some 70 bytes."""
@@ -134,18 +150,7 @@ class PackedListing(Sequence[Listed]):
     def __len__(self) -> int:
         return len(self._ends)
 
-    @overload
-    def __getitem__(self, i: int) -> Listed: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[Listed]: ...
-    def __getitem__(self, i: int | slice) -> Listed | list[Listed]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(i)
+    def _item(self, i: int) -> Listed:
         start = self._ends[i - 1] if i else 0
         h = self._hash[i]
         entry = Entry(
