@@ -32,7 +32,7 @@ from cipherdump.engine.backup.frame import (
     Same,
 )
 from cipherdump.engine.backup.nodes import NodeMaker
-from cipherdump.engine.backup.reuse_parts import list_by_parts
+from cipherdump.engine.backup.reuse_parts import list_by_parts, reusable_key
 from cipherdump.engine.dirtable import DirRecord
 from cipherdump.engine.nodeattrs import NODE_ATTRS_VERSION, blake2b, int_attr
 from cipherdump.engine.parent import ParentIndex
@@ -62,8 +62,6 @@ _ENTRY = struct.Struct("<IIBB")
 _HASH = struct.Struct("<II")
 # The encoded ``order`` attrs of the first entries of a directory, to patch reused nodes.
 _ORDERS = tuple(encode(i) for i in range(4096))
-# What a located ``source`` attr (a record key) starts with: a 16-byte bytes value.
-_RECORD_KEY_PREFIX = b"\x04\x10"
 
 
 class RecordKeys:
@@ -304,14 +302,9 @@ class ParentReuse:
         }
         others: list[NodeSpan] = []
         for span in spans:
-            key = span.attr("source")
-            if (
-                key is not None
-                and key[2:] in wanted
-                and key[:2] == _RECORD_KEY_PREFIX
-                and "order" in span.found
-            ):
-                frame.reusable[key[2:]] = span
+            key = reusable_key(span)
+            if key is not None and key in wanted:
+                frame.reusable[key] = span
             else:
                 others.append(span)
         index.index_spans(others)

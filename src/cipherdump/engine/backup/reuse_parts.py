@@ -40,13 +40,22 @@ _WALK, _REUSE, _SAME = 0, 1, 2
 Kids = list[ImageNode | Problem | Same | None]
 
 
+def reusable_key(span: NodeSpan) -> bytes | None:
+    """The record key of a parent node that may be reused as encoded (its ``source``
+    attr located, and its ``order`` to be patched), else None."""
+    key = span.attr("source")
+    if key is not None and key[:2] == _RECORD_KEY_PREFIX and "order" in span.found:
+        return key[2:]
+    return None
+
+
 def _by_key(spans: Sequence[NodeSpan]) -> dict[bytes, NodeSpan]:
     """The spans that may be reused as encoded, by record key."""
     out: dict[bytes, NodeSpan] = {}
     for span in spans:
-        key = span.attr("source")
-        if key is not None and key[:2] == _RECORD_KEY_PREFIX and "order" in span.found:
-            out[key[2:]] = span
+        key = reusable_key(span)
+        if key is not None:
+            out[key] = span
     return out
 
 
