@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
@@ -129,6 +130,25 @@ class Spool(Protocol):
     def discard(self) -> None:
         """Forget the file (no-op after :meth:`commit`)."""
         ...
+
+
+class TempFileSpool:
+    """A :class:`Spool` whose file is an unnamed local temporary file, for a backend
+    that cannot store a file where it is written (S3, a worker's relay): a subclass
+    says how :meth:`commit` sends it.  Killed, it leaves nothing behind."""
+
+    def __init__(self) -> None:
+        self._file: BinaryIO = tempfile.TemporaryFile()  # noqa: SIM115 (closed by discard)
+
+    @property
+    def file(self) -> BinaryIO:
+        return self._file
+
+    def commit(self, handle: Handle) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        self._file.close()
 
 
 class WrappedBackend:

@@ -26,7 +26,6 @@ import contextlib
 import io
 import os
 import pickle
-import tempfile
 import threading
 from collections.abc import Iterator
 from multiprocessing.connection import Connection, Pipe
@@ -34,7 +33,7 @@ from multiprocessing.reduction import recv_handle, send_handle
 from typing import Any, BinaryIO
 
 from cipherdump.errors import BackendError, CipherdumpError
-from cipherdump.repo.backends.base import Backend, FileInfo, FileType, Handle
+from cipherdump.repo.backends.base import Backend, FileInfo, FileType, Handle, TempFileSpool
 
 
 class RelayHost:
@@ -218,17 +217,13 @@ class RelayBackend:
         pass
 
 
-class RelaySpool:
+class RelaySpool(TempFileSpool):
     """A pack assembled in an unlinked local temporary file; ``commit`` hands the
     coordinator its descriptor and waits until the pack is uploaded."""
 
     def __init__(self, backend: RelayBackend) -> None:
+        super().__init__()
         self._backend = backend
-        self._file: BinaryIO = tempfile.TemporaryFile()  # noqa: SIM115
-
-    @property
-    def file(self) -> BinaryIO:
-        return self._file
 
     def commit(self, handle: Handle) -> None:
         try:
@@ -236,9 +231,6 @@ class RelaySpool:
         except (OSError, ValueError) as exc:
             raise BackendError(f"cannot write the pack {handle}: {exc}") from exc
         self._backend._ask("save_fd", handle, fd=self._file.fileno())
-
-    def discard(self) -> None:
-        self._file.close()
 
 
 def _read_fd(fd: int) -> bytes:

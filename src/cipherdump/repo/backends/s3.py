@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, NoReturn
@@ -48,6 +47,7 @@ from cipherdump.repo.backends.base import (
     Handle,
     ObjectMissing,
     ShortFile,
+    TempFileSpool,
     TransientError,
     check_range,
 )
@@ -274,17 +274,13 @@ class S3Backend:
         raise BackendError(f"cannot {verb} {where}: {why}") from None
 
 
-class S3Spool:
+class S3Spool(TempFileSpool):
     """A pack assembled in a local temporary file; ``commit`` uploads it in one PUT.
     Until :meth:`discard` the file stays, so a failed commit can be tried again."""
 
     def __init__(self, backend: S3Backend) -> None:
+        super().__init__()
         self._backend = backend
-        self._file: BinaryIO = tempfile.TemporaryFile()  # noqa: SIM115
-
-    @property
-    def file(self) -> BinaryIO:
-        return self._file
 
     def commit(self, handle: Handle) -> None:
         try:
@@ -294,9 +290,6 @@ class S3Spool:
         except (OSError, ValueError) as exc:
             raise BackendError(f"cannot read back the pack {handle}: {exc}") from exc
         self._backend.put(handle, data)
-
-    def discard(self) -> None:
-        self._file.close()
 
 
 def _first_line(exc: BaseException) -> str:
