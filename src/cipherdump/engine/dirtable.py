@@ -33,6 +33,7 @@ from cipherdump.repo.codec import Value
 _DIR = struct.Struct("<III16s16s32s")
 _INO = struct.Struct("<I")
 _INO_OF_RECORD = struct.Struct(f"<I{_DIR.size - 4}x")
+_INO_FILES_OF_RECORD = struct.Struct(f"<I4xI{_DIR.size - 12}x")
 # One census pair: key number, count.
 _PAIR = struct.Struct("<HQ")
 _NO_CENSUS = 0xFFFFFFFF
@@ -140,9 +141,7 @@ class DirTable:
 
     def files_by_ino(self) -> Iterator[tuple[int, int]]:
         """(inode number, non-directory entries) of every record."""
-        for i in range(len(self)):
-            ino, _gen, files = _DIR.unpack_from(self._packed, i * _DIR.size)[:3]
-            yield ino, files
+        yield from _INO_FILES_OF_RECORD.iter_unpack(self._packed)
 
     def get(self, ino: int) -> DirRecord | None:
         """The record of directory ``ino`` (of several, the last), or None."""
@@ -176,9 +175,8 @@ class DirTable:
     def encode(self) -> tuple[bytes, list[Value]]:
         """(packed table sorted by inode number, census list) for the snapshot's
         ``dirs`` and ``dir_census``."""
-        self._sorted_inos()
         census: list[Value] = []
-        for i, (ino, _files) in enumerate(self.files_by_ino()):
+        for i, ino in enumerate(self._sorted_inos()):
             pairs = self._census_of(i)
             if pairs:
                 census.append([ino, [[k, n] for k, n in pairs]])
