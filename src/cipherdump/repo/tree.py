@@ -260,16 +260,23 @@ def join_parts(index: Tree, parts: Sequence[Tree], what: str = "tree") -> Tree:
     names out of order across parts, a part that is itself an index)."""
     nodes: list[Node] = []
     for entry, part in zip(index.nodes, parts, strict=True):
-        count = entry.attrs.get("entries")
-        if (
-            part.chunked
-            or not part.nodes
-            or part.nodes[0].name != entry.name
-            or count != len(part.nodes)
-        ):
-            raise CorruptError("a part does not match its index", structure=what)
+        check_part(entry, part, None, what)
         nodes += part.nodes
     return _tree(nodes, what)
+
+
+def check_part(entry: Node, part: Tree, after: bytes | None, what: str = "tree") -> None:
+    """Raise CorruptError unless ``part`` is the part a chunked index's ``entry`` names
+    (not itself an index; its first name and count the entry's) and, given ``after``
+    (the last name of the part before), its names come after that."""
+    if (
+        part.chunked
+        or not part.nodes
+        or part.nodes[0].name != entry.name
+        or entry.attrs.get("entries") != len(part.nodes)
+        or (after is not None and part.nodes[0].name <= after)
+    ):
+        raise CorruptError("a part does not match its index", structure=what)
 
 
 def encode_node(node: Node) -> bytes:

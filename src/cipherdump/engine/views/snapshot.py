@@ -34,6 +34,7 @@ from cipherdump.ondisk.inode import EXT4_ENCRYPT_FL, FLAG_NAMES
 from cipherdump.ondisk.xattr import EXT4_XATTR_INDEX_SYSTEM, PREFIXES
 from cipherdump.repo import BlobType, Id, Node, Repository, Snapshot, Tree
 from cipherdump.repo.codec import Value
+from cipherdump.repo.tree import check_part
 
 
 class RecordedProblem(InputError):
@@ -202,15 +203,8 @@ class SnapshotView:
             if entry.subtree is None:
                 raise CorruptError("a part does not match its index", structure=what)
             part = self.repo.load_tree_index(entry.subtree)
+            check_part(entry, part, last, what)
             nodes = part.nodes
-            if (
-                part.chunked
-                or not nodes
-                or nodes[0].name != entry.name
-                or entry.attrs.get("entries") != len(nodes)
-                or (last is not None and nodes[0].name <= last)
-            ):
-                raise CorruptError("a part does not match its index", structure=what)
             last = nodes[-1].name
             del part
             for n in nodes:
